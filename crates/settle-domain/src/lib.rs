@@ -1,0 +1,19 @@
+//! Settle's pure core.
+//!
+//! Everything here is a value or a function of values: money and currencies, ids, timestamps,
+//! idempotency keys, and the ledger's rules (which transfer is accepted, what it does to
+//! balances). Nothing here performs IO, reads the clock or draws random numbers — callers pass
+//! `now` and already-made ids in. That is what lets the ledger be tested against a reference
+//! model without a database and lets both storage engines share one set of rules.
+//!
+//! Architecture invariant: this crate depends on no async runtime, no SQL driver and no HTTP
+//! framework.
+
+pub mod ids;
+pub mod ledger;
+pub mod money;
+pub mod time;
+pub mod validate;
+
+pub use money::{Currency, CurrencyInfo};
+pub use time::Timestamp;

@@ -1,0 +1,84 @@
+//! Timestamps as integer microseconds since the Unix epoch (UTC).
+//!
+//! Stored as `BIGINT` on both engines; rendered as RFC 3339 in the native API.
+
+use std::fmt;
+
+/// Microseconds since 1970-01-01T00:00:00Z.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub i64);
+
+pub const MICROS_PER_SECOND: i64 = 1_000_000;
+
+impl Timestamp {
+    pub fn from_unix_seconds(seconds: i64) -> Option<Self> {
+        seconds.checked_mul(MICROS_PER_SECOND).map(Timestamp)
+    }
+
+    pub fn micros(self) -> i64 {
+        self.0
+    }
+
+    pub fn unix_seconds(self) -> i64 {
+        self.0.div_euclid(MICROS_PER_SECOND)
+    }
+
+    pub fn checked_add_seconds(self, seconds: i64) -> Option<Self> {
+        seconds
+            .checked_mul(MICROS_PER_SECOND)
+            .and_then(|d| self.0.checked_add(d))
+            .map(Timestamp)
+    }
+
+    /// RFC 3339 in UTC with microsecond precision, e.g. `2026-11-22T02:18:31.000123Z`.
+    pub fn to_rfc3339(self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.div_euclid(MICROS_PER_SECOND);
+        let micros = self.0.rem_euclid(MICROS_PER_SECOND);
+        let days = secs.div_euclid(86_400);
+        let sod = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            sod / 3600,
+            (sod / 60) % 60,
+            sod % 60
+        )
+    }
+}
+
+/// Days since the epoch to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_epoch_and_known_dates() {
+        assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000000Z");
+        // 2026-11-22T02:18:31Z
+        let t = Timestamp::from_unix_seconds(1_795_313_911).expect("fits");
+        assert_eq!(t.to_string(), "2026-11-22T02:18:31.000000Z");
+        assert_eq!(Timestamp(951_782_400_000_001).to_string(), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59.999999Z");
+    }
+}
