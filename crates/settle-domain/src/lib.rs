@@ -12,6 +12,7 @@
 pub mod ids;
 pub mod ledger;
 pub mod money;
+pub mod tenancy;
 pub mod time;
 pub mod validate;
 

@@ -1,1 +1,236 @@
+//! Settle's services, HTTP API and background jobs.
+//!
+//! [`App::build`] wires a store, a clock and the configuration into a router plus the
+//! background tasks (the ledger writer, the jobs). Tests build an `App` on a fresh database and
+//! call its router directly; `settle serve` binds it to a socket.
+//!
+//! Architecture invariant: handlers parse at the edge, let `settle_domain` decide, and persist
+//! through the `settle_store` port. No SQL here.
 
+pub mod admin;
+pub mod auth;
+pub mod clock;
+pub mod context;
+pub mod error;
+pub mod extract;
+pub mod fields;
+pub mod idempotency;
+pub mod jobs;
+pub mod ledger;
+pub mod metrics;
+pub mod observe;
+pub mod verify;
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    middleware::from_fn_with_state,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde_json::json;
+use settle_store::{Engine, Mode, Scope, Store};
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{
+    auth::AuthCache,
+    clock::{Clock, Ids},
+    context::{Ctx, Reply},
+    error::ApiError,
+    extract::Page,
+    idempotency::InFlight,
+    ledger::writer::LedgerWriter,
+    metrics::Metrics,
+};
+
+/// Server settings (the binary maps flags and `SETTLE_*` variables onto these).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How long idempotency keys are kept.
+    pub idempotency_retention: Duration,
+    /// How often the pending-transfer expiry job runs.
+    pub expiry_interval: Duration,
+    /// How often old idempotency keys are pruned and `last_used_at` is written.
+    pub housekeeping_interval: Duration,
+    /// How long a verified API key is trusted without a database read.
+    pub auth_cache_ttl: Duration,
+    /// Ledger writer tasks (group committers) in this process.
+    pub ledger_writers: usize,
+    /// Longest time one request may take.
+    pub request_timeout: Duration,
+    /// Whether the background jobs run in this process.
+    pub run_jobs: bool,
+}
+
+impl Config {
+    pub fn for_engine(engine: Engine) -> Self {
+        Config {
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            expiry_interval: Duration::from_secs(1),
+            housekeeping_interval: Duration::from_secs(10),
+            auth_cache_ttl: Duration::from_secs(2),
+            ledger_writers: match engine {
+                Engine::Sqlite => 1,
+                Engine::Postgres => 2,
+            },
+            request_timeout: Duration::from_secs(30),
+            run_jobs: true,
+        }
+    }
+}
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub ids: Ids,
+    pub config: Config,
+    pub auth: AuthCache,
+    pub inflight: InFlight,
+    pub writer: LedgerWriter,
+    pub metrics: Arc<Metrics>,
+    /// SHA-256 (hex) of the admin token.
+    pub admin_token_digest: RwLock<Option<String>>,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// A built application: its router, and the tasks to wait for on shutdown.
+pub struct App {
+    pub state: AppState,
+    pub router: Router,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    /// Builds the app on a migrated store. Loads the admin token's digest from the settings.
+    pub async fn build(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Result<App, ApiError> {
+        let metrics = Arc::new(Metrics::default());
+        let (writer, mut tasks) =
+            LedgerWriter::start(store.clone(), clock.clone(), metrics.clone(), config.ledger_writers);
+        let digest = {
+            let mut tx = store.begin(Scope::System, Mode::Read).await?;
+            tx.get_setting(auth::ADMIN_TOKEN_SETTING).await?
+        };
+        let state = AppState(Arc::new(Inner {
+            ids: Ids::new(clock.clone()),
+            store,
+            clock,
+            config,
+            auth: AuthCache::default(),
+            inflight: InFlight::default(),
+            writer,
+            metrics,
+            admin_token_digest: RwLock::new(digest),
+        }));
+        let (shutdown, stop) = watch::channel(false);
+        if state.config.run_jobs {
+            tasks.extend(jobs::spawn(state.clone(), stop));
+        }
+        Ok(App { router: router(state.clone()), state, shutdown, tasks })
+    }
+
+    /// Stops the jobs, lets the ledger writer drain its queue, and waits for all of them.
+    /// Call after the HTTP server has finished its in-flight requests.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let App { state, router, tasks, .. } = self;
+        drop(router);
+        drop(state);
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Sets the admin token (stores its digest) and makes it effective in this process.
+pub async fn set_admin_token(state: &AppState, token: &str) -> Result<(), ApiError> {
+    let digest = auth::sha256_hex(token);
+    let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
+    tx.put_setting(auth::ADMIN_TOKEN_SETTING, &digest).await?;
+    tx.commit().await?;
+    if let Ok(mut d) = state.admin_token_digest.write() {
+        *d = Some(digest);
+    }
+    Ok(())
+}
+
+pub fn router(state: AppState) -> Router {
+    let merchant = Router::new()
+        .merge(ledger::router())
+        .route("/v1/audit_logs", get(list_audit_logs))
+        .layer(from_fn_with_state(state.clone(), idempotency::middleware))
+        .layer(from_fn_with_state(state.clone(), auth::require_merchant));
+    let admin = admin::router()
+        .layer(from_fn_with_state(state.clone(), idempotency::middleware))
+        .layer(from_fn_with_state(state.clone(), auth::require_admin));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .merge(merchant)
+        .merge(admin)
+        .fallback(|| async { ApiError::not_found("route", "").into_response() })
+        .layer(from_fn_with_state(state.clone(), observe::middleware))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({ "status": "ready", "engine": state.store.engine().as_str() })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable" }))).into_response()
+        }
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(state.store.connections_in_use());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn list_audit_logs(State(state): State<AppState>, ctx: Ctx, page: Page) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state.store.begin(Scope::Merchant(merchant_id.clone()), Mode::Read).await?;
+    let listing = tx.list_audit(&merchant_id, &page.0).await.map_err(|e| ledger::cursor_error(e, &page))?;
+    let data = listing
+        .items
+        .iter()
+        .map(|a| {
+            json!({
+                "object": "audit_log",
+                "id": a.id,
+                "actor": a.actor,
+                "action": a.action,
+                "resource_type": a.resource_type,
+                "resource_id": a.resource_id,
+                "request_id": a.request_id,
+                "ip": a.ip,
+                "user_agent": a.user_agent,
+                "created": a.created_at.to_rfc3339(),
+            })
+        })
+        .collect();
+    ledger::list_reply("/v1/audit_logs", data, listing.has_more)
+}
+
+impl From<Reply> for Response {
+    fn from(reply: Reply) -> Response {
+        reply.into_response()
+    }
+}

@@ -1,1 +1,229 @@
+//! Settle's storage port and its two adapters.
+//!
+//! [`Store`] opens transactions; [`Tx`] is everything the services may do inside one. The SQLite
+//! adapter is the embedded default, the PostgreSQL adapter is for production. Both implement the
+//! same port with the same SQL wherever the dialects agree (the shared bodies live in `shared.rs`
+//! and are stamped out once per engine); they differ only where the engines do: bulk writes, row
+//! locks and row-level security. One conformance suite (the server's integration tests) runs
+//! against both.
+//!
+//! Architecture invariant: this crate decides nothing. It loads and stores domain values; which
+//! transfer is accepted is decided by `settle_domain::ledger`.
 
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use settle_domain::{
+    ledger::{Account, Effects, Key, PendingStatus, Transfer},
+    tenancy::{ApiKey, AuditEntry, IdempotencyRecord, Merchant},
+    Timestamp,
+};
+
+#[macro_use]
+mod shared;
+mod migrate;
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "sqlite",
+            Engine::Postgres => "postgres",
+        }
+    }
+}
+
+/// Whose rows a transaction may see. On PostgreSQL this sets `settle.merchant_id`, which the
+/// row-level security policies compare with each row's `merchant_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Merchant(String),
+    /// Internal jobs, the ledger writer and the operator API: every merchant.
+    System,
+}
+
+/// Reads go to a pool of readers; writes on SQLite go through its single writer connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Read,
+    Write,
+}
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// A unique constraint refused the write; the text names the constraint or its columns.
+    Conflict(String),
+    /// A pagination cursor (`starting_after` / `ending_before`) names no row.
+    CursorNotFound,
+    /// A stored value could not be read back as a domain value.
+    Corrupt(String),
+    Database(sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether this is a unique violation on `table` (PostgreSQL names the constraint, SQLite
+    /// the columns; both contain the table name).
+    pub fn is_conflict_on(&self, table: &str) -> bool {
+        matches!(self, StoreError::Conflict(detail) if detail.contains(table))
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Conflict(detail) => write!(f, "unique constraint violated: {detail}"),
+            StoreError::CursorNotFound => f.write_str("pagination cursor not found"),
+            StoreError::Corrupt(detail) => write!(f, "stored value unreadable: {detail}"),
+            StoreError::Database(e) => write!(f, "database error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Database(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            if db.is_unique_violation() {
+                let detail = db.constraint().map(str::to_owned).unwrap_or_else(|| db.message().to_owned());
+                return StoreError::Conflict(detail);
+            }
+        }
+        StoreError::Database(e)
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Cursor pagination, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct PageRequest {
+    /// 1–100.
+    pub limit: u32,
+    pub starting_after: Option<String>,
+    pub ending_before: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    pub has_more: bool,
+}
+
+/// A pending transfer that is due for release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DuePending {
+    pub merchant_id: String,
+    pub transfer_id: String,
+}
+
+/// Connection settings shared by both adapters.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub pool_size_max: u32,
+    pub acquire_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            pool_size_max: 16,
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Opens a store from a URL: `postgres://…` / `postgresql://…`, or `sqlite://path` / a plain path.
+pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url, options).await?))
+    } else {
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        Ok(Arc::new(SqliteStore::open(std::path::Path::new(path), options).await?))
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn engine(&self) -> Engine;
+    /// Applies pending migrations; safe when several processes start at once.
+    async fn migrate(&self) -> Result<()>;
+    async fn ping(&self) -> Result<()>;
+    async fn begin(&self, scope: Scope, mode: Mode) -> Result<Box<dyn Tx>>;
+    /// Connections currently checked out of the pools.
+    fn connections_in_use(&self) -> u32;
+    /// Whether the database would let this process bypass row-level security (superuser or
+    /// BYPASSRLS on PostgreSQL; always false on SQLite, which has none).
+    async fn bypasses_row_security(&self) -> Result<bool>;
+    async fn close(&self);
+}
+
+/// One database transaction. Dropping it without [`Tx::commit`] rolls it back.
+#[async_trait]
+pub trait Tx: Send {
+    async fn commit(self: Box<Self>) -> Result<()>;
+
+    async fn get_setting(&mut self, name: &str) -> Result<Option<String>>;
+    async fn put_setting(&mut self, name: &str, value: &str) -> Result<()>;
+
+    async fn insert_merchant(&mut self, merchant: &Merchant) -> Result<()>;
+    async fn get_merchant(&mut self, id: &str) -> Result<Option<Merchant>>;
+    async fn list_merchants(&mut self, page: &PageRequest) -> Result<Listing<Merchant>>;
+    async fn deactivate_merchant(&mut self, id: &str, at: Timestamp) -> Result<()>;
+
+    async fn insert_api_key(&mut self, key: &ApiKey) -> Result<()>;
+    async fn get_api_key(&mut self, merchant_id: &str, id: &str) -> Result<Option<ApiKey>>;
+    async fn list_api_keys(&mut self, merchant_id: &str, page: &PageRequest) -> Result<Listing<ApiKey>>;
+    async fn revoke_api_key(&mut self, merchant_id: &str, id: &str, at: Timestamp) -> Result<()>;
+    /// Keys whose prefix matches, each with its merchant.
+    async fn find_api_keys(&mut self, prefix: &str) -> Result<Vec<(ApiKey, Merchant)>>;
+    async fn touch_api_keys(&mut self, used: &[(String, Timestamp)]) -> Result<()>;
+
+    async fn get_idempotency(&mut self, merchant_id: &str, key: &str) -> Result<Option<IdempotencyRecord>>;
+    /// Fails with [`StoreError::Conflict`] when the key is already stored.
+    async fn insert_idempotency(&mut self, record: &IdempotencyRecord) -> Result<()>;
+    async fn prune_idempotency(&mut self, created_before: Timestamp, limit: u32) -> Result<u64>;
+
+    async fn insert_audit(&mut self, entries: &[AuditEntry]) -> Result<()>;
+    async fn list_audit(&mut self, merchant_id: &str, page: &PageRequest) -> Result<Listing<AuditEntry>>;
+
+    async fn insert_account(&mut self, account: &Account) -> Result<()>;
+    /// Accounts by key; with `lock`, row-locked in key order until the transaction ends.
+    async fn get_accounts(&mut self, keys: &[Key], lock: bool) -> Result<Vec<Account>>;
+    async fn list_accounts(&mut self, merchant_id: &str, page: &PageRequest) -> Result<Listing<Account>>;
+    async fn get_transfers(&mut self, keys: &[Key]) -> Result<Vec<Transfer>>;
+    async fn get_pending_statuses(&mut self, keys: &[Key]) -> Result<Vec<(Key, PendingStatus)>>;
+    /// Writes what the ledger decided: new transfers, account totals, pending statuses.
+    async fn write_ledger(&mut self, effects: &Effects) -> Result<()>;
+    /// An account's transfers, newest first.
+    async fn list_entries(&mut self, merchant_id: &str, account_id: &str, page: &PageRequest)
+        -> Result<Listing<Transfer>>;
+    async fn due_pending(&mut self, now: Timestamp, limit: u32) -> Result<Vec<DuePending>>;
+
+    /// Every merchant id that owns ledger accounts.
+    async fn ledger_merchants(&mut self) -> Result<Vec<String>>;
+    /// One merchant's accounts in `seq` order, `limit` after `after_seq`; returns rows with their seq.
+    async fn scan_accounts(&mut self, merchant_id: &str, after_seq: i64, limit: u32) -> Result<Vec<(i64, Account)>>;
+    async fn scan_transfers(&mut self, merchant_id: &str, after_seq: i64, limit: u32)
+        -> Result<Vec<(i64, Transfer)>>;
+    async fn scan_pending(&mut self, merchant_id: &str) -> Result<Vec<(String, PendingStatus)>>;
+}

@@ -1,1 +1,111 @@
-fn main() {}
+//! The `settle` binary: thin glue over the library crates.
+
+mod bench;
+mod config;
+
+use std::{process::ExitCode, sync::Arc};
+
+use clap::{Parser, Subcommand};
+use config::{Common, ServeArgs};
+use settle_server::{clock::SystemClock, App};
+
+#[derive(Parser)]
+#[command(name = "settle", version, about = "Settle: payments core in one binary (ledger, idempotency, merchants).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API (embedded SQLite under ./settle-data unless a database URL is given).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(Common),
+    /// Check the ledger's invariants on a live database; exits 1 on any violation.
+    Verify(Common),
+    /// Benchmarks (drive the HTTP API on loopback and print figures).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("settle: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Migrate(common) => migrate(common).await,
+            Command::Verify(common) => verify(common).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("settle: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
+    config::init_logging(&args.log_format);
+    let store = args.common.open_store().await?;
+    store.migrate().await.map_err(|e| format!("migrations failed: {e}"))?;
+    if store.bypasses_row_security().await.unwrap_or(false) {
+        tracing::warn!("the database role is a superuser or has BYPASSRLS: row-level security is not enforced; connect as an ordinary role in production");
+    }
+    let app = App::build(store.clone(), Arc::new(SystemClock), args.server_config(store.engine()))
+        .await
+        .map_err(|e| format!("cannot build the app: {e:?}"))?;
+    let token_note = config::ensure_admin_token(&app.state, &args).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("{}", config::getting_started(addr, store.engine(), &args, token_note.as_deref()));
+    tracing::info!(%addr, engine = store.engine().as_str(), "listening");
+    let service = app.router.clone().into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(listener, service).with_graceful_shutdown(config::shutdown_signal()).await;
+    tracing::info!("shutting down: in-flight requests done; draining the ledger writer and jobs");
+    app.shutdown().await;
+    store.close().await;
+    served.map_err(|e| format!("server error: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(common: Common) -> Result<ExitCode, String> {
+    let store = common.open_store().await?;
+    store.migrate().await.map_err(|e| format!("migrations failed: {e}"))?;
+    println!("migrations applied ({})", store.engine().as_str());
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(common: Common) -> Result<ExitCode, String> {
+    let store = common.open_store().await?;
+    store.migrate().await.map_err(|e| format!("migrations failed: {e}"))?;
+    let report = settle_server::verify::verify(store.as_ref()).await.map_err(|e| format!("verify failed: {e}"))?;
+    store.close().await;
+    print_report(&report);
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub fn print_report(report: &settle_server::verify::Report) {
+    println!(
+        "verify: {} merchants, {} accounts, {} transfers: {}",
+        report.merchants,
+        report.accounts,
+        report.transfers,
+        if report.ok() { "OK, every invariant holds".to_owned() } else { format!("{} VIOLATIONS", report.violations.len()) }
+    );
+    for v in &report.violations {
+        println!("  violation: {v}");
+    }
+}

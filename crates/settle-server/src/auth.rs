@@ -1,0 +1,169 @@
+//! Bearer authentication: the operator's admin token and merchants' API keys.
+//!
+//! Secrets are compared as SHA-256 digests in constant time. Verified keys are cached for a
+//! short time (`auth_cache_ttl`) so that a request costs no database read; revoking a key or
+//! deactivating a merchant clears this process's cache at once, other processes within the TTL.
+//! `last_used_at` is collected in memory and written by a background job, not per request.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{Request, State},
+    http::{header, Method},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use sha2::{Digest, Sha256};
+use settle_domain::{
+    tenancy::{MerchantStatus, Scopes},
+    Timestamp,
+};
+use settle_store::{Mode, Scope};
+use subtle::ConstantTimeEq;
+
+use crate::{error::ApiError, AppState};
+
+pub const API_KEY_PREFIX: &str = "sk_test_";
+/// `sk_test_` plus 43 base62 characters.
+pub const API_KEY_LEN: usize = API_KEY_PREFIX.len() + 43;
+/// The part of a key kept in clear to find it: `sk_test_` plus 8 characters.
+pub const API_KEY_LOOKUP_LEN: usize = API_KEY_PREFIX.len() + 8;
+/// Settings row holding the admin token's digest.
+pub const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
+const CACHE_ENTRIES_MAX: usize = 10_000;
+
+/// An authenticated merchant API key.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub merchant_id: String,
+    pub key_id: String,
+    pub key_prefix: String,
+    pub scopes: Scopes,
+}
+
+#[derive(Clone, Debug)]
+pub enum Caller {
+    Admin,
+    Merchant(Principal),
+}
+
+pub fn sha256_hex(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn same_digest(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+#[derive(Default)]
+pub struct AuthCache {
+    keys: Mutex<HashMap<String, (Principal, Instant)>>,
+    used: Mutex<HashMap<String, Timestamp>>,
+}
+
+impl AuthCache {
+    pub fn clear(&self) {
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.clear();
+        }
+    }
+
+    fn get(&self, digest: &str, ttl: Duration) -> Option<Principal> {
+        let keys = self.keys.lock().ok()?;
+        let (principal, at) = keys.get(digest)?;
+        (at.elapsed() < ttl).then(|| principal.clone())
+    }
+
+    fn put(&self, digest: String, principal: Principal) {
+        if let Ok(mut keys) = self.keys.lock() {
+            if keys.len() >= CACHE_ENTRIES_MAX {
+                keys.clear();
+            }
+            keys.insert(digest, (principal, Instant::now()));
+        }
+    }
+
+    fn mark_used(&self, key_id: &str, at: Timestamp) {
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(key_id.to_owned(), at);
+        }
+    }
+
+    /// Takes the keys used since the last call, for the `last_used_at` job.
+    pub fn take_used(&self) -> Vec<(String, Timestamp)> {
+        self.used.lock().map(|mut u| u.drain().collect()).unwrap_or_default()
+    }
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Looks a merchant API key up (cache first) and checks it is live.
+pub async fn verify_api_key(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    if token.len() != API_KEY_LEN || !token.starts_with(API_KEY_PREFIX) || !token.is_ascii() {
+        return Err(ApiError::Unauthenticated);
+    }
+    let digest = sha256_hex(token);
+    if let Some(principal) = state.auth.get(&digest, state.config.auth_cache_ttl) {
+        return Ok(principal);
+    }
+    let prefix = &token[..API_KEY_LOOKUP_LEN];
+    let candidates = {
+        let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
+        tx.find_api_keys(prefix).await?
+    };
+    let (key, merchant) = candidates
+        .into_iter()
+        .find(|(key, _)| same_digest(&key.secret_hash, &digest))
+        .ok_or(ApiError::Unauthenticated)?;
+    if key.revoked_at.is_some() || merchant.status != MerchantStatus::Active {
+        return Err(ApiError::Unauthenticated);
+    }
+    let principal =
+        Principal { merchant_id: merchant.id, key_id: key.id, key_prefix: key.prefix, scopes: key.scopes };
+    state.auth.put(digest, principal.clone());
+    Ok(principal)
+}
+
+/// Middleware for `/v1`: a live API key with `read` (GET) or `write` (anything else) scope.
+pub async fn require_merchant(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let principal = match bearer(&req) {
+        Some(token) => verify_api_key(&state, token).await,
+        None => Err(ApiError::Unauthenticated),
+    };
+    let principal = match principal {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if reads && !principal.scopes.read {
+        return ApiError::Forbidden("read").into_response();
+    }
+    if !reads && !principal.scopes.write {
+        return ApiError::Forbidden("write").into_response();
+    }
+    state.auth.mark_used(&principal.key_id, state.clock.now());
+    req.extensions_mut().insert(Caller::Merchant(principal));
+    next.run(req).await
+}
+
+/// Middleware for `/admin`: the operator's admin token.
+pub async fn require_admin(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let expected = state.admin_token_digest.read().ok().and_then(|d| d.clone());
+    let ok = match (bearer(&req), expected) {
+        (Some(token), Some(expected)) => same_digest(&sha256_hex(token), &expected),
+        _ => false,
+    };
+    if !ok {
+        return ApiError::Unauthenticated.into_response();
+    }
+    req.extensions_mut().insert(Caller::Admin);
+    next.run(req).await
+}

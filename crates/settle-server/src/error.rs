@@ -1,0 +1,138 @@
+//! The API's one error type. Each variant's doc names its HTTP status.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+use settle_store::StoreError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is malformed; `param` names the offending field.
+    Invalid { code: &'static str, message: String, param: Option<String> },
+    /// 401: no, unknown, revoked or deactivated credentials.
+    Unauthenticated,
+    /// 403: the key lacks the scope this call needs.
+    Forbidden(&'static str),
+    /// 404: no such object for this merchant (another merchant's ids answer the same).
+    NotFound { what: &'static str, id: String },
+    /// 409: the object's state conflicts with the request.
+    Conflict { code: &'static str, message: String, param: Option<String> },
+    /// 409: the same idempotency key is still being executed.
+    IdempotencyInUse,
+    /// 422: the idempotency key was used with a different request.
+    IdempotencyReused { mismatch: &'static str },
+    /// 422: a business rule refused the request.
+    Unprocessable { code: &'static str, message: String, param: Option<String> },
+    /// 409, replaced by the middleware with the stored response: another process committed
+    /// the same idempotency key first.
+    IdempotencyRaceLost,
+    /// 503: shutting down or the database is unreachable.
+    Unavailable,
+    /// 500: opaque to the client; the cause is logged once.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Invalid { code: "parameter_invalid", message: message.into(), param: Some(param.into()) }
+    }
+
+    pub fn missing(param: impl Into<String>) -> Self {
+        let param = param.into();
+        ApiError::Invalid { code: "parameter_missing", message: format!("`{param}` is required"), param: Some(param) }
+    }
+
+    pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
+        ApiError::NotFound { what, id: id.into() }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } | ApiError::IdempotencyInUse | ApiError::IdempotencyRaceLost => {
+                StatusCode::CONFLICT
+            }
+            ApiError::IdempotencyReused { .. } | ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON body: `{"error": {"type", "code", "message", "param"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        let (kind, code, message, param): (&str, &str, String, Option<&str>) = match self {
+            ApiError::Invalid { code, message, param } => ("invalid_request_error", code, message.clone(), param.as_deref()),
+            ApiError::Unauthenticated => (
+                "authentication_error",
+                "invalid_api_key",
+                "missing, unknown, revoked or deactivated credentials".into(),
+                None,
+            ),
+            ApiError::Forbidden(scope) => {
+                ("permission_error", "insufficient_scope", format!("this call needs the `{scope}` scope"), None)
+            }
+            ApiError::NotFound { what, id } => {
+                ("invalid_request_error", "resource_missing", format!("no such {what}: '{id}'"), Some("id"))
+            }
+            ApiError::Conflict { code, message, param } => ("invalid_request_error", code, message.clone(), param.as_deref()),
+            ApiError::IdempotencyInUse | ApiError::IdempotencyRaceLost => (
+                "idempotency_error",
+                "idempotency_key_in_use",
+                "a request with this idempotency key is still being executed; retry later".into(),
+                None,
+            ),
+            ApiError::IdempotencyReused { mismatch } => (
+                "idempotency_error",
+                "idempotency_key_reused",
+                format!("this idempotency key was used with a different request ({mismatch} differs)"),
+                Some(mismatch),
+            ),
+            ApiError::Unprocessable { code, message, param } => {
+                ("invalid_request_error", code, message.clone(), param.as_deref())
+            }
+            ApiError::Unavailable => ("api_error", "service_unavailable", "the service is unavailable".into(), None),
+            ApiError::Internal(_) => ("api_error", "internal_error", "an internal error occurred".into(), None),
+        };
+        json!({ "error": { "type": kind, "code": code, "message": message, "param": param } })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(cause = %cause, "internal error");
+        }
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if matches!(self, ApiError::IdempotencyRaceLost) {
+            response.extensions_mut().insert(crate::context::IdempotencyRace);
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::CursorNotFound => ApiError::Invalid {
+                code: "cursor_invalid",
+                message: "the pagination cursor names no object of this list".into(),
+                param: Some("starting_after".into()),
+            },
+            StoreError::Database(sqlx_error) if is_unavailable(&sqlx_error) => {
+                tracing::warn!(error = %sqlx_error, "database unavailable");
+                ApiError::Unavailable
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+}

@@ -1,0 +1,176 @@
+//! Request parsing at the edge: JSON bodies (1 MiB at most, unknown fields refused, errors that
+//! name the field) and list parameters.
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{FromRequest, FromRequestParts, Request},
+    http::request::Parts,
+};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use settle_store::PageRequest;
+
+use crate::error::ApiError;
+
+/// Largest request body accepted.
+pub const BODY_BYTES_MAX: usize = 1 << 20;
+
+/// Reads the whole body, refusing more than [`BODY_BYTES_MAX`].
+pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, BODY_BYTES_MAX).await.map_err(|_| ApiError::Invalid {
+        code: "body_too_large",
+        message: format!("the request body exceeds {BODY_BYTES_MAX} bytes"),
+        param: Some("body".into()),
+    })
+}
+
+/// Parses JSON text into a `Value` (an empty body is `{}`).
+pub fn parse_value(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(serde_json::Map::new()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::Invalid {
+        code: "invalid_json",
+        message: format!("the body is not valid JSON: {e}"),
+        param: Some("body".into()),
+    })
+}
+
+/// Converts a JSON value into `T`, naming the offending field (`transfers[2].amount`) on error.
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // The path of an unknown field already ends with the field's name.
+        let param = match unknown_field(&inner) {
+            Some(field) if path == "." => field.to_owned(),
+            _ if path == "." => "body".to_owned(),
+            _ => path,
+        };
+        let (code, message) = if inner.starts_with("unknown field") {
+            ("parameter_unknown", format!("unknown field `{param}`"))
+        } else if inner.starts_with("missing field") {
+            ("parameter_missing", format!("`{}` is required: {inner}", param))
+        } else {
+            ("parameter_invalid", format!("`{param}`: {inner}"))
+        };
+        ApiError::Invalid { code, message, param: Some(param) }
+    })
+}
+
+/// serde's messages name an unknown field as "unknown field `x`, expected …".
+fn unknown_field(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown field `")?.split('`').next()
+}
+
+/// A JSON request body parsed into `T`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req.into_body()).await?;
+        Ok(JsonBody(from_value(parse_value(&bytes)?)?))
+    }
+}
+
+/// `limit`, `starting_after`, `ending_before`.
+pub struct Page(pub PageRequest);
+
+impl<S: Send + Sync> FromRequestParts<S> for Page {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let mut page = PageRequest { limit: 10, ..PageRequest::default() };
+        for (name, value) in query_pairs(parts.uri.query().unwrap_or("")) {
+            match name.as_str() {
+                "limit" => {
+                    page.limit = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|l| (1..=100).contains(l))
+                        .ok_or_else(|| ApiError::invalid("limit", "`limit` must be an integer from 1 to 100"))?;
+                }
+                "starting_after" => page.starting_after = Some(value),
+                "ending_before" => page.ending_before = Some(value),
+                other => {
+                    return Err(ApiError::Invalid {
+                        code: "parameter_unknown",
+                        message: format!("unknown query parameter `{other}`"),
+                        param: Some(other.to_owned()),
+                    })
+                }
+            }
+        }
+        if page.starting_after.is_some() && page.ending_before.is_some() {
+            return Err(ApiError::invalid("ending_before", "use `starting_after` or `ending_before`, not both"));
+        }
+        Ok(Page(page))
+    }
+}
+
+impl Page {
+    /// The parameter a missing cursor came from, for the 400.
+    pub fn cursor_param(&self) -> &'static str {
+        if self.0.ending_before.is_some() {
+            "ending_before"
+        } else {
+            "starting_after"
+        }
+    }
+}
+
+/// Splits a query string into decoded pairs (`+` is a space, `%XX` a byte).
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_query_pairs() {
+        assert_eq!(
+            query_pairs("limit=5&starting_after=la_1%3Ax&x=a+b&bad=%zz&end=%4"),
+            vec![
+                ("limit".into(), "5".into()),
+                ("starting_after".into(), "la_1:x".into()),
+                ("x".into(), "a b".into()),
+                ("bad".into(), "%zz".into()),
+                ("end".into(), "%4".into()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! Checks for fields that several resources share (ids, names, metadata, currencies).
+
+use serde_json::Value;
+use settle_domain::{validate, Currency};
+
+use crate::error::ApiError;
+
+pub const METADATA_KEYS_MAX: usize = 50;
+pub const METADATA_KEY_LEN_MAX: usize = 40;
+pub const METADATA_VALUE_LEN_MAX: usize = 500;
+pub const NAME_LEN_MAX: usize = 200;
+
+/// Stripe's metadata rules: an object of at most 50 string values, keys ≤ 40 and values ≤ 500
+/// characters.
+pub fn metadata(value: Option<Value>, param: &str) -> Result<Option<Value>, ApiError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let Value::Object(map) = &value else {
+        return Err(ApiError::invalid(param, format!("`{param}` must be an object of string values")));
+    };
+    if map.len() > METADATA_KEYS_MAX {
+        return Err(ApiError::invalid(param, format!("`{param}` may have at most {METADATA_KEYS_MAX} keys")));
+    }
+    for (k, v) in map {
+        let field = format!("{param}.{k}");
+        if k.is_empty() || k.chars().count() > METADATA_KEY_LEN_MAX {
+            return Err(ApiError::invalid(field, format!("metadata keys are 1-{METADATA_KEY_LEN_MAX} characters")));
+        }
+        match v {
+            Value::String(s) if s.chars().count() <= METADATA_VALUE_LEN_MAX => {}
+            Value::String(_) => {
+                return Err(ApiError::invalid(field, format!("metadata values are at most {METADATA_VALUE_LEN_MAX} characters")))
+            }
+            _ => return Err(ApiError::invalid(field, "metadata values must be strings")),
+        }
+    }
+    Ok(Some(value))
+}
+
+pub fn client_id(value: &str, param: &str) -> Result<String, ApiError> {
+    if validate::is_client_id(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be 1-{} characters of A-Z a-z 0-9 _ : . -", validate::CLIENT_ID_LEN_MAX),
+        ))
+    }
+}
+
+pub fn currency(value: &str, param: &str) -> Result<Currency, ApiError> {
+    Currency::parse(value).ok_or_else(|| ApiError::invalid(param, format!("`{param}`: unknown currency '{value}'")))
+}
+
+pub fn name(value: Option<String>, param: &str) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(n) if n.trim().is_empty() || n.chars().count() > NAME_LEN_MAX || n.chars().any(char::is_control) => {
+            Err(ApiError::invalid(param, format!("`{param}` must be 1-{NAME_LEN_MAX} printable characters")))
+        }
+        other => Ok(other),
+    }
+}
+
+pub fn positive_amount(value: i64, param: &str) -> Result<i64, ApiError> {
+    if value > 0 {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid(param, format!("`{param}` must be a positive integer in minor units")))
+    }
+}

@@ -1,0 +1,153 @@
+//! `Idempotency-Key` on POST, with Stripe's semantics.
+//!
+//! - same key, same request (method, path, canonical body), after completion: the stored response
+//!   is replayed with `Idempotent-Replayed: true`;
+//! - same key, different request: 422 `idempotency_key_reused`, naming what differs;
+//! - same key while the first request is executing: 409 `idempotency_key_in_use`.
+//!
+//! Only 2xx responses are stored, and they commit in the same transaction as the request's
+//! effects (see `Ctx::commit` and the ledger writer); a request that failed committed nothing,
+//! so a retry with the same key simply executes. "Executing" is tracked per process; across
+//! processes the unique key in the database decides, and the loser replays the winner's response.
+
+use std::{collections::HashSet, sync::Mutex};
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderValue, Method},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use sha2::{Digest, Sha256};
+use settle_domain::{
+    tenancy::{IdempotencyRecord, ADMIN_SCOPE},
+    validate,
+};
+use settle_store::{Mode, Scope};
+
+use crate::{
+    auth::Caller,
+    context::{IdempotencyDraft, IdempotencyRace, Reply},
+    error::ApiError,
+    extract::read_body,
+    AppState,
+};
+
+pub const HEADER: &str = "idempotency-key";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// Keys being executed in this process.
+#[derive(Default)]
+pub struct InFlight(Mutex<HashSet<(String, String)>>);
+
+pub struct Claim<'a> {
+    set: &'a InFlight,
+    key: (String, String),
+}
+
+impl InFlight {
+    fn claim(&self, scope: &str, key: &str) -> Option<Claim<'_>> {
+        let k = (scope.to_owned(), key.to_owned());
+        let mut set = self.0.lock().ok()?;
+        set.insert(k.clone()).then_some(Claim { set: self, key: k })
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.0.lock() {
+            set.remove(&self.key);
+        }
+    }
+}
+
+/// Hex SHA-256 over method, path and the body in canonical form (JSON re-serialized with sorted
+/// keys and no insignificant whitespace; other bodies as sent).
+pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
+    let canonical = serde_json::from_slice::<serde_json::Value>(body)
+        .map(|v| v.to_string().into_bytes())
+        .unwrap_or_else(|_| body.to_vec());
+    let mut h = Sha256::new();
+    h.update(method.as_bytes());
+    h.update(b"\n");
+    h.update(path.as_bytes());
+    h.update(b"\n");
+    h.update(&canonical);
+    hex::encode(h.finalize())
+}
+
+pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match run(state, req, next).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+async fn run(state: AppState, req: Request, next: Next) -> Result<Response, Response> {
+    if req.method() != Method::POST {
+        return Ok(next.run(req).await);
+    }
+    let Some(key) = req.headers().get(HEADER) else {
+        return Ok(next.run(req).await);
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| validate::is_idempotency_key(k))
+        .ok_or_else(|| {
+            ApiError::invalid("Idempotency-Key", "the Idempotency-Key header must be 1-255 printable ASCII characters")
+                .into_response()
+        })?
+        .to_owned();
+    let scope = match req.extensions().get::<Caller>() {
+        Some(Caller::Merchant(p)) => p.merchant_id.clone(),
+        _ => ADMIN_SCOPE.to_owned(),
+    };
+    let (mut parts, body) = req.into_parts();
+    let bytes = read_body(body).await.map_err(IntoResponse::into_response)?;
+    let method = parts.method.as_str().to_owned();
+    let path = parts.uri.path().to_owned();
+    let draft = IdempotencyDraft { fingerprint: fingerprint(&method, &path, &bytes), key, method, path };
+
+    let _claim = state.inflight.claim(&scope, &draft.key).ok_or_else(|| ApiError::IdempotencyInUse.into_response())?;
+    if let Some(stored) = lookup(&state, &scope, &draft.key).await? {
+        return replay(&stored, &draft);
+    }
+    parts.extensions.insert(draft.clone());
+    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    if response.extensions().get::<IdempotencyRace>().is_some() {
+        if let Some(stored) = lookup(&state, &scope, &draft.key).await? {
+            return replay(&stored, &draft);
+        }
+    }
+    Ok(response)
+}
+
+async fn lookup(state: &AppState, scope: &str, key: &str) -> Result<Option<IdempotencyRecord>, Response> {
+    let found = async {
+        let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
+        tx.get_idempotency(scope, key).await
+    }
+    .await;
+    found.map_err(|e| ApiError::from(e).into_response())
+}
+
+fn replay(stored: &IdempotencyRecord, draft: &IdempotencyDraft) -> Result<Response, Response> {
+    let mismatch = if stored.method != draft.method {
+        Some("method")
+    } else if stored.path != draft.path {
+        Some("path")
+    } else if stored.fingerprint != draft.fingerprint {
+        Some("body")
+    } else {
+        None
+    };
+    if let Some(mismatch) = mismatch {
+        return Err(ApiError::IdempotencyReused { mismatch }.into_response());
+    }
+    let status = axum::http::StatusCode::from_u16(stored.status_code)
+        .map_err(|_| ApiError::Internal(format!("stored status {}", stored.status_code)).into_response())?;
+    let mut response = Reply { status, body: stored.response_body.clone() }.into_response();
+    response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    Ok(response)
+}

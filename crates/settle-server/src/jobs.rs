@@ -1,0 +1,102 @@
+//! Background jobs. Each is a `try_execute_*` function that does one bounded round and reports
+//! what it changed (tests call them directly); [`spawn`] only schedules them.
+
+use std::time::Duration;
+
+use settle_store::{Mode, Scope};
+use tokio::{sync::oneshot, sync::watch, task::JoinHandle};
+
+use crate::{
+    error::ApiError,
+    ledger::{write_error, writer::Command},
+    AppState,
+};
+
+/// Most pending transfers one expiry round releases.
+pub const EXPIRY_BATCH_MAX: u32 = 1_000;
+/// Most idempotency keys one pruning round deletes.
+pub const PRUNE_BATCH_MAX: u32 = 10_000;
+
+/// Releases pending transfers whose timeout has passed. Returns how many were released.
+pub async fn try_execute_expiry(state: &AppState) -> Result<usize, ApiError> {
+    let due = {
+        let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
+        tx.due_pending(state.clock.now(), EXPIRY_BATCH_MAX).await?
+    };
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let (reply, answer) = oneshot::channel();
+    state.writer.submit(Command::Expire { due, reply }).await.map_err(write_error)?;
+    let released = answer.await.map_err(|_| ApiError::Unavailable)?.map_err(write_error)?;
+    state.metrics.job_changes("pending_expiry", u64::try_from(released).unwrap_or(0));
+    Ok(released)
+}
+
+/// Deletes idempotency keys older than the retention. Returns how many were deleted.
+pub async fn try_execute_prune(state: &AppState) -> Result<u64, ApiError> {
+    let retention = i64::try_from(state.config.idempotency_retention.as_micros()).unwrap_or(i64::MAX);
+    let before = settle_domain::Timestamp(state.clock.now().0.saturating_sub(retention));
+    let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
+    let deleted = tx.prune_idempotency(before, PRUNE_BATCH_MAX).await?;
+    tx.commit().await?;
+    state.metrics.job_changes("idempotency_prune", deleted);
+    Ok(deleted)
+}
+
+/// Writes the API keys' `last_used_at` collected since the last round.
+pub async fn try_execute_key_usage(state: &AppState) -> Result<usize, ApiError> {
+    let used = state.auth.take_used();
+    if used.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
+    tx.touch_api_keys(&used).await?;
+    tx.commit().await?;
+    Ok(used.len())
+}
+
+pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let expiry = state.config.expiry_interval;
+    let housekeeping = state.config.housekeeping_interval;
+    vec![
+        tokio::spawn(every(expiry, stop.clone(), state.clone(), |s| async move {
+            // Drain a backlog in bounded rounds.
+            for _ in 0..10 {
+                match try_execute_expiry(&s).await {
+                    Ok(n) if n == EXPIRY_BATCH_MAX as usize => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = ?e, "pending expiry failed");
+                        break;
+                    }
+                }
+            }
+        })),
+        tokio::spawn(every(housekeeping, stop, state, |s| async move {
+            if let Err(e) = try_execute_prune(&s).await {
+                tracing::warn!(error = ?e, "idempotency pruning failed");
+            }
+            if let Err(e) = try_execute_key_usage(&s).await {
+                tracing::warn!(error = ?e, "api key usage flush failed");
+            }
+        })),
+    ]
+}
+
+async fn every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, state: AppState, round: F)
+where
+    F: Fn(AppState) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => round(state.clone()).await,
+            _ = stop.changed() => break,
+        }
+    }
+    // A last round so that nothing collected in memory is lost on shutdown.
+    round(state).await;
+}

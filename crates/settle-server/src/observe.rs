@@ -1,0 +1,52 @@
+//! The outermost middleware: a request id (echoed as `X-Request-Id`), one JSON log line per
+//! request, the request metrics, and the request timeout (503 when it passes).
+
+use std::time::Instant;
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::HeaderValue,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+
+use crate::{context::RequestId, error::ApiError, AppState};
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| state.ids.make("req"));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let mut response = match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable.into_response(),
+    };
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    state.metrics.request(&route, &method, status, elapsed.as_secs_f64());
+    tracing::info!(
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        status,
+        latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}

@@ -1,0 +1,171 @@
+//! The PostgreSQL adapter: one pool; row locks (`FOR UPDATE`, in key order); bulk writes with
+//! `UNNEST`; row-level security scoped by `settle.merchant_id`.
+
+use async_trait::async_trait;
+use settle_domain::ledger::{Effects, Key};
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions, PgRow},
+    PgPool, Postgres,
+};
+
+use crate::{migrate, Engine, Mode, Result, Scope, Store, StoreOptions, Tx};
+
+/// Serializes `settle migrate` across processes that start at once.
+const MIGRATION_LOCK: i64 = 0x5e77_1e00;
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+        let connect: PgConnectOptions = url.parse()?;
+        Self::connect_with(connect, options).await
+    }
+
+    pub async fn connect_with(connect: PgConnectOptions, options: &StoreOptions) -> Result<Self> {
+        let statement_timeout = format!("{}ms", options.statement_timeout.as_millis());
+        let connect = connect.application_name("settle").options([("statement_timeout", statement_timeout.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.pool_size_max)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        Ok(PostgresStore { pool })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn engine(&self) -> Engine {
+        Engine::Postgres
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let lock = format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})");
+        run_migrations(&self.pool, migrate::POSTGRES, Some(&lock)).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn begin(&self, scope: Scope, _mode: Mode) -> Result<Box<dyn Tx>> {
+        let mut tx = self.pool.begin().await?;
+        let merchant = match &scope {
+            Scope::Merchant(id) => id.as_str(),
+            Scope::System => "*",
+        };
+        sqlx::query("SELECT set_config('settle.merchant_id', $1, true)").bind(merchant).execute(&mut *tx).await?;
+        Ok(Box::new(PgTx { tx }))
+    }
+
+    fn connections_in_use(&self) -> u32 {
+        self.pool.size().saturating_sub(u32::try_from(self.pool.num_idle()).unwrap_or(0))
+    }
+
+    async fn bypasses_row_security(&self) -> Result<bool> {
+        Ok(sqlx::query_scalar("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+pub struct PgTx {
+    tx: sqlx::Transaction<'static, Postgres>,
+}
+
+fn split_keys(keys: &[Key]) -> (Vec<&str>, Vec<&str>) {
+    keys.iter().map(|(m, id)| (m.as_str(), id.as_str())).unzip()
+}
+
+impl PgTx {
+    async fn fetch_by_keys(&mut self, cols: &str, table: &str, id_col: &str, keys: &[Key], lock: bool)
+        -> Result<Vec<PgRow>> {
+        let suffix = if lock { format!(" ORDER BY merchant_id, {id_col} FOR UPDATE") } else { String::new() };
+        let sql = format!(
+            "SELECT {cols} FROM {table} WHERE (merchant_id, {id_col}) IN \
+             (SELECT * FROM UNNEST($1::text[], $2::text[])){suffix}"
+        );
+        let (merchants, ids) = split_keys(keys);
+        Ok(sqlx::query(&sql).bind(merchants).bind(ids).fetch_all(&mut *self.tx).await?)
+    }
+
+    async fn write_effects(&mut self, effects: &Effects) -> Result<()> {
+        if !effects.accounts.is_empty() {
+            let a = &effects.accounts;
+            sqlx::query(
+                "UPDATE ledger_accounts AS a SET debits_pending = u.dp, debits_posted = u.dpo, \
+                 credits_pending = u.cp, credits_posted = u.cpo \
+                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) \
+                 AS u(merchant_id, id, dp, dpo, cp, cpo) \
+                 WHERE a.merchant_id = u.merchant_id AND a.id = u.id",
+            )
+            .bind(a.iter().map(|x| x.merchant_id.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|x| x.id.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|x| x.balances.debits_pending).collect::<Vec<_>>())
+            .bind(a.iter().map(|x| x.balances.debits_posted).collect::<Vec<_>>())
+            .bind(a.iter().map(|x| x.balances.credits_pending).collect::<Vec<_>>())
+            .bind(a.iter().map(|x| x.balances.credits_posted).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        if !effects.transfers.is_empty() {
+            let t = &effects.transfers;
+            let text = |f: fn(&settle_domain::ledger::Transfer) -> &str| t.iter().map(f).collect::<Vec<_>>();
+            let int = |f: fn(&settle_domain::ledger::Transfer) -> i64| t.iter().map(f).collect::<Vec<_>>();
+            sqlx::query(&format!(
+                "INSERT INTO ledger_transfers ({}) SELECT * FROM UNNEST(\
+                 $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], \
+                 $8::text[], $9::bigint[], $10::bigint[], $11::text[], $12::bigint[], \
+                 $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], \
+                 $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[])",
+                crate::shared::TRANSFER_COLS
+            ))
+            .bind(text(|x| &x.merchant_id))
+            .bind(text(|x| &x.id))
+            .bind(text(|x| x.kind.as_str()))
+            .bind(text(|x| &x.debit_account_id))
+            .bind(text(|x| &x.credit_account_id))
+            .bind(int(|x| x.amount))
+            .bind(text(|x| x.currency.code()))
+            .bind(t.iter().map(|x| x.pending_id.as_deref()).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.timeout_seconds.map(i64::from)).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.expires_at.map(|e| e.0)).collect::<Vec<_>>())
+            .bind(t.iter().map(|x| x.metadata.to_string()).collect::<Vec<_>>())
+            .bind(int(|x| x.created_at.0))
+            .bind(int(|x| x.debit_after.debits_pending))
+            .bind(int(|x| x.debit_after.debits_posted))
+            .bind(int(|x| x.debit_after.credits_pending))
+            .bind(int(|x| x.debit_after.credits_posted))
+            .bind(int(|x| x.credit_after.debits_pending))
+            .bind(int(|x| x.credit_after.debits_posted))
+            .bind(int(|x| x.credit_after.credits_pending))
+            .bind(int(|x| x.credit_after.credits_posted))
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        if !effects.pending.is_empty() {
+            let p = &effects.pending;
+            sqlx::query(
+                "INSERT INTO ledger_pending (merchant_id, transfer_id, status, expires_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) \
+                 ON CONFLICT (merchant_id, transfer_id) DO UPDATE SET status = excluded.status",
+            )
+            .bind(p.iter().map(|x| x.merchant_id.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|x| x.transfer_id.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+            .bind(p.iter().map(|x| x.expires_at.map(|e| e.0)).collect::<Vec<_>>())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+shared_tx!(PgTx, PgRow, PgPool);

@@ -1,0 +1,168 @@
+//! Flags and `SETTLE_*` environment variables (see the README's configuration table).
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use clap::Args;
+use settle_server::{clock::Ids, AppState, Config};
+use settle_store::{Engine, Store, StoreOptions};
+
+#[derive(Args, Clone, Debug)]
+pub struct Common {
+    /// PostgreSQL URL (`postgres://user@host/db`); without it, SQLite at <data-dir>/settle.db.
+    #[arg(long, env = "SETTLE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where the embedded database and the admin token file live.
+    #[arg(long, env = "SETTLE_DATA_DIR", default_value = "./settle-data")]
+    pub data_dir: PathBuf,
+    /// Most database connections this process opens.
+    #[arg(long, env = "SETTLE_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+}
+
+impl Common {
+    pub async fn open_store(&self) -> Result<Arc<dyn Store>, String> {
+        let url = match &self.database_url {
+            Some(url) => url.clone(),
+            None => {
+                create_private_dir(&self.data_dir)?;
+                self.data_dir.join("settle.db").to_string_lossy().into_owned()
+            }
+        };
+        let options = StoreOptions { pool_size_max: self.db_pool_size, ..StoreOptions::default() };
+        settle_store::connect(&url, &options).await.map_err(|e| format!("cannot open the database: {e}"))
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Address to listen on.
+    #[arg(long, env = "SETTLE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Set the operator's admin token (otherwise one is generated on first start).
+    #[arg(long, env = "SETTLE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Ledger group-commit writers (default: 1 on SQLite, 2 on PostgreSQL).
+    #[arg(long, env = "SETTLE_LEDGER_WRITERS")]
+    pub ledger_writers: Option<usize>,
+    /// Hours an idempotency key is kept.
+    #[arg(long, env = "SETTLE_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 24)]
+    pub idempotency_retention_hours: u64,
+    /// Seconds a verified API key is trusted without a database read.
+    #[arg(long, env = "SETTLE_AUTH_CACHE_SECONDS", default_value_t = 2)]
+    pub auth_cache_seconds: u64,
+    /// Longest time one request may take, in seconds.
+    #[arg(long, env = "SETTLE_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub request_timeout_seconds: u64,
+    /// Do not run background jobs in this process (another process runs them).
+    #[arg(long, env = "SETTLE_NO_JOBS")]
+    pub no_jobs: bool,
+    /// Log format: json or text.
+    #[arg(long, env = "SETTLE_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+}
+
+impl ServeArgs {
+    pub fn server_config(&self, engine: Engine) -> Config {
+        let mut config = Config::for_engine(engine);
+        if let Some(w) = self.ledger_writers {
+            config.ledger_writers = w.clamp(1, 64);
+        }
+        config.idempotency_retention = Duration::from_secs(self.idempotency_retention_hours.saturating_mul(3600));
+        config.auth_cache_ttl = Duration::from_secs(self.auth_cache_seconds);
+        config.request_timeout = Duration::from_secs(self.request_timeout_seconds.max(1));
+        config.run_jobs = !self.no_jobs;
+        config
+    }
+}
+
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SETTLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
+/// Makes sure an admin token exists. Returns where a newly generated one was written.
+pub async fn ensure_admin_token(state: &AppState, args: &ServeArgs) -> Result<Option<String>, String> {
+    if let Some(token) = &args.admin_token {
+        settle_server::set_admin_token(state, token).await.map_err(|e| format!("cannot set the admin token: {e:?}"))?;
+        return Ok(None);
+    }
+    let exists = state.admin_token_digest.read().map(|d| d.is_some()).unwrap_or(false);
+    if exists {
+        return Ok(None);
+    }
+    let token = Ids::new(state.clock.clone()).secret("sat_");
+    create_private_dir(&args.common.data_dir)?;
+    let path = args.common.data_dir.join("admin-token");
+    write_private(&path, &format!("{token}\n"))?;
+    settle_server::set_admin_token(state, &token).await.map_err(|e| format!("cannot store the admin token: {e:?}"))?;
+    Ok(Some(path.display().to_string()))
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> Result<(), String> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    file.write_all(contents.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+pub fn getting_started(addr: SocketAddr, engine: Engine, args: &ServeArgs, new_token: Option<&str>) -> String {
+    let token_line = match new_token {
+        Some(path) => format!("A new admin token was written to {path} (mode 0600); it is shown nowhere else."),
+        None => match &args.admin_token {
+            Some(_) => "The admin token is the one given by --admin-token / SETTLE_ADMIN_TOKEN.".to_owned(),
+            None => format!(
+                "The admin token was created on first start (see {}/admin-token).",
+                args.common.data_dir.display()
+            ),
+        },
+    };
+    let token_file = args.common.data_dir.join("admin-token");
+    format!(
+        "Settle is listening on http://{addr} ({engine}).\n{token_line}\n\nCreate a merchant:\n  curl -s http://{addr}/admin/v1/merchants -H \"Authorization: Bearer $(cat {file})\" -d '{{\"name\": \"Acme\", \"email\": \"ops@acme.test\"}}'\n",
+        engine = engine.as_str(),
+        file = token_file.display(),
+    )
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
