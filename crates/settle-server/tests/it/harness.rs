@@ -1,0 +1,247 @@
+//! Test harness: a fresh database per test (a temp SQLite file, or a PostgreSQL schema owned by a
+//! non-superuser role so that row-level security applies), the real app, and a small client
+//! that calls the router directly.
+
+use std::{
+    str::FromStr,
+    sync::{Arc, Once},
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    http::{Method, Request, StatusCode},
+    Router,
+};
+use serde_json::{json, Value};
+use settle_server::{clock::ManualClock, App, Config};
+use settle_store::{Engine, PostgresStore, SqliteStore, Store, StoreOptions};
+use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
+use tower::ServiceExt;
+
+pub const ADMIN_TOKEN: &str = "sat_test_admin_token";
+/// The role tests connect as: it owns its schema but is no superuser, so RLS policies bind it.
+pub const PG_ROLE: &str = "settle_test";
+
+pub fn pg_url() -> String {
+    std::env::var("SETTLE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+pub struct TestApp {
+    pub engine: Engine,
+    pub router: Router,
+    pub app: Option<App>,
+    pub store: Arc<dyn Store>,
+    pub clock: ManualClock,
+    pub db: DbGuard,
+}
+
+pub enum DbGuard {
+    Sqlite(tempfile::TempDir),
+    Postgres { schema: String },
+}
+
+impl Drop for DbGuard {
+    fn drop(&mut self) {
+        if let DbGuard::Postgres { schema } = self {
+            let schema = schema.clone();
+            // Drop the schema from a thread with its own runtime (Drop cannot await).
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                rt.block_on(async {
+                    if let Ok(mut c) = PgConnection::connect(&pg_url()).await {
+                        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut c).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+static LOGS: Once = Once::new();
+
+impl TestApp {
+    /// A fresh app, or `None` when PostgreSQL is unreachable outside CI (the test is skipped).
+    pub async fn spawn(engine: Engine) -> Option<TestApp> {
+        LOGS.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("SETTLE_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .with_test_writer()
+                .try_init();
+        });
+        let options = StoreOptions { pool_size_max: 8, ..StoreOptions::default() };
+        let (store, db): (Arc<dyn Store>, DbGuard) = match engine {
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let store = SqliteStore::open(&dir.path().join("settle.db"), &options).await.expect("open sqlite");
+                (Arc::new(store), DbGuard::Sqlite(dir))
+            }
+            Engine::Postgres => {
+                let schema = match create_pg_schema().await {
+                    Ok(schema) => schema,
+                    Err(e) if in_ci() => panic!("PostgreSQL is required in CI ({}): {e}", pg_url()),
+                    Err(e) => {
+                        eprintln!("\n!!! SKIPPING a PostgreSQL test: cannot reach {} ({e}).\n!!! Set SETTLE_TEST_DATABASE_URL or start PostgreSQL.\n", pg_url());
+                        return None;
+                    }
+                };
+                let connect = PgConnectOptions::from_str(&pg_url())
+                    .expect("pg url")
+                    .username(PG_ROLE)
+                    .options([("search_path", schema.as_str())]);
+                let store = PostgresStore::connect_with(connect, &options).await.expect("connect pg");
+                (Arc::new(store), DbGuard::Postgres { schema })
+            }
+        };
+        store.migrate().await.expect("migrate");
+        let clock = ManualClock::at(settle_server::clock::Clock::now(&settle_server::clock::SystemClock));
+        let mut config = Config::for_engine(engine);
+        config.run_jobs = false;
+        config.auth_cache_ttl = Duration::from_secs(60);
+        let app = App::build(store.clone(), Arc::new(clock.clone()), config).await.expect("build app");
+        settle_server::set_admin_token(&app.state, ADMIN_TOKEN).await.expect("admin token");
+        Some(TestApp { engine, router: app.router.clone(), app: Some(app), store, clock, db })
+    }
+
+    pub fn state(&self) -> &settle_server::AppState {
+        &self.app.as_ref().expect("app").state
+    }
+
+    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Resp {
+        let mut req = Request::builder().method(method).uri(path);
+        if !token.is_empty() {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(body.map(|b| Body::from(b.to_owned())).unwrap_or_else(Body::empty)).expect("request");
+        let res = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.expect("body");
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp { status, headers, json, text }
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, token, Some(&body.to_string()), &[]).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.call(Method::GET, path, token, None, &[]).await
+    }
+
+    /// A new merchant and a read+write API key for it.
+    pub async fn merchant(&self, name: &str) -> Merchant {
+        let email = format!("{name}-{}@example.test", rand_suffix());
+        let m = self.post("/admin/v1/merchants", ADMIN_TOKEN, json!({ "name": name, "email": email })).await;
+        assert_eq!(m.status, StatusCode::CREATED, "{}", m.text);
+        let id = m.json["id"].as_str().expect("id").to_owned();
+        let k = self.post(&format!("/admin/v1/merchants/{id}/api_keys"), ADMIN_TOKEN, json!({})).await;
+        assert_eq!(k.status, StatusCode::CREATED, "{}", k.text);
+        Merchant { id, key: k.json["secret"].as_str().expect("secret").to_owned(), key_id: k.json["id"].as_str().expect("key id").to_owned() }
+    }
+
+    pub async fn account(&self, m: &Merchant, id: &str, flags: Value) -> Resp {
+        let r = self.post("/v1/ledger/accounts", &m.key, json!({ "id": id, "currency": "USD", "flags": flags })).await;
+        assert!(r.status.is_success(), "{}", r.text);
+        r
+    }
+
+    pub async fn transfer(&self, m: &Merchant, body: Value) -> Resp {
+        self.post("/v1/ledger/transfers", &m.key, body).await
+    }
+
+    pub async fn balance(&self, m: &Merchant, account: &str) -> Value {
+        let r = self.get(&format!("/v1/ledger/accounts/{account}"), &m.key).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.json
+    }
+
+    pub async fn verify_ok(&self) {
+        let report = settle_server::verify::verify(self.store.as_ref()).await.expect("verify");
+        assert!(report.ok(), "verify found violations: {:?}", report.violations);
+    }
+}
+
+pub struct Merchant {
+    pub id: String,
+    pub key: String,
+    pub key_id: String,
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub json: Value,
+    pub text: String,
+}
+
+impl Resp {
+    pub fn code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn param(&self) -> &str {
+        self.json["error"]["param"].as_str().unwrap_or("")
+    }
+}
+
+pub fn rand_suffix() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("{n:016x}")
+}
+
+async fn create_pg_schema() -> Result<String, sqlx::Error> {
+    let mut admin = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&pg_url()))
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    // Create the test role once; concurrent tests may race to it.
+    let _ = sqlx::query(&format!(
+        "DO $$ BEGIN CREATE ROLE {PG_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+    ))
+    .execute(&mut admin)
+    .await;
+    let schema = format!("t_{}", rand_suffix());
+    sqlx::query(&format!("CREATE SCHEMA {schema} AUTHORIZATION {PG_ROLE}")).execute(&mut admin).await?;
+    Ok(schema)
+}
+
+/// Runs each listed `async fn(TestApp)` against SQLite and against PostgreSQL.
+#[macro_export]
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(app) = $crate::harness::TestApp::spawn(settle_store::Engine::Sqlite).await {
+                        super::$name(app).await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(app) = $crate::harness::TestApp::spawn(settle_store::Engine::Postgres).await {
+                        super::$name(app).await;
+                    }
+                }
+            )*
+        }
+    };
+}

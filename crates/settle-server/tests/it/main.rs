@@ -1,0 +1,12 @@
+//! Settle's integration tests: one binary, the same conformance suite against SQLite and
+//! PostgreSQL (see `harness::conformance!`).
+
+mod harness;
+
+mod admin;
+mod bad_input;
+mod concurrency;
+mod idempotency;
+mod ledger;
+mod ops;
+mod tenancy;
