@@ -265,8 +265,16 @@ pub enum TransferOp {
         timeout_seconds: Option<u32>,
     },
     /// Post a pending transfer; `amount` below the pending amount posts part and releases the rest.
-    Post { pending_id: String, amount: Option<i64>, expect: Expect },
-    Void { pending_id: String, amount: Option<i64>, expect: Expect },
+    Post {
+        pending_id: String,
+        amount: Option<i64>,
+        expect: Expect,
+    },
+    Void {
+        pending_id: String,
+        amount: Option<i64>,
+        expect: Expect,
+    },
 }
 
 /// One requested transfer, already parsed at the edge (`amount > 0`, known currency, valid ids).
@@ -282,10 +290,16 @@ impl TransferRequest {
     /// Account ids this request names directly (posts and voids name theirs through the pending transfer).
     pub fn account_ids(&self) -> impl Iterator<Item = &str> {
         let (d, c) = match &self.op {
-            TransferOp::Single { debit_account_id, credit_account_id, .. }
-            | TransferOp::Pending { debit_account_id, credit_account_id, .. } => {
-                (Some(debit_account_id.as_str()), Some(credit_account_id.as_str()))
+            TransferOp::Single {
+                debit_account_id,
+                credit_account_id,
+                ..
             }
+            | TransferOp::Pending {
+                debit_account_id,
+                credit_account_id,
+                ..
+            } => (Some(debit_account_id.as_str()), Some(credit_account_id.as_str())),
             TransferOp::Post { .. } | TransferOp::Void { .. } => (None, None),
         };
         d.into_iter().chain(c)
@@ -449,7 +463,8 @@ impl Book {
     }
 
     pub fn load_transfer(&mut self, transfer: Transfer) {
-        self.transfers.insert(key(&transfer.merchant_id, &transfer.id), transfer);
+        self.transfers
+            .insert(key(&transfer.merchant_id, &transfer.id), transfer);
     }
 
     pub fn load_pending(&mut self, merchant_id: &str, transfer_id: &str, status: PendingStatus) {
@@ -502,7 +517,11 @@ impl Book {
         let failed_at = results.len() - 1;
         (0..batch.len())
             .map(|i| {
-                TransferResult::Failed(if i == failed_at { error.clone() } else { TransferError::LinkedEventFailed })
+                TransferResult::Failed(if i == failed_at {
+                    error.clone()
+                } else {
+                    TransferError::LinkedEventFailed
+                })
             })
             .collect()
     }
@@ -544,12 +563,24 @@ impl Book {
                 })
             })
             .collect();
-        Effects { transfers: std::mem::take(&mut self.created), accounts, pending }
+        Effects {
+            transfers: std::mem::take(&mut self.created),
+            accounts,
+            pending,
+        }
     }
 
     fn apply_one(&mut self, merchant_id: &str, request: &TransferRequest, now: Timestamp) -> TransferResult {
-        if let TransferOp::Single { debit_account_id, credit_account_id, .. }
-        | TransferOp::Pending { debit_account_id, credit_account_id, .. } = &request.op
+        if let TransferOp::Single {
+            debit_account_id,
+            credit_account_id,
+            ..
+        }
+        | TransferOp::Pending {
+            debit_account_id,
+            credit_account_id,
+            ..
+        } = &request.op
         {
             if debit_account_id == credit_account_id {
                 return TransferResult::Failed(TransferError::AccountsMustDiffer);
@@ -571,24 +602,60 @@ impl Book {
         }
     }
 
-    fn create_new(&mut self, merchant_id: &str, request: &TransferRequest, now: Timestamp) -> Result<Transfer, TransferError> {
+    fn create_new(
+        &mut self,
+        merchant_id: &str,
+        request: &TransferRequest,
+        now: Timestamp,
+    ) -> Result<Transfer, TransferError> {
         let (debit_id, credit_id, amount, currency, timeout_seconds, kind) = match &request.op {
-            TransferOp::Single { debit_account_id, credit_account_id, amount, currency } => {
-                (debit_account_id, credit_account_id, *amount, *currency, None, TransferKind::Single)
+            TransferOp::Single {
+                debit_account_id,
+                credit_account_id,
+                amount,
+                currency,
+            } => (
+                debit_account_id,
+                credit_account_id,
+                *amount,
+                *currency,
+                None,
+                TransferKind::Single,
+            ),
+            TransferOp::Pending {
+                debit_account_id,
+                credit_account_id,
+                amount,
+                currency,
+                timeout_seconds,
+            } => (
+                debit_account_id,
+                credit_account_id,
+                *amount,
+                *currency,
+                *timeout_seconds,
+                TransferKind::Pending,
+            ),
+            TransferOp::Post { .. } | TransferOp::Void { .. } => {
+                unreachable!("resolutions go through create_resolution")
             }
-            TransferOp::Pending { debit_account_id, credit_account_id, amount, currency, timeout_seconds } => {
-                (debit_account_id, credit_account_id, *amount, *currency, *timeout_seconds, TransferKind::Pending)
-            }
-            TransferOp::Post { .. } | TransferOp::Void { .. } => unreachable!("resolutions go through create_resolution"),
         };
         let (dk, ck) = (key(merchant_id, debit_id), key(merchant_id, credit_id));
-        let debit = self.accounts.get(&dk).ok_or(TransferError::AccountNotFound { field: "debit_account_id" })?;
-        let credit = self.accounts.get(&ck).ok_or(TransferError::AccountNotFound { field: "credit_account_id" })?;
+        let debit = self.accounts.get(&dk).ok_or(TransferError::AccountNotFound {
+            field: "debit_account_id",
+        })?;
+        let credit = self.accounts.get(&ck).ok_or(TransferError::AccountNotFound {
+            field: "credit_account_id",
+        })?;
         if debit.currency != currency {
-            return Err(TransferError::CurrencyMismatch { field: "debit_account_id" });
+            return Err(TransferError::CurrencyMismatch {
+                field: "debit_account_id",
+            });
         }
         if credit.currency != currency {
-            return Err(TransferError::CurrencyMismatch { field: "credit_account_id" });
+            return Err(TransferError::CurrencyMismatch {
+                field: "credit_account_id",
+            });
         }
         let pending = kind == TransferKind::Pending;
         let mut d = debit.balances;
@@ -607,7 +674,10 @@ impl Book {
             return Err(TransferError::ExceedsDebits);
         }
         let expires_at = match timeout_seconds {
-            Some(t) => Some(now.checked_add_seconds(i64::from(t)).ok_or(TransferError::OverflowsTimeout)?),
+            Some(t) => Some(
+                now.checked_add_seconds(i64::from(t))
+                    .ok_or(TransferError::OverflowsTimeout)?,
+            ),
             None => None,
         };
         let transfer = Transfer {
@@ -635,22 +705,49 @@ impl Book {
         Ok(transfer)
     }
 
-    fn create_resolution(&mut self, merchant_id: &str, request: &TransferRequest, now: Timestamp) -> Result<Transfer, TransferError> {
+    fn create_resolution(
+        &mut self,
+        merchant_id: &str,
+        request: &TransferRequest,
+        now: Timestamp,
+    ) -> Result<Transfer, TransferError> {
         let (pending_id, amount, expect, kind) = match &request.op {
-            TransferOp::Post { pending_id, amount, expect } => (pending_id, *amount, expect, TransferKind::PostPending),
-            TransferOp::Void { pending_id, amount, expect } => (pending_id, *amount, expect, TransferKind::VoidPending),
-            TransferOp::Single { .. } | TransferOp::Pending { .. } => unreachable!("new transfers go through create_new"),
+            TransferOp::Post {
+                pending_id,
+                amount,
+                expect,
+            } => (pending_id, *amount, expect, TransferKind::PostPending),
+            TransferOp::Void {
+                pending_id,
+                amount,
+                expect,
+            } => (pending_id, *amount, expect, TransferKind::VoidPending),
+            TransferOp::Single { .. } | TransferOp::Pending { .. } => {
+                unreachable!("new transfers go through create_new")
+            }
         };
         let pk = key(merchant_id, pending_id);
-        let pending = self.transfers.get(&pk).ok_or(TransferError::PendingTransferNotFound)?.clone();
+        let pending = self
+            .transfers
+            .get(&pk)
+            .ok_or(TransferError::PendingTransferNotFound)?
+            .clone();
         if pending.kind != TransferKind::Pending {
             return Err(TransferError::PendingTransferNotPending);
         }
         let mismatch = |field| Err(TransferError::PendingTransferHasDifferentField { field });
-        if expect.debit_account_id.as_ref().is_some_and(|d| *d != pending.debit_account_id) {
+        if expect
+            .debit_account_id
+            .as_ref()
+            .is_some_and(|d| *d != pending.debit_account_id)
+        {
             return mismatch("debit_account_id");
         }
-        if expect.credit_account_id.as_ref().is_some_and(|c| *c != pending.credit_account_id) {
+        if expect
+            .credit_account_id
+            .as_ref()
+            .is_some_and(|c| *c != pending.credit_account_id)
+        {
             return mismatch("credit_account_id");
         }
         if expect.currency.is_some_and(|c| c != pending.currency) {
@@ -676,7 +773,14 @@ impl Book {
         };
         let posted = if kind == TransferKind::PostPending { amount } else { 0 };
         let (debit_after, credit_after) = self.resolve_pending(&pending, posted)?;
-        self.set_pending(pk, if posted > 0 { PendingStatus::Posted } else { PendingStatus::Voided });
+        self.set_pending(
+            pk,
+            if posted > 0 {
+                PendingStatus::Posted
+            } else {
+                PendingStatus::Voided
+            },
+        );
         let transfer = Transfer {
             merchant_id: merchant_id.to_owned(),
             id: request.id.clone(),
@@ -702,13 +806,40 @@ impl Book {
     fn resolve_pending(&mut self, pending: &Transfer, posted: i64) -> Result<(Balances, Balances), TransferError> {
         let dk = key(&pending.merchant_id, &pending.debit_account_id);
         let ck = key(&pending.merchant_id, &pending.credit_account_id);
-        let mut d = self.accounts.get(&dk).ok_or(TransferError::AccountNotFound { field: "debit_account_id" })?.balances;
-        let mut c = self.accounts.get(&ck).ok_or(TransferError::AccountNotFound { field: "credit_account_id" })?.balances;
-        d.debits_pending = d.debits_pending.checked_sub(pending.amount).ok_or(TransferError::OverflowsDebits)?;
-        c.credits_pending = c.credits_pending.checked_sub(pending.amount).ok_or(TransferError::OverflowsCredits)?;
-        d.debits_posted = d.debits_posted.checked_add(posted).ok_or(TransferError::OverflowsDebits)?;
-        c.credits_posted = c.credits_posted.checked_add(posted).ok_or(TransferError::OverflowsCredits)?;
-        debug_assert!(d.is_non_negative() && c.is_non_negative(), "a pending amount was released twice");
+        let mut d = self
+            .accounts
+            .get(&dk)
+            .ok_or(TransferError::AccountNotFound {
+                field: "debit_account_id",
+            })?
+            .balances;
+        let mut c = self
+            .accounts
+            .get(&ck)
+            .ok_or(TransferError::AccountNotFound {
+                field: "credit_account_id",
+            })?
+            .balances;
+        d.debits_pending = d
+            .debits_pending
+            .checked_sub(pending.amount)
+            .ok_or(TransferError::OverflowsDebits)?;
+        c.credits_pending = c
+            .credits_pending
+            .checked_sub(pending.amount)
+            .ok_or(TransferError::OverflowsCredits)?;
+        d.debits_posted = d
+            .debits_posted
+            .checked_add(posted)
+            .ok_or(TransferError::OverflowsDebits)?;
+        c.credits_posted = c
+            .credits_posted
+            .checked_add(posted)
+            .ok_or(TransferError::OverflowsCredits)?;
+        debug_assert!(
+            d.is_non_negative() && c.is_non_negative(),
+            "a pending amount was released twice"
+        );
         self.set_balances(dk, d);
         self.set_balances(ck, c);
         Ok((d, c))
@@ -775,15 +906,34 @@ fn differing_field(existing: &Transfer, request: &TransferRequest) -> Option<&'s
     }
     let same_kind = |kind: TransferKind| existing.kind == kind;
     match &request.op {
-        TransferOp::Single { debit_account_id, credit_account_id, amount, currency }
-        | TransferOp::Pending { debit_account_id, credit_account_id, amount, currency, .. } => {
+        TransferOp::Single {
+            debit_account_id,
+            credit_account_id,
+            amount,
+            currency,
+        }
+        | TransferOp::Pending {
+            debit_account_id,
+            credit_account_id,
+            amount,
+            currency,
+            ..
+        } => {
             let pending = matches!(request.op, TransferOp::Pending { .. });
             let timeout = match &request.op {
                 TransferOp::Pending { timeout_seconds, .. } => *timeout_seconds,
                 _ => None,
             };
-            if !same_kind(if pending { TransferKind::Pending } else { TransferKind::Single }) {
-                Some(if existing.pending_id.is_some() { "pending_id" } else { "pending" })
+            if !same_kind(if pending {
+                TransferKind::Pending
+            } else {
+                TransferKind::Single
+            }) {
+                Some(if existing.pending_id.is_some() {
+                    "pending_id"
+                } else {
+                    "pending"
+                })
             } else if *debit_account_id != existing.debit_account_id {
                 Some("debit_account_id")
             } else if *credit_account_id != existing.credit_account_id {
@@ -798,21 +948,46 @@ fn differing_field(existing: &Transfer, request: &TransferRequest) -> Option<&'s
                 None
             }
         }
-        TransferOp::Post { pending_id, amount, expect } | TransferOp::Void { pending_id, amount, expect } => {
+        TransferOp::Post {
+            pending_id,
+            amount,
+            expect,
+        }
+        | TransferOp::Void {
+            pending_id,
+            amount,
+            expect,
+        } => {
             let kind = if matches!(request.op, TransferOp::Post { .. }) {
                 TransferKind::PostPending
             } else {
                 TransferKind::VoidPending
             };
             if !same_kind(kind) {
-                Some(if kind == TransferKind::PostPending { "post_pending_id" } else { "void_pending_id" })
+                Some(if kind == TransferKind::PostPending {
+                    "post_pending_id"
+                } else {
+                    "void_pending_id"
+                })
             } else if existing.pending_id.as_deref() != Some(pending_id.as_str()) {
-                Some(if kind == TransferKind::PostPending { "post_pending_id" } else { "void_pending_id" })
+                Some(if kind == TransferKind::PostPending {
+                    "post_pending_id"
+                } else {
+                    "void_pending_id"
+                })
             } else if amount.is_some_and(|a| a != existing.amount) {
                 Some("amount")
-            } else if expect.debit_account_id.as_ref().is_some_and(|d| *d != existing.debit_account_id) {
+            } else if expect
+                .debit_account_id
+                .as_ref()
+                .is_some_and(|d| *d != existing.debit_account_id)
+            {
                 Some("debit_account_id")
-            } else if expect.credit_account_id.as_ref().is_some_and(|c| *c != existing.credit_account_id) {
+            } else if expect
+                .credit_account_id
+                .as_ref()
+                .is_some_and(|c| *c != existing.credit_account_id)
+            {
                 Some("credit_account_id")
             } else if expect.currency.is_some_and(|c| c != existing.currency) {
                 Some("currency")

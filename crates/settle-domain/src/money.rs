@@ -16,7 +16,12 @@ pub struct CurrencyInfo {
 }
 
 const fn c(code: &'static str, exponent: u8, symbol: &'static str, name: &'static str) -> CurrencyInfo {
-    CurrencyInfo { code, name, symbol, exponent }
+    CurrencyInfo {
+        code,
+        name,
+        symbol,
+        exponent,
+    }
 }
 
 /// Active ISO 4217 currencies (funds and precious-metal codes excluded), sorted by code.
@@ -209,7 +214,9 @@ impl Currency {
 
     /// `major` whole units expressed in minor units (`USD.minor_units(100_000)` = 10,000,000).
     pub fn minor_units(self, major: i64) -> Option<i64> {
-        10_i64.checked_pow(u32::from(self.0.exponent)).and_then(|f| major.checked_mul(f))
+        10_i64
+            .checked_pow(u32::from(self.0.exponent))
+            .and_then(|f| major.checked_mul(f))
     }
 }
 

@@ -50,7 +50,10 @@ pub struct Scopes {
 }
 
 impl Scopes {
-    pub const ALL: Scopes = Scopes { read: true, write: true };
+    pub const ALL: Scopes = Scopes {
+        read: true,
+        write: true,
+    };
 
     /// Parses a list such as `["read", "write"]`; `None` names an unknown scope.
     pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Scopes, String> {

@@ -78,7 +78,10 @@ mod tests {
         // 2026-11-22T02:18:31Z
         let t = Timestamp::from_unix_seconds(1_795_313_911).expect("fits");
         assert_eq!(t.to_string(), "2026-11-22T02:18:31.000000Z");
-        assert_eq!(Timestamp(951_782_400_000_001).to_string(), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(
+            Timestamp(951_782_400_000_001).to_string(),
+            "2000-02-29T00:00:00.000001Z"
+        );
         assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59.999999Z");
     }
 }

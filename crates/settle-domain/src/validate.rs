@@ -9,7 +9,8 @@ pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 pub fn is_client_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= CLIENT_ID_LEN_MAX
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'))
 }
 
 /// An idempotency key: 1–255 printable ASCII characters (space through tilde).

@@ -39,7 +39,10 @@ fn account_id(i: usize) -> String {
 
 #[derive(Clone, Debug)]
 enum Step {
-    Batch { atomic: bool, requests: Vec<TransferRequest> },
+    Batch {
+        atomic: bool,
+        requests: Vec<TransferRequest>,
+    },
     Expire,
     Advance(u32),
 }
@@ -51,25 +54,59 @@ fn amount() -> impl Strategy<Value = i64> {
 fn request() -> impl Strategy<Value = TransferRequest> {
     let id = (0_u8..24).prop_map(|i| format!("t{i}"));
     let acct = 0..=ACCOUNTS;
-    let new = (acct.clone(), acct, amount(), any::<bool>(), prop::option::of(1_u32..5), any::<bool>());
-    let resolution = (0_u8..24, prop::option::of(1_i64..60), any::<bool>(), prop::option::of(0..=ACCOUNTS));
+    let new = (
+        acct.clone(),
+        acct,
+        amount(),
+        any::<bool>(),
+        prop::option::of(1_u32..5),
+        any::<bool>(),
+    );
+    let resolution = (
+        0_u8..24,
+        prop::option::of(1_i64..60),
+        any::<bool>(),
+        prop::option::of(0..=ACCOUNTS),
+    );
     let op = prop_oneof![
         new.prop_map(|(d, c, amount, pending, timeout, in_eur)| {
             let currency = if in_eur { eur() } else { usd() };
             let (debit_account_id, credit_account_id) = (account_id(d), account_id(c));
             if pending {
-                TransferOp::Pending { debit_account_id, credit_account_id, amount, currency, timeout_seconds: timeout }
+                TransferOp::Pending {
+                    debit_account_id,
+                    credit_account_id,
+                    amount,
+                    currency,
+                    timeout_seconds: timeout,
+                }
             } else {
-                TransferOp::Single { debit_account_id, credit_account_id, amount, currency }
+                TransferOp::Single {
+                    debit_account_id,
+                    credit_account_id,
+                    amount,
+                    currency,
+                }
             }
         }),
         resolution.prop_map(|(p, amount, post, expect_debit)| {
-            let expect = Expect { debit_account_id: expect_debit.map(account_id), ..Expect::default() };
+            let expect = Expect {
+                debit_account_id: expect_debit.map(account_id),
+                ..Expect::default()
+            };
             let pending_id = format!("t{p}");
             if post {
-                TransferOp::Post { pending_id, amount, expect }
+                TransferOp::Post {
+                    pending_id,
+                    amount,
+                    expect,
+                }
             } else {
-                TransferOp::Void { pending_id, amount, expect }
+                TransferOp::Void {
+                    pending_id,
+                    amount,
+                    expect,
+                }
             }
         }),
     ];
@@ -119,7 +156,10 @@ impl Db {
     fn write(&mut self, book: &mut Book) {
         let effects = book.take_effects();
         for t in effects.transfers {
-            assert!(self.transfers.insert(t.id.clone(), t).is_none(), "a transfer was written twice");
+            assert!(
+                self.transfers.insert(t.id.clone(), t).is_none(),
+                "a transfer was written twice"
+            );
         }
         for a in effects.accounts {
             self.accounts.insert(a.id.clone(), a);
@@ -134,7 +174,16 @@ impl Db {
 #[derive(Clone)]
 struct Model {
     flags: Vec<AccountFlags>,
-    history: Vec<(String, TransferKind, usize, usize, i128, Option<String>, Option<i64>, Option<String>)>,
+    history: Vec<(
+        String,
+        TransferKind,
+        usize,
+        usize,
+        i128,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+    )>,
     status: HashMap<String, PendingStatus>,
 }
 
@@ -148,7 +197,9 @@ struct Totals {
 
 impl Model {
     fn index(id: &str) -> Option<usize> {
-        id.strip_prefix('a').and_then(|n| n.parse().ok()).filter(|&i| i < ACCOUNTS)
+        id.strip_prefix('a')
+            .and_then(|n| n.parse().ok())
+            .filter(|&i| i < ACCOUNTS)
     }
 
     fn totals(&self, account: usize) -> Totals {
@@ -179,8 +230,16 @@ impl Model {
     /// Decides one request; returns the result code (`created`, `exists` or an error code).
     fn apply(&mut self, r: &TransferRequest, now: i64, expiry: &mut HashMap<String, i64>) -> &'static str {
         let max = i128::from(i64::MAX);
-        if let TransferOp::Single { debit_account_id: d, credit_account_id: c, .. }
-        | TransferOp::Pending { debit_account_id: d, credit_account_id: c, .. } = &r.op
+        if let TransferOp::Single {
+            debit_account_id: d,
+            credit_account_id: c,
+            ..
+        }
+        | TransferOp::Pending {
+            debit_account_id: d,
+            credit_account_id: c,
+            ..
+        } = &r.op
         {
             if d == c {
                 return "accounts_must_differ";
@@ -191,10 +250,25 @@ impl Model {
             return "exists?";
         }
         match &r.op {
-            TransferOp::Single { debit_account_id, credit_account_id, amount, currency }
-            | TransferOp::Pending { debit_account_id, credit_account_id, amount, currency, .. } => {
-                let Some(d) = Self::index(debit_account_id) else { return "account_not_found" };
-                let Some(c) = Self::index(credit_account_id) else { return "account_not_found" };
+            TransferOp::Single {
+                debit_account_id,
+                credit_account_id,
+                amount,
+                currency,
+            }
+            | TransferOp::Pending {
+                debit_account_id,
+                credit_account_id,
+                amount,
+                currency,
+                ..
+            } => {
+                let Some(d) = Self::index(debit_account_id) else {
+                    return "account_not_found";
+                };
+                let Some(c) = Self::index(credit_account_id) else {
+                    return "account_not_found";
+                };
                 let cur = |i: usize| if i == ACCOUNTS - 1 { eur() } else { usd() };
                 if cur(d) != *currency || cur(c) != *currency {
                     return "currency_mismatch";
@@ -214,8 +288,16 @@ impl Model {
                 if self.flags[c].credits_must_not_exceed_debits && tc.cp + tc.cpo + a > tc.dpo {
                     return "exceeds_debits";
                 }
-                let kind = if pending { TransferKind::Pending } else { TransferKind::Single };
-                if let TransferOp::Pending { timeout_seconds: Some(t), .. } = &r.op {
+                let kind = if pending {
+                    TransferKind::Pending
+                } else {
+                    TransferKind::Single
+                };
+                if let TransferOp::Pending {
+                    timeout_seconds: Some(t),
+                    ..
+                } = &r.op
+                {
                     expiry.insert(r.id.clone(), now + i64::from(*t) * 1_000_000);
                 }
                 if pending {
@@ -224,14 +306,29 @@ impl Model {
                 self.history.push((r.id.clone(), kind, d, c, a, None, None, None));
                 "created"
             }
-            TransferOp::Post { pending_id, amount, expect } | TransferOp::Void { pending_id, amount, expect } => {
+            TransferOp::Post {
+                pending_id,
+                amount,
+                expect,
+            }
+            | TransferOp::Void {
+                pending_id,
+                amount,
+                expect,
+            } => {
                 let post = matches!(r.op, TransferOp::Post { .. });
-                let Some(p) = self.find(pending_id) else { return "pending_transfer_not_found" };
+                let Some(p) = self.find(pending_id) else {
+                    return "pending_transfer_not_found";
+                };
                 let (_, kind, d, c, pamount, _, _, _) = self.history[p].clone();
                 if kind != TransferKind::Pending {
                     return "pending_transfer_not_pending";
                 }
-                if expect.debit_account_id.as_ref().is_some_and(|e| Self::index(e) != Some(d)) {
+                if expect
+                    .debit_account_id
+                    .as_ref()
+                    .is_some_and(|e| Self::index(e) != Some(d))
+                {
                     return "pending_transfer_has_different_field";
                 }
                 match self.status.get(pending_id) {
@@ -258,10 +355,19 @@ impl Model {
                 }
                 self.status.insert(
                     pending_id.clone(),
-                    if post { PendingStatus::Posted } else { PendingStatus::Voided },
+                    if post {
+                        PendingStatus::Posted
+                    } else {
+                        PendingStatus::Voided
+                    },
                 );
-                let kind = if post { TransferKind::PostPending } else { TransferKind::VoidPending };
-                self.history.push((r.id.clone(), kind, d, c, a, Some(pending_id.clone()), *amount, None));
+                let kind = if post {
+                    TransferKind::PostPending
+                } else {
+                    TransferKind::VoidPending
+                };
+                self.history
+                    .push((r.id.clone(), kind, d, c, a, Some(pending_id.clone()), *amount, None));
                 "created"
             }
         }
@@ -321,7 +427,11 @@ fn run(flags: Vec<AccountFlags>, steps: Vec<Step>) {
             },
         );
     }
-    let mut model = Model { flags, history: Vec::new(), status: HashMap::new() };
+    let mut model = Model {
+        flags,
+        history: Vec::new(),
+        status: HashMap::new(),
+    };
     let mut expiry: HashMap<String, i64> = HashMap::new();
     let mut now = 1_000_000_i64;
     for step in steps {
@@ -350,8 +460,15 @@ fn run(flags: Vec<AccountFlags>, steps: Vec<Step>) {
                     let want = model.apply(r, now, &mut expiry);
                     let want = if want == "exists?" {
                         // The Book compares fields; accept exists or a field mismatch, never an effect.
-                        assert!(matches!(code(got), "exists" | "exists_with_different_fields" | "linked_event_failed"));
-                        if code(got) == "exists_with_different_fields" { "exists_with_different_fields" } else { "exists" }
+                        assert!(matches!(
+                            code(got),
+                            "exists" | "exists_with_different_fields" | "linked_event_failed"
+                        ));
+                        if code(got) == "exists_with_different_fields" {
+                            "exists_with_different_fields"
+                        } else {
+                            "exists"
+                        }
                     } else {
                         want
                     };
@@ -365,7 +482,11 @@ fn run(flags: Vec<AccountFlags>, steps: Vec<Step>) {
                     expiry = before_expiry;
                     let failed_at = expected.len() - 1;
                     for (i, got) in results.iter().enumerate() {
-                        let want = if i == failed_at { expected[failed_at] } else { "linked_event_failed" };
+                        let want = if i == failed_at {
+                            expected[failed_at]
+                        } else {
+                            "linked_event_failed"
+                        };
                         assert_eq!(code(got), want, "atomic member {i} of {requests:?}");
                     }
                 } else {
@@ -390,33 +511,39 @@ proptest! {
 
 #[test]
 fn partial_post_releases_the_rest_and_double_post_is_refused() {
-    let steps = vec![
-        Step::Batch {
-            atomic: false,
-            requests: vec![
-                TransferRequest {
-                    id: "h".into(),
-                    op: TransferOp::Pending {
-                        debit_account_id: "a0".into(),
-                        credit_account_id: "a1".into(),
-                        amount: 10,
-                        currency: usd(),
-                        timeout_seconds: None,
-                    },
-                    metadata: None,
+    let steps = vec![Step::Batch {
+        atomic: false,
+        requests: vec![
+            TransferRequest {
+                id: "h".into(),
+                op: TransferOp::Pending {
+                    debit_account_id: "a0".into(),
+                    credit_account_id: "a1".into(),
+                    amount: 10,
+                    currency: usd(),
+                    timeout_seconds: None,
                 },
-                TransferRequest {
-                    id: "p".into(),
-                    op: TransferOp::Post { pending_id: "h".into(), amount: Some(4), expect: Expect::default() },
-                    metadata: None,
+                metadata: None,
+            },
+            TransferRequest {
+                id: "p".into(),
+                op: TransferOp::Post {
+                    pending_id: "h".into(),
+                    amount: Some(4),
+                    expect: Expect::default(),
                 },
-                TransferRequest {
-                    id: "p2".into(),
-                    op: TransferOp::Void { pending_id: "h".into(), amount: None, expect: Expect::default() },
-                    metadata: None,
+                metadata: None,
+            },
+            TransferRequest {
+                id: "p2".into(),
+                op: TransferOp::Void {
+                    pending_id: "h".into(),
+                    amount: None,
+                    expect: Expect::default(),
                 },
-            ],
-        },
-    ];
+                metadata: None,
+            },
+        ],
+    }];
     run(vec![AccountFlags::default(); ACCOUNTS], steps);
 }

@@ -74,12 +74,18 @@ fn amount_limits(value: Option<Map<String, Value>>) -> Result<Value, ApiError> {
         let param = format!("amount_limits.{code}");
         let currency: Currency = fields::currency(&code, &param)?;
         let limit: LimitBody = crate::extract::from_value(limit).map_err(|_| {
-            ApiError::invalid(&param, format!("`{param}` must be {{\"min\": <minor units>, \"max\": <minor units>}}"))
+            ApiError::invalid(
+                &param,
+                format!("`{param}` must be {{\"min\": <minor units>, \"max\": <minor units>}}"),
+            )
         })?;
         if limit.min < 1 || limit.max < limit.min {
             return Err(ApiError::invalid(&param, format!("`{param}` needs 1 <= min <= max")));
         }
-        out.insert(currency.code().to_owned(), json!({ "min": limit.min, "max": limit.max }));
+        out.insert(
+            currency.code().to_owned(),
+            json!({ "min": limit.min, "max": limit.max }),
+        );
     }
     Ok(Value::Object(out))
 }
@@ -120,7 +126,9 @@ async fn create_merchant(
 
 async fn load_merchant(state: &AppState, id: &str) -> Result<Merchant, ApiError> {
     let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
-    tx.get_merchant(id).await?.ok_or_else(|| ApiError::not_found("merchant", id))
+    tx.get_merchant(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("merchant", id))
 }
 
 async fn get_merchant(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -131,7 +139,11 @@ async fn get_merchant(State(state): State<AppState>, Path(id): Path<String>) -> 
 async fn list_merchants(State(state): State<AppState>, page: Page) -> Result<Response, ApiError> {
     let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
     let listing = tx.list_merchants(&page.0).await.map_err(|e| cursor_error(e, &page))?;
-    list_reply("/admin/v1/merchants", listing.items.iter().map(merchant_json).collect(), listing.has_more)
+    list_reply(
+        "/admin/v1/merchants",
+        listing.items.iter().map(merchant_json).collect(),
+        listing.has_more,
+    )
 }
 
 async fn deactivate_merchant(
@@ -140,9 +152,14 @@ async fn deactivate_merchant(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
-    tx.get_merchant(&id).await?.ok_or_else(|| ApiError::not_found("merchant", &id))?;
+    tx.get_merchant(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("merchant", &id))?;
     tx.deactivate_merchant(&id, state.clock.now()).await?;
-    let merchant = tx.get_merchant(&id).await?.ok_or_else(|| ApiError::not_found("merchant", &id))?;
+    let merchant = tx
+        .get_merchant(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("merchant", &id))?;
     let reply = Reply::json(StatusCode::OK, &merchant_json(&merchant))?;
     let audit = ctx.audit(&state, &id, "merchant.deactivate", "merchant", &id);
     let response = ctx.commit(&state, tx, reply, &[audit]).await?;
@@ -169,14 +186,20 @@ async fn create_key(
             let scopes = Scopes::parse(names.iter().map(String::as_str))
                 .map_err(|unknown| ApiError::invalid("scopes", format!("unknown scope '{unknown}' (read, write)")))?;
             if scopes == Scopes::default() {
-                return Err(ApiError::invalid("scopes", "`scopes` must name at least one of read, write"));
+                return Err(ApiError::invalid(
+                    "scopes",
+                    "`scopes` must name at least one of read, write",
+                ));
             }
             scopes
         }
     };
     let name = fields::name(body.name, "name")?;
     let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
-    let merchant = tx.get_merchant(&merchant_id).await?.ok_or_else(|| ApiError::not_found("merchant", &merchant_id))?;
+    let merchant = tx
+        .get_merchant(&merchant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("merchant", &merchant_id))?;
     if merchant.status != MerchantStatus::Active {
         return Err(ApiError::Unprocessable {
             code: "merchant_deactivated",
@@ -210,8 +233,13 @@ async fn list_keys(
     page: Page,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
-    tx.get_merchant(&merchant_id).await?.ok_or_else(|| ApiError::not_found("merchant", &merchant_id))?;
-    let listing = tx.list_api_keys(&merchant_id, &page.0).await.map_err(|e| cursor_error(e, &page))?;
+    tx.get_merchant(&merchant_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("merchant", &merchant_id))?;
+    let listing = tx
+        .list_api_keys(&merchant_id, &page.0)
+        .await
+        .map_err(|e| cursor_error(e, &page))?;
     let url = format!("/admin/v1/merchants/{merchant_id}/api_keys");
     list_reply(&url, listing.items.iter().map(key_json).collect(), listing.has_more)
 }
@@ -222,9 +250,14 @@ async fn revoke_key(
     Path((merchant_id, key_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
-    tx.get_api_key(&merchant_id, &key_id).await?.ok_or_else(|| ApiError::not_found("api key", &key_id))?;
+    tx.get_api_key(&merchant_id, &key_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("api key", &key_id))?;
     tx.revoke_api_key(&merchant_id, &key_id, state.clock.now()).await?;
-    let key = tx.get_api_key(&merchant_id, &key_id).await?.ok_or_else(|| ApiError::not_found("api key", &key_id))?;
+    let key = tx
+        .get_api_key(&merchant_id, &key_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("api key", &key_id))?;
     let reply = Reply::json(StatusCode::OK, &key_json(&key))?;
     let audit = ctx.audit(&state, &merchant_id, "api_key.revoke", "api_key", &key_id);
     let response = ctx.commit(&state, tx, reply, &[audit]).await?;

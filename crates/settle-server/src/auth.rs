@@ -17,12 +17,12 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use sha2::{Digest, Sha256};
 use settle_domain::{
     tenancy::{MerchantStatus, Scopes},
     Timestamp,
 };
 use settle_store::{Mode, Scope};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::{error::ApiError, AppState};
@@ -126,8 +126,12 @@ pub async fn verify_api_key(state: &AppState, token: &str) -> Result<Principal, 
     if key.revoked_at.is_some() || merchant.status != MerchantStatus::Active {
         return Err(ApiError::Unauthenticated);
     }
-    let principal =
-        Principal { merchant_id: merchant.id, key_id: key.id, key_prefix: key.prefix, scopes: key.scopes };
+    let principal = Principal {
+        merchant_id: merchant.id,
+        key_id: key.id,
+        key_prefix: key.prefix,
+        scopes: key.scopes,
+    };
     state.auth.put(digest, principal.clone());
     Ok(principal)
 }

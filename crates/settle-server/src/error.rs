@@ -11,7 +11,11 @@ use settle_store::StoreError;
 #[derive(Debug)]
 pub enum ApiError {
     /// 400: the request is malformed; `param` names the offending field.
-    Invalid { code: &'static str, message: String, param: Option<String> },
+    Invalid {
+        code: &'static str,
+        message: String,
+        param: Option<String>,
+    },
     /// 401: no, unknown, revoked or deactivated credentials.
     Unauthenticated,
     /// 403: the key lacks the scope this call needs.
@@ -19,13 +23,21 @@ pub enum ApiError {
     /// 404: no such object for this merchant (another merchant's ids answer the same).
     NotFound { what: &'static str, id: String },
     /// 409: the object's state conflicts with the request.
-    Conflict { code: &'static str, message: String, param: Option<String> },
+    Conflict {
+        code: &'static str,
+        message: String,
+        param: Option<String>,
+    },
     /// 409: the same idempotency key is still being executed.
     IdempotencyInUse,
     /// 422: the idempotency key was used with a different request.
     IdempotencyReused { mismatch: &'static str },
     /// 422: a business rule refused the request.
-    Unprocessable { code: &'static str, message: String, param: Option<String> },
+    Unprocessable {
+        code: &'static str,
+        message: String,
+        param: Option<String>,
+    },
     /// 409, replaced by the middleware with the stored response: another process committed
     /// the same idempotency key first.
     IdempotencyRaceLost,
@@ -37,12 +49,20 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::Invalid { code: "parameter_invalid", message: message.into(), param: Some(param.into()) }
+        ApiError::Invalid {
+            code: "parameter_invalid",
+            message: message.into(),
+            param: Some(param.into()),
+        }
     }
 
     pub fn missing(param: impl Into<String>) -> Self {
         let param = param.into();
-        ApiError::Invalid { code: "parameter_missing", message: format!("`{param}` is required"), param: Some(param) }
+        ApiError::Invalid {
+            code: "parameter_missing",
+            message: format!("`{param}` is required"),
+            param: Some(param),
+        }
     }
 
     pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
@@ -67,20 +87,30 @@ impl ApiError {
     /// The JSON body: `{"error": {"type", "code", "message", "param"}}`.
     pub fn body(&self) -> serde_json::Value {
         let (kind, code, message, param): (&str, &str, String, Option<&str>) = match self {
-            ApiError::Invalid { code, message, param } => ("invalid_request_error", code, message.clone(), param.as_deref()),
+            ApiError::Invalid { code, message, param } => {
+                ("invalid_request_error", code, message.clone(), param.as_deref())
+            }
             ApiError::Unauthenticated => (
                 "authentication_error",
                 "invalid_api_key",
                 "missing, unknown, revoked or deactivated credentials".into(),
                 None,
             ),
-            ApiError::Forbidden(scope) => {
-                ("permission_error", "insufficient_scope", format!("this call needs the `{scope}` scope"), None)
+            ApiError::Forbidden(scope) => (
+                "permission_error",
+                "insufficient_scope",
+                format!("this call needs the `{scope}` scope"),
+                None,
+            ),
+            ApiError::NotFound { what, id } => (
+                "invalid_request_error",
+                "resource_missing",
+                format!("no such {what}: '{id}'"),
+                Some("id"),
+            ),
+            ApiError::Conflict { code, message, param } => {
+                ("invalid_request_error", code, message.clone(), param.as_deref())
             }
-            ApiError::NotFound { what, id } => {
-                ("invalid_request_error", "resource_missing", format!("no such {what}: '{id}'"), Some("id"))
-            }
-            ApiError::Conflict { code, message, param } => ("invalid_request_error", code, message.clone(), param.as_deref()),
             ApiError::IdempotencyInUse | ApiError::IdempotencyRaceLost => (
                 "idempotency_error",
                 "idempotency_key_in_use",
@@ -96,7 +126,12 @@ impl ApiError {
             ApiError::Unprocessable { code, message, param } => {
                 ("invalid_request_error", code, message.clone(), param.as_deref())
             }
-            ApiError::Unavailable => ("api_error", "service_unavailable", "the service is unavailable".into(), None),
+            ApiError::Unavailable => (
+                "api_error",
+                "service_unavailable",
+                "the service is unavailable".into(),
+                None,
+            ),
             ApiError::Internal(_) => ("api_error", "internal_error", "an internal error occurred".into(), None),
         };
         json!({ "error": { "type": kind, "code": code, "message": message, "param": param } })
@@ -134,5 +169,8 @@ impl From<StoreError> for ApiError {
 }
 
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    )
 }

@@ -17,23 +17,35 @@ pub const BODY_BYTES_MAX: usize = 1 << 20;
 
 /// Reads the whole body, refusing more than [`BODY_BYTES_MAX`].
 pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, BODY_BYTES_MAX).await.map_err(|_| ApiError::Invalid {
-        code: "body_too_large",
-        message: format!("the request body exceeds {BODY_BYTES_MAX} bytes"),
-        param: Some("body".into()),
-    })
+    axum::body::to_bytes(body, BODY_BYTES_MAX)
+        .await
+        .map_err(|_| ApiError::Invalid {
+            code: "body_too_large",
+            message: format!("the request body exceeds {BODY_BYTES_MAX} bytes"),
+            param: Some("body".into()),
+        })
 }
 
-/// Parses JSON text into a `Value` (an empty body is `{}`).
+/// Parses JSON text into an object `Value` (an empty body is `{}`).
 pub fn parse_value(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(serde_json::Map::new()));
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::Invalid {
+    let value = serde_json::from_slice(bytes).map_err(|e| ApiError::Invalid {
         code: "invalid_json",
         message: format!("the body is not valid JSON: {e}"),
         param: Some("body".into()),
-    })
+    })?;
+    require_object(value, "body")
+}
+
+/// Objects only: serde would otherwise read a struct from an array too.
+pub fn require_object(value: Value, param: &str) -> Result<Value, ApiError> {
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid(param, format!("`{param}` must be a JSON object")))
+    }
 }
 
 /// Converts a JSON value into `T`, naming the offending field (`transfers[2].amount`) on error.
@@ -41,26 +53,36 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        // The path of an unknown field already ends with the field's name.
-        let param = match unknown_field(&inner) {
-            Some(field) if path == "." => field.to_owned(),
-            _ if path == "." => "body".to_owned(),
+        // The path of an unknown field already ends with the field's name; that of a missing
+        // field is its parent's.
+        let missing = inner.starts_with("missing field");
+        let param = match (named_field(&inner), path.as_str()) {
+            (Some(field), ".") => field.to_owned(),
+            (Some(field), parent) if missing => format!("{parent}.{field}"),
+            (_, ".") => "body".to_owned(),
             _ => path,
         };
         let (code, message) = if inner.starts_with("unknown field") {
             ("parameter_unknown", format!("unknown field `{param}`"))
-        } else if inner.starts_with("missing field") {
-            ("parameter_missing", format!("`{}` is required: {inner}", param))
+        } else if missing {
+            ("parameter_missing", format!("`{param}` is required"))
         } else {
             ("parameter_invalid", format!("`{param}`: {inner}"))
         };
-        ApiError::Invalid { code, message, param: Some(param) }
+        ApiError::Invalid {
+            code,
+            message,
+            param: Some(param),
+        }
     })
 }
 
-/// serde's messages name an unknown field as "unknown field `x`, expected …".
-fn unknown_field(message: &str) -> Option<&str> {
-    message.strip_prefix("unknown field `")?.split('`').next()
+/// serde names the field in "unknown field `x`, expected …" and "missing field `x`".
+fn named_field(message: &str) -> Option<&str> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?;
+    rest.split('`').next()
 }
 
 /// A JSON request body parsed into `T`.
@@ -82,7 +104,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Page {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let mut page = PageRequest { limit: 10, ..PageRequest::default() };
+        let mut page = PageRequest {
+            limit: 10,
+            ..PageRequest::default()
+        };
         for (name, value) in query_pairs(parts.uri.query().unwrap_or("")) {
             match name.as_str() {
                 "limit" => {
@@ -104,7 +129,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Page {
             }
         }
         if page.starting_after.is_some() && page.ending_before.is_some() {
-            return Err(ApiError::invalid("ending_before", "use `starting_after` or `ending_before`, not both"));
+            return Err(ApiError::invalid(
+                "ending_before",
+                "use `starting_after` or `ending_before`, not both",
+            ));
         }
         Ok(Page(page))
     }

@@ -17,20 +17,32 @@ pub fn metadata(value: Option<Value>, param: &str) -> Result<Option<Value>, ApiE
         return Ok(None);
     };
     let Value::Object(map) = &value else {
-        return Err(ApiError::invalid(param, format!("`{param}` must be an object of string values")));
+        return Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be an object of string values"),
+        ));
     };
     if map.len() > METADATA_KEYS_MAX {
-        return Err(ApiError::invalid(param, format!("`{param}` may have at most {METADATA_KEYS_MAX} keys")));
+        return Err(ApiError::invalid(
+            param,
+            format!("`{param}` may have at most {METADATA_KEYS_MAX} keys"),
+        ));
     }
     for (k, v) in map {
         let field = format!("{param}.{k}");
         if k.is_empty() || k.chars().count() > METADATA_KEY_LEN_MAX {
-            return Err(ApiError::invalid(field, format!("metadata keys are 1-{METADATA_KEY_LEN_MAX} characters")));
+            return Err(ApiError::invalid(
+                field,
+                format!("metadata keys are 1-{METADATA_KEY_LEN_MAX} characters"),
+            ));
         }
         match v {
             Value::String(s) if s.chars().count() <= METADATA_VALUE_LEN_MAX => {}
             Value::String(_) => {
-                return Err(ApiError::invalid(field, format!("metadata values are at most {METADATA_VALUE_LEN_MAX} characters")))
+                return Err(ApiError::invalid(
+                    field,
+                    format!("metadata values are at most {METADATA_VALUE_LEN_MAX} characters"),
+                ))
             }
             _ => return Err(ApiError::invalid(field, "metadata values must be strings")),
         }
@@ -44,7 +56,10 @@ pub fn client_id(value: &str, param: &str) -> Result<String, ApiError> {
     } else {
         Err(ApiError::invalid(
             param,
-            format!("`{param}` must be 1-{} characters of A-Z a-z 0-9 _ : . -", validate::CLIENT_ID_LEN_MAX),
+            format!(
+                "`{param}` must be 1-{} characters of A-Z a-z 0-9 _ : . -",
+                validate::CLIENT_ID_LEN_MAX
+            ),
         ))
     }
 }
@@ -56,7 +71,10 @@ pub fn currency(value: &str, param: &str) -> Result<Currency, ApiError> {
 pub fn name(value: Option<String>, param: &str) -> Result<Option<String>, ApiError> {
     match value {
         Some(n) if n.trim().is_empty() || n.chars().count() > NAME_LEN_MAX || n.chars().any(char::is_control) => {
-            Err(ApiError::invalid(param, format!("`{param}` must be 1-{NAME_LEN_MAX} printable characters")))
+            Err(ApiError::invalid(
+                param,
+                format!("`{param}` must be 1-{NAME_LEN_MAX} printable characters"),
+            ))
         }
         other => Ok(other),
     }
@@ -66,6 +84,9 @@ pub fn positive_amount(value: i64, param: &str) -> Result<i64, ApiError> {
     if value > 0 {
         Ok(value)
     } else {
-        Err(ApiError::invalid(param, format!("`{param}` must be a positive integer in minor units")))
+        Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be a positive integer in minor units"),
+        ))
     }
 }

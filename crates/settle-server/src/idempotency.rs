@@ -19,12 +19,12 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use sha2::{Digest, Sha256};
 use settle_domain::{
     tenancy::{IdempotencyRecord, ADMIN_SCOPE},
     validate,
 };
 use settle_store::{Mode, Scope};
+use sha2::{Digest, Sha256};
 
 use crate::{
     auth::Caller,
@@ -49,8 +49,9 @@ pub struct Claim<'a> {
 impl InFlight {
     fn claim(&self, scope: &str, key: &str) -> Option<Claim<'_>> {
         let k = (scope.to_owned(), key.to_owned());
-        let mut set = self.0.lock().ok()?;
-        set.insert(k.clone()).then_some(Claim { set: self, key: k })
+        let inserted = self.0.lock().ok()?.insert(k.clone());
+        // Built only on success: a Claim's drop releases the key, and must not run for a loser.
+        inserted.then(|| Claim { set: self, key: k })
     }
 }
 
@@ -95,8 +96,11 @@ async fn run(state: AppState, req: Request, next: Next) -> Result<Response, Resp
         .ok()
         .filter(|k| validate::is_idempotency_key(k))
         .ok_or_else(|| {
-            ApiError::invalid("Idempotency-Key", "the Idempotency-Key header must be 1-255 printable ASCII characters")
-                .into_response()
+            ApiError::invalid(
+                "Idempotency-Key",
+                "the Idempotency-Key header must be 1-255 printable ASCII characters",
+            )
+            .into_response()
         })?
         .to_owned();
     let scope = match req.extensions().get::<Caller>() {
@@ -107,9 +111,17 @@ async fn run(state: AppState, req: Request, next: Next) -> Result<Response, Resp
     let bytes = read_body(body).await.map_err(IntoResponse::into_response)?;
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
-    let draft = IdempotencyDraft { fingerprint: fingerprint(&method, &path, &bytes), key, method, path };
+    let draft = IdempotencyDraft {
+        fingerprint: fingerprint(&method, &path, &bytes),
+        key,
+        method,
+        path,
+    };
 
-    let _claim = state.inflight.claim(&scope, &draft.key).ok_or_else(|| ApiError::IdempotencyInUse.into_response())?;
+    let _claim = state
+        .inflight
+        .claim(&scope, &draft.key)
+        .ok_or_else(|| ApiError::IdempotencyInUse.into_response())?;
     if let Some(stored) = lookup(&state, &scope, &draft.key).await? {
         return replay(&stored, &draft);
     }
@@ -147,7 +159,13 @@ fn replay(stored: &IdempotencyRecord, draft: &IdempotencyDraft) -> Result<Respon
     }
     let status = axum::http::StatusCode::from_u16(stored.status_code)
         .map_err(|_| ApiError::Internal(format!("stored status {}", stored.status_code)).into_response())?;
-    let mut response = Reply { status, body: stored.response_body.clone() }.into_response();
-    response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    let mut response = Reply {
+        status,
+        body: stored.response_body.clone(),
+    }
+    .into_response();
+    response
+        .headers_mut()
+        .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     Ok(response)
 }

@@ -27,9 +27,15 @@ pub async fn try_execute_expiry(state: &AppState) -> Result<usize, ApiError> {
         return Ok(0);
     }
     let (reply, answer) = oneshot::channel();
-    state.writer.submit(Command::Expire { due, reply }).await.map_err(write_error)?;
+    state
+        .writer
+        .submit(Command::Expire { due, reply })
+        .await
+        .map_err(write_error)?;
     let released = answer.await.map_err(|_| ApiError::Unavailable)?.map_err(write_error)?;
-    state.metrics.job_changes("pending_expiry", u64::try_from(released).unwrap_or(0));
+    state
+        .metrics
+        .job_changes("pending_expiry", u64::try_from(released).unwrap_or(0));
     Ok(released)
 }
 

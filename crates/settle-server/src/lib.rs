@@ -141,14 +141,21 @@ impl App {
         if state.config.run_jobs {
             tasks.extend(jobs::spawn(state.clone(), stop));
         }
-        Ok(App { router: router(state.clone()), state, shutdown, tasks })
+        Ok(App {
+            router: router(state.clone()),
+            state,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Stops the jobs, lets the ledger writer drain its queue, and waits for all of them.
     /// Call after the HTTP server has finished its in-flight requests.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let App { state, router, tasks, .. } = self;
+        let App {
+            state, router, tasks, ..
+        } = self;
         drop(router);
         drop(state);
         for task in tasks {
@@ -194,7 +201,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(()) => Json(json!({ "status": "ready", "engine": state.store.engine().as_str() })).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable" }))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable" })),
+            )
+                .into_response()
         }
     }
 }
@@ -206,8 +217,14 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 
 async fn list_audit_logs(State(state): State<AppState>, ctx: Ctx, page: Page) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state.store.begin(Scope::Merchant(merchant_id.clone()), Mode::Read).await?;
-    let listing = tx.list_audit(&merchant_id, &page.0).await.map_err(|e| ledger::cursor_error(e, &page))?;
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+        .await?;
+    let listing = tx
+        .list_audit(&merchant_id, &page.0)
+        .await
+        .map_err(|e| ledger::cursor_error(e, &page))?;
     let data = listing
         .items
         .iter()

@@ -3,8 +3,12 @@
 
 use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
 
-const LATENCY_BUCKETS_SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+];
 
 #[derive(Default, Clone)]
 struct Histogram {
@@ -44,8 +48,13 @@ pub struct Metrics(Mutex<Series>);
 impl Metrics {
     pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
         if let Ok(mut s) = self.0.lock() {
-            *s.requests.entry((route.to_owned(), method.to_owned(), status)).or_default() += 1;
-            s.latency.entry(route.to_owned()).or_default().observe(LATENCY_BUCKETS_SECONDS, seconds);
+            *s.requests
+                .entry((route.to_owned(), method.to_owned(), status))
+                .or_default() += 1;
+            s.latency
+                .entry(route.to_owned())
+                .or_default()
+                .observe(LATENCY_BUCKETS_SECONDS, seconds);
         }
     }
 
@@ -77,14 +86,32 @@ impl Metrics {
         }
         let _ = writeln!(out, "# TYPE settle_http_request_duration_seconds histogram");
         for (route, h) in &s.latency {
-            write_histogram(&mut out, "settle_http_request_duration_seconds", &format!("route=\"{route}\""), LATENCY_BUCKETS_SECONDS, h);
+            write_histogram(
+                &mut out,
+                "settle_http_request_duration_seconds",
+                &format!("route=\"{route}\""),
+                LATENCY_BUCKETS_SECONDS,
+                h,
+            );
         }
         let _ = writeln!(out, "# TYPE settle_ledger_transfers_committed_total counter");
         let _ = writeln!(out, "settle_ledger_transfers_committed_total {}", s.transfers_committed);
         let _ = writeln!(out, "# TYPE settle_ledger_commit_batch_transfers histogram");
-        write_histogram(&mut out, "settle_ledger_commit_batch_transfers", "", BATCH_BUCKETS, &s.commit_batch_transfers);
+        write_histogram(
+            &mut out,
+            "settle_ledger_commit_batch_transfers",
+            "",
+            BATCH_BUCKETS,
+            &s.commit_batch_transfers,
+        );
         let _ = writeln!(out, "# TYPE settle_ledger_commit_batch_requests histogram");
-        write_histogram(&mut out, "settle_ledger_commit_batch_requests", "", BATCH_BUCKETS, &s.commit_batch_requests);
+        write_histogram(
+            &mut out,
+            "settle_ledger_commit_batch_requests",
+            "",
+            BATCH_BUCKETS,
+            &s.commit_batch_requests,
+        );
         let _ = writeln!(out, "# TYPE settle_job_changes_total counter");
         for (job, n) in &s.jobs {
             let _ = writeln!(out, "settle_job_changes_total{{job=\"{job}\"}} {n}");
@@ -102,7 +129,11 @@ fn write_histogram(out: &mut String, name: &str, labels: &str, buckets: &[f64], 
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
     }
     let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
-    let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
     let _ = writeln!(out, "{name}_sum{braces} {}", h.sum);
     let _ = writeln!(out, "{name}_count{braces} {}", h.count);
 }

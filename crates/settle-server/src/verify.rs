@@ -97,7 +97,9 @@ async fn verify_merchant(store: &dyn Store, merchant: &str, report: &mut Report)
                 ));
             }
             if !b.within_limits(a.flags) {
-                report.violations.push(format!("{merchant}/{}: beyond its balance limit: {b:?}", a.id));
+                report
+                    .violations
+                    .push(format!("{merchant}/{}: beyond its balance limit: {b:?}", a.id));
             }
             let sum = per_currency.entry(a.currency.code()).or_default();
             sum.debits_pending += stored.debits_pending;
@@ -107,7 +109,9 @@ async fn verify_merchant(store: &dyn Store, merchant: &str, report: &mut Report)
         }
     }
     for id in computed.keys() {
-        report.violations.push(format!("{merchant}/{id}: transfers name an account that does not exist"));
+        report.violations.push(format!(
+            "{merchant}/{id}: transfers name an account that does not exist"
+        ));
     }
     for (currency, s) in per_currency {
         if s.debits_posted != s.credits_posted {

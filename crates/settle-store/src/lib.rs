@@ -102,7 +102,10 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e {
             if db.is_unique_violation() {
-                let detail = db.constraint().map(str::to_owned).unwrap_or_else(|| db.message().to_owned());
+                let detail = db
+                    .constraint()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| db.message().to_owned());
                 return StoreError::Conflict(detail);
             }
         }
@@ -157,7 +160,10 @@ pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PostgresStore::connect(url, options).await?))
     } else {
-        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
         Ok(Arc::new(SqliteStore::open(std::path::Path::new(path), options).await?))
     }
 }
@@ -215,15 +221,18 @@ pub trait Tx: Send {
     /// Writes what the ledger decided: new transfers, account totals, pending statuses.
     async fn write_ledger(&mut self, effects: &Effects) -> Result<()>;
     /// An account's transfers, newest first.
-    async fn list_entries(&mut self, merchant_id: &str, account_id: &str, page: &PageRequest)
-        -> Result<Listing<Transfer>>;
+    async fn list_entries(
+        &mut self,
+        merchant_id: &str,
+        account_id: &str,
+        page: &PageRequest,
+    ) -> Result<Listing<Transfer>>;
     async fn due_pending(&mut self, now: Timestamp, limit: u32) -> Result<Vec<DuePending>>;
 
     /// Every merchant id that owns ledger accounts.
     async fn ledger_merchants(&mut self) -> Result<Vec<String>>;
     /// One merchant's accounts in `seq` order, `limit` after `after_seq`; returns rows with their seq.
     async fn scan_accounts(&mut self, merchant_id: &str, after_seq: i64, limit: u32) -> Result<Vec<(i64, Account)>>;
-    async fn scan_transfers(&mut self, merchant_id: &str, after_seq: i64, limit: u32)
-        -> Result<Vec<(i64, Transfer)>>;
+    async fn scan_transfers(&mut self, merchant_id: &str, after_seq: i64, limit: u32) -> Result<Vec<(i64, Transfer)>>;
     async fn scan_pending(&mut self, merchant_id: &str) -> Result<Vec<(String, PendingStatus)>>;
 }

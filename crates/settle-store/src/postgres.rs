@@ -25,7 +25,9 @@ impl PostgresStore {
 
     pub async fn connect_with(connect: PgConnectOptions, options: &StoreOptions) -> Result<Self> {
         let statement_timeout = format!("{}ms", options.statement_timeout.as_millis());
-        let connect = connect.application_name("settle").options([("statement_timeout", statement_timeout.as_str())]);
+        let connect = connect
+            .application_name("settle")
+            .options([("statement_timeout", statement_timeout.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(options.pool_size_max)
             .acquire_timeout(options.acquire_timeout)
@@ -57,18 +59,25 @@ impl Store for PostgresStore {
             Scope::Merchant(id) => id.as_str(),
             Scope::System => "*",
         };
-        sqlx::query("SELECT set_config('settle.merchant_id', $1, true)").bind(merchant).execute(&mut *tx).await?;
+        sqlx::query("SELECT set_config('settle.merchant_id', $1, true)")
+            .bind(merchant)
+            .execute(&mut *tx)
+            .await?;
         Ok(Box::new(PgTx { tx }))
     }
 
     fn connections_in_use(&self) -> u32 {
-        self.pool.size().saturating_sub(u32::try_from(self.pool.num_idle()).unwrap_or(0))
+        self.pool
+            .size()
+            .saturating_sub(u32::try_from(self.pool.num_idle()).unwrap_or(0))
     }
 
     async fn bypasses_row_security(&self) -> Result<bool> {
-        Ok(sqlx::query_scalar("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn close(&self) {
@@ -85,15 +94,29 @@ fn split_keys(keys: &[Key]) -> (Vec<&str>, Vec<&str>) {
 }
 
 impl PgTx {
-    async fn fetch_by_keys(&mut self, cols: &str, table: &str, id_col: &str, keys: &[Key], lock: bool)
-        -> Result<Vec<PgRow>> {
-        let suffix = if lock { format!(" ORDER BY merchant_id, {id_col} FOR UPDATE") } else { String::new() };
+    async fn fetch_by_keys(
+        &mut self,
+        cols: &str,
+        table: &str,
+        id_col: &str,
+        keys: &[Key],
+        lock: bool,
+    ) -> Result<Vec<PgRow>> {
+        let suffix = if lock {
+            format!(" ORDER BY merchant_id, {id_col} FOR UPDATE")
+        } else {
+            String::new()
+        };
         let sql = format!(
             "SELECT {cols} FROM {table} WHERE (merchant_id, {id_col}) IN \
              (SELECT * FROM UNNEST($1::text[], $2::text[])){suffix}"
         );
         let (merchants, ids) = split_keys(keys);
-        Ok(sqlx::query(&sql).bind(merchants).bind(ids).fetch_all(&mut *self.tx).await?)
+        Ok(sqlx::query(&sql)
+            .bind(merchants)
+            .bind(ids)
+            .fetch_all(&mut *self.tx)
+            .await?)
     }
 
     async fn write_effects(&mut self, effects: &Effects) -> Result<()> {

@@ -5,12 +5,12 @@
 //! lookups, row locks, bulk ledger writes) are inherent methods of each adapter's transaction
 //! type, which the generated methods call.
 
+use serde_json::Value;
 use settle_domain::{
     ledger::{AccountFlags, Balances, PendingStatus, TransferKind},
     tenancy::{MerchantStatus, Scopes},
     Currency, Timestamp,
 };
-use serde_json::Value;
 
 use crate::{PageRequest, StoreError};
 
@@ -33,11 +33,24 @@ pub fn page_sql(cols: &str, table: &str, filter: &str, binds: usize, page: &Page
     let limit = page.limit.clamp(1, 100) + 1;
     let cursor = binds + 1;
     if page.ending_before.is_some() {
-        (format!("SELECT seq, {cols} FROM {table} WHERE {filter} AND seq > ${cursor} ORDER BY seq ASC LIMIT {limit}"), true)
+        (
+            format!(
+                "SELECT seq, {cols} FROM {table} WHERE {filter} AND seq > ${cursor} ORDER BY seq ASC LIMIT {limit}"
+            ),
+            true,
+        )
     } else if page.starting_after.is_some() {
-        (format!("SELECT seq, {cols} FROM {table} WHERE {filter} AND seq < ${cursor} ORDER BY seq DESC LIMIT {limit}"), false)
+        (
+            format!(
+                "SELECT seq, {cols} FROM {table} WHERE {filter} AND seq < ${cursor} ORDER BY seq DESC LIMIT {limit}"
+            ),
+            false,
+        )
     } else {
-        (format!("SELECT seq, {cols} FROM {table} WHERE {filter} ORDER BY seq DESC LIMIT {limit}"), false)
+        (
+            format!("SELECT seq, {cols} FROM {table} WHERE {filter} ORDER BY seq DESC LIMIT {limit}"),
+            false,
+        )
     }
 }
 
@@ -81,7 +94,8 @@ pub fn pending_status(s: &str) -> Result<PendingStatus, StoreError> {
 }
 
 pub fn timeout(t: Option<i64>) -> Result<Option<u32>, StoreError> {
-    t.map(|t| u32::try_from(t).map_err(|_| StoreError::Corrupt(format!("timeout {t}")))).transpose()
+    t.map(|t| u32::try_from(t).map_err(|_| StoreError::Corrupt(format!("timeout {t}"))))
+        .transpose()
 }
 
 pub fn ts(t: Option<i64>) -> Option<Timestamp> {
@@ -97,7 +111,12 @@ pub fn flags(bits: i64) -> AccountFlags {
 }
 
 pub fn balances(dp: i64, dpo: i64, cp: i64, cpo: i64) -> Balances {
-    Balances { debits_pending: dp, debits_posted: dpo, credits_pending: cp, credits_posted: cpo }
+    Balances {
+        debits_pending: dp,
+        debits_posted: dpo,
+        credits_pending: cp,
+        credits_posted: cpo,
+    }
 }
 
 macro_rules! shared_tx {

@@ -63,7 +63,9 @@ impl Store for SqliteStore {
             Mode::Read => &self.readers,
             Mode::Write => &self.writer,
         };
-        Ok(Box::new(SqliteTx { tx: pool.begin().await? }))
+        Ok(Box::new(SqliteTx {
+            tx: pool.begin().await?,
+        }))
     }
 
     fn connections_in_use(&self) -> u32 {
@@ -86,8 +88,14 @@ pub struct SqliteTx {
 }
 
 impl SqliteTx {
-    async fn fetch_by_keys(&mut self, cols: &str, table: &str, id_col: &str, keys: &[Key], _lock: bool)
-        -> Result<Vec<SqliteRow>> {
+    async fn fetch_by_keys(
+        &mut self,
+        cols: &str,
+        table: &str,
+        id_col: &str,
+        keys: &[Key],
+        _lock: bool,
+    ) -> Result<Vec<SqliteRow>> {
         // The single writer connection already serializes writers: no row locks needed.
         let sql = format!(
             "SELECT {cols} FROM {table} WHERE (merchant_id, {id_col}) IN \

@@ -28,8 +28,13 @@ impl Common {
                 self.data_dir.join("settle.db").to_string_lossy().into_owned()
             }
         };
-        let options = StoreOptions { pool_size_max: self.db_pool_size, ..StoreOptions::default() };
-        settle_store::connect(&url, &options).await.map_err(|e| format!("cannot open the database: {e}"))
+        let options = StoreOptions {
+            pool_size_max: self.db_pool_size,
+            ..StoreOptions::default()
+        };
+        settle_store::connect(&url, &options)
+            .await
+            .map_err(|e| format!("cannot open the database: {e}"))
     }
 }
 
@@ -80,7 +85,9 @@ impl ServeArgs {
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SETTLE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "text" {
         builder.init();
     } else {
@@ -103,7 +110,9 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
 /// Makes sure an admin token exists. Returns where a newly generated one was written.
 pub async fn ensure_admin_token(state: &AppState, args: &ServeArgs) -> Result<Option<String>, String> {
     if let Some(token) = &args.admin_token {
-        settle_server::set_admin_token(state, token).await.map_err(|e| format!("cannot set the admin token: {e:?}"))?;
+        settle_server::set_admin_token(state, token)
+            .await
+            .map_err(|e| format!("cannot set the admin token: {e:?}"))?;
         return Ok(None);
     }
     let exists = state.admin_token_digest.read().map(|d| d.is_some()).unwrap_or(false);
@@ -114,7 +123,9 @@ pub async fn ensure_admin_token(state: &AppState, args: &ServeArgs) -> Result<Op
     create_private_dir(&args.common.data_dir)?;
     let path = args.common.data_dir.join("admin-token");
     write_private(&path, &format!("{token}\n"))?;
-    settle_server::set_admin_token(state, &token).await.map_err(|e| format!("cannot store the admin token: {e:?}"))?;
+    settle_server::set_admin_token(state, &token)
+        .await
+        .map_err(|e| format!("cannot store the admin token: {e:?}"))?;
     Ok(Some(path.display().to_string()))
 }
 
@@ -127,7 +138,8 @@ fn write_private(path: &std::path::Path, contents: &str) -> Result<(), String> {
         .mode(0o600)
         .open(path)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    file.write_all(contents.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    file.write_all(contents.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 pub fn getting_started(addr: SocketAddr, engine: Engine, args: &ServeArgs, new_token: Option<&str>) -> String {

@@ -10,7 +10,11 @@ use config::{Common, ServeArgs};
 use settle_server::{clock::SystemClock, App};
 
 #[derive(Parser)]
-#[command(name = "settle", version, about = "Settle: payments core in one binary (ledger, idempotency, merchants).")]
+#[command(
+    name = "settle",
+    version,
+    about = "Settle: payments core in one binary (ledger, idempotency, merchants)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,10 +73,18 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("{}", config::getting_started(addr, store.engine(), &args, token_note.as_deref()));
+    println!(
+        "{}",
+        config::getting_started(addr, store.engine(), &args, token_note.as_deref())
+    );
     tracing::info!(%addr, engine = store.engine().as_str(), "listening");
-    let service = app.router.clone().into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, service).with_graceful_shutdown(config::shutdown_signal()).await;
+    let service = app
+        .router
+        .clone()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(listener, service)
+        .with_graceful_shutdown(config::shutdown_signal())
+        .await;
     tracing::info!("shutting down: in-flight requests done; draining the ledger writer and jobs");
     app.shutdown().await;
     store.close().await;
@@ -91,10 +103,16 @@ async fn migrate(common: Common) -> Result<ExitCode, String> {
 async fn verify(common: Common) -> Result<ExitCode, String> {
     let store = common.open_store().await?;
     store.migrate().await.map_err(|e| format!("migrations failed: {e}"))?;
-    let report = settle_server::verify::verify(store.as_ref()).await.map_err(|e| format!("verify failed: {e}"))?;
+    let report = settle_server::verify::verify(store.as_ref())
+        .await
+        .map_err(|e| format!("verify failed: {e}"))?;
     store.close().await;
     print_report(&report);
-    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub fn print_report(report: &settle_server::verify::Report) {
@@ -103,7 +121,11 @@ pub fn print_report(report: &settle_server::verify::Report) {
         report.merchants,
         report.accounts,
         report.transfers,
-        if report.ok() { "OK, every invariant holds".to_owned() } else { format!("{} VIOLATIONS", report.violations.len()) }
+        if report.ok() {
+            "OK, every invariant holds".to_owned()
+        } else {
+            format!("{} VIOLATIONS", report.violations.len())
+        }
     );
     for v in &report.violations {
         println!("  violation: {v}");

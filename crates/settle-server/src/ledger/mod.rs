@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use settle_domain::{
     ledger::{
-        decide_account_creation, Account, AccountCreation, AccountFlags, Balances, Expect, Side,
-        Transfer, TransferError, TransferOp, TransferRequest, TransferResult, BATCH_TRANSFERS_MAX,
+        decide_account_creation, Account, AccountCreation, AccountFlags, Balances, Expect, Side, Transfer,
+        TransferError, TransferOp, TransferRequest, TransferResult, BATCH_TRANSFERS_MAX,
     },
     tenancy::IdempotencyRecord,
     Timestamp,
@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use crate::{
     context::{Ctx, Reply},
     error::ApiError,
-    extract::{from_value, JsonBody, Page},
+    extract::{from_value, require_object, JsonBody, Page},
     fields, AppState,
 };
 use writer::{Command, TransferCommand, WriteError};
@@ -75,7 +75,10 @@ fn parse_account(state: &AppState, merchant_id: &str, body: CreateAccountBody) -
     }
     if let Some(code) = body.code {
         if !(0..=ACCOUNT_CODE_MAX).contains(&code) {
-            return Err(ApiError::invalid("code", format!("`code` must be an integer from 0 to {ACCOUNT_CODE_MAX}")));
+            return Err(ApiError::invalid(
+                "code",
+                format!("`code` must be an integer from 0 to {ACCOUNT_CODE_MAX}"),
+            ));
         }
     }
     Ok(Account {
@@ -105,7 +108,10 @@ async fn create_account(
     // Two attempts: a concurrent create of the same id (another process) makes the first
     // insert fail; the second attempt then sees the row and answers as for any existing id.
     for attempt in 0..2 {
-        let mut tx = state.store.begin(Scope::Merchant(merchant_id.clone()), Mode::Write).await?;
+        let mut tx = state
+            .store
+            .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+            .await?;
         let existing = tx.get_accounts(std::slice::from_ref(&key), false).await?.pop();
         match decide_account_creation(existing.as_ref(), &account) {
             AccountCreation::Exists => {
@@ -123,7 +129,13 @@ async fn create_account(
             AccountCreation::Created => match tx.insert_account(&account).await {
                 Ok(()) => {
                     let reply = Reply::json(StatusCode::CREATED, &account_json(&account))?;
-                    let audit = ctx.audit(&state, &merchant_id, "ledger.account.create", "ledger_account", &account.id);
+                    let audit = ctx.audit(
+                        &state,
+                        &merchant_id,
+                        "ledger.account.create",
+                        "ledger_account",
+                        &account.id,
+                    );
                     return ctx.commit(&state, tx, reply, &[audit]).await;
                 }
                 Err(e) if attempt == 0 && e.is_conflict_on("ledger_accounts") => continue,
@@ -131,11 +143,16 @@ async fn create_account(
             },
         }
     }
-    Err(ApiError::Internal("account creation did not settle in two attempts".into()))
+    Err(ApiError::Internal(
+        "account creation did not settle in two attempts".into(),
+    ))
 }
 
 async fn load_account(state: &AppState, merchant_id: &str, id: &str) -> Result<Account, ApiError> {
-    let mut tx = state.store.begin(Scope::Merchant(merchant_id.to_owned()), Mode::Read).await?;
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Read)
+        .await?;
     tx.get_accounts(&[(merchant_id.to_owned(), id.to_owned())], false)
         .await?
         .pop()
@@ -149,8 +166,14 @@ async fn get_account(State(state): State<AppState>, ctx: Ctx, Path(id): Path<Str
 
 async fn list_accounts(State(state): State<AppState>, ctx: Ctx, page: Page) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state.store.begin(Scope::Merchant(merchant_id.clone()), Mode::Read).await?;
-    let listing = tx.list_accounts(&merchant_id, &page.0).await.map_err(|e| cursor_error(e, &page))?;
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+        .await?;
+    let listing = tx
+        .list_accounts(&merchant_id, &page.0)
+        .await
+        .map_err(|e| cursor_error(e, &page))?;
     let data: Vec<Value> = listing.items.iter().map(account_json).collect();
     list_reply("/v1/ledger/accounts", data, listing.has_more)
 }
@@ -163,8 +186,14 @@ async fn list_entries(
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let account = load_account(&state, &merchant_id, &id).await?;
-    let mut tx = state.store.begin(Scope::Merchant(merchant_id.clone()), Mode::Read).await?;
-    let listing = tx.list_entries(&merchant_id, &id, &page.0).await.map_err(|e| cursor_error(e, &page))?;
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+        .await?;
+    let listing = tx
+        .list_entries(&merchant_id, &id, &page.0)
+        .await
+        .map_err(|e| cursor_error(e, &page))?;
     let data: Vec<Value> = listing.items.iter().map(|t| entry_json(&account, t)).collect();
     list_reply(&format!("/v1/ledger/accounts/{id}/entries"), data, listing.has_more)
 }
@@ -226,34 +255,51 @@ struct BatchBody {
 
 /// Parses one transfer; `at` prefixes field names (`transfers[3].`) in errors.
 fn parse_transfer(value: Value, at: &str) -> Result<TransferRequest, ApiError> {
+    let param = if at.is_empty() {
+        "body"
+    } else {
+        at.trim_end_matches('.')
+    };
+    let value = require_object(value, param)?;
     let body: TransferBody = from_value(value).map_err(|e| prefix_param(e, at))?;
     let p = |name: &str| format!("{at}{name}");
     let id = fields::client_id(&body.id, &p("id"))?;
     let opt_id = |v: Option<String>, name: &str| v.map(|v| fields::client_id(&v, &p(name))).transpose();
     let debit = opt_id(body.debit_account_id, "debit_account_id")?;
     let credit = opt_id(body.credit_account_id, "credit_account_id")?;
-    let amount = body.amount.map(|a| fields::positive_amount(a, &p("amount"))).transpose()?;
-    let currency = body.currency.map(|c| fields::currency(&c, &p("currency"))).transpose()?;
+    let amount = body
+        .amount
+        .map(|a| fields::positive_amount(a, &p("amount")))
+        .transpose()?;
+    let currency = body
+        .currency
+        .map(|c| fields::currency(&c, &p("currency")))
+        .transpose()?;
     let metadata = fields::metadata(body.metadata, &p("metadata"))?;
     let pending = body.pending.unwrap_or(false);
     let resolution = match (body.post_pending_id, body.void_pending_id) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(p("void_pending_id"), "use `post_pending_id` or `void_pending_id`, not both"))
+            return Err(ApiError::invalid(
+                p("void_pending_id"),
+                "use `post_pending_id` or `void_pending_id`, not both",
+            ))
         }
         (Some(id), None) => Some((true, fields::client_id(&id, &p("post_pending_id"))?)),
         (None, Some(id)) => Some((false, fields::client_id(&id, &p("void_pending_id"))?)),
         (None, None) => None,
     };
     if body.timeout_seconds.is_some() && !(pending && resolution.is_none()) {
-        return Err(ApiError::invalid(p("timeout_seconds"), "`timeout_seconds` applies only to pending transfers"));
+        return Err(ApiError::invalid(
+            p("timeout_seconds"),
+            "`timeout_seconds` applies only to pending transfers",
+        ));
     }
     let timeout_seconds = body
         .timeout_seconds
         .map(|t| {
-            u32::try_from(t)
-                .ok()
-                .filter(|t| *t > 0)
-                .ok_or_else(|| ApiError::invalid(p("timeout_seconds"), "`timeout_seconds` must be from 1 to 4294967295"))
+            u32::try_from(t).ok().filter(|t| *t > 0).ok_or_else(|| {
+                ApiError::invalid(p("timeout_seconds"), "`timeout_seconds` must be from 1 to 4294967295")
+            })
         })
         .transpose()?;
     let op = match resolution {
@@ -261,11 +307,23 @@ fn parse_transfer(value: Value, at: &str) -> Result<TransferRequest, ApiError> {
             if pending {
                 return Err(ApiError::invalid(p("pending"), "a post or void is not itself pending"));
             }
-            let expect = Expect { debit_account_id: debit, credit_account_id: credit, currency };
+            let expect = Expect {
+                debit_account_id: debit,
+                credit_account_id: credit,
+                currency,
+            };
             if post {
-                TransferOp::Post { pending_id, amount, expect }
+                TransferOp::Post {
+                    pending_id,
+                    amount,
+                    expect,
+                }
             } else {
-                TransferOp::Void { pending_id, amount, expect }
+                TransferOp::Void {
+                    pending_id,
+                    amount,
+                    expect,
+                }
             }
         }
         None => {
@@ -274,9 +332,20 @@ fn parse_transfer(value: Value, at: &str) -> Result<TransferRequest, ApiError> {
             let amount = amount.ok_or_else(|| ApiError::missing(p("amount")))?;
             let currency = currency.ok_or_else(|| ApiError::missing(p("currency")))?;
             if pending {
-                TransferOp::Pending { debit_account_id, credit_account_id, amount, currency, timeout_seconds }
+                TransferOp::Pending {
+                    debit_account_id,
+                    credit_account_id,
+                    amount,
+                    currency,
+                    timeout_seconds,
+                }
             } else {
-                TransferOp::Single { debit_account_id, credit_account_id, amount, currency }
+                TransferOp::Single {
+                    debit_account_id,
+                    credit_account_id,
+                    amount,
+                    currency,
+                }
             }
         }
     };
@@ -304,7 +373,10 @@ fn parse_transfers(value: Value) -> Result<(Vec<TransferRequest>, bool, bool), A
     }
     let batch: BatchBody = from_value(value)?;
     if batch.transfers.is_empty() || batch.transfers.len() > BATCH_TRANSFERS_MAX {
-        return Err(ApiError::invalid("transfers", format!("`transfers` must hold 1 to {BATCH_TRANSFERS_MAX} transfers")));
+        return Err(ApiError::invalid(
+            "transfers",
+            format!("`transfers` must hold 1 to {BATCH_TRANSFERS_MAX} transfers"),
+        ));
     }
     let requests = batch
         .transfers
@@ -329,7 +401,11 @@ async fn create_transfers(
         Box::new(render_single)
     };
     let first = requests.first().map(|r| r.id.clone()).unwrap_or_default();
-    let action = if batch { "ledger.transfers.create_batch" } else { "ledger.transfer.create" };
+    let action = if batch {
+        "ledger.transfers.create_batch"
+    } else {
+        "ledger.transfer.create"
+    };
     let audit = ctx.audit(&state, &merchant_id, action, "ledger_transfer", &first);
     let idempotency = ctx.idempotency.as_ref().map(|d| IdempotencyRecord {
         merchant_id: merchant_id.clone(),
@@ -342,8 +418,20 @@ async fn create_transfers(
         created_at: Timestamp::default(),
     });
     let (reply, answer) = oneshot::channel();
-    let command = TransferCommand { merchant_id, requests, atomic, render, idempotency, audit, reply };
-    state.writer.submit(Command::Transfers(command)).await.map_err(write_error)?;
+    let command = TransferCommand {
+        merchant_id,
+        requests,
+        atomic,
+        render,
+        idempotency,
+        audit,
+        reply,
+    };
+    state
+        .writer
+        .submit(Command::Transfers(command))
+        .await
+        .map_err(write_error)?;
     match answer.await {
         Ok(Ok(reply)) => Ok(reply.into_response()),
         Ok(Err(e)) => Err(write_error(e)),
@@ -378,9 +466,15 @@ fn render_single(results: &[TransferResult]) -> Reply {
             let error = transfer_error(e);
             (error.status(), error.body())
         }
-        None => (StatusCode::INTERNAL_SERVER_ERROR, ApiError::Internal(String::new()).body()),
+        None => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(String::new()).body(),
+        ),
     };
-    Reply { status, body: body.to_string() }
+    Reply {
+        status,
+        body: body.to_string(),
+    }
 }
 
 fn render_batch(atomic: bool, ids: &[String], results: &[TransferResult]) -> Reply {
@@ -398,7 +492,10 @@ fn render_batch(atomic: bool, ids: &[String], results: &[TransferResult]) -> Rep
         })
         .collect();
     let body = json!({ "object": "ledger_transfer_batch", "atomic": atomic, "results": results });
-    Reply { status: StatusCode::OK, body: body.to_string() }
+    Reply {
+        status: StatusCode::OK,
+        body: body.to_string(),
+    }
 }
 
 fn flags_json(flags: AccountFlags) -> Value {
@@ -450,8 +547,11 @@ pub fn transfer_json(t: &Transfer) -> Value {
 /// A transfer as one account's entry, with the account's balances right after it.
 fn entry_json(account: &Account, t: &Transfer) -> Value {
     let side = account.flags.normal_side();
-    let (direction, after) =
-        if t.debit_account_id == account.id { (Side::Debit, t.debit_after) } else { (Side::Credit, t.credit_after) };
+    let (direction, after) = if t.debit_account_id == account.id {
+        (Side::Debit, t.debit_after)
+    } else {
+        (Side::Credit, t.credit_after)
+    };
     let mut entry = transfer_json(t);
     entry["object"] = json!("ledger_entry");
     entry["direction"] = json!(direction.as_str());

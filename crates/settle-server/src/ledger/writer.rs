@@ -44,7 +44,10 @@ pub struct TransferCommand {
 
 pub enum Command {
     Transfers(TransferCommand),
-    Expire { due: Vec<DuePending>, reply: oneshot::Sender<Result<usize, WriteError>> },
+    Expire {
+        due: Vec<DuePending>,
+        reply: oneshot::Sender<Result<usize, WriteError>>,
+    },
 }
 
 #[derive(Debug)]
@@ -80,7 +83,11 @@ impl LedgerWriter {
         let rx = Arc::new(Mutex::new(rx));
         let handles = (0..writers.max(1))
             .map(|_| {
-                let worker = Worker { store: store.clone(), clock: clock.clone(), metrics: metrics.clone() };
+                let worker = Worker {
+                    store: store.clone(),
+                    clock: clock.clone(),
+                    metrics: metrics.clone(),
+                };
                 tokio::spawn(worker.run(rx.clone()))
             })
             .collect();
@@ -157,7 +164,9 @@ impl Worker {
                 tracing::warn!(error = ?e, requests = commands.len(), "group commit failed; retrying its requests one by one");
                 for command in commands {
                     let outcome = self.commit_group(std::slice::from_ref(&command)).await;
-                    let _ = command.reply.send(outcome.and_then(|mut r| r.pop().ok_or(WriteError::Closed)));
+                    let _ = command
+                        .reply
+                        .send(outcome.and_then(|mut r| r.pop().ok_or(WriteError::Closed)));
                 }
             }
         }
@@ -206,12 +215,18 @@ impl Worker {
     async fn expire(&self, due: &[DuePending]) -> Result<usize, WriteError> {
         let now = self.clock.now();
         let mut tx = self.store.begin(Scope::System, Mode::Write).await?;
-        let keys: Vec<Key> = due.iter().map(|d| (d.merchant_id.clone(), d.transfer_id.clone())).collect();
+        let keys: Vec<Key> = due
+            .iter()
+            .map(|d| (d.merchant_id.clone(), d.transfer_id.clone()))
+            .collect();
         let pendings = tx.get_transfers(&keys).await?;
         let accounts: BTreeSet<Key> = pendings
             .iter()
             .flat_map(|t| {
-                [(t.merchant_id.clone(), t.debit_account_id.clone()), (t.merchant_id.clone(), t.credit_account_id.clone())]
+                [
+                    (t.merchant_id.clone(), t.debit_account_id.clone()),
+                    (t.merchant_id.clone(), t.credit_account_id.clone()),
+                ]
             })
             .collect();
         let mut book = Book::new();
@@ -224,7 +239,10 @@ impl Worker {
         for t in pendings {
             book.load_transfer(t);
         }
-        let released = due.iter().filter(|d| book.expire(&d.merchant_id, &d.transfer_id, now)).count();
+        let released = due
+            .iter()
+            .filter(|d| book.expire(&d.merchant_id, &d.transfer_id, now))
+            .count();
         tx.write_ledger(&book.take_effects()).await?;
         tx.commit().await?;
         Ok(released)

@@ -1,1 +1,196 @@
-use crate::conformance;
+//! Bad input gets a 400 naming the offending field; nothing panics and nothing is written.
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::{
+    conformance,
+    harness::{TestApp, ADMIN_TOKEN},
+};
+
+pub async fn bad_transfers_name_the_field(app: TestApp) {
+    let m = app.merchant("acme").await;
+    app.account(&m, "a", json!({})).await;
+    app.account(&m, "b", json!({})).await;
+    let ok = json!({ "id": "t", "debit_account_id": "a", "credit_account_id": "b", "amount": 5, "currency": "USD" });
+    let with = |field: &str, value: serde_json::Value| {
+        let mut b = ok.clone();
+        b[field] = value;
+        b
+    };
+    let without = |field: &str| {
+        let mut b = ok.clone();
+        b.as_object_mut().expect("object").remove(field);
+        b
+    };
+    let long_id = "x".repeat(65);
+    let cases = vec![
+        (with("amount", json!(0)), "amount"),
+        (with("amount", json!(-5)), "amount"),
+        (with("amount", json!(1.5)), "amount"),
+        (with("amount", json!("5")), "amount"),
+        (with("amount", json!(9_223_372_036_854_775_808_u64)), "amount"),
+        (with("currency", json!("XXX")), "currency"),
+        (with("currency", json!(840)), "currency"),
+        (with("id", json!(long_id)), "id"),
+        (with("id", json!("has space")), "id"),
+        (with("id", json!("")), "id"),
+        (with("debit_account_id", json!("a/b")), "debit_account_id"),
+        (with("credit_account_id", json!(null)), "credit_account_id"),
+        (with("pending", json!("yes")), "pending"),
+        (with("timeout_seconds", json!(10)), "timeout_seconds"),
+        (with("metadata", json!([1])), "metadata"),
+        (with("metadata", json!({ "k": 1 })), "metadata.k"),
+        (with("unexpected", json!(1)), "unexpected"),
+        (without("id"), "id"),
+        (without("amount"), "amount"),
+        (without("currency"), "currency"),
+        (without("debit_account_id"), "debit_account_id"),
+        (
+            json!({ "id": "p", "post_pending_id": "h", "void_pending_id": "h" }),
+            "void_pending_id",
+        ),
+        (json!({ "id": "p", "post_pending_id": "h", "pending": true }), "pending"),
+        (
+            json!({ "id": "p", "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD",
+                 "pending": true, "timeout_seconds": 0 }),
+            "timeout_seconds",
+        ),
+        (json!({ "transfers": [] }), "transfers"),
+        (
+            json!({ "transfers": [ok.clone(), with("amount", json!(-1))] }),
+            "transfers[1].amount",
+        ),
+        (json!({ "transfers": [with("zzz", json!(1))] }), "transfers[0].zzz"),
+        (json!({ "transfers": [ok.clone()], "atomic": "yes" }), "atomic"),
+        (json!({ "transfers": [ok.clone()], "extra": 1 }), "extra"),
+        (json!([1, 2]), "body"),
+        (json!({ "transfers": [[1]] }), "transfers[0]"),
+    ];
+    for (body, param) in cases {
+        let r = app.transfer(&m, body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        assert_eq!(r.param(), param, "{body}: {}", r.text);
+        assert_eq!(r.json["error"]["type"], "invalid_request_error");
+    }
+    let too_many: Vec<_> = (0..1_001).map(|i| with("id", json!(format!("t{i}")))).collect();
+    let r = app.transfer(&m, json!({ "transfers": too_many })).await;
+    assert_eq!(r.param(), "transfers");
+    assert_eq!(app.balance(&m, "a").await["debits_posted"], 0, "nothing was written");
+}
+
+pub async fn malformed_and_oversized_bodies_are_400(app: TestApp) {
+    let m = app.merchant("acme").await;
+    for raw in ["{", "not json", r#"{"id": "t", }"#, "\u{0}"] {
+        let r = app
+            .call(Method::POST, "/v1/ledger/transfers", &m.key, Some(raw), &[])
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::BAD_REQUEST, "invalid_json"),
+            "{raw:?}"
+        );
+    }
+    let huge = format!(r#"{{"currency": "USD", "name": "{}"}}"#, "x".repeat(1 << 20));
+    let r = app
+        .call(Method::POST, "/v1/ledger/accounts", &m.key, Some(&huge), &[])
+        .await;
+    assert_eq!((r.status, r.param()), (StatusCode::BAD_REQUEST, "body"));
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/ledger/accounts",
+            &m.key,
+            Some(&huge),
+            &[("idempotency-key", "big")],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.param()),
+        (StatusCode::BAD_REQUEST, "body"),
+        "also through the idempotency layer"
+    );
+}
+
+pub async fn bad_accounts_and_merchants_name_the_field(app: TestApp) {
+    let m = app.merchant("acme").await;
+    let cases = vec![
+        (json!({}), "currency"),
+        (json!({ "currency": "usdollar" }), "currency"),
+        (json!({ "currency": "USD", "id": "x".repeat(65) }), "id"),
+        (json!({ "currency": "USD", "code": -1 }), "code"),
+        (json!({ "currency": "USD", "code": 70_000 }), "code"),
+        (json!({ "currency": "USD", "name": "" }), "name"),
+        (
+            json!({ "currency": "USD", "flags": { "debits_must_not_exceed_credits": true, "credits_must_not_exceed_debits": true } }),
+            "flags",
+        ),
+        (json!({ "currency": "USD", "flags": { "bogus": true } }), "flags.bogus"),
+        (
+            json!({ "currency": "USD", "metadata": { "k": "v".repeat(501) } }),
+            "metadata.k",
+        ),
+        (json!({ "currency": "USD", "balance": 5 }), "balance"),
+    ];
+    for (body, param) in cases {
+        let r = app.post("/v1/ledger/accounts", &m.key, body.clone()).await;
+        assert_eq!(
+            (r.status, r.param()),
+            (StatusCode::BAD_REQUEST, param),
+            "{body}: {}",
+            r.text
+        );
+    }
+    let merchants = vec![
+        (json!({ "name": "x" }), "email"),
+        (json!({ "name": "x", "email": "not-an-email" }), "email"),
+        (json!({ "email": "a@b.test" }), "name"),
+        (
+            json!({ "name": "x", "email": "a@b.test", "default_currency": "ABC" }),
+            "default_currency",
+        ),
+        (
+            json!({ "name": "x", "email": "a@b.test", "amount_limits": { "USD": { "min": 0, "max": 5 } } }),
+            "amount_limits.USD",
+        ),
+        (
+            json!({ "name": "x", "email": "a@b.test", "amount_limits": { "QQQ": { "min": 1, "max": 5 } } }),
+            "amount_limits.QQQ",
+        ),
+        (json!({ "name": "x", "email": "a@b.test", "role": "root" }), "role"),
+    ];
+    for (body, param) in merchants {
+        let r = app.post("/admin/v1/merchants", ADMIN_TOKEN, body.clone()).await;
+        assert_eq!(
+            (r.status, r.param()),
+            (StatusCode::BAD_REQUEST, param),
+            "{body}: {}",
+            r.text
+        );
+    }
+    let key = app
+        .post(
+            &format!("/admin/v1/merchants/{}/api_keys", m.id),
+            ADMIN_TOKEN,
+            json!({ "scopes": ["admin"] }),
+        )
+        .await;
+    assert_eq!((key.status, key.param()), (StatusCode::BAD_REQUEST, "scopes"));
+    for q in [
+        "limit=0",
+        "limit=101",
+        "limit=x",
+        "starting_after=a&ending_before=b",
+        "sort=asc",
+    ] {
+        let r = app.get(&format!("/v1/ledger/accounts?{q}"), &m.key).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}");
+        assert!(!r.param().is_empty(), "{q}");
+    }
+}
+
+conformance!(
+    bad_transfers_name_the_field,
+    malformed_and_oversized_bodies_are_400,
+    bad_accounts_and_merchants_name_the_field,
+);

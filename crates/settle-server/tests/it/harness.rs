@@ -51,10 +51,14 @@ impl Drop for DbGuard {
             let schema = schema.clone();
             // Drop the schema from a thread with its own runtime (Drop cannot await).
             let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                    return;
+                };
                 rt.block_on(async {
                     if let Ok(mut c) = PgConnection::connect(&pg_url()).await {
-                        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut c).await;
+                        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                            .execute(&mut c)
+                            .await;
                     }
                 });
             })
@@ -77,11 +81,16 @@ impl TestApp {
                 .with_test_writer()
                 .try_init();
         });
-        let options = StoreOptions { pool_size_max: 8, ..StoreOptions::default() };
+        let options = StoreOptions {
+            pool_size_max: 8,
+            ..StoreOptions::default()
+        };
         let (store, db): (Arc<dyn Store>, DbGuard) = match engine {
             Engine::Sqlite => {
                 let dir = tempfile::tempdir().expect("tempdir");
-                let store = SqliteStore::open(&dir.path().join("settle.db"), &options).await.expect("open sqlite");
+                let store = SqliteStore::open(&dir.path().join("settle.db"), &options)
+                    .await
+                    .expect("open sqlite");
                 (Arc::new(store), DbGuard::Sqlite(dir))
             }
             Engine::Postgres => {
@@ -97,7 +106,9 @@ impl TestApp {
                     .expect("pg url")
                     .username(PG_ROLE)
                     .options([("search_path", schema.as_str())]);
-                let store = PostgresStore::connect_with(connect, &options).await.expect("connect pg");
+                let store = PostgresStore::connect_with(connect, &options)
+                    .await
+                    .expect("connect pg");
                 (Arc::new(store), DbGuard::Postgres { schema })
             }
         };
@@ -106,31 +117,77 @@ impl TestApp {
         let mut config = Config::for_engine(engine);
         config.run_jobs = false;
         config.auth_cache_ttl = Duration::from_secs(60);
-        let app = App::build(store.clone(), Arc::new(clock.clone()), config).await.expect("build app");
-        settle_server::set_admin_token(&app.state, ADMIN_TOKEN).await.expect("admin token");
-        Some(TestApp { engine, router: app.router.clone(), app: Some(app), store, clock, db })
+        let app = App::build(store.clone(), Arc::new(clock.clone()), config)
+            .await
+            .expect("build app");
+        settle_server::set_admin_token(&app.state, ADMIN_TOKEN)
+            .await
+            .expect("admin token");
+        Some(TestApp {
+            engine,
+            router: app.router.clone(),
+            app: Some(app),
+            store,
+            clock,
+            db,
+        })
+    }
+
+    /// A second app on the same PostgreSQL schema, as a second `settle` process would be.
+    pub async fn second_process(&self) -> Option<Router> {
+        let DbGuard::Postgres { schema } = &self.db else {
+            return None;
+        };
+        let connect = PgConnectOptions::from_str(&pg_url())
+            .expect("pg url")
+            .username(PG_ROLE)
+            .options([("search_path", schema.as_str())]);
+        let store = PostgresStore::connect_with(connect, &StoreOptions::default())
+            .await
+            .expect("connect pg");
+        let mut config = Config::for_engine(Engine::Postgres);
+        config.run_jobs = false;
+        let app = App::build(Arc::new(store), Arc::new(self.clock.clone()), config)
+            .await
+            .expect("build");
+        Some(app.router.clone())
+    }
+
+    /// Runs SQL on the test database behind the app's back (as the superuser on PostgreSQL).
+    pub async fn exec(&self, sql: &str) -> u64 {
+        self.try_exec(sql).await.expect("exec")
+    }
+
+    pub async fn try_exec(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        match &self.db {
+            DbGuard::Sqlite(dir) => {
+                let url = format!("sqlite://{}", dir.path().join("settle.db").display());
+                let mut c = sqlx::SqliteConnection::connect(&url).await?;
+                Ok(sqlx::query(sql).execute(&mut c).await?.rows_affected())
+            }
+            DbGuard::Postgres { schema } => {
+                let mut c = PgConnection::connect(&pg_url()).await?;
+                sqlx::query(&format!("SET search_path = {schema}"))
+                    .execute(&mut c)
+                    .await?;
+                Ok(sqlx::query(sql).execute(&mut c).await?.rows_affected())
+            }
+        }
     }
 
     pub fn state(&self) -> &settle_server::AppState {
         &self.app.as_ref().expect("app").state
     }
 
-    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Resp {
-        let mut req = Request::builder().method(method).uri(path);
-        if !token.is_empty() {
-            req = req.header("authorization", format!("Bearer {token}"));
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(body.map(|b| Body::from(b.to_owned())).unwrap_or_else(Body::empty)).expect("request");
-        let res = self.router.clone().oneshot(req).await.expect("infallible");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.expect("body");
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp { status, headers, json, text }
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        call(&self.router, method, path, token, body, headers).await
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
@@ -144,16 +201,34 @@ impl TestApp {
     /// A new merchant and a read+write API key for it.
     pub async fn merchant(&self, name: &str) -> Merchant {
         let email = format!("{name}-{}@example.test", rand_suffix());
-        let m = self.post("/admin/v1/merchants", ADMIN_TOKEN, json!({ "name": name, "email": email })).await;
+        let m = self
+            .post(
+                "/admin/v1/merchants",
+                ADMIN_TOKEN,
+                json!({ "name": name, "email": email }),
+            )
+            .await;
         assert_eq!(m.status, StatusCode::CREATED, "{}", m.text);
         let id = m.json["id"].as_str().expect("id").to_owned();
-        let k = self.post(&format!("/admin/v1/merchants/{id}/api_keys"), ADMIN_TOKEN, json!({})).await;
+        let k = self
+            .post(&format!("/admin/v1/merchants/{id}/api_keys"), ADMIN_TOKEN, json!({}))
+            .await;
         assert_eq!(k.status, StatusCode::CREATED, "{}", k.text);
-        Merchant { id, key: k.json["secret"].as_str().expect("secret").to_owned(), key_id: k.json["id"].as_str().expect("key id").to_owned() }
+        Merchant {
+            id,
+            key: k.json["secret"].as_str().expect("secret").to_owned(),
+            key_id: k.json["id"].as_str().expect("key id").to_owned(),
+        }
     }
 
     pub async fn account(&self, m: &Merchant, id: &str, flags: Value) -> Resp {
-        let r = self.post("/v1/ledger/accounts", &m.key, json!({ "id": id, "currency": "USD", "flags": flags })).await;
+        let r = self
+            .post(
+                "/v1/ledger/accounts",
+                &m.key,
+                json!({ "id": id, "currency": "USD", "flags": flags }),
+            )
+            .await;
         assert!(r.status.is_success(), "{}", r.text);
         r
     }
@@ -169,7 +244,9 @@ impl TestApp {
     }
 
     pub async fn verify_ok(&self) {
-        let report = settle_server::verify::verify(self.store.as_ref()).await.expect("verify");
+        let report = settle_server::verify::verify(self.store.as_ref())
+            .await
+            .expect("verify");
         assert!(report.ok(), "verify found violations: {:?}", report.violations);
     }
 }
@@ -197,6 +274,39 @@ impl Resp {
     }
 }
 
+/// One request against a router.
+pub async fn call(
+    router: &Router,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let mut req = Request::builder().method(method).uri(path);
+    if !token.is_empty() {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(body.map(|b| Body::from(b.to_owned())).unwrap_or_else(Body::empty))
+        .expect("request");
+    let res = router.clone().oneshot(req).await.expect("infallible");
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.expect("body");
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Resp {
+        status,
+        headers,
+        json,
+        text,
+    }
+}
+
 pub fn rand_suffix() -> String {
     use rand::Rng;
     let n: u64 = rand::thread_rng().gen();
@@ -215,7 +325,9 @@ async fn create_pg_schema() -> Result<String, sqlx::Error> {
     .execute(&mut admin)
     .await;
     let schema = format!("t_{}", rand_suffix());
-    sqlx::query(&format!("CREATE SCHEMA {schema} AUTHORIZATION {PG_ROLE}")).execute(&mut admin).await?;
+    sqlx::query(&format!("CREATE SCHEMA {schema} AUTHORIZATION {PG_ROLE}"))
+        .execute(&mut admin)
+        .await?;
     Ok(schema)
 }
 

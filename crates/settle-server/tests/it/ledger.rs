@@ -11,8 +11,10 @@ fn t(id: &str, debit: &str, credit: &str, amount: i64) -> serde_json::Value {
 
 pub async fn a_transfer_moves_money_and_retrying_its_id_has_no_second_effect(app: TestApp) {
     let m = app.merchant("acme").await;
-    app.account(&m, "bank", json!({ "credits_must_not_exceed_debits": true })).await;
-    app.account(&m, "wallet", json!({ "debits_must_not_exceed_credits": true })).await;
+    app.account(&m, "bank", json!({ "credits_must_not_exceed_debits": true }))
+        .await;
+    app.account(&m, "wallet", json!({ "debits_must_not_exceed_credits": true }))
+        .await;
 
     let r = app.transfer(&m, t("t1", "bank", "wallet", 1_050)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -39,10 +41,16 @@ pub async fn a_transfer_moves_money_and_retrying_its_id_has_no_second_effect(app
 pub async fn limits_refuse_overdrafts_and_count_pending_amounts(app: TestApp) {
     let m = app.merchant("acme").await;
     app.account(&m, "bank", json!({})).await;
-    app.account(&m, "wallet", json!({ "debits_must_not_exceed_credits": true })).await;
+    app.account(&m, "wallet", json!({ "debits_must_not_exceed_credits": true }))
+        .await;
     app.transfer(&m, t("fund", "bank", "wallet", 100)).await;
-    let hold = app.transfer(&m, json!({ "id": "h", "debit_account_id": "wallet", "credit_account_id": "bank",
-        "amount": 80, "currency": "USD", "pending": true })).await;
+    let hold = app
+        .transfer(
+            &m,
+            json!({ "id": "h", "debit_account_id": "wallet", "credit_account_id": "bank",
+        "amount": 80, "currency": "USD", "pending": true }),
+        )
+        .await;
     assert_eq!(hold.status, StatusCode::CREATED, "{}", hold.text);
     let over = app.transfer(&m, t("spend", "wallet", "bank", 21)).await;
     assert_eq!(over.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -53,7 +61,8 @@ pub async fn limits_refuse_overdrafts_and_count_pending_amounts(app: TestApp) {
     assert_eq!(wallet["available"], 0);
     assert_eq!(wallet["balance"], 80);
 
-    app.account(&m, "clearing", json!({ "credits_must_not_exceed_debits": true })).await;
+    app.account(&m, "clearing", json!({ "credits_must_not_exceed_debits": true }))
+        .await;
     let credit_over = app.transfer(&m, t("c1", "bank", "clearing", 1)).await;
     assert_eq!(credit_over.code(), "exceeds_debits");
     app.verify_ok().await;
@@ -68,13 +77,21 @@ pub async fn pending_transfers_post_partially_void_and_refuse_a_second_resolutio
     assert_eq!(app.transfer(&m, hold).await.status, StatusCode::CREATED);
     assert_eq!(app.balance(&m, "a").await["debits_pending"], 1_000);
 
-    let too_much = app.transfer(&m, json!({ "id": "p0", "post_pending_id": "h1", "amount": 1_001 })).await;
+    let too_much = app
+        .transfer(&m, json!({ "id": "p0", "post_pending_id": "h1", "amount": 1_001 }))
+        .await;
     assert_eq!(too_much.code(), "exceeds_pending_transfer_amount");
-    let post = app.transfer(&m, json!({ "id": "p1", "post_pending_id": "h1", "amount": 600 })).await;
+    let post = app
+        .transfer(&m, json!({ "id": "p1", "post_pending_id": "h1", "amount": 600 }))
+        .await;
     assert_eq!(post.status, StatusCode::CREATED, "{}", post.text);
     assert_eq!(post.json["pending_id"], "h1");
     let a = app.balance(&m, "a").await;
-    assert_eq!((a["debits_pending"].as_i64(), a["debits_posted"].as_i64()), (Some(0), Some(600)), "rest released");
+    assert_eq!(
+        (a["debits_pending"].as_i64(), a["debits_posted"].as_i64()),
+        (Some(0), Some(600)),
+        "rest released"
+    );
 
     let void = app.transfer(&m, json!({ "id": "v1", "void_pending_id": "h1" })).await;
     assert_eq!(void.status, StatusCode::CONFLICT);
@@ -106,16 +123,41 @@ pub async fn expiry_is_exact_before_the_job_runs_and_the_job_releases_the_hold(a
         "currency": "USD", "pending": true, "timeout_seconds": 30 });
     assert_eq!(app.transfer(&m, hold).await.status, StatusCode::CREATED);
     app.clock.advance_seconds(29);
-    assert_eq!(settle_server::jobs::try_execute_expiry(app.state()).await.expect("job"), 0, "not yet due");
+    assert_eq!(
+        settle_server::jobs::try_execute_expiry(app.state()).await.expect("job"),
+        0,
+        "not yet due"
+    );
     app.clock.advance_seconds(1);
     let late = app.transfer(&m, json!({ "id": "p", "post_pending_id": "h" })).await;
-    assert_eq!(late.code(), "pending_transfer_expired", "expired although the job has not run");
-    assert_eq!(app.balance(&m, "a").await["debits_pending"], 70, "held until the job runs");
-    assert_eq!(settle_server::jobs::try_execute_expiry(app.state()).await.expect("job"), 1);
-    assert_eq!(settle_server::jobs::try_execute_expiry(app.state()).await.expect("job"), 0, "idempotent");
+    assert_eq!(
+        late.code(),
+        "pending_transfer_expired",
+        "expired although the job has not run"
+    );
+    assert_eq!(
+        app.balance(&m, "a").await["debits_pending"],
+        70,
+        "held until the job runs"
+    );
+    assert_eq!(
+        settle_server::jobs::try_execute_expiry(app.state()).await.expect("job"),
+        1
+    );
+    assert_eq!(
+        settle_server::jobs::try_execute_expiry(app.state()).await.expect("job"),
+        0,
+        "idempotent"
+    );
     let a = app.balance(&m, "a").await;
-    assert_eq!((a["debits_pending"].as_i64(), a["debits_posted"].as_i64()), (Some(0), Some(0)));
-    assert_eq!(app.get("/v1/ledger/transfers/h", &m.key).await.json["pending_status"], "expired");
+    assert_eq!(
+        (a["debits_pending"].as_i64(), a["debits_posted"].as_i64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        app.get("/v1/ledger/transfers/h", &m.key).await.json["pending_status"],
+        "expired"
+    );
     let void = app.transfer(&m, json!({ "id": "v", "void_pending_id": "h" })).await;
     assert_eq!(void.code(), "pending_transfer_expired");
     app.verify_ok().await;
@@ -125,25 +167,52 @@ pub async fn atomic_batches_are_all_or_nothing_and_independent_batches_are_not(a
     let m = app.merchant("acme").await;
     app.account(&m, "a", json!({})).await;
     app.account(&m, "b", json!({})).await;
-    app.account(&m, "capped", json!({ "debits_must_not_exceed_credits": true })).await;
+    app.account(&m, "capped", json!({ "debits_must_not_exceed_credits": true }))
+        .await;
     let atomic = app
         .transfer(&m, json!({ "atomic": true, "transfers": [t("x1", "a", "b", 5), t("x2", "capped", "b", 1), t("x3", "a", "b", 7)] }))
         .await;
     assert_eq!(atomic.status, StatusCode::OK, "{}", atomic.text);
-    let results: Vec<&str> = atomic.json["results"].as_array().expect("results").iter().map(|r| r["result"].as_str().unwrap_or("")).collect();
-    assert_eq!(results, ["linked_event_failed", "exceeds_credits", "linked_event_failed"]);
-    assert_eq!(app.get("/v1/ledger/transfers/x1", &m.key).await.status, StatusCode::NOT_FOUND);
+    let results: Vec<&str> = atomic.json["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["result"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        results,
+        ["linked_event_failed", "exceeds_credits", "linked_event_failed"]
+    );
+    assert_eq!(
+        app.get("/v1/ledger/transfers/x1", &m.key).await.status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(app.balance(&m, "a").await["debits_posted"], 0);
 
     let independent = app
         .transfer(&m, json!({ "atomic": false, "transfers": [t("y1", "a", "b", 5), t("y2", "capped", "b", 1), t("y3", "a", "b", 7)] }))
         .await;
-    let results: Vec<&str> = independent.json["results"].as_array().expect("results").iter().map(|r| r["result"].as_str().unwrap_or("")).collect();
+    let results: Vec<&str> = independent.json["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["result"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(results, ["created", "exceeds_credits", "created"]);
     assert_eq!(app.balance(&m, "a").await["debits_posted"], 12);
 
-    let retried = app.transfer(&m, json!({ "atomic": true, "transfers": [t("y1", "a", "b", 5), t("y3", "a", "b", 7)] })).await;
-    let results: Vec<&str> = retried.json["results"].as_array().expect("results").iter().map(|r| r["result"].as_str().unwrap_or("")).collect();
+    let retried = app
+        .transfer(
+            &m,
+            json!({ "atomic": true, "transfers": [t("y1", "a", "b", 5), t("y3", "a", "b", 7)] }),
+        )
+        .await;
+    let results: Vec<&str> = retried.json["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["result"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(results, ["exists", "exists"], "a retried batch has no second effect");
     app.verify_ok().await;
 }
@@ -152,14 +221,25 @@ pub async fn transfer_rules_name_their_reasons(app: TestApp) {
     let m = app.merchant("acme").await;
     app.account(&m, "a", json!({})).await;
     app.account(&m, "b", json!({})).await;
-    let eur = app.post("/v1/ledger/accounts", &m.key, json!({ "id": "e", "currency": "EUR" })).await;
+    let eur = app
+        .post("/v1/ledger/accounts", &m.key, json!({ "id": "e", "currency": "EUR" }))
+        .await;
     assert_eq!(eur.status, StatusCode::CREATED);
-    assert_eq!(app.transfer(&m, t("1", "a", "a", 1)).await.code(), "accounts_must_differ");
+    assert_eq!(
+        app.transfer(&m, t("1", "a", "a", 1)).await.code(),
+        "accounts_must_differ"
+    );
     let nf = app.transfer(&m, t("2", "a", "zz", 1)).await;
     assert_eq!((nf.code(), nf.param()), ("account_not_found", "credit_account_id"));
     let mismatch = app.transfer(&m, t("3", "a", "e", 1)).await;
-    assert_eq!((mismatch.code(), mismatch.param()), ("currency_mismatch", "credit_account_id"));
-    assert_eq!(app.transfer(&m, t("4", "a", "b", i64::MAX)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        (mismatch.code(), mismatch.param()),
+        ("currency_mismatch", "credit_account_id")
+    );
+    assert_eq!(
+        app.transfer(&m, t("4", "a", "b", i64::MAX)).await.status,
+        StatusCode::CREATED
+    );
     let overflow = app.transfer(&m, t("5", "a", "b", 1)).await;
     assert_eq!(overflow.code(), "overflows_debits");
     app.verify_ok().await;
@@ -173,11 +253,23 @@ pub async fn accounts_are_idempotent_by_id_and_conflict_on_different_fields(app:
     assert_eq!(first.json["currency"], "USD");
     let same = app.post("/v1/ledger/accounts", &m.key, body).await;
     assert_eq!(same.status, StatusCode::OK);
-    let different = app.post("/v1/ledger/accounts", &m.key, json!({ "id": "acct:1", "currency": "USD", "code": 8, "name": "Cash", "metadata": { "k": "v" } })).await;
+    let different = app
+        .post(
+            "/v1/ledger/accounts",
+            &m.key,
+            json!({ "id": "acct:1", "currency": "USD", "code": 8, "name": "Cash", "metadata": { "k": "v" } }),
+        )
+        .await;
     assert_eq!(different.status, StatusCode::CONFLICT);
     assert_eq!(different.param(), "code");
-    let generated = app.post("/v1/ledger/accounts", &m.key, json!({ "currency": "JPY" })).await;
-    assert!(generated.json["id"].as_str().is_some_and(|id| id.starts_with("la_")), "{}", generated.text);
+    let generated = app
+        .post("/v1/ledger/accounts", &m.key, json!({ "currency": "JPY" }))
+        .await;
+    assert!(
+        generated.json["id"].as_str().is_some_and(|id| id.starts_with("la_")),
+        "{}",
+        generated.text
+    );
 }
 
 pub async fn lists_paginate_with_cursors_in_both_directions(app: TestApp) {
@@ -187,14 +279,26 @@ pub async fn lists_paginate_with_cursors_in_both_directions(app: TestApp) {
     }
     let first = app.get("/v1/ledger/accounts?limit=3", &m.key).await;
     let ids = |r: &crate::harness::Resp| -> Vec<String> {
-        r.json["data"].as_array().expect("data").iter().map(|a| a["id"].as_str().unwrap_or("").to_owned()).collect()
+        r.json["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|a| a["id"].as_str().unwrap_or("").to_owned())
+            .collect()
     };
     assert_eq!(ids(&first), ["acct6", "acct5", "acct4"]);
     assert_eq!(first.json["has_more"], true);
-    let second = app.get("/v1/ledger/accounts?limit=3&starting_after=acct4", &m.key).await;
+    let second = app
+        .get("/v1/ledger/accounts?limit=3&starting_after=acct4", &m.key)
+        .await;
     assert_eq!(ids(&second), ["acct3", "acct2", "acct1"]);
-    let last = app.get("/v1/ledger/accounts?limit=3&starting_after=acct1", &m.key).await;
-    assert_eq!((ids(&last), last.json["has_more"].clone()), (vec!["acct0".to_owned()], json!(false)));
+    let last = app
+        .get("/v1/ledger/accounts?limit=3&starting_after=acct1", &m.key)
+        .await;
+    assert_eq!(
+        (ids(&last), last.json["has_more"].clone()),
+        (vec!["acct0".to_owned()], json!(false))
+    );
     let back = app.get("/v1/ledger/accounts?limit=2&ending_before=acct3", &m.key).await;
     assert_eq!(ids(&back), ["acct5", "acct4"]);
     let bad = app.get("/v1/ledger/accounts?starting_after=nope", &m.key).await;
@@ -213,13 +317,25 @@ pub async fn entries_show_each_transfer_with_the_balance_after_it(app: TestApp) 
         .as_array()
         .expect("data")
         .iter()
-        .map(|e| (e["id"].as_str().unwrap_or("").to_owned(), e["direction"].as_str().unwrap_or("").to_owned(), e["balance_after"].as_i64().unwrap_or(0)))
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap_or("").to_owned(),
+                e["direction"].as_str().unwrap_or("").to_owned(),
+                e["balance_after"].as_i64().unwrap_or(0),
+            )
+        })
         .collect();
     assert_eq!(
         rows,
-        [("e3".into(), "credit".into(), 75), ("e2".into(), "debit".into(), 70), ("e1".into(), "credit".into(), 100)]
+        [
+            ("e3".into(), "credit".into(), 75),
+            ("e2".into(), "debit".into(), 70),
+            ("e1".into(), "credit".into(), 100)
+        ]
     );
-    let page = app.get("/v1/ledger/accounts/w/entries?limit=1&starting_after=e3", &m.key).await;
+    let page = app
+        .get("/v1/ledger/accounts/w/entries?limit=1&starting_after=e3", &m.key)
+        .await;
     assert_eq!(page.json["data"][0]["id"], "e2");
 }
 

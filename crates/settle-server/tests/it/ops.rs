@@ -1,1 +1,181 @@
-use crate::conformance;
+//! Health, readiness, metrics, request ids, the audit log, `verify`, and row-level security.
+
+use std::str::FromStr;
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
+
+use crate::{
+    conformance,
+    harness::{pg_url, DbGuard, TestApp, PG_ROLE},
+};
+
+pub async fn health_readiness_metrics_and_request_ids(app: TestApp) {
+    assert_eq!(app.get("/healthz", "").await.status, StatusCode::OK);
+    let ready = app.get("/readyz", "").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json["engine"], app.store.engine().as_str());
+    let m = app.merchant("acme").await;
+    app.account(&m, "a", json!({})).await;
+    app.account(&m, "b", json!({})).await;
+    let t = json!({ "id": "t", "debit_account_id": "a", "credit_account_id": "b", "amount": 5, "currency": "USD" });
+    let r = app
+        .call(
+            Method::POST,
+            "/v1/ledger/transfers",
+            &m.key,
+            Some(&t.to_string()),
+            &[("x-request-id", "my-req-1")],
+        )
+        .await;
+    assert_eq!(
+        r.headers.get("x-request-id").map(|v| v.as_bytes()),
+        Some(&b"my-req-1"[..])
+    );
+    let generated = app.get("/v1/ledger/accounts", &m.key).await;
+    assert!(generated
+        .headers
+        .get("x-request-id")
+        .is_some_and(|v| v.as_bytes().starts_with(b"req_")));
+    let metrics = app.get("/metrics", "").await.text;
+    for series in [
+        "settle_http_requests_total{route=\"/v1/ledger/transfers\",method=\"POST\",status=\"201\"} 1",
+        "settle_http_request_duration_seconds_bucket{route=\"/v1/ledger/transfers\",le=\"+Inf\"} 1",
+        "settle_ledger_transfers_committed_total 1",
+        "settle_ledger_commit_batch_transfers_count 1",
+        "settle_db_connections_in_use",
+    ] {
+        assert!(metrics.contains(series), "missing {series} in\n{metrics}");
+    }
+    let unknown = app.get("/nope", "").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
+pub async fn every_mutating_call_leaves_an_audit_row(app: TestApp) {
+    let m = app.merchant("acme").await;
+    app.account(&m, "a", json!({})).await;
+    app.account(&m, "b", json!({})).await;
+    let t = json!({ "id": "t", "debit_account_id": "a", "credit_account_id": "b", "amount": 5, "currency": "USD" });
+    app.call(
+        Method::POST,
+        "/v1/ledger/transfers",
+        &m.key,
+        Some(&t.to_string()),
+        &[("x-request-id", "audit-me"), ("user-agent", "tests/1")],
+    )
+    .await;
+    let failed =
+        json!({ "id": "t2", "debit_account_id": "a", "credit_account_id": "zz", "amount": 5, "currency": "USD" });
+    app.transfer(&m, failed).await;
+    let logs = app.get("/v1/audit_logs", &m.key).await;
+    let actions: Vec<&str> = logs.json["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|a| a["action"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "ledger.transfer.create",
+            "ledger.account.create",
+            "ledger.account.create",
+            "api_key.create",
+            "merchant.create"
+        ]
+    );
+    let row = &logs.json["data"][0];
+    assert_eq!(row["request_id"], "audit-me");
+    assert_eq!(row["user_agent"], "tests/1");
+    assert_eq!(row["resource_id"], "t");
+    assert_eq!(row["actor"], &m.key[..16]);
+}
+
+pub async fn verify_catches_a_tampered_balance(app: TestApp) {
+    let m = app.merchant("acme").await;
+    app.account(&m, "a", json!({})).await;
+    app.account(&m, "b", json!({})).await;
+    let hold = json!({ "id": "h", "debit_account_id": "a", "credit_account_id": "b", "amount": 9, "currency": "USD", "pending": true });
+    app.transfer(&m, hold).await;
+    app.verify_ok().await;
+    assert_eq!(
+        app.exec("UPDATE ledger_accounts SET credits_posted = credits_posted + 1 WHERE id = 'b'")
+            .await,
+        1
+    );
+    let report = settle_server::verify::verify(app.store.as_ref()).await.expect("verify");
+    assert!(!report.ok());
+    let text = report.violations.join("\n");
+    assert!(text.contains("/b: stored totals"), "{text}");
+    assert!(text.contains("posted debits 0 != posted credits 1"), "{text}");
+}
+
+pub async fn the_database_refuses_what_the_code_must_never_write(app: TestApp) {
+    let m = app.merchant("acme").await;
+    app.account(&m, "w", json!({ "debits_must_not_exceed_credits": true }))
+        .await;
+    app.account(&m, "b", json!({})).await;
+    // Each statement below is refused by a constraint; the rows are unchanged.
+    for sql in [
+        "UPDATE ledger_accounts SET debits_posted = 1 WHERE id = 'w'",
+        "UPDATE ledger_accounts SET credits_posted = -1 WHERE id = 'b'",
+    ] {
+        assert!(app.try_exec(sql).await.is_err(), "the database accepted: {sql}");
+    }
+    app.verify_ok().await;
+}
+
+async fn count_accounts(c: &mut PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM ledger_accounts")
+        .fetch_one(c)
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_hides_other_merchants_rows_on_postgres() {
+    let Some(app) = TestApp::spawn(settle_store::Engine::Postgres).await else {
+        return;
+    };
+    let one = app.merchant("one").await;
+    let two = app.merchant("two").await;
+    app.account(&one, "a", json!({})).await;
+    app.account(&two, "b", json!({})).await;
+    let DbGuard::Postgres { schema } = &app.db else {
+        unreachable!()
+    };
+    let connect = PgConnectOptions::from_str(&pg_url())
+        .expect("url")
+        .username(PG_ROLE)
+        .options([("search_path", schema.as_str())]);
+    let mut c = PgConnection::connect_with(&connect).await.expect("connect");
+    assert_eq!(count_accounts(&mut c).await, 0, "no merchant in scope: no rows");
+    sqlx::query("SELECT set_config('settle.merchant_id', $1, false)")
+        .bind(&one.id)
+        .execute(&mut c)
+        .await
+        .expect("scope");
+    assert_eq!(count_accounts(&mut c).await, 1, "only merchant one's row");
+    let id: String = sqlx::query_scalar("SELECT id FROM ledger_accounts")
+        .fetch_one(&mut c)
+        .await
+        .expect("row");
+    assert_eq!(id, "a");
+    let sneaky = sqlx::query("UPDATE ledger_accounts SET name = 'x' WHERE id = 'b'")
+        .execute(&mut c)
+        .await
+        .expect("update");
+    assert_eq!(
+        sneaky.rows_affected(),
+        0,
+        "another merchant's row cannot be written either"
+    );
+}
+
+conformance!(
+    health_readiness_metrics_and_request_ids,
+    every_mutating_call_leaves_an_audit_row,
+    verify_catches_a_tampered_balance,
+    the_database_refuses_what_the_code_must_never_write,
+);
