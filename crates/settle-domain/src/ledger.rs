@@ -963,13 +963,7 @@ fn differing_field(existing: &Transfer, request: &TransferRequest) -> Option<&'s
             } else {
                 TransferKind::VoidPending
             };
-            if !same_kind(kind) {
-                Some(if kind == TransferKind::PostPending {
-                    "post_pending_id"
-                } else {
-                    "void_pending_id"
-                })
-            } else if existing.pending_id.as_deref() != Some(pending_id.as_str()) {
+            if !same_kind(kind) || existing.pending_id.as_deref() != Some(pending_id.as_str()) {
                 Some(if kind == TransferKind::PostPending {
                     "post_pending_id"
                 } else {

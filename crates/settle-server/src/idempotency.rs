@@ -79,12 +79,10 @@ pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
 }
 
 pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match run(state, req, next).await {
-        Ok(response) | Err(response) => response,
-    }
+    run(state, req, next).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn run(state: AppState, req: Request, next: Next) -> Result<Response, Response> {
+async fn run(state: AppState, req: Request, next: Next) -> Result<Response, ApiError> {
     if req.method() != Method::POST {
         return Ok(next.run(req).await);
     }
@@ -100,7 +98,6 @@ async fn run(state: AppState, req: Request, next: Next) -> Result<Response, Resp
                 "Idempotency-Key",
                 "the Idempotency-Key header must be 1-255 printable ASCII characters",
             )
-            .into_response()
         })?
         .to_owned();
     let scope = match req.extensions().get::<Caller>() {
@@ -108,7 +105,7 @@ async fn run(state: AppState, req: Request, next: Next) -> Result<Response, Resp
         _ => ADMIN_SCOPE.to_owned(),
     };
     let (mut parts, body) = req.into_parts();
-    let bytes = read_body(body).await.map_err(IntoResponse::into_response)?;
+    let bytes = read_body(body).await?;
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
     let draft = IdempotencyDraft {
@@ -121,7 +118,7 @@ async fn run(state: AppState, req: Request, next: Next) -> Result<Response, Resp
     let _claim = state
         .inflight
         .claim(&scope, &draft.key)
-        .ok_or_else(|| ApiError::IdempotencyInUse.into_response())?;
+        .ok_or(ApiError::IdempotencyInUse)?;
     if let Some(stored) = lookup(&state, &scope, &draft.key).await? {
         return replay(&stored, &draft);
     }
@@ -135,16 +132,12 @@ async fn run(state: AppState, req: Request, next: Next) -> Result<Response, Resp
     Ok(response)
 }
 
-async fn lookup(state: &AppState, scope: &str, key: &str) -> Result<Option<IdempotencyRecord>, Response> {
-    let found = async {
-        let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
-        tx.get_idempotency(scope, key).await
-    }
-    .await;
-    found.map_err(|e| ApiError::from(e).into_response())
+async fn lookup(state: &AppState, scope: &str, key: &str) -> Result<Option<IdempotencyRecord>, ApiError> {
+    let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
+    Ok(tx.get_idempotency(scope, key).await?)
 }
 
-fn replay(stored: &IdempotencyRecord, draft: &IdempotencyDraft) -> Result<Response, Response> {
+fn replay(stored: &IdempotencyRecord, draft: &IdempotencyDraft) -> Result<Response, ApiError> {
     let mismatch = if stored.method != draft.method {
         Some("method")
     } else if stored.path != draft.path {
@@ -155,10 +148,10 @@ fn replay(stored: &IdempotencyRecord, draft: &IdempotencyDraft) -> Result<Respon
         None
     };
     if let Some(mismatch) = mismatch {
-        return Err(ApiError::IdempotencyReused { mismatch }.into_response());
+        return Err(ApiError::IdempotencyReused { mismatch });
     }
     let status = axum::http::StatusCode::from_u16(stored.status_code)
-        .map_err(|_| ApiError::Internal(format!("stored status {}", stored.status_code)).into_response())?;
+        .map_err(|_| ApiError::Internal(format!("stored status {}", stored.status_code)))?;
     let mut response = Reply {
         status,
         body: stored.response_body.clone(),

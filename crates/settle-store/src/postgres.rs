@@ -2,7 +2,10 @@
 //! `UNNEST`; row-level security scoped by `settle.merchant_id`.
 
 use async_trait::async_trait;
-use settle_domain::ledger::{Effects, Key};
+use settle_domain::{
+    ledger::{Effects, Key},
+    tenancy::AuditEntry,
+};
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions, PgRow},
     PgPool, Postgres,
@@ -117,6 +120,29 @@ impl PgTx {
             .bind(ids)
             .fetch_all(&mut *self.tx)
             .await?)
+    }
+
+    async fn write_audit(&mut self, entries: &[AuditEntry]) -> Result<()> {
+        let col = |f: fn(&AuditEntry) -> &str| entries.iter().map(f).collect::<Vec<_>>();
+        let opt = |f: fn(&AuditEntry) -> Option<&str>| entries.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(&format!(
+            "INSERT INTO audit_logs ({}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[])",
+            crate::shared::AUDIT_COLS
+        ))
+        .bind(col(|e| &e.id))
+        .bind(col(|e| &e.merchant_id))
+        .bind(col(|e| &e.actor))
+        .bind(col(|e| &e.action))
+        .bind(col(|e| &e.resource_type))
+        .bind(col(|e| &e.resource_id))
+        .bind(opt(|e| e.request_id.as_deref()))
+        .bind(opt(|e| e.ip.as_deref()))
+        .bind(opt(|e| e.user_agent.as_deref()))
+        .bind(entries.iter().map(|e| e.created_at.0).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
     }
 
     async fn write_effects(&mut self, effects: &Effects) -> Result<()> {

@@ -519,26 +519,10 @@ macro_rules! shared_tx {
             }
 
             async fn insert_audit(&mut self, entries: &[settle_domain::tenancy::AuditEntry]) -> $crate::Result<()> {
-                let sql = format!(
-                    "INSERT INTO audit_logs ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    sh::AUDIT_COLS
-                );
-                for e in entries {
-                    sqlx::query(&sql)
-                        .bind(&e.id)
-                        .bind(&e.merchant_id)
-                        .bind(&e.actor)
-                        .bind(&e.action)
-                        .bind(&e.resource_type)
-                        .bind(&e.resource_id)
-                        .bind(&e.request_id)
-                        .bind(&e.ip)
-                        .bind(&e.user_agent)
-                        .bind(e.created_at.0)
-                        .execute(&mut *self.tx)
-                        .await?;
+                if entries.is_empty() {
+                    return Ok(());
                 }
-                Ok(())
+                self.write_audit(entries).await
             }
 
             async fn list_audit(

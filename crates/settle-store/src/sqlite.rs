@@ -5,13 +5,19 @@
 use std::{path::Path, str::FromStr, time::Duration};
 
 use async_trait::async_trait;
-use settle_domain::ledger::{Effects, Key};
+use settle_domain::{
+    ledger::{Effects, Key},
+    tenancy::AuditEntry,
+};
 use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
-    SqlitePool,
+    QueryBuilder, Sqlite, SqlitePool,
 };
 
 use crate::{migrate, Engine, Mode, Result, Scope, Store, StoreOptions, Tx};
+
+/// Rows per multi-row statement (20 columns × 400 rows stays under SQLite's 32,766 variables).
+const ROWS_PER_STATEMENT: usize = 400;
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -28,7 +34,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-65536");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout)
@@ -105,64 +112,93 @@ impl SqliteTx {
         Ok(sqlx::query(&sql).bind(keys).fetch_all(&mut *self.tx).await?)
     }
 
-    async fn write_effects(&mut self, effects: &Effects) -> Result<()> {
-        for a in &effects.accounts {
-            sqlx::query(
-                "UPDATE ledger_accounts SET debits_pending = $3, debits_posted = $4, credits_pending = $5, \
-                 credits_posted = $6 WHERE merchant_id = $1 AND id = $2",
-            )
-            .bind(&a.merchant_id)
-            .bind(&a.id)
-            .bind(a.balances.debits_pending)
-            .bind(a.balances.debits_posted)
-            .bind(a.balances.credits_pending)
-            .bind(a.balances.credits_posted)
-            .execute(&mut *self.tx)
-            .await?;
-        }
-        let insert = format!(
-            "INSERT INTO ledger_transfers ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-             $13, $14, $15, $16, $17, $18, $19, $20)",
-            crate::shared::TRANSFER_COLS
-        );
-        for t in &effects.transfers {
-            sqlx::query(&insert)
-                .bind(&t.merchant_id)
-                .bind(&t.id)
-                .bind(t.kind.as_str())
-                .bind(&t.debit_account_id)
-                .bind(&t.credit_account_id)
-                .bind(t.amount)
-                .bind(t.currency.code())
-                .bind(&t.pending_id)
-                .bind(t.timeout_seconds.map(i64::from))
-                .bind(t.expires_at.map(|e| e.0))
-                .bind(t.metadata.to_string())
-                .bind(t.created_at.0)
-                .bind(t.debit_after.debits_pending)
-                .bind(t.debit_after.debits_posted)
-                .bind(t.debit_after.credits_pending)
-                .bind(t.debit_after.credits_posted)
-                .bind(t.credit_after.debits_pending)
-                .bind(t.credit_after.debits_posted)
-                .bind(t.credit_after.credits_pending)
-                .bind(t.credit_after.credits_posted)
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        for p in &effects.pending {
-            sqlx::query(
-                "INSERT INTO ledger_pending (merchant_id, transfer_id, status, expires_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (merchant_id, transfer_id) DO UPDATE SET status = excluded.status",
-            )
-            .bind(&p.merchant_id)
-            .bind(&p.transfer_id)
-            .bind(p.status.as_str())
-            .bind(p.expires_at.map(|e| e.0))
-            .execute(&mut *self.tx)
-            .await?;
+    /// Runs `INSERT … VALUES (…), (…)` (or any statement around a VALUES list) in chunks: one
+    /// statement per chunk, because every statement is a round trip to SQLite's worker thread.
+    async fn values<'r, T>(
+        &mut self,
+        head: &str,
+        tail: &str,
+        rows: &'r [T],
+        bind: impl Fn(&mut sqlx::query_builder::Separated<'_, 'r, Sqlite, &'static str>, &'r T),
+    ) -> Result<()> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(head);
+            q.push_values(chunk, |mut row, item| bind(&mut row, item));
+            q.push(tail);
+            q.build().execute(&mut *self.tx).await?;
         }
         Ok(())
+    }
+
+    async fn write_audit(&mut self, entries: &[AuditEntry]) -> Result<()> {
+        let head = format!("INSERT INTO audit_logs ({}) ", crate::shared::AUDIT_COLS);
+        self.values(&head, "", entries, |row, e| {
+            row.push_bind(&e.id)
+                .push_bind(&e.merchant_id)
+                .push_bind(&e.actor)
+                .push_bind(&e.action)
+                .push_bind(&e.resource_type)
+                .push_bind(&e.resource_id)
+                .push_bind(&e.request_id)
+                .push_bind(&e.ip)
+                .push_bind(&e.user_agent)
+                .push_bind(e.created_at.0);
+        })
+        .await
+    }
+
+    async fn write_effects(&mut self, effects: &Effects) -> Result<()> {
+        self.values(
+            "UPDATE ledger_accounts SET debits_pending = u.column3, debits_posted = u.column4, \
+             credits_pending = u.column5, credits_posted = u.column6 FROM (",
+            ") AS u WHERE ledger_accounts.merchant_id = u.column1 AND ledger_accounts.id = u.column2",
+            &effects.accounts,
+            |row, a| {
+                row.push_bind(&a.merchant_id)
+                    .push_bind(&a.id)
+                    .push_bind(a.balances.debits_pending)
+                    .push_bind(a.balances.debits_posted)
+                    .push_bind(a.balances.credits_pending)
+                    .push_bind(a.balances.credits_posted);
+            },
+        )
+        .await?;
+        let head = format!("INSERT INTO ledger_transfers ({}) ", crate::shared::TRANSFER_COLS);
+        self.values(&head, "", &effects.transfers, |row, t| {
+            row.push_bind(&t.merchant_id)
+                .push_bind(&t.id)
+                .push_bind(t.kind.as_str())
+                .push_bind(&t.debit_account_id)
+                .push_bind(&t.credit_account_id)
+                .push_bind(t.amount)
+                .push_bind(t.currency.code())
+                .push_bind(&t.pending_id)
+                .push_bind(t.timeout_seconds.map(i64::from))
+                .push_bind(t.expires_at.map(|e| e.0))
+                .push_bind(t.metadata.to_string())
+                .push_bind(t.created_at.0)
+                .push_bind(t.debit_after.debits_pending)
+                .push_bind(t.debit_after.debits_posted)
+                .push_bind(t.debit_after.credits_pending)
+                .push_bind(t.debit_after.credits_posted)
+                .push_bind(t.credit_after.debits_pending)
+                .push_bind(t.credit_after.debits_posted)
+                .push_bind(t.credit_after.credits_pending)
+                .push_bind(t.credit_after.credits_posted);
+        })
+        .await?;
+        self.values(
+            "INSERT INTO ledger_pending (merchant_id, transfer_id, status, expires_at) ",
+            " ON CONFLICT (merchant_id, transfer_id) DO UPDATE SET status = excluded.status",
+            &effects.pending,
+            |row, p| {
+                row.push_bind(&p.merchant_id)
+                    .push_bind(&p.transfer_id)
+                    .push_bind(p.status.as_str())
+                    .push_bind(p.expires_at.map(|e| e.0));
+            },
+        )
+        .await
     }
 }
 

@@ -1,12 +1,539 @@
-//! `settle bench`: load generators that drive the HTTP API on loopback.
+//! `settle bench`: load generators that drive the HTTP API on loopback and print figures.
+//!
+//! `settle bench ledger` starts Settle in-process on 127.0.0.1 (a fresh temporary SQLite
+//! database, or a fresh schema in the PostgreSQL of `--database-url`), creates a merchant and its
+//! accounts through the API, runs `--clients` concurrent HTTP clients for `--duration-seconds`,
+//! prints transfers/s and latency percentiles, and finally runs `verify`. With `--pgbench` it
+//! also runs pgbench's built-in TPC-B-like script against the same PostgreSQL and prints the
+//! ratio. `settle bench suite` runs the issue's four scenarios and prints one table.
+//! Every run is bounded in time and count and targets loopback only.
 
-use std::process::ExitCode;
+use std::{
+    process::ExitCode,
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use clap::Args;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use settle_server::{clock::SystemClock, App, Config};
+use settle_store::{PostgresStore, SqliteStore, Store, StoreOptions};
+use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
 
 #[derive(Args, Clone, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: What,
+}
 
-pub async fn run(_args: BenchArgs) -> Result<ExitCode, String> {
-    Err("not built yet".into())
+#[derive(Subcommand, Clone, Debug)]
+enum What {
+    /// One ledger scenario.
+    Ledger(LedgerArgs),
+    /// The four scenarios of the foundation issue, plus pgbench, as one table.
+    Suite(SuiteArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct LedgerArgs {
+    /// PostgreSQL URL; without it a temporary SQLite database is used.
+    #[arg(long, env = "SETTLE_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Ledger accounts transfers are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    accounts: usize,
+    /// Transfers per request (1 = single-transfer requests).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Measured seconds (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration_seconds: u64,
+    /// Stop after this many transfers even if time remains.
+    #[arg(long, default_value_t = 5_000_000)]
+    transfers_max: u64,
+    /// Every transfer debits the same account.
+    #[arg(long)]
+    hot: bool,
+    /// Ledger writer tasks (default: the server's default for the engine).
+    #[arg(long)]
+    writers: Option<usize>,
+    /// Also run pgbench (TPC-B-like) against the same PostgreSQL and print the ratio.
+    #[arg(long)]
+    pgbench: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SuiteArgs {
+    /// PostgreSQL URL for the PostgreSQL scenarios and pgbench.
+    #[arg(
+        long,
+        env = "SETTLE_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// Measured seconds per scenario.
+    #[arg(long, default_value_t = 10)]
+    duration_seconds: u64,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+}
+
+pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
+    match args.what {
+        What::Ledger(a) => {
+            let result = ledger(&a).await?;
+            println!("{}", result.line());
+            let mut ok = result.verified;
+            if a.pgbench {
+                let url = a
+                    .database_url
+                    .as_deref()
+                    .ok_or("--pgbench needs --database-url (PostgreSQL)")?;
+                let tps = pgbench(url, a.clients, a.duration_seconds).await?;
+                println!(
+                    "pgbench TPC-B-like: {tps:.0} tps; settle/pgbench = {:.2}x",
+                    result.transfers_per_second / tps
+                );
+                ok &= tps > 0.0;
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        What::Suite(s) => suite(&s).await,
+    }
+}
+
+pub struct Outcome {
+    label: String,
+    transfers: u64,
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    transfers_per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    verified: bool,
+}
+
+impl Outcome {
+    fn line(&self) -> String {
+        format!(
+            "{}: {:.0} transfers/s ({} transfers in {} requests over {:.1}s, {} errors); latency p50 {:.2} ms, p99 {:.2} ms; verify {}",
+            self.label,
+            self.transfers_per_second,
+            self.transfers,
+            self.requests,
+            self.seconds,
+            self.errors,
+            self.p50_ms,
+            self.p99_ms,
+            if self.verified { "OK" } else { "FAILED" }
+        )
+    }
+}
+
+/// A fresh database for one run: a temp SQLite file, or a new schema dropped afterwards.
+enum Fresh {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { url: String, schema: String },
+}
+
+async fn open_fresh(url: Option<&str>) -> Result<(Arc<dyn Store>, Fresh), String> {
+    let options = StoreOptions {
+        pool_size_max: 16,
+        ..StoreOptions::default()
+    };
+    match url {
+        None => {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let store = SqliteStore::open(&dir.path().join("bench.db"), &options)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((Arc::new(store), Fresh::Sqlite(dir)))
+        }
+        Some(url) => {
+            let schema = format!("bench_{}", std::process::id());
+            let mut c = PgConnection::connect(url)
+                .await
+                .map_err(|e| format!("cannot reach {url}: {e}"))?;
+            sqlx::query(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+            ))
+            .execute(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+            let connect = PgConnectOptions::from_str(url)
+                .map_err(|e| e.to_string())?
+                .options([("search_path", schema.as_str())]);
+            let store = PostgresStore::connect_with(connect, &options)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((
+                Arc::new(store),
+                Fresh::Postgres {
+                    url: url.to_owned(),
+                    schema,
+                },
+            ))
+        }
+    }
+}
+
+impl Fresh {
+    async fn drop_now(self) {
+        if let Fresh::Postgres { url, schema } = self {
+            if let Ok(mut c) = PgConnection::connect(&url).await {
+                let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .execute(&mut c)
+                    .await;
+            }
+        }
+    }
+}
+
+pub async fn ledger(a: &LedgerArgs) -> Result<Outcome, String> {
+    let (store, fresh) = open_fresh(a.database_url.as_deref()).await?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    let mut config = Config::for_engine(store.engine());
+    if let Some(w) = a.writers {
+        config.ledger_writers = w;
+    }
+    config.auth_cache_ttl = Duration::from_secs(60);
+    let app = App::build(store.clone(), Arc::new(SystemClock), config)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let admin = format!("sat_bench_{}", std::process::id());
+    settle_server::set_admin_token(&app.state, &admin)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+    let router = app.router.clone();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.clients)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let key = setup(&http, &base, &admin, a.accounts).await?;
+    let outcome = drive(&http, &base, &key, a).await;
+    server.abort();
+    app.shutdown().await;
+    let report = settle_server::verify::verify(store.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
+    if !report.ok() {
+        crate::print_report(&report);
+    }
+    store.close().await;
+    fresh.drop_now().await;
+    let mut outcome = outcome?;
+    outcome.verified = report.ok();
+    Ok(outcome)
+}
+
+async fn post(http: &reqwest::Client, url: &str, token: &str, body: &Value) -> Result<Value, String> {
+    let r = http
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status();
+    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(v)
+    } else {
+        Err(format!("{url}: {status} {v}"))
+    }
+}
+
+/// Creates the merchant, its key and the accounts; returns the key.
+async fn setup(http: &reqwest::Client, base: &str, admin: &str, accounts: usize) -> Result<String, String> {
+    let m = post(
+        http,
+        &format!("{base}/admin/v1/merchants"),
+        admin,
+        &json!({
+        "name": "bench", "email": format!("bench-{}@example.test", std::process::id()) }),
+    )
+    .await?;
+    let id = m["id"].as_str().ok_or("merchant id")?;
+    let k = post(
+        http,
+        &format!("{base}/admin/v1/merchants/{id}/api_keys"),
+        admin,
+        &json!({}),
+    )
+    .await?;
+    let key = k["secret"].as_str().ok_or("key")?.to_owned();
+    for i in 0..accounts {
+        post(
+            http,
+            &format!("{base}/v1/ledger/accounts"),
+            &key,
+            &json!({ "id": format!("acct{i}"), "currency": "USD" }),
+        )
+        .await?;
+    }
+    Ok(key)
+}
+
+async fn drive(http: &reqwest::Client, base: &str, key: &str, a: &LedgerArgs) -> Result<Outcome, String> {
+    let warmup = Duration::from_secs(1);
+    let started = Instant::now();
+    let measure_from = started + warmup;
+    let deadline = measure_from + Duration::from_secs(a.duration_seconds.max(1));
+    let budget = Arc::new(std::sync::atomic::AtomicU64::new(a.transfers_max));
+    let url = format!("{base}/v1/ledger/transfers");
+    let mut tasks = Vec::new();
+    for client in 0..a.clients.max(1) {
+        let (http, url, key, budget) = (http.clone(), url.clone(), key.to_owned(), budget.clone());
+        let (batch, accounts, hot) = (a.batch.clamp(1, 1_000), a.accounts.max(2), a.hot);
+        tasks.push(tokio::spawn(async move {
+            let mut seed = (client as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut next = move |n: usize| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % n as u64) as usize
+            };
+            let (mut transfers, mut requests, mut errors, mut latencies) = (0_u64, 0_u64, 0_u64, Vec::new());
+            let mut seq = 0_u64;
+            while Instant::now() < deadline {
+                if budget.fetch_sub(batch as u64, std::sync::atomic::Ordering::Relaxed) < batch as u64 {
+                    break;
+                }
+                let items: Vec<Value> = (0..batch)
+                    .map(|_| {
+                        seq += 1;
+                        let debit = if hot { 0 } else { next(accounts) };
+                        let credit = (debit + 1 + next(accounts - 1)) % accounts;
+                        json!({ "id": format!("c{client}-{seq}"), "debit_account_id": format!("acct{debit}"),
+                                "credit_account_id": format!("acct{credit}"), "amount": 1 + next(1_000), "currency": "USD" })
+                    })
+                    .collect();
+                let body = if batch == 1 { items.into_iter().next().unwrap_or(Value::Null) } else { json!({ "transfers": items }) };
+                let sent = Instant::now();
+                let ok = match http.post(&url).bearer_auth(&key).json(&body).send().await {
+                    Ok(r) => {
+                        let ok = r.status().is_success();
+                        let _ = r.bytes().await;
+                        ok
+                    }
+                    Err(_) => false,
+                };
+                if sent >= measure_from {
+                    requests += 1;
+                    latencies.push(sent.elapsed().as_micros() as u32);
+                    if ok {
+                        transfers += batch as u64;
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (transfers, requests, errors, latencies)
+        }));
+    }
+    let (mut transfers, mut requests, mut errors, mut latencies) = (0, 0, 0, Vec::new());
+    for t in tasks {
+        let (t, r, e, l) = t.await.map_err(|e| e.to_string())?;
+        transfers += t;
+        requests += r;
+        errors += e;
+        latencies.extend(l);
+    }
+    let seconds = Instant::now()
+        .min(deadline)
+        .saturating_duration_since(measure_from)
+        .as_secs_f64()
+        .max(0.001);
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    let engine = if a.database_url.is_some() { "postgres" } else { "sqlite" };
+    Ok(Outcome {
+        label: format!(
+            "{engine}, {} clients, batch {}{}",
+            a.clients,
+            a.batch,
+            if a.hot { ", hot account" } else { "" }
+        ),
+        transfers,
+        requests,
+        errors,
+        seconds,
+        transfers_per_second: transfers as f64 / seconds,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        verified: false,
+    })
+}
+
+/// pgbench's built-in TPC-B-like script on a database of its own on the same server (scale =
+/// clients, initialized once and reused). Returns tps.
+pub async fn pgbench(url: &str, clients: usize, seconds: u64) -> Result<f64, String> {
+    let db = "settle_pgbench";
+    let mut admin = PgConnection::connect(url).await.map_err(|e| e.to_string())?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(db)
+        .fetch_optional(&mut admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    if exists.is_none() {
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&mut admin)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut options = PgConnectOptions::from_str(url).map_err(|e| e.to_string())?.database(db);
+    options = options.application_name("settle-bench");
+    let scale = clients.max(1);
+    let initialized = match PgConnection::connect_with(&options).await {
+        Ok(mut c) => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pgbench_branches")
+            .fetch_one(&mut c)
+            .await
+            .is_ok_and(|n| n == scale as i64),
+        Err(_) => false,
+    };
+    let target = pgbench_target(url, db)?;
+    if !initialized {
+        let out = tokio::process::Command::new("pgbench")
+            .args(["-i", "-q", "-s", &scale.to_string(), &target])
+            .output()
+            .await
+            .map_err(|e| format!("pgbench not found ({e}); it ships with the PostgreSQL client packages"))?;
+        if !out.status.success() {
+            return Err(format!("pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    let out = tokio::process::Command::new("pgbench")
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.max(1).to_string(),
+            "-M",
+            "prepared",
+            &target,
+        ])
+        .output()
+        .await
+        .map_err(|e| format!("pgbench: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("tps = ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .ok_or_else(|| {
+            format!(
+                "pgbench printed no tps: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// The same server as `url`, database `db`, as a libpq URI.
+fn pgbench_target(url: &str, db: &str) -> Result<String, String> {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (server, _) = base.rsplit_once('/').ok_or("database URL without a path")?;
+    let server = if server.ends_with('/') { base } else { server };
+    Ok(match query {
+        Some(q) => format!("{server}/{db}?{q}"),
+        None => format!("{server}/{db}"),
+    })
+}
+
+async fn suite(s: &SuiteArgs) -> Result<ExitCode, String> {
+    let scenario = |url: Option<&str>, batch: usize, hot: bool| LedgerArgs {
+        database_url: url.map(str::to_owned),
+        clients: s.clients,
+        accounts: 1_000,
+        batch,
+        duration_seconds: s.duration_seconds,
+        transfers_max: 5_000_000,
+        hot,
+        writers: None,
+        pgbench: false,
+    };
+    let pg = Some(s.database_url.as_str());
+    let tps = pgbench(&s.database_url, s.clients, s.duration_seconds).await?;
+    println!(
+        "pgbench TPC-B-like, {} clients, scale {}: {tps:.0} tps",
+        s.clients, s.clients
+    );
+    let single = ledger(&scenario(pg, 1, false)).await?;
+    println!("{}", single.line());
+    let batched = ledger(&scenario(pg, 100, false)).await?;
+    println!("{}", batched.line());
+    let hot = ledger(&scenario(pg, 1, true)).await?;
+    println!("{}", hot.line());
+    let sqlite = ledger(&scenario(None, 100, false)).await?;
+    println!("{}", sqlite.line());
+    let rows = [
+        (
+            "PostgreSQL, single-transfer requests",
+            &single,
+            format!("{:.2}x pgbench", single.transfers_per_second / tps),
+            ">= 1.0x pgbench",
+        ),
+        (
+            "PostgreSQL, batches of 100",
+            &batched,
+            format!("{:.2}x pgbench", batched.transfers_per_second / tps),
+            ">= 10x pgbench",
+        ),
+        (
+            "PostgreSQL, hot account, single",
+            &hot,
+            format!("{:.2}x uniform", hot.transfers_per_second / single.transfers_per_second),
+            ">= 0.5x uniform",
+        ),
+        (
+            "SQLite, batches of 100",
+            &sqlite,
+            format!("{:.0} transfers/s", sqlite.transfers_per_second),
+            ">= 20,000/s",
+        ),
+    ];
+    println!(
+        "\n| scenario ({} clients) | transfers/s | p50 ms | p99 ms | measured | target | verify |",
+        s.clients
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (name, o, measured, target) in &rows {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {measured} | {target} | {} |",
+            o.transfers_per_second,
+            o.p50_ms,
+            o.p99_ms,
+            if o.verified { "OK" } else { "FAILED" }
+        );
+    }
+    println!("| pgbench TPC-B-like (scale {}) | {tps:.0} tps | | | | | |", s.clients);
+    let all_verified = rows.iter().all(|(_, o, _, _)| o.verified);
+    Ok(if all_verified {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

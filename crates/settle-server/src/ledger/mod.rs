@@ -28,7 +28,9 @@ use crate::{
     extract::{from_value, require_object, JsonBody, Page},
     fields, AppState,
 };
-use writer::{Command, TransferCommand, WriteError};
+use std::sync::Arc;
+
+use writer::{Command, ReplyShape, TransferCommand, WriteError};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -394,11 +396,13 @@ async fn create_transfers(
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let (requests, atomic, batch) = parse_transfers(body)?;
-    let render: writer::Render = if batch {
-        let ids: Vec<String> = requests.iter().map(|r| r.id.clone()).collect();
-        Box::new(move |results| render_batch(atomic, &ids, results))
+    let shape: Arc<dyn ReplyShape> = if batch {
+        Arc::new(Batch {
+            atomic,
+            ids: requests.iter().map(|r| r.id.clone()).collect(),
+        })
     } else {
-        Box::new(render_single)
+        Arc::new(Single)
     };
     let first = requests.first().map(|r| r.id.clone()).unwrap_or_default();
     let action = if batch {
@@ -422,18 +426,21 @@ async fn create_transfers(
         merchant_id,
         requests,
         atomic,
-        render,
+        shape: shape.clone(),
         idempotency,
         audit,
         reply,
     };
     state
         .writer
-        .submit(Command::Transfers(command))
+        .submit(Command::Transfers(Box::new(command)))
         .await
         .map_err(write_error)?;
     match answer.await {
-        Ok(Ok(reply)) => Ok(reply.into_response()),
+        Ok(Ok(committed)) => {
+            let reply = committed.reply.unwrap_or_else(|| shape.render(&committed.results));
+            Ok(reply.into_response())
+        }
         Ok(Err(e)) => Err(write_error(e)),
         Err(_) => Err(ApiError::Unavailable),
     }
@@ -458,43 +465,62 @@ fn transfer_error(e: &TransferError) -> ApiError {
     }
 }
 
-fn render_single(results: &[TransferResult]) -> Reply {
-    let (status, body) = match results.first() {
-        Some(TransferResult::Created(t)) => (StatusCode::CREATED, transfer_json(t)),
-        Some(TransferResult::Exists(t)) => (StatusCode::OK, transfer_json(t)),
-        Some(TransferResult::Failed(e)) => {
-            let error = transfer_error(e);
-            (error.status(), error.body())
+/// The reply to a single-transfer request: the transfer (201 created, 200 exists) or its error.
+struct Single;
+
+impl ReplyShape for Single {
+    fn status(&self, results: &[TransferResult]) -> StatusCode {
+        match results.first() {
+            Some(TransferResult::Created(_)) => StatusCode::CREATED,
+            Some(TransferResult::Exists(_)) => StatusCode::OK,
+            Some(TransferResult::Failed(e)) => transfer_error(e).status(),
+            None => StatusCode::INTERNAL_SERVER_ERROR,
         }
-        None => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Internal(String::new()).body(),
-        ),
-    };
-    Reply {
-        status,
-        body: body.to_string(),
+    }
+
+    fn render(&self, results: &[TransferResult]) -> Reply {
+        let body = match results.first() {
+            Some(TransferResult::Created(t) | TransferResult::Exists(t)) => transfer_json(t),
+            Some(TransferResult::Failed(e)) => transfer_error(e).body(),
+            None => ApiError::Internal(String::new()).body(),
+        };
+        Reply {
+            status: self.status(results),
+            body: body.to_string(),
+        }
     }
 }
 
-fn render_batch(atomic: bool, ids: &[String], results: &[TransferResult]) -> Reply {
-    let results: Vec<Value> = results
-        .iter()
-        .zip(ids)
-        .map(|(r, id)| match r {
-            TransferResult::Created(t) => json!({ "id": id, "result": "created", "transfer": transfer_json(t) }),
-            TransferResult::Exists(t) => json!({ "id": id, "result": "exists", "transfer": transfer_json(t) }),
-            TransferResult::Failed(e) => json!({
-                "id": id,
-                "result": e.code(),
-                "error": { "code": e.code(), "message": e.message(), "param": e.param() },
-            }),
-        })
-        .collect();
-    let body = json!({ "object": "ledger_transfer_batch", "atomic": atomic, "results": results });
-    Reply {
-        status: StatusCode::OK,
-        body: body.to_string(),
+/// The reply to a batch: 200 with one result per transfer, in order.
+struct Batch {
+    atomic: bool,
+    ids: Vec<String>,
+}
+
+impl ReplyShape for Batch {
+    fn status(&self, _results: &[TransferResult]) -> StatusCode {
+        StatusCode::OK
+    }
+
+    fn render(&self, results: &[TransferResult]) -> Reply {
+        let results: Vec<Value> = results
+            .iter()
+            .zip(&self.ids)
+            .map(|(r, id)| match r {
+                TransferResult::Created(t) => json!({ "id": id, "result": "created", "transfer": transfer_json(t) }),
+                TransferResult::Exists(t) => json!({ "id": id, "result": "exists", "transfer": transfer_json(t) }),
+                TransferResult::Failed(e) => json!({
+                    "id": id,
+                    "result": e.code(),
+                    "error": { "code": e.code(), "message": e.message(), "param": e.param() },
+                }),
+            })
+            .collect();
+        let body = json!({ "object": "ledger_transfer_batch", "atomic": self.atomic, "results": results });
+        Reply {
+            status: StatusCode::OK,
+            body: body.to_string(),
+        }
     }
 }
 

@@ -20,6 +20,8 @@ use settle_domain::{
 use settle_store::{DuePending, Mode, Scope, Store, StoreError, Tx};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use axum::http::StatusCode;
+
 use crate::{clock::Clock, context::Reply, metrics::Metrics};
 
 /// Most transfers one group commit gathers.
@@ -27,23 +29,33 @@ pub const GROUP_TRANSFERS_MAX: usize = 8_192;
 /// Most commands waiting for a writer before senders wait.
 pub const QUEUE_COMMANDS_MAX: usize = 8_192;
 
-/// Renders a request's results as the reply its client gets (and that its idempotency key stores).
-pub type Render = Box<dyn Fn(&[TransferResult]) -> Reply + Send + Sync>;
+/// What a request's reply looks like; rendered by the writer only when an idempotency record
+/// must store it, otherwise by the request's own task after the commit (off the critical path).
+pub trait ReplyShape: Send + Sync {
+    fn status(&self, results: &[TransferResult]) -> StatusCode;
+    fn render(&self, results: &[TransferResult]) -> Reply;
+}
+
+/// A committed request: its results, and its reply when the writer already rendered it.
+pub struct Committed {
+    pub results: Vec<TransferResult>,
+    pub reply: Option<Reply>,
+}
 
 pub struct TransferCommand {
     pub merchant_id: String,
     pub requests: Vec<TransferRequest>,
     pub atomic: bool,
-    pub render: Render,
+    pub shape: Arc<dyn ReplyShape>,
     /// Stored with a 2xx reply when the request carried an idempotency key (reply fields are filled in).
     pub idempotency: Option<IdempotencyRecord>,
     /// Written when the reply is 2xx.
     pub audit: AuditEntry,
-    pub reply: oneshot::Sender<Result<Reply, WriteError>>,
+    pub reply: oneshot::Sender<Result<Committed, WriteError>>,
 }
 
 pub enum Command {
-    Transfers(TransferCommand),
+    Transfers(Box<TransferCommand>),
     Expire {
         due: Vec<DuePending>,
         reply: oneshot::Sender<Result<usize, WriteError>>,
@@ -141,7 +153,7 @@ impl Worker {
         let mut commands: Vec<TransferCommand> = transfers
             .into_iter()
             .filter_map(|c| match c {
-                Command::Transfers(t) => Some(t),
+                Command::Transfers(t) => Some(*t),
                 Command::Expire { .. } => None,
             })
             .collect();
@@ -173,7 +185,7 @@ impl Worker {
     }
 
     /// One transaction for all `commands`. Renders each reply; on error nothing was written.
-    async fn commit_group(&self, commands: &[TransferCommand]) -> Result<Vec<Reply>, WriteError> {
+    async fn commit_group(&self, commands: &[TransferCommand]) -> Result<Vec<Committed>, WriteError> {
         let now = self.clock.now();
         let mut tx = self.store.begin(Scope::System, Mode::Write).await?;
         let mut book = load_book(tx.as_mut(), commands).await?;
@@ -182,17 +194,19 @@ impl Worker {
         let mut records = Vec::new();
         for command in commands {
             let results = book.apply(&command.merchant_id, &command.requests, command.atomic, now);
-            let reply = (command.render)(&results);
-            if reply.status.is_success() {
+            let mut reply = None;
+            if command.shape.status(&results).is_success() {
                 audits.push(command.audit.clone());
                 if let Some(mut record) = command.idempotency.clone() {
-                    record.status_code = reply.status.as_u16();
-                    record.response_body = reply.body.clone();
+                    let rendered = command.shape.render(&results);
+                    record.status_code = rendered.status.as_u16();
+                    record.response_body = rendered.body.clone();
                     record.created_at = now;
                     records.push(record);
+                    reply = Some(rendered);
                 }
             }
-            replies.push(reply);
+            replies.push(Committed { results, reply });
         }
         let effects = book.take_effects();
         let created = effects.transfers.len();
