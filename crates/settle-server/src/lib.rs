@@ -77,7 +77,7 @@ impl Config {
             auth_cache_ttl: Duration::from_secs(2),
             ledger_writers: match engine {
                 Engine::Sqlite => 1,
-                Engine::Postgres => 2,
+                Engine::Postgres => 1,
             },
             request_timeout: Duration::from_secs(30),
             run_jobs: true,

@@ -105,14 +105,21 @@ impl PgTx {
         keys: &[Key],
         lock: bool,
     ) -> Result<Vec<PgRow>> {
+        // The key list drives a nested loop of index lookups; as `IN (subquery)` the generic plan
+        // of the prepared statement may hash-join against a scan of the whole table instead.
+        let cols = cols
+            .split(", ")
+            .map(|c| format!("t.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
         let suffix = if lock {
-            format!(" ORDER BY merchant_id, {id_col} FOR UPDATE")
+            format!(" ORDER BY t.merchant_id, t.{id_col} FOR UPDATE OF t")
         } else {
             String::new()
         };
         let sql = format!(
-            "SELECT {cols} FROM {table} WHERE (merchant_id, {id_col}) IN \
-             (SELECT * FROM UNNEST($1::text[], $2::text[])){suffix}"
+            "SELECT {cols} FROM UNNEST($1::text[], $2::text[]) AS k(m, i) \
+             JOIN {table} AS t ON t.merchant_id = k.m AND t.{id_col} = k.i{suffix}"
         );
         let (merchants, ids) = split_keys(keys);
         Ok(sqlx::query(&sql)

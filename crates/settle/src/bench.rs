@@ -138,8 +138,14 @@ impl Outcome {
 
 /// A fresh database for one run: a temp SQLite file, or a new schema dropped afterwards.
 enum Fresh {
-    Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres { url: String, schema: String },
+    /// Held so that the directory lives as long as the run.
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        url: String,
+        schema: String,
+    },
 }
 
 async fn open_fresh(url: Option<&str>) -> Result<(Arc<dyn Store>, Fresh), String> {
@@ -153,19 +159,19 @@ async fn open_fresh(url: Option<&str>) -> Result<(Arc<dyn Store>, Fresh), String
             let store = SqliteStore::open(&dir.path().join("bench.db"), &options)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok((Arc::new(store), Fresh::Sqlite(dir)))
+            Ok((Arc::new(store), Fresh::Sqlite { _dir: dir }))
         }
         Some(url) => {
             let schema = format!("bench_{}", std::process::id());
             let mut c = PgConnection::connect(url)
                 .await
                 .map_err(|e| format!("cannot reach {url}: {e}"))?;
-            sqlx::query(&format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-            ))
-            .execute(&mut c)
-            .await
-            .map_err(|e| e.to_string())?;
+            for sql in [
+                format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+                format!("CREATE SCHEMA {schema}"),
+            ] {
+                sqlx::query(&sql).execute(&mut c).await.map_err(|e| e.to_string())?;
+            }
             let connect = PgConnectOptions::from_str(url)
                 .map_err(|e| e.to_string())?
                 .options([("search_path", schema.as_str())]);
@@ -196,6 +202,9 @@ impl Fresh {
 }
 
 pub async fn ledger(a: &LedgerArgs) -> Result<Outcome, String> {
+    if std::env::var_os("SETTLE_LOG").is_some() {
+        crate::config::init_logging("text");
+    }
     let (store, fresh) = open_fresh(a.database_url.as_deref()).await?;
     store.migrate().await.map_err(|e| e.to_string())?;
     let mut config = Config::for_engine(store.engine());

@@ -187,8 +187,10 @@ impl Worker {
     /// One transaction for all `commands`. Renders each reply; on error nothing was written.
     async fn commit_group(&self, commands: &[TransferCommand]) -> Result<Vec<Committed>, WriteError> {
         let now = self.clock.now();
+        let started = std::time::Instant::now();
         let mut tx = self.store.begin(Scope::System, Mode::Write).await?;
         let mut book = load_book(tx.as_mut(), commands).await?;
+        let loaded = started.elapsed();
         let mut replies = Vec::with_capacity(commands.len());
         let mut audits = Vec::new();
         let mut records = Vec::new();
@@ -210,6 +212,7 @@ impl Worker {
         }
         let effects = book.take_effects();
         let created = effects.transfers.len();
+        let decided = started.elapsed();
         tx.write_ledger(&effects).await?;
         tx.insert_audit(&audits).await?;
         for record in &records {
@@ -221,8 +224,18 @@ impl Worker {
                 }
             })?;
         }
+        let written = started.elapsed();
         tx.commit().await?;
         self.metrics.ledger_commit(commands.len(), created);
+        tracing::debug!(
+            requests = commands.len(),
+            created,
+            load_us = loaded.as_micros() as u64,
+            decide_us = (decided - loaded).as_micros() as u64,
+            write_us = (written - decided).as_micros() as u64,
+            commit_us = (started.elapsed() - written).as_micros() as u64,
+            "group committed"
+        );
         Ok(replies)
     }
 
