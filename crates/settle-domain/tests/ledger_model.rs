@@ -174,16 +174,8 @@ impl Db {
 #[derive(Clone)]
 struct Model {
     flags: Vec<AccountFlags>,
-    history: Vec<(
-        String,
-        TransferKind,
-        usize,
-        usize,
-        i128,
-        Option<String>,
-        Option<i64>,
-        Option<String>,
-    )>,
+    /// (id, kind, debit account index, credit account index, amount)
+    history: Vec<(String, TransferKind, usize, usize, i128)>,
     status: HashMap<String, PendingStatus>,
 }
 
@@ -204,7 +196,7 @@ impl Model {
 
     fn totals(&self, account: usize) -> Totals {
         let mut t = Totals::default();
-        for (id, kind, d, c, amount, _, _, _) in &self.history {
+        for (id, kind, d, c, amount) in &self.history {
             let live_pending = self.status.get(id) == Some(&PendingStatus::Pending);
             let (pending, posted) = match kind {
                 TransferKind::Single | TransferKind::PostPending => (0, *amount),
@@ -303,7 +295,7 @@ impl Model {
                 if pending {
                     self.status.insert(r.id.clone(), PendingStatus::Pending);
                 }
-                self.history.push((r.id.clone(), kind, d, c, a, None, None, None));
+                self.history.push((r.id.clone(), kind, d, c, a));
                 "created"
             }
             TransferOp::Post {
@@ -320,7 +312,7 @@ impl Model {
                 let Some(p) = self.find(pending_id) else {
                     return "pending_transfer_not_found";
                 };
-                let (_, kind, d, c, pamount, _, _, _) = self.history[p].clone();
+                let (_, kind, d, c, pamount) = self.history[p].clone();
                 if kind != TransferKind::Pending {
                     return "pending_transfer_not_pending";
                 }
@@ -366,8 +358,7 @@ impl Model {
                 } else {
                     TransferKind::VoidPending
                 };
-                self.history
-                    .push((r.id.clone(), kind, d, c, a, Some(pending_id.clone()), *amount, None));
+                self.history.push((r.id.clone(), kind, d, c, a));
                 "created"
             }
         }
