@@ -68,7 +68,7 @@ async fn storm(app: &TestApp, routers: Vec<Router>, m: &Merchant) {
             acknowledged
         }));
     }
-    let mut expected = vec![FUNDING; WALLETS];
+    let mut expected = [FUNDING; WALLETS];
     let mut seen = HashMap::new();
     let mut created = 0;
     for t in tasks {

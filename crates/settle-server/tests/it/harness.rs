@@ -32,7 +32,6 @@ fn in_ci() -> bool {
 }
 
 pub struct TestApp {
-    pub engine: Engine,
     pub router: Router,
     pub app: Option<App>,
     pub store: Arc<dyn Store>,
