@@ -123,7 +123,6 @@ impl TestApp {
             .await
             .expect("admin token");
         Some(TestApp {
-            engine,
             router: app.router.clone(),
             app: Some(app),
             store,
