@@ -53,12 +53,12 @@ async fn verify_merchant(store: &dyn Store, merchant: &str, report: &mut Report)
     let mut tx = store.begin(Scope::System, Mode::Read).await?;
     let statuses: HashMap<String, PendingStatus> = tx.scan_pending(merchant).await?.into_iter().collect();
     let mut computed: HashMap<String, Totals> = HashMap::new();
-    let mut after = 0;
+    let mut after = String::new();
     loop {
-        let rows = tx.scan_transfers(merchant, after, SCAN_ROWS).await?;
-        let Some((last, _)) = rows.last() else { break };
-        after = *last;
-        for (_, t) in rows {
+        let rows = tx.scan_transfers(merchant, &after, SCAN_ROWS).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.id.clone();
+        for t in rows {
             report.transfers += 1;
             let amount = i128::from(t.amount);
             let (pending, posted) = match t.kind {
@@ -75,12 +75,12 @@ async fn verify_merchant(store: &dyn Store, merchant: &str, report: &mut Report)
         }
     }
     let mut per_currency: BTreeMap<&'static str, Totals> = BTreeMap::new();
-    let mut after = 0;
+    let mut after = String::new();
     loop {
-        let rows = tx.scan_accounts(merchant, after, SCAN_ROWS).await?;
-        let Some((last, _)) = rows.last() else { break };
-        after = *last;
-        for (_, a) in rows {
+        let rows = tx.scan_accounts(merchant, &after, SCAN_ROWS).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.id.clone();
+        for a in rows {
             report.accounts += 1;
             let b = a.balances;
             let stored = Totals {

@@ -231,8 +231,9 @@ pub trait Tx: Send {
 
     /// Every merchant id that owns ledger accounts.
     async fn ledger_merchants(&mut self) -> Result<Vec<String>>;
-    /// One merchant's accounts in `seq` order, `limit` after `after_seq`; returns rows with their seq.
-    async fn scan_accounts(&mut self, merchant_id: &str, after_seq: i64, limit: u32) -> Result<Vec<(i64, Account)>>;
-    async fn scan_transfers(&mut self, merchant_id: &str, after_seq: i64, limit: u32) -> Result<Vec<(i64, Transfer)>>;
+    /// One merchant's accounts in id order, at most `limit` with ids after `after_id`.
+    async fn scan_accounts(&mut self, merchant_id: &str, after_id: &str, limit: u32) -> Result<Vec<Account>>;
+    /// One merchant's transfers in id order, at most `limit` with ids after `after_id`.
+    async fn scan_transfers(&mut self, merchant_id: &str, after_id: &str, limit: u32) -> Result<Vec<Transfer>>;
     async fn scan_pending(&mut self, merchant_id: &str) -> Result<Vec<(String, PendingStatus)>>;
 }

@@ -121,8 +121,8 @@ pub fn balances(dp: i64, dpo: i64, cp: i64, cpo: i64) -> Balances {
 
 macro_rules! shared_tx {
     ($tx:ident, $row:ty, $pool:ty) => {
-        use $crate::shared as sh;
         use sqlx::Row as _;
+        use $crate::shared as sh;
 
         /// Applies the migrations not yet recorded in `settle_migrations`, all in one transaction
         /// that first runs `lock` (if any) so that concurrent starts apply them once.
@@ -136,8 +136,9 @@ macro_rules! shared_tx {
                 sqlx::Executor::execute(&mut *tx, lock).await?;
             }
             sqlx::Executor::execute(&mut *tx, $crate::migrate::CREATE_TABLE).await?;
-            let applied: Vec<i64> =
-                sqlx::query_scalar("SELECT version FROM settle_migrations").fetch_all(&mut *tx).await?;
+            let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM settle_migrations")
+                .fetch_all(&mut *tx)
+                .await?;
             for m in list.iter().filter(|m| !applied.contains(&m.version)) {
                 sqlx::Executor::execute(&mut *tx, m.sql).await?;
                 sqlx::query("INSERT INTO settle_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
@@ -243,10 +244,6 @@ macro_rules! shared_tx {
             })
         }
 
-        fn with_seq<T>(row: &$row, map: fn(&$row) -> $crate::Result<T>) -> $crate::Result<(i64, T)> {
-            Ok((row.try_get("seq")?, map(row)?))
-        }
-
         impl $tx {
             /// One page of `table` rows matching `filter` (string binds only).
             async fn page<T>(
@@ -266,7 +263,12 @@ macro_rules! shared_tx {
                         for b in binds {
                             q = q.bind(*b);
                         }
-                        Some(q.bind(id).fetch_optional(&mut *self.tx).await?.ok_or($crate::StoreError::CursorNotFound)?)
+                        Some(
+                            q.bind(id)
+                                .fetch_optional(&mut *self.tx)
+                                .await?
+                                .ok_or($crate::StoreError::CursorNotFound)?,
+                        )
                     }
                 };
                 let (sql, ascending) = sh::page_sql(cols, table, filter, binds.len(), page);
@@ -338,7 +340,8 @@ macro_rules! shared_tx {
                 &mut self,
                 page: &$crate::PageRequest,
             ) -> $crate::Result<$crate::Listing<settle_domain::tenancy::Merchant>> {
-                self.page(sh::MERCHANT_COLS, "merchants", "TRUE", &[], page, merchant_from).await
+                self.page(sh::MERCHANT_COLS, "merchants", "TRUE", &[], page, merchant_from)
+                    .await
             }
 
             async fn deactivate_merchant(&mut self, id: &str, at: settle_domain::Timestamp) -> $crate::Result<()> {
@@ -377,8 +380,15 @@ macro_rules! shared_tx {
                 merchant_id: &str,
                 id: &str,
             ) -> $crate::Result<Option<settle_domain::tenancy::ApiKey>> {
-                let sql = format!("SELECT {} FROM api_keys WHERE merchant_id = $1 AND id = $2", sh::API_KEY_COLS);
-                let row = sqlx::query(&sql).bind(merchant_id).bind(id).fetch_optional(&mut *self.tx).await?;
+                let sql = format!(
+                    "SELECT {} FROM api_keys WHERE merchant_id = $1 AND id = $2",
+                    sh::API_KEY_COLS
+                );
+                let row = sqlx::query(&sql)
+                    .bind(merchant_id)
+                    .bind(id)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
                 row.as_ref().map(api_key_from).transpose()
             }
 
@@ -387,7 +397,15 @@ macro_rules! shared_tx {
                 merchant_id: &str,
                 page: &$crate::PageRequest,
             ) -> $crate::Result<$crate::Listing<settle_domain::tenancy::ApiKey>> {
-                self.page(sh::API_KEY_COLS, "api_keys", "merchant_id = $1", &[merchant_id], page, api_key_from).await
+                self.page(
+                    sh::API_KEY_COLS,
+                    "api_keys",
+                    "merchant_id = $1",
+                    &[merchant_id],
+                    page,
+                    api_key_from,
+                )
+                .await
             }
 
             async fn revoke_api_key(
@@ -530,7 +548,15 @@ macro_rules! shared_tx {
                 merchant_id: &str,
                 page: &$crate::PageRequest,
             ) -> $crate::Result<$crate::Listing<settle_domain::tenancy::AuditEntry>> {
-                self.page(sh::AUDIT_COLS, "audit_logs", "merchant_id = $1", &[merchant_id], page, audit_from).await
+                self.page(
+                    sh::AUDIT_COLS,
+                    "audit_logs",
+                    "merchant_id = $1",
+                    &[merchant_id],
+                    page,
+                    audit_from,
+                )
+                .await
             }
 
             async fn insert_account(&mut self, a: &settle_domain::ledger::Account) -> $crate::Result<()> {
@@ -563,7 +589,9 @@ macro_rules! shared_tx {
                 if keys.is_empty() {
                     return Ok(Vec::new());
                 }
-                let rows = self.fetch_by_keys(sh::ACCOUNT_COLS, "ledger_accounts", "id", keys, lock).await?;
+                let rows = self
+                    .fetch_by_keys(sh::ACCOUNT_COLS, "ledger_accounts", "id", keys, lock)
+                    .await?;
                 rows.iter().map(account_from).collect()
             }
 
@@ -572,8 +600,15 @@ macro_rules! shared_tx {
                 merchant_id: &str,
                 page: &$crate::PageRequest,
             ) -> $crate::Result<$crate::Listing<settle_domain::ledger::Account>> {
-                self.page(sh::ACCOUNT_COLS, "ledger_accounts", "merchant_id = $1", &[merchant_id], page, account_from)
-                    .await
+                self.page(
+                    sh::ACCOUNT_COLS,
+                    "ledger_accounts",
+                    "merchant_id = $1",
+                    &[merchant_id],
+                    page,
+                    account_from,
+                )
+                .await
             }
 
             async fn get_transfers(
@@ -583,7 +618,9 @@ macro_rules! shared_tx {
                 if keys.is_empty() {
                     return Ok(Vec::new());
                 }
-                let rows = self.fetch_by_keys(sh::TRANSFER_COLS, "ledger_transfers", "id", keys, false).await?;
+                let rows = self
+                    .fetch_by_keys(sh::TRANSFER_COLS, "ledger_transfers", "id", keys, false)
+                    .await?;
                 rows.iter().map(transfer_from).collect()
             }
 
@@ -594,9 +631,15 @@ macro_rules! shared_tx {
                 if keys.is_empty() {
                     return Ok(Vec::new());
                 }
-                let rows =
-                    self.fetch_by_keys("merchant_id, transfer_id, status", "ledger_pending", "transfer_id", keys, false)
-                        .await?;
+                let rows = self
+                    .fetch_by_keys(
+                        "merchant_id, transfer_id, status",
+                        "ledger_pending",
+                        "transfer_id",
+                        keys,
+                        false,
+                    )
+                    .await?;
                 rows.iter()
                     .map(|row| {
                         let key = (row.try_get("merchant_id")?, row.try_get("transfer_id")?);
@@ -651,47 +694,49 @@ macro_rules! shared_tx {
             }
 
             async fn ledger_merchants(&mut self) -> $crate::Result<Vec<String>> {
-                Ok(sqlx::query_scalar("SELECT DISTINCT merchant_id FROM ledger_accounts ORDER BY merchant_id")
-                    .fetch_all(&mut *self.tx)
-                    .await?)
+                Ok(
+                    sqlx::query_scalar("SELECT DISTINCT merchant_id FROM ledger_accounts ORDER BY merchant_id")
+                        .fetch_all(&mut *self.tx)
+                        .await?,
+                )
             }
 
             async fn scan_accounts(
                 &mut self,
                 merchant_id: &str,
-                after_seq: i64,
+                after_id: &str,
                 limit: u32,
-            ) -> $crate::Result<Vec<(i64, settle_domain::ledger::Account)>> {
+            ) -> $crate::Result<Vec<settle_domain::ledger::Account>> {
                 let sql = format!(
-                    "SELECT seq, {} FROM ledger_accounts WHERE merchant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    "SELECT {} FROM ledger_accounts WHERE merchant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
                     sh::ACCOUNT_COLS
                 );
                 let rows = sqlx::query(&sql)
                     .bind(merchant_id)
-                    .bind(after_seq)
+                    .bind(after_id)
                     .bind(i64::from(limit))
                     .fetch_all(&mut *self.tx)
                     .await?;
-                rows.iter().map(|r| with_seq(r, account_from)).collect()
+                rows.iter().map(account_from).collect()
             }
 
             async fn scan_transfers(
                 &mut self,
                 merchant_id: &str,
-                after_seq: i64,
+                after_id: &str,
                 limit: u32,
-            ) -> $crate::Result<Vec<(i64, settle_domain::ledger::Transfer)>> {
+            ) -> $crate::Result<Vec<settle_domain::ledger::Transfer>> {
                 let sql = format!(
-                    "SELECT seq, {} FROM ledger_transfers WHERE merchant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    "SELECT {} FROM ledger_transfers WHERE merchant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
                     sh::TRANSFER_COLS
                 );
                 let rows = sqlx::query(&sql)
                     .bind(merchant_id)
-                    .bind(after_seq)
+                    .bind(after_id)
                     .bind(i64::from(limit))
                     .fetch_all(&mut *self.tx)
                     .await?;
-                rows.iter().map(|r| with_seq(r, transfer_from)).collect()
+                rows.iter().map(transfer_from).collect()
             }
 
             async fn scan_pending(

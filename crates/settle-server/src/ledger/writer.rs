@@ -161,7 +161,15 @@ impl Worker {
             return;
         }
         let solo = commands.len() == 1;
-        match self.commit_group(&commands).await {
+        // Optimistic first: new transfer ids are the rule, so the group skips looking its ids up
+        // and lets the unique key catch a reused one; then it is decided again with the lookup.
+        let outcome = match self.commit_group(&commands, Lookup::Optimistic).await {
+            Err(WriteError::Store(e)) if e.is_conflict_on("ledger_transfers") => {
+                self.commit_group(&commands, Lookup::Checked).await
+            }
+            other => other,
+        };
+        match outcome {
             Ok(replies) => {
                 for (command, reply) in commands.into_iter().zip(replies) {
                     let _ = command.reply.send(Ok(reply));
@@ -175,7 +183,7 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(error = ?e, requests = commands.len(), "group commit failed; retrying its requests one by one");
                 for command in commands {
-                    let outcome = self.commit_group(std::slice::from_ref(&command)).await;
+                    let outcome = self.commit_group(std::slice::from_ref(&command), Lookup::Checked).await;
                     let _ = command
                         .reply
                         .send(outcome.and_then(|mut r| r.pop().ok_or(WriteError::Closed)));
@@ -185,11 +193,11 @@ impl Worker {
     }
 
     /// One transaction for all `commands`. Renders each reply; on error nothing was written.
-    async fn commit_group(&self, commands: &[TransferCommand]) -> Result<Vec<Committed>, WriteError> {
+    async fn commit_group(&self, commands: &[TransferCommand], lookup: Lookup) -> Result<Vec<Committed>, WriteError> {
         let now = self.clock.now();
         let started = std::time::Instant::now();
         let mut tx = self.store.begin(Scope::System, Mode::Write).await?;
-        let mut book = load_book(tx.as_mut(), commands).await?;
+        let mut book = load_book(tx.as_mut(), commands, lookup).await?;
         let loaded = started.elapsed();
         let mut replies = Vec::with_capacity(commands.len());
         let mut audits = Vec::new();
@@ -283,16 +291,27 @@ fn command_size(command: &Command) -> usize {
     }
 }
 
+/// Whether a group looks up the transfer ids it is about to create.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lookup {
+    /// Assume they are new; a reused id fails the insert (unique key) and nothing is written.
+    Optimistic,
+    Checked,
+}
+
 /// Loads what the group's requests touch: referenced pending transfers, then (locked, in key
-/// order) every account involved, then the transfers the requests name and pending statuses.
-async fn load_book(tx: &mut dyn Tx, commands: &[TransferCommand]) -> Result<Book, StoreError> {
+/// order) every account involved, then (when `Checked`) the transfers the requests name, and
+/// the pending statuses.
+async fn load_book(tx: &mut dyn Tx, commands: &[TransferCommand], lookup: Lookup) -> Result<Book, StoreError> {
     let mut request_keys = BTreeSet::new();
     let mut pending_keys = BTreeSet::new();
     let mut account_keys = BTreeSet::new();
     for command in commands {
         let m = &command.merchant_id;
         for r in &command.requests {
-            request_keys.insert((m.clone(), r.id.clone()));
+            if lookup == Lookup::Checked {
+                request_keys.insert((m.clone(), r.id.clone()));
+            }
             if let Some(p) = r.pending_id() {
                 pending_keys.insert((m.clone(), p.to_owned()));
             }
@@ -315,9 +334,11 @@ async fn load_book(tx: &mut dyn Tx, commands: &[TransferCommand]) -> Result<Book
     for t in pendings {
         book.load_transfer(t);
     }
-    let request_keys: Vec<Key> = request_keys.into_iter().collect();
-    for t in tx.get_transfers(&request_keys).await? {
-        book.load_transfer(t);
+    if lookup == Lookup::Checked {
+        let request_keys: Vec<Key> = request_keys.into_iter().collect();
+        for t in tx.get_transfers(&request_keys).await? {
+            book.load_transfer(t);
+        }
     }
     for ((merchant, id), status) in tx.get_pending_statuses(&pending_keys).await? {
         book.load_pending(&merchant, &id, status);

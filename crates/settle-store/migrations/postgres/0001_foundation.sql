@@ -87,7 +87,9 @@ CREATE TABLE ledger_accounts (
 );
 
 CREATE TABLE ledger_transfers (
-    seq               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- Orders each account's entries; indexed only inside the entry indexes below (one index
+    -- fewer per transfer than a primary key on it).
+    seq               BIGINT GENERATED ALWAYS AS IDENTITY,
     merchant_id       TEXT NOT NULL,
     id                TEXT NOT NULL,
     kind              TEXT NOT NULL CHECK (kind IN ('single', 'pending', 'post_pending', 'void_pending')),
@@ -108,7 +110,7 @@ CREATE TABLE ledger_transfers (
     credit_debits_posted   BIGINT NOT NULL,
     credit_credits_pending BIGINT NOT NULL,
     credit_credits_posted  BIGINT NOT NULL,
-    CONSTRAINT ledger_transfers_key UNIQUE (merchant_id, id),
+    CONSTRAINT ledger_transfers_key PRIMARY KEY (merchant_id, id),
     CONSTRAINT ledger_transfers_accounts_differ CHECK (debit_account_id <> credit_account_id),
     CONSTRAINT ledger_transfers_resolution_shape CHECK (
         (kind IN ('post_pending', 'void_pending')) = (pending_id IS NOT NULL))
