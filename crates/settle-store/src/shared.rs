@@ -245,6 +245,26 @@ macro_rules! shared_tx {
         }
 
         impl $tx {
+            /// One merchant's rows of `table` in id order, at most `limit` after `after_id`.
+            async fn scan<T>(
+                &mut self,
+                cols: &str,
+                table: &str,
+                merchant_id: &str,
+                after_id: &str,
+                limit: u32,
+                map: fn(&$row) -> $crate::Result<T>,
+            ) -> $crate::Result<Vec<T>> {
+                let sql = format!("SELECT {cols} FROM {table} WHERE merchant_id = $1 AND id > $2 ORDER BY id LIMIT $3");
+                let rows = sqlx::query(&sql)
+                    .bind(merchant_id)
+                    .bind(after_id)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+                rows.iter().map(map).collect()
+            }
+
             /// One page of `table` rows matching `filter` (string binds only).
             async fn page<T>(
                 &mut self,
@@ -707,17 +727,15 @@ macro_rules! shared_tx {
                 after_id: &str,
                 limit: u32,
             ) -> $crate::Result<Vec<settle_domain::ledger::Account>> {
-                let sql = format!(
-                    "SELECT {} FROM ledger_accounts WHERE merchant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-                    sh::ACCOUNT_COLS
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(merchant_id)
-                    .bind(after_id)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *self.tx)
-                    .await?;
-                rows.iter().map(account_from).collect()
+                self.scan(
+                    sh::ACCOUNT_COLS,
+                    "ledger_accounts",
+                    merchant_id,
+                    after_id,
+                    limit,
+                    account_from,
+                )
+                .await
             }
 
             async fn scan_transfers(
@@ -726,17 +744,15 @@ macro_rules! shared_tx {
                 after_id: &str,
                 limit: u32,
             ) -> $crate::Result<Vec<settle_domain::ledger::Transfer>> {
-                let sql = format!(
-                    "SELECT {} FROM ledger_transfers WHERE merchant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-                    sh::TRANSFER_COLS
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(merchant_id)
-                    .bind(after_id)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *self.tx)
-                    .await?;
-                rows.iter().map(transfer_from).collect()
+                self.scan(
+                    sh::TRANSFER_COLS,
+                    "ledger_transfers",
+                    merchant_id,
+                    after_id,
+                    limit,
+                    transfer_from,
+                )
+                .await
             }
 
             async fn scan_pending(

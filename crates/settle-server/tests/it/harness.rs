@@ -27,6 +27,14 @@ pub fn pg_url() -> String {
     std::env::var("SETTLE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// Connection options for a test schema, as the ordinary role that owns it.
+pub fn pg_options(schema: &str) -> PgConnectOptions {
+    PgConnectOptions::from_str(&pg_url())
+        .expect("pg url")
+        .username(PG_ROLE)
+        .options([("search_path", schema)])
+}
+
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -101,11 +109,7 @@ impl TestApp {
                         return None;
                     }
                 };
-                let connect = PgConnectOptions::from_str(&pg_url())
-                    .expect("pg url")
-                    .username(PG_ROLE)
-                    .options([("search_path", schema.as_str())]);
-                let store = PostgresStore::connect_with(connect, &options)
+                let store = PostgresStore::connect_with(pg_options(&schema), &options)
                     .await
                     .expect("connect pg");
                 (Arc::new(store), DbGuard::Postgres { schema })
@@ -136,11 +140,7 @@ impl TestApp {
         let DbGuard::Postgres { schema } = &self.db else {
             return None;
         };
-        let connect = PgConnectOptions::from_str(&pg_url())
-            .expect("pg url")
-            .username(PG_ROLE)
-            .options([("search_path", schema.as_str())]);
-        let store = PostgresStore::connect_with(connect, &StoreOptions::default())
+        let store = PostgresStore::connect_with(pg_options(schema), &StoreOptions::default())
             .await
             .expect("connect pg");
         let mut config = Config::for_engine(Engine::Postgres);

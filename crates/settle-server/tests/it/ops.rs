@@ -1,14 +1,12 @@
 //! Health, readiness, metrics, request ids, the audit log, `verify`, and row-level security.
 
-use std::str::FromStr;
-
 use axum::http::{Method, StatusCode};
 use serde_json::json;
-use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 
 use crate::{
     conformance,
-    harness::{pg_url, DbGuard, TestApp, PG_ROLE},
+    harness::{pg_options, DbGuard, TestApp},
 };
 
 pub async fn health_readiness_metrics_and_request_ids(app: TestApp) {
@@ -145,11 +143,7 @@ async fn row_level_security_hides_other_merchants_rows_on_postgres() {
     let DbGuard::Postgres { schema } = &app.db else {
         unreachable!()
     };
-    let connect = PgConnectOptions::from_str(&pg_url())
-        .expect("url")
-        .username(PG_ROLE)
-        .options([("search_path", schema.as_str())]);
-    let mut c = PgConnection::connect_with(&connect).await.expect("connect");
+    let mut c = PgConnection::connect_with(&pg_options(schema)).await.expect("connect");
     assert_eq!(count_accounts(&mut c).await, 0, "no merchant in scope: no rows");
     sqlx::query("SELECT set_config('settle.merchant_id', $1, false)")
         .bind(&one.id)
