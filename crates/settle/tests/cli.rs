@@ -1,0 +1,226 @@
+//! The `settle` binary as a user runs it: `serve` on a fresh data directory (admin token file,
+//! getting-started text), requests over a real socket, SIGTERM while requests are in flight
+//! (every acknowledged transfer is kept, the process exits cleanly), then `verify` and `migrate`.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::fs::PermissionsExt,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+fn settle() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_settle"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// Starts `settle serve` and waits for its getting-started text.
+fn serve(dir: &std::path::Path, port: u16) -> (Child, String) {
+    let mut child = settle()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "text",
+        ])
+        .env("SETTLE_DATA_DIR", dir.join("settle-data"))
+        .env_remove("SETTLE_DATABASE_URL")
+        .env_remove("SETTLE_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn settle serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut text = String::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        text.push_str(&line);
+        text.push('\n');
+        if line.contains("curl") {
+            break;
+        }
+    }
+    (child, text)
+}
+
+async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> (u16, Value) {
+    let r = http
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_sigterm_verify_as_a_user_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (mut child, text) = serve(dir.path(), port);
+    assert!(text.contains("admin token was written"), "{text}");
+    assert!(text.contains("curl"), "{text}");
+    let token_path = dir.path().join("settle-data/admin-token");
+    let mode = std::fs::metadata(&token_path).expect("token file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let admin = std::fs::read_to_string(&token_path).expect("token").trim().to_owned();
+
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let (_, m) = post(
+        &http,
+        &format!("{base}/admin/v1/merchants"),
+        &admin,
+        json!({ "name": "Acme", "email": "ops@acme.test" }),
+    )
+    .await;
+    let mid = m["id"].as_str().expect("merchant id").to_owned();
+    let (_, k) = post(
+        &http,
+        &format!("{base}/admin/v1/merchants/{mid}/api_keys"),
+        &admin,
+        json!({}),
+    )
+    .await;
+    let key = k["secret"].as_str().expect("secret").to_owned();
+    for id in ["a", "b"] {
+        let (status, _) = post(
+            &http,
+            &format!("{base}/v1/ledger/accounts"),
+            &key,
+            json!({ "id": id, "currency": "USD" }),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+
+    // Clients keep posting transfers; SIGTERM arrives in the middle.
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (http, base, key) = (http.clone(), base.clone(), key.clone());
+        clients.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            for i in 0..10_000 {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let body = json!({ "id": format!("c{c}-{i}"), "debit_account_id": "a", "credit_account_id": "b",
+                    "amount": 1, "currency": "USD" });
+                match http
+                    .post(format!("{base}/v1/ledger/transfers"))
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().as_u16() == 201 => acknowledged.push(format!("c{c}-{i}")),
+                    Ok(_) | Err(_) => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let mut acknowledged = 0;
+    for c in clients {
+        acknowledged += c.await.expect("client").len();
+    }
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "settle serve exits cleanly on SIGTERM: {exit:?}");
+    assert!(acknowledged > 0, "transfers were acknowledged before the signal");
+
+    // Every acknowledged transfer is stored, and the ledger balances.
+    let out = settle()
+        .arg("verify")
+        .env("SETTLE_DATA_DIR", dir.path().join("settle-data"))
+        .env_remove("SETTLE_DATABASE_URL")
+        .output()
+        .expect("verify");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("OK, every invariant holds"), "{report}");
+    let transfers: usize = report
+        .split(" transfers")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("transfer count");
+    assert!(
+        transfers >= acknowledged,
+        "{transfers} stored < {acknowledged} acknowledged"
+    );
+
+    // Restarting keeps the admin token (no new file is written) and the data.
+    let (mut again, text) = serve(dir.path(), port);
+    assert!(!text.contains("admin token was written"), "{text}");
+    let r = http
+        .get(format!("{base}/v1/ledger/accounts/b"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("get");
+    let b: Value = r.json().await.expect("json");
+    assert_eq!(b["credits_posted"].as_u64(), Some(transfers as u64));
+    let _ = again.kill();
+    let _ = again.wait();
+}
+
+#[test]
+fn verify_exits_non_zero_on_a_tampered_ledger_and_migrate_is_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("settle-data");
+    for _ in 0..2 {
+        let out = settle()
+            .arg("migrate")
+            .env("SETTLE_DATA_DIR", &data)
+            .env_remove("SETTLE_DATABASE_URL")
+            .output()
+            .expect("migrate");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let db = data.join("settle.db");
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("open");
+        for sql in [
+            "INSERT INTO merchants (id, name, email, default_currency, amount_limits, metadata, status, created_at) \
+             VALUES ('mer_x', 'x', 'x@x.test', 'USD', '{}', '{}', 'active', 0)",
+            "INSERT INTO ledger_accounts (merchant_id, id, currency, flags, metadata, debits_pending, debits_posted, \
+             credits_pending, credits_posted, created_at) VALUES ('mer_x', 'a', 'USD', 0, '{}', 0, 5, 0, 0, 0)",
+        ] {
+            sqlx::query(sql).execute(&mut c).await.expect("tamper");
+        }
+    });
+    let out = settle()
+        .arg("verify")
+        .env("SETTLE_DATA_DIR", &data)
+        .env_remove("SETTLE_DATABASE_URL")
+        .output()
+        .expect("verify");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{report}");
+    assert!(report.contains("VIOLATIONS"), "{report}");
+}
