@@ -3,7 +3,7 @@
 mod bench;
 mod config;
 
-use std::{process::ExitCode, sync::Arc};
+use std::{io::Write, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
 use config::{Common, ServeArgs};
@@ -78,10 +78,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    println!(
-        "{}",
-        config::getting_started(addr, store.engine(), &args, token_note.as_deref())
-    );
+    // Not `println!`: a closed stdout must not take the server down.
+    let text = config::getting_started(addr, store.engine(), &args, token_note.as_deref());
+    let _ = writeln!(std::io::stdout(), "{text}");
     tracing::info!(%addr, engine = store.engine().as_str(), "listening");
     let service = app
         .router

@@ -39,15 +39,17 @@ fn serve(dir: &std::path::Path, port: u16) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn settle serve");
-    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let mut text = String::new();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+    for line in lines.by_ref().map_while(Result::ok) {
         text.push_str(&line);
         text.push('\n');
         if line.contains("curl") {
             break;
         }
     }
+    // Keep draining stdout so that the server never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     (child, text)
 }
 
