@@ -187,6 +187,95 @@ async fn serve_sigterm_verify_as_a_user_would() {
     let _ = again.wait();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_flight_loses_no_acknowledged_transfer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (mut child, _) = serve(dir.path(), port);
+    let admin = std::fs::read_to_string(dir.path().join("settle-data/admin-token"))
+        .expect("token")
+        .trim()
+        .to_owned();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let (_, m) = post(
+        &http,
+        &format!("{base}/admin/v1/merchants"),
+        &admin,
+        json!({ "name": "K", "email": "k@k.test" }),
+    )
+    .await;
+    let mid = m["id"].as_str().expect("merchant id").to_owned();
+    let (_, k) = post(
+        &http,
+        &format!("{base}/admin/v1/merchants/{mid}/api_keys"),
+        &admin,
+        json!({}),
+    )
+    .await;
+    let key = k["secret"].as_str().expect("secret").to_owned();
+    for id in ["a", "b"] {
+        post(
+            &http,
+            &format!("{base}/v1/ledger/accounts"),
+            &key,
+            json!({ "id": id, "currency": "USD" }),
+        )
+        .await;
+    }
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (http, base, key) = (http.clone(), base.clone(), key.clone());
+        clients.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..5_000 {
+                let body = json!({ "transfers": [
+                    { "id": format!("c{c}-{i}-x"), "debit_account_id": "a", "credit_account_id": "b", "amount": 2, "currency": "USD" },
+                    { "id": format!("c{c}-{i}-y"), "debit_account_id": "b", "credit_account_id": "a", "amount": 1, "currency": "USD" }
+                ], "atomic": true });
+                match http.post(format!("{base}/v1/ledger/transfers")).bearer_auth(&key).json(&body).send().await {
+                    Ok(r) if r.status().as_u16() == 200 => acknowledged.push(i),
+                    Ok(_) | Err(_) => break,
+                }
+            }
+            acknowledged.len()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _ = child.kill(); // SIGKILL: no shutdown path runs
+    let _ = child.wait();
+    let mut acknowledged = 0;
+    for c in clients {
+        acknowledged += c.await.expect("client");
+    }
+    assert!(acknowledged > 0);
+    let (mut again, _) = serve(dir.path(), port);
+    let r = http
+        .get(format!("{base}/v1/ledger/accounts/b"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("get");
+    let b: Value = r.json().await.expect("json");
+    // Each acknowledged atomic batch credited b with 2 and debited it 1; none is half-applied.
+    let credits = b["credits_posted"].as_u64().expect("credits");
+    let debits = b["debits_posted"].as_u64().expect("debits");
+    assert_eq!(credits, 2 * debits, "an atomic batch was half-applied");
+    assert!(
+        debits >= acknowledged as u64,
+        "{debits} batches stored < {acknowledged} acknowledged"
+    );
+    let _ = again.kill();
+    let _ = again.wait();
+    let out = settle()
+        .arg("verify")
+        .env("SETTLE_DATA_DIR", dir.path().join("settle-data"))
+        .env_remove("SETTLE_DATABASE_URL")
+        .output()
+        .expect("verify");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
 #[test]
 fn verify_exits_non_zero_on_a_tampered_ledger_and_migrate_is_idempotent() {
     let dir = tempfile::tempdir().expect("tempdir");
