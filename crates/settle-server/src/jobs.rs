@@ -62,11 +62,19 @@ pub async fn try_execute_key_usage(state: &AppState) -> Result<usize, ApiError> 
     Ok(used.len())
 }
 
+/// Store upkeep off the writer's path (SQLite: a passive WAL checkpoint).
+pub async fn try_execute_checkpoint(state: &AppState) -> Result<(), ApiError> {
+    Ok(state.store.checkpoint().await?)
+}
+
 pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     let expiry = state.config.expiry_interval;
     let housekeeping = state.config.housekeeping_interval;
     vec![
         tokio::spawn(every(expiry, stop.clone(), state.clone(), |s| async move {
+            if let Err(e) = try_execute_checkpoint(&s).await {
+                tracing::warn!(error = ?e, "checkpoint failed");
+            }
             // Drain a backlog in bounded rounds.
             for _ in 0..10 {
                 match try_execute_expiry(&s).await {

@@ -180,6 +180,10 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the database would let this process bypass row-level security (superuser or
     /// BYPASSRLS on PostgreSQL; always false on SQLite, which has none).
     async fn bypasses_row_security(&self) -> Result<bool>;
+    /// Background upkeep that must stay off the writer's path: on SQLite, copies the write-ahead
+    /// log into the database file (a passive checkpoint, which never blocks the writer); on
+    /// PostgreSQL the server does this itself.
+    async fn checkpoint(&self) -> Result<()>;
     async fn close(&self);
 }
 

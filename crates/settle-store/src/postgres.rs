@@ -83,6 +83,10 @@ impl Store for PostgresStore {
         )
     }
 
+    async fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }

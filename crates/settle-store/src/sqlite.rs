@@ -22,6 +22,8 @@ const ROWS_PER_STATEMENT: usize = 400;
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Runs passive checkpoints beside the writer.
+    checkpointer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -35,8 +37,17 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-65536");
+            .pragma("cache_size", "-65536")
+            // Checkpoints run from `checkpoint` (a background job), not inside the writer's
+            // commits; this bound only matters if the job does not run.
+            .pragma("wal_autocheckpoint", "100000")
+            .pragma("journal_size_limit", "67108864");
         let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect.clone())
+            .await?;
+        let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.clone())
@@ -46,7 +57,11 @@ impl SqliteStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, readers })
+        Ok(SqliteStore {
+            writer,
+            readers,
+            checkpointer,
+        })
     }
 }
 
@@ -84,9 +99,18 @@ impl Store for SqliteStore {
         Ok(false)
     }
 
+    async fn checkpoint(&self) -> Result<()> {
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.checkpointer)
+            .await?;
+        Ok(())
+    }
+
     async fn close(&self) {
         self.writer.close().await;
         self.readers.close().await;
+        let _ = self.checkpoint().await;
+        self.checkpointer.close().await;
     }
 }
 
