@@ -65,4 +65,60 @@ pub async fn another_merchants_ids_answer_404_everywhere(app: TestApp) {
     app.verify_ok().await;
 }
 
-conformance!(another_merchants_ids_answer_404_everywhere);
+pub async fn merchants_sharing_one_group_commit_keep_their_own_books(app: TestApp) {
+    let mut merchants = Vec::new();
+    for name in ["m0", "m1", "m2", "m3"] {
+        let m = app.merchant(name).await;
+        app.account(&m, "a", json!({})).await;
+        app.account(&m, "b", json!({ "debits_must_not_exceed_credits": true }))
+            .await;
+        merchants.push(m);
+    }
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    // The same transfer and account ids from every merchant at once: the writer groups them into
+    // shared transactions, and each must land in its own merchant's ledger. Odd batches ask b to
+    // pay more than it receives and fail, alone.
+    for (n, m) in merchants.iter().enumerate() {
+        for i in 0..10 {
+            let (app, key) = (app.clone(), m.key.clone());
+            let amount = (n as i64 + 1) * 10;
+            let back = if i % 2 == 0 { amount } else { amount + 1 };
+            tasks.push(tokio::spawn(async move {
+                let body = json!({ "transfers": [
+                    { "id": format!("t{i}"), "debit_account_id": "a", "credit_account_id": "b", "amount": amount, "currency": "USD" },
+                    { "id": format!("u{i}"), "debit_account_id": "b", "credit_account_id": "a", "amount": back, "currency": "USD" }
+                ], "atomic": true });
+                let r = app.post("/v1/ledger/transfers", &key, body).await;
+                (i, r.json["results"][0]["result"].as_str().unwrap_or("").to_owned())
+            }));
+        }
+    }
+    for t in tasks {
+        let (i, result) = t.await.expect("task");
+        assert_eq!(
+            result,
+            if i % 2 == 0 { "created" } else { "linked_event_failed" },
+            "batch {i}"
+        );
+    }
+    for (n, m) in merchants.iter().enumerate() {
+        let amount = (n as i64 + 1) * 10;
+        let b = app.balance(m, "b").await;
+        assert_eq!(
+            (b["credits_posted"].as_i64(), b["debits_posted"].as_i64()),
+            (Some(5 * amount), Some(5 * amount))
+        );
+        assert_eq!(app.get("/v1/ledger/transfers/t0", &m.key).await.json["amount"], amount);
+        assert_eq!(
+            app.get("/v1/ledger/transfers/t1", &m.key).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    app.verify_ok().await;
+}
+
+conformance!(
+    another_merchants_ids_answer_404_everywhere,
+    merchants_sharing_one_group_commit_keep_their_own_books
+);
