@@ -8,6 +8,7 @@
 //! through the `settle_store` port. No SQL here.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod context;
@@ -41,9 +42,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use crate::{
     auth::AuthCache,
     clock::{Clock, Ids},
-    context::{Ctx, Reply},
     error::ApiError,
-    extract::Page,
     idempotency::InFlight,
     ledger::writer::LedgerWriter,
     metrics::Metrics,
@@ -179,7 +178,7 @@ pub async fn set_admin_token(state: &AppState, token: &str) -> Result<(), ApiErr
 pub fn router(state: AppState) -> Router {
     let merchant = Router::new()
         .merge(ledger::router())
-        .route("/v1/audit_logs", get(list_audit_logs))
+        .merge(audit::router())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), auth::require_merchant));
     let admin = admin::router()
@@ -213,41 +212,4 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics_text(State(state): State<AppState>) -> Response {
     let body = state.metrics.render(state.store.connections_in_use());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
-}
-
-async fn list_audit_logs(State(state): State<AppState>, ctx: Ctx, page: Page) -> Result<Response, ApiError> {
-    let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
-    let listing = tx
-        .list_audit(&merchant_id, &page.0)
-        .await
-        .map_err(|e| ledger::cursor_error(e, &page))?;
-    let data = listing
-        .items
-        .iter()
-        .map(|a| {
-            json!({
-                "object": "audit_log",
-                "id": a.id,
-                "actor": a.actor,
-                "action": a.action,
-                "resource_type": a.resource_type,
-                "resource_id": a.resource_id,
-                "request_id": a.request_id,
-                "ip": a.ip,
-                "user_agent": a.user_agent,
-                "created": a.created_at.to_rfc3339(),
-            })
-        })
-        .collect();
-    ledger::list_reply("/v1/audit_logs", data, listing.has_more)
-}
-
-impl From<Reply> for Response {
-    fn from(reply: Reply) -> Response {
-        reply.into_response()
-    }
 }

@@ -65,6 +65,37 @@ async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> (u
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// A merchant with accounts `a` and `b`, made through the API; returns its API key.
+async fn merchant_with_accounts(http: &reqwest::Client, base: &str, admin: &str) -> String {
+    let (_, m) = post(
+        http,
+        &format!("{base}/admin/v1/merchants"),
+        admin,
+        json!({ "name": "Acme", "email": "ops@acme.test" }),
+    )
+    .await;
+    let mid = m["id"].as_str().expect("merchant id").to_owned();
+    let (_, k) = post(
+        http,
+        &format!("{base}/admin/v1/merchants/{mid}/api_keys"),
+        admin,
+        json!({}),
+    )
+    .await;
+    let key = k["secret"].as_str().expect("secret").to_owned();
+    for id in ["a", "b"] {
+        let (status, _) = post(
+            http,
+            &format!("{base}/v1/ledger/accounts"),
+            &key,
+            json!({ "id": id, "currency": "USD" }),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    key
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_sigterm_verify_as_a_user_would() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -79,32 +110,7 @@ async fn serve_sigterm_verify_as_a_user_would() {
 
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let (_, m) = post(
-        &http,
-        &format!("{base}/admin/v1/merchants"),
-        &admin,
-        json!({ "name": "Acme", "email": "ops@acme.test" }),
-    )
-    .await;
-    let mid = m["id"].as_str().expect("merchant id").to_owned();
-    let (_, k) = post(
-        &http,
-        &format!("{base}/admin/v1/merchants/{mid}/api_keys"),
-        &admin,
-        json!({}),
-    )
-    .await;
-    let key = k["secret"].as_str().expect("secret").to_owned();
-    for id in ["a", "b"] {
-        let (status, _) = post(
-            &http,
-            &format!("{base}/v1/ledger/accounts"),
-            &key,
-            json!({ "id": id, "currency": "USD" }),
-        )
-        .await;
-        assert_eq!(status, 201);
-    }
+    let key = merchant_with_accounts(&http, &base, &admin).await;
 
     // Clients keep posting transfers; SIGTERM arrives in the middle.
     let mut clients = Vec::new();
@@ -198,31 +204,7 @@ async fn kill_9_mid_flight_loses_no_acknowledged_transfer() {
         .to_owned();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let (_, m) = post(
-        &http,
-        &format!("{base}/admin/v1/merchants"),
-        &admin,
-        json!({ "name": "K", "email": "k@k.test" }),
-    )
-    .await;
-    let mid = m["id"].as_str().expect("merchant id").to_owned();
-    let (_, k) = post(
-        &http,
-        &format!("{base}/admin/v1/merchants/{mid}/api_keys"),
-        &admin,
-        json!({}),
-    )
-    .await;
-    let key = k["secret"].as_str().expect("secret").to_owned();
-    for id in ["a", "b"] {
-        post(
-            &http,
-            &format!("{base}/v1/ledger/accounts"),
-            &key,
-            json!({ "id": id, "currency": "USD" }),
-        )
-        .await;
-    }
+    let key = merchant_with_accounts(&http, &base, &admin).await;
     let mut clients = Vec::new();
     for c in 0..8 {
         let (http, base, key) = (http.clone(), base.clone(), key.clone());
