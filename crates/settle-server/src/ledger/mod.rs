@@ -451,6 +451,7 @@ pub fn write_error(e: WriteError) -> ApiError {
         WriteError::IdempotencyRace => ApiError::IdempotencyRaceLost,
         WriteError::Store(e) => e.into(),
         WriteError::Closed => ApiError::Unavailable,
+        WriteError::Recheck => ApiError::Internal("an optimistic group escaped its recheck".into()),
     }
 }
 

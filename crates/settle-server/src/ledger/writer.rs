@@ -69,6 +69,9 @@ pub enum WriteError {
     Store(StoreError),
     /// The writer is gone (shutting down).
     Closed,
+    /// An optimistic group refused a transfer; it is decided again with its ids looked up,
+    /// because a stored transfer of the same id answers `exists` before any other rule.
+    Recheck,
 }
 
 impl From<StoreError> for WriteError {
@@ -164,6 +167,7 @@ impl Worker {
         // Optimistic first: new transfer ids are the rule, so the group skips looking its ids up
         // and lets the unique key catch a reused one; then it is decided again with the lookup.
         let outcome = match self.commit_group(&commands, Lookup::Optimistic).await {
+            Err(WriteError::Recheck) => self.commit_group(&commands, Lookup::Checked).await,
             Err(WriteError::Store(e)) if e.is_conflict_on("ledger_transfers") => {
                 self.commit_group(&commands, Lookup::Checked).await
             }
@@ -204,6 +208,9 @@ impl Worker {
         let mut records = Vec::new();
         for command in commands {
             let results = book.apply(&command.merchant_id, &command.requests, command.atomic, now);
+            if lookup == Lookup::Optimistic && results.iter().any(|r| matches!(r, TransferResult::Failed(_))) {
+                return Err(WriteError::Recheck);
+            }
             let mut reply = None;
             if command.shape.status(&results).is_success() {
                 audits.push(command.audit.clone());

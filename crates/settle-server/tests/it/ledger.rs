@@ -339,7 +339,33 @@ pub async fn entries_show_each_transfer_with_the_balance_after_it(app: TestApp) 
     assert_eq!(page.json["data"][0]["id"], "e2");
 }
 
+pub async fn a_retried_transfer_answers_exists_even_when_it_could_not_run_again(app: TestApp) {
+    let m = app.merchant("acme").await;
+    app.account(&m, "bank", json!({})).await;
+    app.account(&m, "w", json!({ "debits_must_not_exceed_credits": true }))
+        .await;
+    app.transfer(&m, t("fund", "bank", "w", 10)).await;
+    assert_eq!(
+        app.transfer(&m, t("spend", "w", "bank", 10)).await.status,
+        StatusCode::CREATED
+    );
+    // w is empty now: run again, `spend` would exceed w's credits, but it already happened.
+    let retry = app.transfer(&m, t("spend", "w", "bank", 10)).await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.text);
+    let batch = app
+        .transfer(
+            &m,
+            json!({ "atomic": true, "transfers": [t("spend", "w", "bank", 10)] }),
+        )
+        .await;
+    assert_eq!(batch.json["results"][0]["result"], "exists", "{}", batch.text);
+    let changed = app.transfer(&m, t("spend", "w", "bank", 11)).await;
+    assert_eq!(changed.code(), "exists_with_different_fields");
+    app.verify_ok().await;
+}
+
 conformance!(
+    a_retried_transfer_answers_exists_even_when_it_could_not_run_again,
     a_transfer_moves_money_and_retrying_its_id_has_no_second_effect,
     limits_refuse_overdrafts_and_count_pending_amounts,
     pending_transfers_post_partially_void_and_refuse_a_second_resolution,
