@@ -47,10 +47,9 @@ pub async fn verify(store: &dyn Store) -> Result<Report, StoreError> {
 }
 
 async fn verify_merchant(store: &dyn Store, merchant: &str, report: &mut Report) -> Result<(), StoreError> {
-    // One read transaction: on PostgreSQL a consistent snapshot needs REPEATABLE READ, which a
-    // live system does not give us here, so totals are compared per account after the scan and
-    // a concurrent writer can only cause a recheck, not a false pass.
-    let mut tx = store.begin(Scope::System, Mode::Read).await?;
+    // One snapshot for the whole merchant, so that writes committed during the scan cannot make
+    // accounts and transfers disagree.
+    let mut tx = store.begin(Scope::System, Mode::Snapshot).await?;
     let statuses: HashMap<String, PendingStatus> = tx.scan_pending(merchant).await?.into_iter().collect();
     let mut computed: HashMap<String, Totals> = HashMap::new();
     let mut after = String::new();

@@ -56,6 +56,9 @@ pub enum Scope {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Read,
+    /// A read that sees one consistent snapshot across all its statements (`verify` on a live
+    /// database): REPEATABLE READ on PostgreSQL; every SQLite read transaction already is one.
+    Snapshot,
     Write,
 }
 

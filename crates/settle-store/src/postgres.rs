@@ -56,8 +56,13 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn begin(&self, scope: Scope, _mode: Mode) -> Result<Box<dyn Tx>> {
+    async fn begin(&self, scope: Scope, mode: Mode) -> Result<Box<dyn Tx>> {
         let mut tx = self.pool.begin().await?;
+        if mode == Mode::Snapshot {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
         let merchant = match &scope {
             Scope::Merchant(id) => id.as_str(),
             Scope::System => "*",

@@ -82,7 +82,7 @@ impl Store for SqliteStore {
 
     async fn begin(&self, _scope: Scope, mode: Mode) -> Result<Box<dyn Tx>> {
         let pool = match mode {
-            Mode::Read => &self.readers,
+            Mode::Read | Mode::Snapshot => &self.readers,
             Mode::Write => &self.writer,
         };
         Ok(Box::new(SqliteTx {

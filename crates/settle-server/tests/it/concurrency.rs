@@ -68,6 +68,15 @@ async fn storm(app: &TestApp, routers: Vec<Router>, m: &Merchant) {
             acknowledged
         }));
     }
+    // `verify` on the live database while the storm runs: its snapshot never sees half a group.
+    let store = app.store.clone();
+    let verifier = tokio::spawn(async move {
+        for _ in 0..5 {
+            let report = settle_server::verify::verify(store.as_ref()).await.expect("verify");
+            assert!(report.ok(), "verify during the storm: {:?}", report.violations);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
     let mut expected = [FUNDING; WALLETS];
     let mut seen = HashMap::new();
     let mut created = 0;
@@ -82,6 +91,7 @@ async fn storm(app: &TestApp, routers: Vec<Router>, m: &Merchant) {
             created += 1;
         }
     }
+    verifier.await.expect("verifier");
     assert!(created > TASKS, "the storm moved money ({created} transfers)");
     for (w, want) in expected.iter().enumerate() {
         let b = app.balance(m, &format!("w{w}")).await;
