@@ -89,9 +89,9 @@ pub fn init_logging(format: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if format == "text" {
-        builder.init();
+        let _ = builder.try_init();
     } else {
-        builder.json().flatten_event(true).init();
+        let _ = builder.json().flatten_event(true).try_init();
     }
 }
 
