@@ -9,7 +9,7 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use settle_domain::{
     ledger::{
@@ -504,25 +504,64 @@ impl ReplyShape for Batch {
     }
 
     fn render(&self, results: &[TransferResult]) -> Reply {
-        let results: Vec<Value> = results
+        let results: Vec<BatchResult> = results
             .iter()
             .zip(&self.ids)
             .map(|(r, id)| match r {
-                TransferResult::Created(t) => json!({ "id": id, "result": "created", "transfer": transfer_json(t) }),
-                TransferResult::Exists(t) => json!({ "id": id, "result": "exists", "transfer": transfer_json(t) }),
-                TransferResult::Failed(e) => json!({
-                    "id": id,
-                    "result": e.code(),
-                    "error": { "code": e.code(), "message": e.message(), "param": e.param() },
-                }),
+                TransferResult::Created(t) | TransferResult::Exists(t) => BatchResult {
+                    error: None,
+                    id,
+                    result: if matches!(r, TransferResult::Created(_)) {
+                        "created"
+                    } else {
+                        "exists"
+                    },
+                    transfer: Some(TransferView::from(t)),
+                },
+                TransferResult::Failed(e) => BatchResult {
+                    error: Some(json!({ "code": e.code(), "message": e.message(), "param": e.param() })),
+                    id,
+                    result: e.code(),
+                    transfer: None,
+                },
             })
             .collect();
-        let body = json!({ "object": "ledger_transfer_batch", "atomic": self.atomic, "results": results });
-        Reply {
-            status: StatusCode::OK,
-            body: body.to_string(),
+        let body = BatchView {
+            atomic: self.atomic,
+            object: "ledger_transfer_batch",
+            results,
+        };
+        match serde_json::to_string(&body) {
+            Ok(body) => Reply {
+                status: StatusCode::OK,
+                body,
+            },
+            Err(e) => {
+                let error = ApiError::Internal(format!("serialize: {e}"));
+                Reply {
+                    status: error.status(),
+                    body: error.body().to_string(),
+                }
+            }
         }
     }
+}
+
+#[derive(Serialize)]
+struct BatchView<'a> {
+    atomic: bool,
+    object: &'static str,
+    results: Vec<BatchResult<'a>>,
+}
+
+#[derive(Serialize)]
+struct BatchResult<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+    id: &'a str,
+    result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transfer: Option<TransferView<'a>>,
 }
 
 fn flags_json(flags: AccountFlags) -> Value {
@@ -554,21 +593,46 @@ pub fn account_json(a: &Account) -> Value {
     })
 }
 
+/// A transfer as the API shows it. Serialized straight from the domain value (batch replies
+/// carry up to 1,000 of them); fields in alphabetical order, like every other object.
+#[derive(Serialize)]
+pub struct TransferView<'a> {
+    amount: i64,
+    created: String,
+    credit_account_id: &'a str,
+    currency: &'static str,
+    debit_account_id: &'a str,
+    expires_at: Option<String>,
+    id: &'a str,
+    metadata: &'a Value,
+    object: &'static str,
+    pending_id: Option<&'a str>,
+    timeout_seconds: Option<u32>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+impl<'a> From<&'a Transfer> for TransferView<'a> {
+    fn from(t: &'a Transfer) -> Self {
+        TransferView {
+            amount: t.amount,
+            created: t.created_at.to_rfc3339(),
+            credit_account_id: &t.credit_account_id,
+            currency: t.currency.code(),
+            debit_account_id: &t.debit_account_id,
+            expires_at: t.expires_at.map(Timestamp::to_rfc3339),
+            id: &t.id,
+            metadata: &t.metadata,
+            object: "ledger_transfer",
+            pending_id: t.pending_id.as_deref(),
+            timeout_seconds: t.timeout_seconds,
+            kind: t.kind.as_str(),
+        }
+    }
+}
+
 pub fn transfer_json(t: &Transfer) -> Value {
-    json!({
-        "object": "ledger_transfer",
-        "id": t.id,
-        "type": t.kind.as_str(),
-        "debit_account_id": t.debit_account_id,
-        "credit_account_id": t.credit_account_id,
-        "amount": t.amount,
-        "currency": t.currency.code(),
-        "pending_id": t.pending_id,
-        "timeout_seconds": t.timeout_seconds,
-        "expires_at": t.expires_at.map(Timestamp::to_rfc3339),
-        "metadata": t.metadata,
-        "created": t.created_at.to_rfc3339(),
-    })
+    serde_json::to_value(TransferView::from(t)).unwrap_or(Value::Null)
 }
 
 /// A transfer as one account's entry, with the account's balances right after it.
