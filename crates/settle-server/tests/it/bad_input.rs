@@ -9,9 +9,7 @@ use crate::{
 };
 
 pub async fn bad_transfers_name_the_field(app: TestApp) {
-    let m = app.merchant("acme").await;
-    app.account(&m, "a", json!({})).await;
-    app.account(&m, "b", json!({})).await;
+    let m = app.merchant_with_ab("acme").await;
     let ok = json!({ "id": "t", "debit_account_id": "a", "credit_account_id": "b", "amount": 5, "currency": "USD" });
     let with = |field: &str, value: serde_json::Value| {
         let mut b = ok.clone();

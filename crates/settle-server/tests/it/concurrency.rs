@@ -129,9 +129,7 @@ async fn two_processes_on_one_postgres_share_the_ledger_safely() {
 }
 
 pub async fn concurrent_posts_of_one_hold_resolve_it_once(app: TestApp) {
-    let m = app.merchant("holds").await;
-    app.account(&m, "a", json!({})).await;
-    app.account(&m, "b", json!({})).await;
+    let m = app.merchant_with_ab("holds").await;
     let hold = json!({ "id": "h", "debit_account_id": "a", "credit_account_id": "b", "amount": 100, "currency": "USD", "pending": true });
     app.transfer(&m, hold).await;
     let app = Arc::new(app);

@@ -219,6 +219,14 @@ impl TestApp {
         }
     }
 
+    /// A new merchant with two unflagged USD accounts, `a` and `b`.
+    pub async fn merchant_with_ab(&self, name: &str) -> Merchant {
+        let m = self.merchant(name).await;
+        self.account(&m, "a", json!({})).await;
+        self.account(&m, "b", json!({})).await;
+        m
+    }
+
     pub async fn account(&self, m: &Merchant, id: &str, flags: Value) -> Resp {
         let r = self
             .post(

@@ -14,9 +14,7 @@ fn body(id: &str, amount: i64) -> String {
 }
 
 pub async fn a_completed_request_is_replayed_byte_for_byte(app: TestApp) {
-    let m = app.merchant("acme").await;
-    app.account(&m, "a", json!({})).await;
-    app.account(&m, "b", json!({})).await;
+    let m = app.merchant_with_ab("acme").await;
     let key = [("idempotency-key", "order-42")];
     let first = app
         .call(
@@ -64,9 +62,7 @@ pub async fn a_completed_request_is_replayed_byte_for_byte(app: TestApp) {
 }
 
 pub async fn a_key_reused_for_a_different_request_is_refused_naming_the_difference(app: TestApp) {
-    let m = app.merchant("acme").await;
-    app.account(&m, "a", json!({})).await;
-    app.account(&m, "b", json!({})).await;
+    let m = app.merchant_with_ab("acme").await;
     let key = [("idempotency-key", "k")];
     app.call(
         Method::POST,
@@ -179,9 +175,7 @@ pub async fn a_failed_request_stores_nothing_so_a_retry_executes(app: TestApp) {
 }
 
 pub async fn concurrent_requests_with_one_key_have_exactly_one_effect(app: TestApp) {
-    let m = app.merchant("acme").await;
-    app.account(&m, "a", json!({})).await;
-    app.account(&m, "b", json!({})).await;
+    let m = app.merchant_with_ab("acme").await;
     let app = std::sync::Arc::new(app);
     let mut tasks = Vec::new();
     for i in 0..16 {

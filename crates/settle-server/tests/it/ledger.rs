@@ -69,9 +69,7 @@ pub async fn limits_refuse_overdrafts_and_count_pending_amounts(app: TestApp) {
 }
 
 pub async fn pending_transfers_post_partially_void_and_refuse_a_second_resolution(app: TestApp) {
-    let m = app.merchant("acme").await;
-    app.account(&m, "a", json!({})).await;
-    app.account(&m, "b", json!({})).await;
+    let m = app.merchant_with_ab("acme").await;
     let hold = json!({ "id": "h1", "debit_account_id": "a", "credit_account_id": "b", "amount": 1_000,
         "currency": "USD", "pending": true });
     assert_eq!(app.transfer(&m, hold).await.status, StatusCode::CREATED);
@@ -116,9 +114,7 @@ pub async fn pending_transfers_post_partially_void_and_refuse_a_second_resolutio
 }
 
 pub async fn expiry_is_exact_before_the_job_runs_and_the_job_releases_the_hold(app: TestApp) {
-    let m = app.merchant("acme").await;
-    app.account(&m, "a", json!({})).await;
-    app.account(&m, "b", json!({})).await;
+    let m = app.merchant_with_ab("acme").await;
     let hold = json!({ "id": "h", "debit_account_id": "a", "credit_account_id": "b", "amount": 70,
         "currency": "USD", "pending": true, "timeout_seconds": 30 });
     assert_eq!(app.transfer(&m, hold).await.status, StatusCode::CREATED);
@@ -164,9 +160,7 @@ pub async fn expiry_is_exact_before_the_job_runs_and_the_job_releases_the_hold(a
 }
 
 pub async fn atomic_batches_are_all_or_nothing_and_independent_batches_are_not(app: TestApp) {
-    let m = app.merchant("acme").await;
-    app.account(&m, "a", json!({})).await;
-    app.account(&m, "b", json!({})).await;
+    let m = app.merchant_with_ab("acme").await;
     app.account(&m, "capped", json!({ "debits_must_not_exceed_credits": true }))
         .await;
     let atomic = app
@@ -218,9 +212,7 @@ pub async fn atomic_batches_are_all_or_nothing_and_independent_batches_are_not(a
 }
 
 pub async fn transfer_rules_name_their_reasons(app: TestApp) {
-    let m = app.merchant("acme").await;
-    app.account(&m, "a", json!({})).await;
-    app.account(&m, "b", json!({})).await;
+    let m = app.merchant_with_ab("acme").await;
     let eur = app
         .post("/v1/ledger/accounts", &m.key, json!({ "id": "e", "currency": "EUR" }))
         .await;

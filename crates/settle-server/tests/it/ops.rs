@@ -14,9 +14,7 @@ pub async fn health_readiness_metrics_and_request_ids(app: TestApp) {
     let ready = app.get("/readyz", "").await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.json["engine"], app.store.engine().as_str());
-    let m = app.merchant("acme").await;
-    app.account(&m, "a", json!({})).await;
-    app.account(&m, "b", json!({})).await;
+    let m = app.merchant_with_ab("acme").await;
     let t = json!({ "id": "t", "debit_account_id": "a", "credit_account_id": "b", "amount": 5, "currency": "USD" });
     let r = app
         .call(
@@ -51,9 +49,7 @@ pub async fn health_readiness_metrics_and_request_ids(app: TestApp) {
 }
 
 pub async fn every_mutating_call_leaves_an_audit_row(app: TestApp) {
-    let m = app.merchant("acme").await;
-    app.account(&m, "a", json!({})).await;
-    app.account(&m, "b", json!({})).await;
+    let m = app.merchant_with_ab("acme").await;
     let t = json!({ "id": "t", "debit_account_id": "a", "credit_account_id": "b", "amount": 5, "currency": "USD" });
     app.call(
         Method::POST,
@@ -91,9 +87,7 @@ pub async fn every_mutating_call_leaves_an_audit_row(app: TestApp) {
 }
 
 pub async fn verify_catches_a_tampered_balance(app: TestApp) {
-    let m = app.merchant("acme").await;
-    app.account(&m, "a", json!({})).await;
-    app.account(&m, "b", json!({})).await;
+    let m = app.merchant_with_ab("acme").await;
     let hold = json!({ "id": "h", "debit_account_id": "a", "credit_account_id": "b", "amount": 9, "currency": "USD", "pending": true });
     app.transfer(&m, hold).await;
     app.verify_ok().await;
