@@ -192,6 +192,12 @@ impl TestApp {
         self.call(Method::POST, path, token, Some(&body.to_string()), &[]).await
     }
 
+    /// A POST with an `Idempotency-Key`.
+    pub async fn post_keyed(&self, path: &str, token: &str, body: &str, key: &str) -> Resp {
+        self.call(Method::POST, path, token, Some(body), &[("idempotency-key", key)])
+            .await
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Resp {
         self.call(Method::GET, path, token, None, &[]).await
     }

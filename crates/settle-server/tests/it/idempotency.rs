@@ -1,6 +1,6 @@
 //! `Idempotency-Key`: replay, mismatch, concurrent use, retry after a failure.
 
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use serde_json::json;
 
 use crate::{
@@ -15,24 +15,16 @@ fn body(id: &str, amount: i64) -> String {
 
 pub async fn a_completed_request_is_replayed_byte_for_byte(app: TestApp) {
     let m = app.merchant_with_ab("acme").await;
-    let key = [("idempotency-key", "order-42")];
+    let key = "order-42";
     let first = app
-        .call(
-            Method::POST,
-            "/v1/ledger/transfers",
-            &m.key,
-            Some(&body("t1", 10)),
-            &key,
-        )
+        .post_keyed("/v1/ledger/transfers", &m.key, &body("t1", 10), key)
         .await;
     assert_eq!(first.status, StatusCode::CREATED);
     assert!(first.headers.get("idempotent-replayed").is_none());
     // Same canonical body with keys reordered and whitespace: still the same request.
     let reordered =
         r#"{ "currency": "USD", "amount": 10, "credit_account_id": "b", "debit_account_id": "a", "id": "t1" }"#;
-    let second = app
-        .call(Method::POST, "/v1/ledger/transfers", &m.key, Some(reordered), &key)
-        .await;
+    let second = app.post_keyed("/v1/ledger/transfers", &m.key, reordered, key).await;
     assert_eq!(
         second.status,
         StatusCode::CREATED,
@@ -47,13 +39,9 @@ pub async fn a_completed_request_is_replayed_byte_for_byte(app: TestApp) {
 
     // Accounts (a direct transaction, not the ledger writer) replay too.
     let acct = r#"{"id": "c", "currency": "USD"}"#;
-    let k2 = [("idempotency-key", "acct-c")];
-    let a1 = app
-        .call(Method::POST, "/v1/ledger/accounts", &m.key, Some(acct), &k2)
-        .await;
-    let a2 = app
-        .call(Method::POST, "/v1/ledger/accounts", &m.key, Some(acct), &k2)
-        .await;
+    let k2 = "acct-c";
+    let a1 = app.post_keyed("/v1/ledger/accounts", &m.key, acct, k2).await;
+    let a2 = app.post_keyed("/v1/ledger/accounts", &m.key, acct, k2).await;
     assert_eq!((a1.status, a2.status), (StatusCode::CREATED, StatusCode::CREATED));
     assert_eq!(
         a2.headers.get("idempotent-replayed").map(|v| v.as_bytes()),
@@ -63,23 +51,11 @@ pub async fn a_completed_request_is_replayed_byte_for_byte(app: TestApp) {
 
 pub async fn a_key_reused_for_a_different_request_is_refused_naming_the_difference(app: TestApp) {
     let m = app.merchant_with_ab("acme").await;
-    let key = [("idempotency-key", "k")];
-    app.call(
-        Method::POST,
-        "/v1/ledger/transfers",
-        &m.key,
-        Some(&body("t1", 10)),
-        &key,
-    )
-    .await;
+    let key = "k";
+    app.post_keyed("/v1/ledger/transfers", &m.key, &body("t1", 10), key)
+        .await;
     let other_body = app
-        .call(
-            Method::POST,
-            "/v1/ledger/transfers",
-            &m.key,
-            Some(&body("t1", 11)),
-            &key,
-        )
+        .post_keyed("/v1/ledger/transfers", &m.key, &body("t1", 11), key)
         .await;
     assert_eq!(other_body.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
@@ -87,13 +63,7 @@ pub async fn a_key_reused_for_a_different_request_is_refused_naming_the_differen
         ("idempotency_key_reused", "body")
     );
     let other_path = app
-        .call(
-            Method::POST,
-            "/v1/ledger/accounts",
-            &m.key,
-            Some(r#"{"currency":"USD"}"#),
-            &key,
-        )
+        .post_keyed("/v1/ledger/accounts", &m.key, r#"{"currency":"USD"}"#, key)
         .await;
     assert_eq!(
         (other_path.code(), other_path.param()),
@@ -109,24 +79,12 @@ pub async fn keys_are_scoped_per_merchant(app: TestApp) {
         app.account(m, "a", json!({})).await;
         app.account(m, "b", json!({})).await;
     }
-    let key = [("idempotency-key", "shared")];
+    let key = "shared";
     let r1 = app
-        .call(
-            Method::POST,
-            "/v1/ledger/transfers",
-            &m1.key,
-            Some(&body("t", 10)),
-            &key,
-        )
+        .post_keyed("/v1/ledger/transfers", &m1.key, &body("t", 10), key)
         .await;
     let r2 = app
-        .call(
-            Method::POST,
-            "/v1/ledger/transfers",
-            &m2.key,
-            Some(&body("t", 20)),
-            &key,
-        )
+        .post_keyed("/v1/ledger/transfers", &m2.key, &body("t", 20), key)
         .await;
     assert_eq!((r1.status, r2.status), (StatusCode::CREATED, StatusCode::CREATED));
     assert!(r2.headers.get("idempotent-replayed").is_none());
@@ -139,37 +97,19 @@ pub async fn a_failed_request_stores_nothing_so_a_retry_executes(app: TestApp) {
         .await;
     let spend = json!({ "id": "s", "debit_account_id": "w", "credit_account_id": "a", "amount": 5, "currency": "USD" })
         .to_string();
-    let key = [("idempotency-key", "retry-me")];
-    let failed = app
-        .call(Method::POST, "/v1/ledger/transfers", &m.key, Some(&spend), &key)
-        .await;
+    let key = "retry-me";
+    let failed = app.post_keyed("/v1/ledger/transfers", &m.key, &spend, key).await;
     assert_eq!(failed.code(), "exceeds_credits");
     let fund = json!({ "id": "f", "debit_account_id": "a", "credit_account_id": "w", "amount": 5, "currency": "USD" });
     app.transfer(&m, fund).await;
-    let retried = app
-        .call(Method::POST, "/v1/ledger/transfers", &m.key, Some(&spend), &key)
-        .await;
+    let retried = app.post_keyed("/v1/ledger/transfers", &m.key, &spend, key).await;
     assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.text);
     assert!(retried.headers.get("idempotent-replayed").is_none());
     // Validation failures store nothing either.
-    let bad = app
-        .call(
-            Method::POST,
-            "/v1/ledger/transfers",
-            &m.key,
-            Some("{"),
-            &[("idempotency-key", "v")],
-        )
-        .await;
+    let bad = app.post_keyed("/v1/ledger/transfers", &m.key, "{", "v").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     let good = app
-        .call(
-            Method::POST,
-            "/v1/ledger/accounts",
-            &m.key,
-            Some(r#"{"currency":"USD"}"#),
-            &[("idempotency-key", "v")],
-        )
+        .post_keyed("/v1/ledger/accounts", &m.key, r#"{"currency":"USD"}"#, "v")
         .await;
     assert_eq!(good.status, StatusCode::CREATED);
 }
@@ -184,15 +124,7 @@ pub async fn concurrent_requests_with_one_key_have_exactly_one_effect(app: TestA
         // Different transfer ids under one key: only the winner's may take effect.
         tasks.push(tokio::spawn(async move {
             let b = body(&format!("t{i}"), 10);
-            let r = app
-                .call(
-                    Method::POST,
-                    "/v1/ledger/transfers",
-                    &key,
-                    Some(&b),
-                    &[("idempotency-key", "same")],
-                )
-                .await;
+            let r = app.post_keyed("/v1/ledger/transfers", &key, &b, "same").await;
             (r.status, r.code().to_owned())
         }));
     }
@@ -215,13 +147,7 @@ pub async fn malformed_keys_are_refused_and_the_operator_api_honours_keys(app: T
     let long = "k".repeat(256);
     for bad in ["", long.as_str(), "tab\there"] {
         let r = app
-            .call(
-                Method::POST,
-                "/v1/ledger/accounts",
-                &m.key,
-                Some(r#"{"currency":"USD"}"#),
-                &[("idempotency-key", bad)],
-            )
+            .post_keyed("/v1/ledger/accounts", &m.key, r#"{"currency":"USD"}"#, bad)
             .await;
         assert_eq!(
             (r.status, r.param()),
@@ -230,28 +156,18 @@ pub async fn malformed_keys_are_refused_and_the_operator_api_honours_keys(app: T
         );
     }
     let create = r#"{"name": "Once", "email": "once@example.test"}"#;
-    let k = [("idempotency-key", "merchant-once")];
-    let a = app
-        .call(Method::POST, "/admin/v1/merchants", ADMIN_TOKEN, Some(create), &k)
-        .await;
-    let b = app
-        .call(Method::POST, "/admin/v1/merchants", ADMIN_TOKEN, Some(create), &k)
-        .await;
+    let k = "merchant-once";
+    let a = app.post_keyed("/admin/v1/merchants", ADMIN_TOKEN, create, k).await;
+    let b = app.post_keyed("/admin/v1/merchants", ADMIN_TOKEN, create, k).await;
     assert_eq!((a.status, b.status), (StatusCode::CREATED, StatusCode::CREATED));
     assert_eq!(a.json["id"], b.json["id"], "the second call replayed the first");
 }
 
 pub async fn old_keys_are_pruned_by_the_job(app: TestApp) {
     let m = app.merchant("acme").await;
-    let k = [("idempotency-key", "old")];
-    app.call(
-        Method::POST,
-        "/v1/ledger/accounts",
-        &m.key,
-        Some(r#"{"currency":"USD"}"#),
-        &k,
-    )
-    .await;
+    let k = "old";
+    app.post_keyed("/v1/ledger/accounts", &m.key, r#"{"currency":"USD"}"#, k)
+        .await;
     assert_eq!(
         settle_server::jobs::try_execute_prune(app.state())
             .await
@@ -266,13 +182,7 @@ pub async fn old_keys_are_pruned_by_the_job(app: TestApp) {
         1
     );
     let again = app
-        .call(
-            Method::POST,
-            "/v1/ledger/accounts",
-            &m.key,
-            Some(r#"{"currency":"USD"}"#),
-            &k,
-        )
+        .post_keyed("/v1/ledger/accounts", &m.key, r#"{"currency":"USD"}"#, k)
         .await;
     assert!(
         again.headers.get("idempotent-replayed").is_none(),
