@@ -9,12 +9,20 @@
 //! Architecture invariant: this crate depends on no async runtime, no SQL driver and no HTTP
 //! framework.
 
+pub mod breaker;
+pub mod card;
 pub mod ids;
 pub mod ledger;
 pub mod money;
+pub mod payment;
+pub mod postings;
+pub mod routing;
+pub mod secret;
+pub mod split;
 pub mod tenancy;
 pub mod time;
 pub mod validate;
 
 pub use money::{Currency, CurrencyInfo};
+pub use secret::Secret;
 pub use time::Timestamp;

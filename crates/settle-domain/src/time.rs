@@ -34,6 +34,45 @@ impl Timestamp {
     pub fn to_rfc3339(self) -> String {
         self.to_string()
     }
+
+    /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (UTC only; up to six fraction digits).
+    pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+        let b = s.as_bytes();
+        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+            return None;
+        }
+        let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+        let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 59 {
+            return None;
+        }
+        let rest = s.get(19..)?.strip_suffix('Z')?;
+        let micros = match rest.strip_prefix('.') {
+            None if rest.is_empty() => 0,
+            Some(f) if (1..=6).contains(&f.len()) && f.bytes().all(|c| c.is_ascii_digit()) => {
+                f.parse::<i64>().ok()? * 10i64.pow(6 - u32::try_from(f.len()).ok()?)
+            }
+            _ => return None,
+        };
+        let days = days_from_civil(y, mo, d);
+        if civil_from_days(days) != (y, mo, d) {
+            return None;
+        }
+        let seconds = days * 86_400 + h * 3600 + mi * 60 + sec;
+        Some(Timestamp(seconds.checked_mul(MICROS_PER_SECOND)?.checked_add(micros)?))
+    }
+}
+
+/// (year, month, day) to days since the epoch (the inverse of `civil_from_days`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 impl fmt::Display for Timestamp {
@@ -83,5 +122,25 @@ mod tests {
             "2000-02-29T00:00:00.000001Z"
         );
         assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn parses_what_it_formats() {
+        for t in [0, 1_795_313_911_000_123, 951_782_400_000_001, -1] {
+            assert_eq!(Timestamp::parse_rfc3339(&Timestamp(t).to_string()), Some(Timestamp(t)));
+        }
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-22T02:18:31Z"),
+            Timestamp::from_unix_seconds(1_795_313_911)
+        );
+        for bad in [
+            "2026-02-30T00:00:00Z",
+            "2026-11-22T02:18:31",
+            "2026-11-22 02:18:31Z",
+            "x",
+            "2026-11-22T02:18:31.1234567Z",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }

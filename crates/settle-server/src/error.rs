@@ -41,6 +41,8 @@ pub enum ApiError {
     /// 409, replaced by the middleware with the stored response: another process committed
     /// the same idempotency key first.
     IdempotencyRaceLost,
+    /// 502: a payment connector failed or did not answer; nothing changed.
+    Upstream { code: &'static str, message: String },
     /// 503: shutting down or the database is unreachable.
     Unavailable,
     /// 500: opaque to the client; the cause is logged once.
@@ -79,6 +81,7 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             ApiError::IdempotencyReused { .. } | ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -126,6 +129,7 @@ impl ApiError {
             ApiError::Unprocessable { code, message, param } => {
                 ("invalid_request_error", code, message.clone(), param.as_deref())
             }
+            ApiError::Upstream { code, message } => ("api_error", code, message.clone(), None),
             ApiError::Unavailable => (
                 "api_error",
                 "service_unavailable",

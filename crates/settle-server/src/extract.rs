@@ -104,38 +104,46 @@ impl<S: Send + Sync> FromRequestParts<S> for Page {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let mut page = PageRequest {
-            limit: 10,
-            ..PageRequest::default()
-        };
-        for (name, value) in query_pairs(parts.uri.query().unwrap_or("")) {
-            match name.as_str() {
-                "limit" => {
-                    page.limit = value
-                        .parse::<u32>()
-                        .ok()
-                        .filter(|l| (1..=100).contains(l))
-                        .ok_or_else(|| ApiError::invalid("limit", "`limit` must be an integer from 1 to 100"))?;
-                }
-                "starting_after" => page.starting_after = Some(value),
-                "ending_before" => page.ending_before = Some(value),
-                other => {
-                    return Err(ApiError::Invalid {
-                        code: "parameter_unknown",
-                        message: format!("unknown query parameter `{other}`"),
-                        param: Some(other.to_owned()),
-                    })
-                }
+        Ok(page_and_filters(parts.uri.query().unwrap_or(""), &[])?.0)
+    }
+}
+
+/// The pagination parameters of a query string, and the pairs named in `filters`; any other
+/// parameter is a 400.
+pub fn page_and_filters(query: &str, filters: &[&str]) -> Result<(Page, Vec<(String, String)>), ApiError> {
+    let mut page = PageRequest {
+        limit: 10,
+        ..PageRequest::default()
+    };
+    let mut picked = Vec::new();
+    for (name, value) in query_pairs(query) {
+        match name.as_str() {
+            "limit" => {
+                page.limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|l| (1..=100).contains(l))
+                    .ok_or_else(|| ApiError::invalid("limit", "`limit` must be an integer from 1 to 100"))?;
+            }
+            "starting_after" => page.starting_after = Some(value),
+            "ending_before" => page.ending_before = Some(value),
+            other if filters.contains(&other) => picked.push((name, value)),
+            other => {
+                return Err(ApiError::Invalid {
+                    code: "parameter_unknown",
+                    message: format!("unknown query parameter `{other}`"),
+                    param: Some(other.to_owned()),
+                })
             }
         }
-        if page.starting_after.is_some() && page.ending_before.is_some() {
-            return Err(ApiError::invalid(
-                "ending_before",
-                "use `starting_after` or `ending_before`, not both",
-            ));
-        }
-        Ok(Page(page))
     }
+    if page.starting_after.is_some() && page.ending_before.is_some() {
+        return Err(ApiError::invalid(
+            "ending_before",
+            "use `starting_after` or `ending_before`, not both",
+        ));
+    }
+    Ok((Page(page), picked))
 }
 
 impl Page {

@@ -70,7 +70,16 @@ pub async fn try_execute_checkpoint(state: &AppState) -> Result<(), ApiError> {
 pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     let expiry = state.config.expiry_interval;
     let housekeeping = state.config.housekeeping_interval;
+    let payments = state.config.payment_sync_interval;
     vec![
+        tokio::spawn(every(payments, stop.clone(), state.clone(), |s| async move {
+            if let Err(e) = crate::payments::jobs::try_execute_payment_sync(&s).await {
+                tracing::warn!(error = ?e, "payment sync failed");
+            }
+            if let Err(e) = crate::payments::jobs::try_execute_authorization_expiry(&s).await {
+                tracing::warn!(error = ?e, "authorization expiry failed");
+            }
+        })),
         tokio::spawn(every(expiry, stop.clone(), state.clone(), |s| async move {
             if let Err(e) = try_execute_checkpoint(&s).await {
                 tracing::warn!(error = ?e, "checkpoint failed");

@@ -20,10 +20,13 @@ pub mod jobs;
 pub mod ledger;
 pub mod metrics;
 pub mod observe;
+pub mod payments;
+pub mod vault;
 pub mod verify;
 
 use std::{
-    sync::{Arc, RwLock},
+    collections::HashSet,
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -36,6 +39,8 @@ use axum::{
     Json, Router,
 };
 use serde_json::json;
+use settle_connectors::ConnectorSettings;
+use settle_domain::{breaker::BreakerPolicy, Secret};
 use settle_store::{Engine, Mode, Scope, Store};
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -65,6 +70,14 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Whether the background jobs run in this process.
     pub run_jobs: bool,
+    /// The card vault's master key (see `vault`).
+    pub vault_key: Secret<[u8; vault::KEY_LEN]>,
+    /// Longest wait for one connector call.
+    pub connector_timeout: Duration,
+    /// Uncaptured authorizations are canceled (and voided) after this long.
+    pub authorization_ttl: Duration,
+    /// How often the payment jobs run; also the first backoff of a stuck payment's sync.
+    pub payment_sync_interval: Duration,
 }
 
 impl Config {
@@ -80,6 +93,10 @@ impl Config {
             },
             request_timeout: Duration::from_secs(30),
             run_jobs: true,
+            vault_key: Secret::new(vault::Vault::generate_key()),
+            connector_timeout: Duration::from_secs(10),
+            authorization_ttl: Duration::from_secs(7 * 24 * 3600),
+            payment_sync_interval: Duration::from_secs(5),
         }
     }
 }
@@ -95,6 +112,11 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     /// SHA-256 (hex) of the admin token.
     pub admin_token_digest: RwLock<Option<String>>,
+    pub vault: vault::Vault,
+    pub connectors: payments::connectors::Connectors,
+    pub cvcs: payments::methods::CvcCache,
+    /// `merchant/connector/currency` whose system ledger accounts are known to exist.
+    pub charts: Mutex<HashSet<String>>,
 }
 
 #[derive(Clone)]
@@ -125,6 +147,8 @@ impl App {
             let mut tx = store.begin(Scope::System, Mode::Read).await?;
             tx.get_setting(auth::ADMIN_TOKEN_SETTING).await?
         };
+        let vault = vault::Vault::new(config.vault_key.expose());
+        let connector_timeout = config.connector_timeout;
         let state = AppState(Arc::new(Inner {
             ids: Ids::new(clock.clone()),
             store,
@@ -135,6 +159,15 @@ impl App {
             writer,
             metrics,
             admin_token_digest: RwLock::new(digest),
+            vault,
+            connectors: payments::connectors::Connectors::new(
+                ConnectorSettings {
+                    timeout: connector_timeout,
+                },
+                BreakerPolicy::default(),
+            ),
+            cvcs: payments::methods::CvcCache::default(),
+            charts: Mutex::new(HashSet::new()),
         }));
         let (shutdown, stop) = watch::channel(false);
         if state.config.run_jobs {
@@ -178,6 +211,7 @@ pub async fn set_admin_token(state: &AppState, token: &str) -> Result<(), ApiErr
 pub fn router(state: AppState) -> Router {
     let merchant = Router::new()
         .merge(ledger::router())
+        .merge(payments::router())
         .merge(audit::router())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), auth::require_merchant));

@@ -21,10 +21,13 @@ use settle_domain::{
 
 #[macro_use]
 mod shared;
+#[macro_use]
+pub mod payments;
 mod migrate;
 mod postgres;
 mod sqlite;
 
+pub use payments::PaymentTx;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -192,7 +195,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// One database transaction. Dropping it without [`Tx::commit`] rolls it back.
 #[async_trait]
-pub trait Tx: Send {
+pub trait Tx: PaymentTx + Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 
     async fn get_setting(&mut self, name: &str) -> Result<Option<String>>;

@@ -234,3 +234,4 @@ impl PgTx {
 }
 
 shared_tx!(PgTx, PgRow, PgPool);
+payments_tx!(PgTx, PgRow);

@@ -227,3 +227,4 @@ impl SqliteTx {
 }
 
 shared_tx!(SqliteTx, SqliteRow, SqlitePool);
+payments_tx!(SqliteTx, SqliteRow);

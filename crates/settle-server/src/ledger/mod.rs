@@ -66,6 +66,15 @@ pub const ACCOUNT_CODE_MAX: i64 = 65_535;
 
 fn parse_account(state: &AppState, merchant_id: &str, body: CreateAccountBody) -> Result<Account, ApiError> {
     let id = match body.id {
+        Some(id) if id.starts_with(settle_domain::postings::SYSTEM_PREFIX) => {
+            return Err(ApiError::invalid(
+                "id",
+                format!(
+                    "ids starting with `{}` are reserved for Settle's own accounts",
+                    settle_domain::postings::SYSTEM_PREFIX
+                ),
+            ))
+        }
         Some(id) => fields::client_id(&id, "id")?,
         None => state.ids.make("la"),
     };
@@ -428,7 +437,7 @@ async fn create_transfers(
         atomic,
         shape: shape.clone(),
         idempotency,
-        audit,
+        audit: Some(audit),
         reply,
     };
     state

@@ -49,8 +49,8 @@ pub struct TransferCommand {
     pub shape: Arc<dyn ReplyShape>,
     /// Stored with a 2xx reply when the request carried an idempotency key (reply fields are filled in).
     pub idempotency: Option<IdempotencyRecord>,
-    /// Written when the reply is 2xx.
-    pub audit: AuditEntry,
+    /// Written when the reply is 2xx (services posting on their own behalf write theirs).
+    pub audit: Option<AuditEntry>,
     pub reply: oneshot::Sender<Result<Committed, WriteError>>,
 }
 
@@ -111,6 +111,44 @@ impl LedgerWriter {
 
     pub async fn submit(&self, command: Command) -> Result<(), WriteError> {
         self.queue.send(command).await.map_err(|_| WriteError::Closed)
+    }
+
+    /// Posts transfers for a service (payments, refunds): one group-committed request with no
+    /// reply to render, no audit row and no idempotency record of its own.
+    pub async fn post(
+        &self,
+        merchant_id: &str,
+        requests: Vec<TransferRequest>,
+        atomic: bool,
+    ) -> Result<Vec<TransferResult>, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Command::Transfers(Box::new(TransferCommand {
+            merchant_id: merchant_id.to_owned(),
+            requests,
+            atomic,
+            shape: Arc::new(Internal),
+            idempotency: None,
+            audit: None,
+            reply,
+        })))
+        .await?;
+        Ok(answer.await.map_err(|_| WriteError::Closed)??.results)
+    }
+}
+
+/// The shape of a service's own request: nothing to render.
+struct Internal;
+
+impl ReplyShape for Internal {
+    fn status(&self, _results: &[TransferResult]) -> StatusCode {
+        StatusCode::OK
+    }
+
+    fn render(&self, _results: &[TransferResult]) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            body: String::new(),
+        }
     }
 }
 
@@ -213,7 +251,7 @@ impl Worker {
             }
             let mut reply = None;
             if command.shape.status(&results).is_success() {
-                audits.push(command.audit.clone());
+                audits.extend(command.audit.clone());
                 if let Some(mut record) = command.idempotency.clone() {
                     let rendered = command.shape.render(&results);
                     record.status_code = rendered.status.as_u16();

@@ -76,17 +76,39 @@ impl Drop for DbGuard {
 
 static LOGS: Once = Once::new();
 
+/// Every log line of every test in this process, at debug level (for the tests that search
+/// the logs for secrets).
+pub static CAPTURED_LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct CapturedWriter;
+
+impl std::io::Write for CapturedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut logs) = CAPTURED_LOGS.lock() {
+            logs.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl TestApp {
     /// A fresh app, or `None` when PostgreSQL is unreachable outside CI (the test is skipped).
     pub async fn spawn(engine: Engine) -> Option<TestApp> {
         LOGS.call_once(|| {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("SETTLE_LOG")
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-                )
-                .with_test_writer()
-                .try_init();
+            use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
+            let shown = tracing_subscriber::fmt::layer().with_test_writer().with_filter(
+                tracing_subscriber::EnvFilter::try_from_env("SETTLE_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            );
+            let captured = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(|| CapturedWriter)
+                .with_filter(tracing_subscriber::EnvFilter::new("debug"));
+            let _ = tracing_subscriber::registry().with(shown).with(captured).try_init();
         });
         let options = StoreOptions {
             pool_size_max: 8,
@@ -145,6 +167,7 @@ impl TestApp {
             .expect("connect pg");
         let mut config = Config::for_engine(Engine::Postgres);
         config.run_jobs = false;
+        config.vault_key = self.state().config.vault_key.clone();
         let app = App::build(Arc::new(store), Arc::new(self.clock.clone()), config)
             .await
             .expect("build");
@@ -169,6 +192,51 @@ impl TestApp {
                     .execute(&mut c)
                     .await?;
                 Ok(sqlx::query(sql).execute(&mut c).await?.rows_affected())
+            }
+        }
+    }
+
+    /// Every byte the database holds, as text: on SQLite the database file and its write-ahead
+    /// log (free pages included); on PostgreSQL every row of every table of the schema as JSON,
+    /// with byte columns also decoded, so a secret stored in any form shows up.
+    pub async fn dump_all_tables(&self) -> String {
+        match &self.db {
+            DbGuard::Sqlite(dir) => {
+                let mut out = Vec::new();
+                for file in ["settle.db", "settle.db-wal"] {
+                    out.extend(std::fs::read(dir.path().join(file)).unwrap_or_default());
+                }
+                String::from_utf8_lossy(&out).into_owned()
+            }
+            DbGuard::Postgres { schema } => {
+                let mut c = PgConnection::connect(&pg_url()).await.expect("connect");
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+                )
+                .bind(schema)
+                .fetch_all(&mut c)
+                .await
+                .expect("tables");
+                let mut out = String::new();
+                for t in tables {
+                    let rows: Vec<String> =
+                        sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM {schema}.{t} t"))
+                            .fetch_all(&mut c)
+                            .await
+                            .expect("rows");
+                    for row in rows {
+                        // bytea appears as "\\x…" hex: decode it as well.
+                        for hexed in row.split("\\\\x").skip(1) {
+                            let digits: String = hexed.chars().take_while(char::is_ascii_hexdigit).collect();
+                            if let Ok(bytes) = hex::decode(&digits) {
+                                out.push_str(&String::from_utf8_lossy(&bytes));
+                            }
+                        }
+                        out.push_str(&row);
+                        out.push('\n');
+                    }
+                }
+                out
             }
         }
     }

@@ -9,4 +9,5 @@ mod concurrency;
 mod idempotency;
 mod ledger;
 mod ops;
+mod payments;
 mod tenancy;

@@ -1,0 +1,194 @@
+//! Which connectors a payment tries, in which order, and whether each is healthy.
+//!
+//! A merchant's connector accounts hold sealed credentials; routing rules (an ordered list with
+//! conditions on currency, amount and card brand) pick the accounts to try, first match first.
+//! Without rules every enabled account is a candidate in creation order; a merchant with no
+//! connector account at all uses the built-in sandbox (account id `sandbox`). A circuit
+//! breaker per connector account (per process) skips an account that keeps failing and lets
+//! one trial through after a cool-down.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use serde_json::Value;
+use settle_connectors::{sandbox::Sandbox, Connector, ConnectorSettings};
+use settle_domain::{
+    breaker::{Breaker, BreakerPolicy},
+    payment::ConnectorAccount,
+    routing::{route, RouteInput, Rule},
+    Secret, Timestamp,
+};
+
+use crate::{error::ApiError, vault::Vault};
+
+/// The built-in sandbox's account id, usable by every merchant without configuration.
+pub const BUILTIN_SANDBOX: &str = "sandbox";
+/// Most connector accounts one authorization tries (breaker skips do not count).
+pub const FAILOVER_CANDIDATES_MAX: usize = 3;
+/// Most circuit breakers kept in memory; beyond it the oldest state is forgotten (closed).
+const BREAKERS_MAX: usize = 10_000;
+
+/// A connector account ready to call.
+#[derive(Clone)]
+pub struct Candidate {
+    pub account_id: String,
+    pub connector_name: String,
+    pub connector: Arc<dyn Connector>,
+}
+
+pub struct Connectors {
+    http: reqwest::Client,
+    settings: ConnectorSettings,
+    policy: BreakerPolicy,
+    breakers: Mutex<HashMap<String, Breaker>>,
+    builtin: Arc<dyn Connector>,
+}
+
+impl Connectors {
+    pub fn new(settings: ConnectorSettings, policy: BreakerPolicy) -> Connectors {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .build()
+            .unwrap_or_default();
+        Connectors {
+            http,
+            settings,
+            policy,
+            breakers: Mutex::new(HashMap::new()),
+            builtin: Arc::new(Sandbox::default()),
+        }
+    }
+
+    fn builtin(&self) -> Candidate {
+        Candidate {
+            account_id: BUILTIN_SANDBOX.into(),
+            connector_name: settle_connectors::sandbox::NAME.into(),
+            connector: self.builtin.clone(),
+        }
+    }
+
+    /// Opens an account's credentials and builds its connector.
+    pub fn build(&self, vault: &Vault, account: &ConnectorAccount) -> Result<Candidate, ApiError> {
+        let context = sealing_context(&account.merchant_id, &account.id);
+        let plain = vault
+            .open(&account.credentials_sealed, &context)
+            .map_err(|_| ApiError::Internal(format!("connector account {} credentials do not open", account.id)))?;
+        let credentials: Value = serde_json::from_slice(&plain)
+            .map_err(|_| ApiError::Internal(format!("connector account {} credentials unreadable", account.id)))?;
+        let connector = settle_connectors::build(
+            &account.connector,
+            &Secret::new(credentials),
+            &self.settings,
+            &self.http,
+        )
+        .map_err(|(field, message)| ApiError::invalid(field, message))?;
+        Ok(Candidate {
+            account_id: account.id.clone(),
+            connector_name: account.connector.clone(),
+            connector,
+        })
+    }
+
+    /// Checks credentials before they are stored.
+    pub fn check_credentials(&self, connector: &str, credentials: &Value) -> Result<(), ApiError> {
+        settle_connectors::build(connector, &Secret::new(credentials.clone()), &self.settings, &self.http)
+            .map(|_| ())
+            .map_err(|(field, message)| ApiError::invalid(field, message))
+    }
+
+    /// The connector of the account that holds a payment's authorization.
+    pub fn for_account(
+        &self,
+        vault: &Vault,
+        account_id: &str,
+        account: Option<&ConnectorAccount>,
+    ) -> Result<Candidate, ApiError> {
+        match account {
+            Some(account) => self.build(vault, account),
+            None if account_id == BUILTIN_SANDBOX => Ok(self.builtin()),
+            None => Err(ApiError::Internal(format!("connector account {account_id} is gone"))),
+        }
+    }
+
+    /// The accounts to try for one authorization, in order.
+    pub fn candidates(
+        &self,
+        vault: &Vault,
+        accounts: &[ConnectorAccount],
+        rules: Option<&[Rule]>,
+        requested: Option<&str>,
+        input: &RouteInput,
+    ) -> Result<Vec<Candidate>, ApiError> {
+        let enabled: Vec<&ConnectorAccount> = accounts
+            .iter()
+            .filter(|a| a.enabled && requested.is_none_or(|name| a.connector == name))
+            .collect();
+        let ordered: Vec<&ConnectorAccount> = match rules {
+            Some(rules) if !rules.is_empty() => route(rules, input)
+                .iter()
+                .filter_map(|id| enabled.iter().copied().find(|a| &a.id == id))
+                .collect(),
+            _ => enabled,
+        };
+        if ordered.is_empty() {
+            let sandbox_allowed = requested.is_none_or(|name| name == settle_connectors::sandbox::NAME);
+            if accounts.is_empty() && sandbox_allowed {
+                return Ok(vec![self.builtin()]);
+            }
+            return Err(ApiError::Unprocessable {
+                code: "no_connector_available",
+                message: "no enabled connector account matches this payment (check the routing rules)".into(),
+                param: requested.map(|_| "connector".to_owned()),
+            });
+        }
+        ordered.into_iter().map(|a| self.build(vault, a)).collect()
+    }
+
+    fn breaker_key(merchant_id: &str, account_id: &str) -> String {
+        format!("{merchant_id}/{account_id}")
+    }
+
+    /// Whether the account's breaker lets a call through now.
+    pub fn allow(&self, merchant_id: &str, account_id: &str, now: Timestamp) -> bool {
+        let Ok(mut breakers) = self.breakers.lock() else {
+            return true;
+        };
+        if breakers.len() >= BREAKERS_MAX {
+            breakers.clear();
+        }
+        breakers
+            .entry(Self::breaker_key(merchant_id, account_id))
+            .or_default()
+            .allow(&self.policy, now)
+    }
+
+    pub fn record(&self, merchant_id: &str, account_id: &str, healthy: bool, now: Timestamp) {
+        if let Ok(mut breakers) = self.breakers.lock() {
+            let breaker = breakers.entry(Self::breaker_key(merchant_id, account_id)).or_default();
+            if healthy {
+                breaker.record_success();
+            } else {
+                breaker.record_failure(&self.policy, now);
+            }
+        }
+    }
+
+    /// Breaker states, for `GET /v1/connector_accounts`.
+    pub fn breaker_state(&self, merchant_id: &str, account_id: &str) -> &'static str {
+        self.breakers
+            .lock()
+            .ok()
+            .and_then(|b| {
+                b.get(&Self::breaker_key(merchant_id, account_id))
+                    .map(Breaker::state_name)
+            })
+            .unwrap_or("closed")
+    }
+}
+
+/// What a sealed value of a row is bound to.
+pub fn sealing_context(merchant_id: &str, id: &str) -> String {
+    format!("{merchant_id}/{id}")
+}

@@ -1,0 +1,310 @@
+//! The card vault over HTTP (`/v1/payment_methods`) and the card data an authorization needs.
+//!
+//! A card number arrives only here or inline in a payment; it is validated, sealed
+//! (AES-256-GCM) and fingerprinted, and only brand, last4 and expiry are ever shown. The CVC
+//! is never stored: it waits in this process's memory ([`CvcCache`]) until the first
+//! authorization takes it, or until it expires. A confirm served by another process, or
+//! after the CVC expired, authorizes without a CVC, as saved cards do.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use settle_connectors::CardData;
+use settle_domain::{
+    card::{validate_card, CardBrand, CardInput},
+    payment::{Payment, PaymentMethod},
+    Secret,
+};
+use settle_store::{Mode, Scope, Tx};
+
+use crate::{
+    context::{Ctx, Reply},
+    error::ApiError,
+    extract::{from_value, JsonBody},
+    payments::connectors::sealing_context,
+    AppState,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/payment_methods", post(create))
+        .route("/v1/payment_methods/{id}", get(retrieve))
+}
+
+/// How long a CVC waits in memory for its authorization.
+pub const CVC_TTL: Duration = Duration::from_secs(600);
+/// Most CVCs held at once; beyond it the oldest are dropped.
+pub const CVCS_MAX: usize = 100_000;
+
+/// CVCs by `merchant/payment method`, in memory only.
+#[derive(Default)]
+pub struct CvcCache(Mutex<HashMap<String, (Secret<String>, Instant)>>);
+
+impl CvcCache {
+    fn put(&self, key: String, cvc: Secret<String>) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= CVCS_MAX {
+                map.retain(|_, (_, at)| at.elapsed() < CVC_TTL);
+                if map.len() >= CVCS_MAX {
+                    map.clear();
+                }
+            }
+            map.insert(key, (cvc, Instant::now()));
+        }
+    }
+
+    fn take(&self, key: &str) -> Option<Secret<String>> {
+        let (cvc, at) = self.0.lock().ok()?.remove(key)?;
+        (at.elapsed() < CVC_TTL).then_some(cvc)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CardBody {
+    number: Option<String>,
+    exp_month: Option<i64>,
+    exp_year: Option<i64>,
+    cvc: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MethodBody {
+    #[serde(rename = "type")]
+    kind: String,
+    card: Option<CardBody>,
+}
+
+/// A payment method given in a request: an id, or a card to vault.
+pub enum MethodInput {
+    Id(String),
+    Card(Box<CardInputOwned>),
+}
+
+pub struct CardInputOwned {
+    number: Secret<String>,
+    exp_month: i64,
+    exp_year: i64,
+    cvc: Option<Secret<String>>,
+    param: String,
+}
+
+impl MethodInput {
+    /// `value` is a payment method id or `{"type": "card", "card": {…}}`.
+    pub fn parse(value: Option<Value>, param: &str) -> Result<Option<MethodInput>, ApiError> {
+        match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(id)) => Ok(Some(MethodInput::Id(crate::fields::client_id(&id, param)?))),
+            Some(v @ Value::Object(_)) => {
+                let body: MethodBody = from_value(v).map_err(|e| prefix(e, param))?;
+                Ok(Some(card_input(body, param)?))
+            }
+            Some(_) => Err(ApiError::invalid(
+                param,
+                format!("`{param}` must be a payment method id or a card object"),
+            )),
+        }
+    }
+
+    /// Stores a card (returning its new id) or checks that the id exists.
+    pub async fn resolve(
+        self,
+        state: &AppState,
+        tx: &mut dyn Tx,
+        merchant_id: &str,
+        param: &str,
+    ) -> Result<String, ApiError> {
+        match self {
+            MethodInput::Id(id) => match tx.get_payment_method(merchant_id, &id).await? {
+                Some(_) => Ok(id),
+                None => Err(ApiError::invalid(param, format!("no such payment method: '{id}'"))),
+            },
+            MethodInput::Card(card) => Ok(vault(state, tx, merchant_id, *card).await?.id),
+        }
+    }
+}
+
+/// Names errors of a nested card object after its place in the request.
+fn prefix(e: ApiError, param: &str) -> ApiError {
+    match e {
+        ApiError::Invalid {
+            code,
+            message,
+            param: Some(p),
+        } => ApiError::Invalid {
+            code,
+            message,
+            param: Some(format!("{param}.{p}")),
+        },
+        other => other,
+    }
+}
+
+/// `field` inside `param` (`payment_method.card`), or alone at the top level.
+fn join(param: &str, field: &str) -> String {
+    if param.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{param}.{field}")
+    }
+}
+
+fn card_input(body: MethodBody, param: &str) -> Result<MethodInput, ApiError> {
+    if body.kind != "card" {
+        return Err(ApiError::invalid(
+            join(param, "type"),
+            "only `card` payment methods are supported",
+        ));
+    }
+    let card = body.card.ok_or_else(|| ApiError::missing(join(param, "card")))?;
+    let p = |f: &str| join(param, &format!("card.{f}"));
+    Ok(MethodInput::Card(Box::new(CardInputOwned {
+        number: Secret::new(card.number.ok_or_else(|| ApiError::missing(p("number")))?),
+        exp_month: card.exp_month.ok_or_else(|| ApiError::missing(p("exp_month")))?,
+        exp_year: card.exp_year.ok_or_else(|| ApiError::missing(p("exp_year")))?,
+        cvc: card.cvc.map(Secret::new),
+        param: join(param, "card"),
+    })))
+}
+
+/// Validates, seals and stores a card; keeps its CVC in memory.
+async fn vault(
+    state: &AppState,
+    tx: &mut dyn Tx,
+    merchant_id: &str,
+    card: CardInputOwned,
+) -> Result<PaymentMethod, ApiError> {
+    let now = state.clock.now();
+    let input = CardInput {
+        number: card.number.expose(),
+        exp_month: card.exp_month,
+        exp_year: card.exp_year,
+        cvc: card.cvc.as_ref().map(|c| c.expose().as_str()),
+    };
+    let valid = validate_card(&input, now).map_err(|e| ApiError::Invalid {
+        code: e.code,
+        message: e.message,
+        param: Some(format!("{}.{}", card.param, e.field)),
+    })?;
+    let id = state.ids.make("pm");
+    let method = PaymentMethod {
+        merchant_id: merchant_id.to_owned(),
+        id: id.clone(),
+        brand: valid.brand.as_str().to_owned(),
+        last4: valid.last4.clone(),
+        exp_month: valid.exp_month,
+        exp_year: valid.exp_year,
+        fingerprint: state.vault.fingerprint(merchant_id, &valid.number),
+        number_sealed: state
+            .vault
+            .seal(valid.number.as_bytes(), &sealing_context(merchant_id, &id)),
+        created_at: now,
+    };
+    tx.insert_payment_method(&method).await?;
+    if let Some(cvc) = card.cvc {
+        state.cvcs.put(sealing_context(merchant_id, &id), cvc);
+    }
+    Ok(method)
+}
+
+/// The card of a payment, opened for its authorization (the CVC, if still held, is taken).
+pub async fn card_for(state: &AppState, payment: &Payment) -> Result<(CardData, Option<CardBrand>), ApiError> {
+    let id = payment
+        .payment_method_id
+        .as_deref()
+        .ok_or_else(|| ApiError::missing("payment_method"))?;
+    let method = {
+        let mut tx = state
+            .store
+            .begin(Scope::Merchant(payment.merchant_id.clone()), Mode::Read)
+            .await?;
+        tx.get_payment_method(&payment.merchant_id, id)
+            .await?
+            .ok_or_else(|| ApiError::invalid("payment_method", format!("no such payment method: '{id}'")))?
+    };
+    let context = sealing_context(&method.merchant_id, &method.id);
+    let number = state.vault.open(&method.number_sealed, &context).map_err(|_| {
+        ApiError::Internal(format!(
+            "payment method {} does not open with this vault key",
+            method.id
+        ))
+    })?;
+    let number = String::from_utf8(number).map_err(|_| ApiError::Internal("vaulted card number is not text".into()))?;
+    Ok((
+        CardData {
+            number: Secret::new(number),
+            exp_month: method.exp_month,
+            exp_year: method.exp_year,
+            cvc: state.cvcs.take(&context),
+        },
+        CardBrand::parse(&method.brand),
+    ))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let body: MethodBody = from_value(body)?;
+    let MethodInput::Card(card) = card_input(body, "")? else {
+        return Err(ApiError::Internal("card_input returned an id".into()));
+    };
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+        .await?;
+    let method = vault(&state, tx.as_mut(), &merchant_id, *card).await?;
+    let reply = Reply::json(StatusCode::CREATED, &method_json(&method))?;
+    let audit = ctx.audit(
+        &state,
+        &merchant_id,
+        "payment_method.create",
+        "payment_method",
+        &method.id,
+    );
+    ctx.commit(&state, tx, reply, &[audit]).await
+}
+
+async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+        .await?;
+    let method = tx
+        .get_payment_method(&merchant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment method", &id))?;
+    Ok(Reply::json(StatusCode::OK, &method_json(&method))?.into_response())
+}
+
+pub fn method_json(m: &PaymentMethod) -> Value {
+    json!({
+        "id": m.id,
+        "object": "payment_method",
+        "type": "card",
+        "card": {
+            "brand": m.brand,
+            "last4": m.last4,
+            "exp_month": m.exp_month,
+            "exp_year": m.exp_year,
+            "fingerprint": m.fingerprint,
+        },
+        "created": m.created_at.to_rfc3339(),
+    })
+}

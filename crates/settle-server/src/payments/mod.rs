@@ -1,0 +1,738 @@
+//! Payments over HTTP: `/v1/payments`, `/v1/payment_methods`, `/v1/refunds`,
+//! `/v1/connector_accounts`, `/v1/routing`, and the reference lists `/v1/currencies` and
+//! `/v1/payment_method_types`.
+
+pub mod connectors;
+pub mod jobs;
+pub mod methods;
+pub mod refunds;
+pub mod service;
+pub mod setup;
+
+use axum::{
+    extract::{Path, RawQuery, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use settle_connectors::CONNECTORS;
+use settle_domain::{
+    card::CardBrand,
+    ledger::AccountFlags,
+    payment::{self, CaptureMethod, Command, Customer, Payment, PaymentFilter, PaymentStatus, Split},
+    postings::SYSTEM_PREFIX,
+    routing::{Conditions, Rule, RULES_MAX},
+    tenancy::Merchant,
+    Currency, Timestamp,
+};
+use settle_store::{Mode, Scope};
+
+use crate::{
+    context::{Ctx, Reply},
+    error::ApiError,
+    extract::{page_and_filters, JsonBody},
+    fields,
+    ledger::{cursor_error, list_reply},
+    AppState,
+};
+use methods::MethodInput;
+use service::Actor;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/payments", post(create).get(list))
+        .route("/v1/payments/{id}", get(retrieve))
+        .route("/v1/payments/{id}/confirm", post(confirm))
+        .route("/v1/payments/{id}/capture", post(capture))
+        .route("/v1/payments/{id}/cancel", post(cancel))
+        .route("/v1/payments/{id}/events", get(events))
+        .route("/v1/payments/{id}/attempts", get(attempts))
+        .route("/v1/currencies", get(currencies))
+        .route("/v1/payment_method_types", get(payment_method_types))
+        .merge(methods::router())
+        .merge(refunds::router())
+        .merge(setup::router())
+}
+
+pub const SPLITS_MAX: usize = 10;
+pub const DESCRIPTION_LEN_MAX: usize = 1_000;
+pub const CANCELLATION_REASONS: &[&str] = &["duplicate", "fraudulent", "requested_by_customer", "abandoned"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomerBody {
+    email: String,
+    name: Option<String>,
+    phone: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitBody {
+    payee_account_id: String,
+    amount: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    amount: i64,
+    currency: String,
+    capture_method: Option<String>,
+    #[serde(default)]
+    confirm: bool,
+    payment_method: Option<Value>,
+    customer: Option<CustomerBody>,
+    description: Option<String>,
+    metadata: Option<Value>,
+    splits: Option<Vec<SplitBody>>,
+    application_fee_amount: Option<i64>,
+    connector: Option<String>,
+}
+
+/// The merchant's limits for `currency` in minor units: its own, or 0.01–100,000.00 in major
+/// units (at least one minor unit).
+pub fn amount_limits(merchant: &Merchant, currency: Currency) -> (i64, i64) {
+    let configured = &merchant.amount_limits[currency.code()];
+    if let (Some(min), Some(max)) = (configured["min"].as_i64(), configured["max"].as_i64()) {
+        return (min, max);
+    }
+    let unit = 10i64.pow(u32::from(currency.exponent()));
+    ((unit / 100).max(1), unit.saturating_mul(100_000))
+}
+
+fn customer(body: Option<CustomerBody>) -> Result<Option<Customer>, ApiError> {
+    let Some(c) = body else { return Ok(None) };
+    let email = c.email.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        && !email.chars().any(|ch| ch.is_whitespace() || ch.is_control());
+    if !valid {
+        return Err(ApiError::invalid(
+            "customer.email",
+            "`customer.email` must be an email address",
+        ));
+    }
+    let phone = match c.phone {
+        Some(p) if p.len() > 32 || !p.chars().all(|ch| ch.is_ascii_digit() || "+-() .".contains(ch)) => {
+            return Err(ApiError::invalid(
+                "customer.phone",
+                "`customer.phone` must be a phone number (digits, + - ( ) . and spaces, at most 32)",
+            ))
+        }
+        other => other,
+    };
+    Ok(Some(Customer {
+        email,
+        name: fields::name(c.name, "customer.name")?,
+        phone,
+    }))
+}
+
+pub fn description(value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(d) if d.chars().count() > DESCRIPTION_LEN_MAX || d.chars().any(|c| c.is_control() && c != '\n') => {
+            Err(ApiError::invalid(
+                "description",
+                format!("`description` must be at most {DESCRIPTION_LEN_MAX} printable characters"),
+            ))
+        }
+        other => Ok(other),
+    }
+}
+
+fn splits(body: Option<Vec<SplitBody>>, amount: i64, fee: Option<i64>) -> Result<Vec<Split>, ApiError> {
+    let body = body.unwrap_or_default();
+    if body.len() > SPLITS_MAX {
+        return Err(ApiError::invalid("splits", format!("at most {SPLITS_MAX} splits")));
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut total = fee.unwrap_or(0);
+    for (i, s) in body.into_iter().enumerate() {
+        let param = format!("splits[{i}].payee_account_id");
+        let id = fields::client_id(&s.payee_account_id, &param)?;
+        if id.starts_with(SYSTEM_PREFIX) {
+            return Err(ApiError::invalid(param, "payees cannot be Settle's own accounts"));
+        }
+        if out.iter().any(|o: &Split| o.payee_account_id == id) {
+            return Err(ApiError::invalid(param, "each payee account may appear once"));
+        }
+        let amount_param = format!("splits[{i}].amount");
+        fields::positive_amount(s.amount, &amount_param)?;
+        total = total
+            .checked_add(s.amount)
+            .ok_or_else(|| ApiError::invalid(&amount_param, "splits overflow"))?;
+        out.push(Split {
+            payee_account_id: id,
+            amount: s.amount,
+        });
+    }
+    if total > amount {
+        return Err(ApiError::invalid(
+            "splits",
+            "the splits and `application_fee_amount` together exceed `amount`",
+        ));
+    }
+    Ok(out)
+}
+
+/// Payee accounts must exist in the payment's currency and accept credits without limit.
+async fn check_payees(tx: &mut dyn settle_store::Tx, merchant_id: &str, payment: &Payment) -> Result<(), ApiError> {
+    let keys: Vec<_> = payment
+        .splits
+        .iter()
+        .map(|s| (merchant_id.to_owned(), s.payee_account_id.clone()))
+        .collect();
+    let accounts = tx.get_accounts(&keys, false).await?;
+    for (i, split) in payment.splits.iter().enumerate() {
+        let param = format!("splits[{i}].payee_account_id");
+        let Some(account) = accounts.iter().find(|a| a.id == split.payee_account_id) else {
+            return Err(ApiError::invalid(
+                param,
+                format!("no ledger account '{}'", split.payee_account_id),
+            ));
+        };
+        if account.currency != payment.currency {
+            return Err(ApiError::invalid(
+                param,
+                "the payee account's currency differs from the payment's",
+            ));
+        }
+        if account.flags
+            == (AccountFlags {
+                debits_must_not_exceed_credits: false,
+                credits_must_not_exceed_debits: true,
+            })
+        {
+            return Err(ApiError::invalid(
+                param,
+                "the payee account refuses credits (credits_must_not_exceed_debits)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let now = state.clock.now();
+    let currency = fields::currency(&body.currency, "currency")?;
+    fields::positive_amount(body.amount, "amount")?;
+    let capture_method = match body.capture_method.as_deref() {
+        None => CaptureMethod::Automatic,
+        Some(m) => CaptureMethod::parse(m).ok_or_else(|| {
+            ApiError::invalid("capture_method", "`capture_method` must be \"automatic\" or \"manual\"")
+        })?,
+    };
+    if let Some(fee) = body.application_fee_amount {
+        if fee < 0 {
+            return Err(ApiError::invalid(
+                "application_fee_amount",
+                "`application_fee_amount` must be ≥ 0",
+            ));
+        }
+    }
+    if let Some(c) = &body.connector {
+        if !CONNECTORS.contains(&c.as_str()) {
+            return Err(ApiError::invalid(
+                "connector",
+                format!("`connector` must be one of {}", CONNECTORS.join(", ")),
+            ));
+        }
+    }
+    let method = MethodInput::parse(body.payment_method, "payment_method")?;
+    let mut payment = Payment {
+        merchant_id: merchant_id.clone(),
+        id: state.ids.make("pay"),
+        amount: body.amount,
+        currency,
+        capture_method,
+        status: PaymentStatus::RequiresPaymentMethod,
+        amount_capturable: 0,
+        amount_captured: 0,
+        amount_refunded: 0,
+        payment_method_id: None,
+        customer: customer(body.customer)?,
+        description: description(body.description)?,
+        metadata: fields::metadata(body.metadata, "metadata")?.unwrap_or_else(|| json!({})),
+        splits: splits(body.splits, body.amount, body.application_fee_amount)?,
+        application_fee_amount: body.application_fee_amount.filter(|f| *f > 0),
+        connector: body.connector,
+        connector_account_id: None,
+        connector_name: None,
+        provider_ref: None,
+        last_payment_error: None,
+        cancellation_reason: None,
+        authorized_at: None,
+        claimed_until: None,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    if body.confirm && method.is_none() {
+        return Err(ApiError::missing("payment_method"));
+    }
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+        .await?;
+    let merchant = tx.get_merchant(&merchant_id).await?.ok_or(ApiError::Unauthenticated)?;
+    let (min, max) = amount_limits(&merchant, currency);
+    if payment.amount < min || payment.amount > max {
+        return Err(ApiError::Unprocessable {
+            code: "amount_out_of_range",
+            message: format!(
+                "`amount` must be between {min} and {max} {} minor units for this merchant",
+                currency.code()
+            ),
+            param: Some("amount".into()),
+        });
+    }
+    check_payees(tx.as_mut(), &merchant_id, &payment).await?;
+    if let Some(method) = method {
+        payment.payment_method_id = Some(
+            method
+                .resolve(&state, tx.as_mut(), &merchant_id, "payment_method")
+                .await?,
+        );
+        payment.status = PaymentStatus::RequiresConfirmation;
+    }
+    let actor = Actor {
+        ctx: Some(&ctx),
+        reason: None,
+    };
+    let mut changes = vec![service::change(&state, None, &payment, &actor, None)];
+    let audit = [ctx.audit(&state, &merchant_id, "payment.create", "payment", &payment.id)];
+    if body.confirm {
+        let created = payment.clone();
+        let until = now.checked_add_seconds(service::CLAIM_SECONDS).unwrap_or(now);
+        payment = payment::claimed(&payment, &payment::Decision::Authorize, now, until);
+        payment.version = created.version;
+        changes.push(service::change(&state, Some(&created), &payment, &actor, None));
+    }
+    tx.insert_payment(&payment).await?;
+    tx.insert_status_changes(&changes).await?;
+    if !body.confirm {
+        let reply = Reply::json(StatusCode::CREATED, &payment_json(&payment))?;
+        return ctx.commit(&state, tx, reply, &audit).await;
+    }
+    tx.insert_audit(&audit).await?;
+    tx.commit().await?;
+    run_confirm(&state, &payment, &actor, StatusCode::CREATED).await
+}
+
+/// Authorizes a claimed (`processing`) payment and stores the outcome.
+async fn run_confirm(
+    state: &AppState,
+    claimed: &Payment,
+    actor: &Actor<'_>,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let prepared = async {
+        let (card, brand) = methods::card_for(state, claimed).await?;
+        let mut tx = state
+            .store
+            .begin(Scope::Merchant(claimed.merchant_id.clone()), Mode::Read)
+            .await?;
+        let candidates = service::candidates_for(state, tx.as_mut(), claimed, brand).await?;
+        Ok::<_, ApiError>((card, candidates))
+    }
+    .await;
+    let (card, candidates) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            // Nothing was tried (no usable card or connector): back to where it was.
+            let mut back = claimed.clone();
+            back.status = PaymentStatus::RequiresPaymentMethod;
+            back.payment_method_id = None;
+            back.claimed_until = None;
+            back.version += 1;
+            let changes = [service::change(
+                state,
+                Some(claimed),
+                &back,
+                actor,
+                Some(error_code(&e)),
+            )];
+            service::finish(state, claimed, &back, &changes, &[], &[], actor, None).await?;
+            return Err(e);
+        }
+    };
+    let (outcome, mut attempts) = service::authorize(state, claimed, &candidates, &card, actor).await;
+    // From here an authorization may exist: on error the claim is left to expire and the sync
+    // job finishes the payment with its connector.
+    let (next, changes) = service::after_authorization(state, claimed, &outcome, actor, &mut attempts).await?;
+    let reply = Reply::json(status, &payment_json(&next))?;
+    service::finish(state, claimed, &next, &changes, &attempts, &[], actor, Some(&reply)).await?;
+    Ok(reply.into_response())
+}
+
+fn error_code(e: &ApiError) -> String {
+    e.body()["error"]["code"].as_str().unwrap_or("error").to_owned()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
+    payment_method: Option<Value>,
+}
+
+async fn confirm(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ConfirmBody>,
+) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let new_method = match MethodInput::parse(body.payment_method, "payment_method")? {
+        Some(method) => {
+            let mut tx = state
+                .store
+                .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+                .await?;
+            let id = method
+                .resolve(&state, tx.as_mut(), &merchant_id, "payment_method")
+                .await?;
+            tx.commit().await?;
+            Some(id)
+        }
+        None => None,
+    };
+    let actor = Actor {
+        ctx: Some(&ctx),
+        reason: None,
+    };
+    let (claimed, _) = service::claim(
+        &state,
+        &merchant_id,
+        &id,
+        &Command::Confirm,
+        new_method.as_deref(),
+        &actor,
+    )
+    .await?;
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+        .await?;
+    tx.insert_audit(&[ctx.audit(&state, &merchant_id, "payment.confirm", "payment", &id)])
+        .await?;
+    tx.commit().await?;
+    run_confirm(&state, &claimed, &actor, StatusCode::OK).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CaptureBody {
+    amount: Option<i64>,
+}
+
+async fn capture(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<CaptureBody>,
+) -> Result<Response, ApiError> {
+    if let Some(a) = body.amount {
+        fields::positive_amount(a, "amount")?;
+    }
+    let command = Command::Capture { amount: body.amount };
+    claim_and_settle(&state, &ctx, &id, &command, None, "payment.capture").await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<CancelBody>,
+) -> Result<Response, ApiError> {
+    if let Some(r) = &body.reason {
+        if !CANCELLATION_REASONS.contains(&r.as_str()) {
+            return Err(ApiError::invalid(
+                "reason",
+                format!("`reason` must be one of {}", CANCELLATION_REASONS.join(", ")),
+            ));
+        }
+    }
+    let reason = Some(body.reason.unwrap_or_else(|| "requested_by_customer".into()));
+    claim_and_settle(&state, &ctx, &id, &Command::Cancel, reason, "payment.cancel").await
+}
+
+async fn claim_and_settle(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    command: &Command,
+    reason: Option<String>,
+    action: &str,
+) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let actor = Actor {
+        ctx: Some(ctx),
+        reason: None,
+    };
+    let (claimed, decision) = service::claim(state, &merchant_id, id, command, None, &actor).await?;
+    let audit = [ctx.audit(state, &merchant_id, action, "payment", id)];
+    let render = |p: &Payment| Reply::json(StatusCode::OK, &payment_json(p));
+    let (_, reply) = service::settle_claim(state, &claimed, &decision, reason, &actor, &render, &audit).await?;
+    Ok(reply.into_response())
+}
+
+async fn load(state: &AppState, merchant_id: &str, id: &str) -> Result<Payment, ApiError> {
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Read)
+        .await?;
+    tx.get_payment(merchant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment", id))
+}
+
+async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let payment = load(&state, ctx.merchant_id(), &id).await?;
+    Ok(Reply::json(StatusCode::OK, &payment_json(&payment))?.into_response())
+}
+
+fn timestamp_param(value: &str, param: &str) -> Result<Timestamp, ApiError> {
+    Timestamp::parse_rfc3339(value)
+        .or_else(|| value.parse::<i64>().ok().and_then(Timestamp::from_unix_seconds))
+        .ok_or_else(|| ApiError::invalid(param, format!("`{param}` must be an RFC 3339 time or unix seconds")))
+}
+
+async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let (page, filters) = page_and_filters(
+        query.as_deref().unwrap_or(""),
+        &["status", "customer_email", "created[gte]", "created[lt]"],
+    )?;
+    let mut filter = PaymentFilter::default();
+    for (name, value) in filters {
+        match name.as_str() {
+            "status" => {
+                filter.status = Some(
+                    PaymentStatus::parse(&value)
+                        .ok_or_else(|| ApiError::invalid("status", "unknown payment status"))?,
+                )
+            }
+            "customer_email" => filter.customer_email = Some(value.trim().to_lowercase()),
+            "created[gte]" => filter.created_gte = Some(timestamp_param(&value, "created[gte]")?),
+            _ => filter.created_lt = Some(timestamp_param(&value, "created[lt]")?),
+        }
+    }
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+        .await?;
+    let listing = tx
+        .list_payments(&merchant_id, &filter, &page.0)
+        .await
+        .map_err(|e| cursor_error(e, &page))?;
+    list_reply(
+        "/v1/payments",
+        listing.items.iter().map(payment_json).collect(),
+        listing.has_more,
+    )
+}
+
+async fn events(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    load(&state, &merchant_id, &id).await?;
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+        .await?;
+    let rows = tx.list_status_changes(&merchant_id, &id).await?;
+    let data = rows
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id, "object": "payment_event", "payment_id": c.payment_id,
+                "from": c.from_status.map(PaymentStatus::as_str), "to": c.to_status.as_str(),
+                "reason": c.reason, "connector": c.connector, "error_code": c.error_code,
+                "request_id": c.request_id, "created": c.created_at.to_rfc3339(),
+            })
+        })
+        .collect();
+    list_reply(&format!("/v1/payments/{id}/events"), data, false)
+}
+
+async fn attempts(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    load(&state, &merchant_id, &id).await?;
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+        .await?;
+    let rows = tx.list_attempts(&merchant_id, &id).await?;
+    let data = rows
+        .iter()
+        .map(|a| {
+            json!({
+                "id": a.id, "object": "payment_attempt", "payment_id": a.payment_id, "operation": a.operation,
+                "connector_account_id": a.connector_account_id, "connector": a.connector, "outcome": a.outcome,
+                "error_code": a.error_code, "provider_ref": a.provider_ref, "request_id": a.request_id,
+                "latency_ms": a.latency_ms, "created": a.created_at.to_rfc3339(),
+            })
+        })
+        .collect();
+    list_reply(&format!("/v1/payments/{id}/attempts"), data, false)
+}
+
+pub fn payment_json(p: &Payment) -> Value {
+    json!({
+        "id": p.id,
+        "object": "payment",
+        "amount": p.amount,
+        "currency": p.currency.code(),
+        "capture_method": p.capture_method.as_str(),
+        "status": p.status.as_str(),
+        "amount_capturable": p.amount_capturable,
+        "amount_captured": p.amount_captured,
+        "amount_refunded": p.amount_refunded,
+        "refund_status": p.refund_status(),
+        "payment_method": p.payment_method_id,
+        "customer": p.customer.as_ref().map(|c| json!({ "email": c.email, "name": c.name, "phone": c.phone })),
+        "description": p.description,
+        "metadata": p.metadata,
+        "splits": p.splits.iter().map(|s| json!({ "payee_account_id": s.payee_account_id, "amount": s.amount })).collect::<Vec<_>>(),
+        "application_fee_amount": p.application_fee_amount,
+        "connector": p.connector_name.as_ref().or(p.connector.as_ref()),
+        "connector_account_id": p.connector_account_id,
+        "last_payment_error": p.last_payment_error.as_ref().map(|e| json!({ "code": e.code, "message": e.message, "connector": e.connector })),
+        "cancellation_reason": p.cancellation_reason,
+        "created": p.created_at.to_rfc3339(),
+        "updated": p.updated_at.to_rfc3339(),
+    })
+}
+
+async fn currencies() -> Response {
+    let data: Vec<Value> = settle_domain::money::CURRENCIES
+        .iter()
+        .map(|c| json!({ "code": c.code, "name": c.name, "symbol": c.symbol, "exponent": c.exponent }))
+        .collect();
+    Json(json!({ "object": "list", "url": "/v1/currencies", "has_more": false, "data": data })).into_response()
+}
+
+async fn payment_method_types() -> Response {
+    let types = [
+        ("card", vec!["sandbox", "stripe"]),
+        ("bank_transfer", vec![]),
+        ("e_wallet", vec![]),
+        ("crypto", vec![]),
+    ];
+    let data: Vec<Value> = types
+        .iter()
+        .map(|(t, c)| json!({ "type": t, "connectors": c, "available": !c.is_empty() }))
+        .collect();
+    Json(json!({ "object": "list", "url": "/v1/payment_method_types", "has_more": false, "data": data }))
+        .into_response()
+}
+
+use axum::Json;
+
+/// Parses stored or submitted routing rules.
+pub fn routing_rules(value: &Value) -> Result<Vec<Rule>, ApiError> {
+    let Some(items) = value.as_array() else {
+        return Err(ApiError::invalid("rules", "`rules` must be an array"));
+    };
+    if items.len() > RULES_MAX {
+        return Err(ApiError::invalid("rules", format!("at most {RULES_MAX} rules")));
+    }
+    items.iter().enumerate().map(|(i, item)| rule(i, item)).collect()
+}
+
+fn rule(i: usize, item: &Value) -> Result<Rule, ApiError> {
+    let p = |f: &str| format!("rules[{i}].{f}");
+    let Some(obj) = item.as_object() else {
+        return Err(ApiError::invalid(format!("rules[{i}]"), "each rule must be an object"));
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["connector_account_id", "conditions"].contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid(p(k), format!("unknown field `{}`", p(k))));
+    }
+    let account = obj
+        .get("connector_account_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::missing(p("connector_account_id")))?;
+    let c = obj.get("conditions").cloned().unwrap_or_else(|| json!({}));
+    let Some(c) = c.as_object() else {
+        return Err(ApiError::invalid(p("conditions"), "`conditions` must be an object"));
+    };
+    let mut conditions = Conditions {
+        currencies: None,
+        amount_min: None,
+        amount_max: None,
+        card_brands: None,
+    };
+    for (k, v) in c.iter().filter(|(_, v)| !v.is_null()) {
+        let param = p(&format!("conditions.{k}"));
+        let strings = || -> Result<Vec<&str>, ApiError> {
+            v.as_array()
+                .and_then(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| ApiError::invalid(&param, format!("`{param}` must be an array of strings")))
+        };
+        let amount = || {
+            v.as_i64()
+                .filter(|a| *a >= 0)
+                .ok_or_else(|| ApiError::invalid(&param, format!("`{param}` must be an amount ≥ 0")))
+        };
+        match k.as_str() {
+            "currencies" => {
+                conditions.currencies = Some(
+                    strings()?
+                        .into_iter()
+                        .map(|s| fields::currency(s, &param))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            "card_brands" => {
+                conditions.card_brands = Some(
+                    strings()?
+                        .into_iter()
+                        .map(|s| {
+                            CardBrand::parse(s)
+                                .ok_or_else(|| ApiError::invalid(&param, format!("unknown card brand '{s}'")))
+                        })
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            "amount_min" => conditions.amount_min = Some(amount()?),
+            "amount_max" => conditions.amount_max = Some(amount()?),
+            other => return Err(ApiError::invalid(&param, format!("unknown condition `{other}`"))),
+        }
+    }
+    Ok(Rule {
+        connector_account_id: account.to_owned(),
+        conditions,
+    })
+}
+
+pub fn rule_json(r: &Rule) -> Value {
+    let c = &r.conditions;
+    json!({
+        "connector_account_id": r.connector_account_id,
+        "conditions": {
+            "currencies": c.currencies.as_ref().map(|v| v.iter().map(|c| c.code()).collect::<Vec<_>>()),
+            "amount_min": c.amount_min,
+            "amount_max": c.amount_max,
+            "card_brands": c.card_brands.as_ref().map(|v| v.iter().map(|b| b.as_str()).collect::<Vec<_>>()),
+        }
+    })
+}

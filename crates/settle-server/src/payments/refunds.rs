@@ -1,0 +1,304 @@
+//! Refunds (`/v1/refunds`).
+//!
+//! 1. One transaction reserves the amount on the payment — a single `UPDATE` that adds it to
+//!    `amount_refunded` only if the total stays within `amount_captured` (and a CHECK
+//!    constraint says the same), so concurrent refunds cannot over-refund — and stores the
+//!    refund as `pending` with what it takes from each share of the capture.
+//! 2. The ledger holds each share's part (share account → the connector's clearing account).
+//!    A payee that no longer holds its part refuses the hold: the refund fails, the reservation
+//!    is released.
+//! 3. The connector that captured the payment refunds it; its answer posts the holds
+//!    (`succeeded`) or voids them and releases the reservation (`failed`). No answer in time
+//!    leaves the refund `pending`.
+
+use std::time::Instant;
+
+use axum::{
+    extract::{Path, RawQuery, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use settle_connectors::{ConnectorError, RefundStatus as ProviderRefund};
+use settle_domain::{
+    payment::{decide_refund, Payment, Refund, RefundRefusal, RefundStatus},
+    postings,
+};
+use settle_store::{Mode, Scope};
+
+use crate::{
+    context::{Ctx, Reply},
+    error::ApiError,
+    extract::{page_and_filters, JsonBody},
+    fields,
+    ledger::{cursor_error, list_reply},
+    payments::service::{self, PostError},
+    AppState,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/refunds", post(create).get(list))
+        .route("/v1/refunds/{id}", get(retrieve))
+}
+
+pub const REFUND_REASONS: &[&str] = &["duplicate", "fraudulent", "requested_by_customer"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    payment_id: String,
+    amount: Option<i64>,
+    reason: Option<String>,
+    metadata: Option<Value>,
+}
+
+fn refusal(r: RefundRefusal) -> ApiError {
+    match r {
+        RefundRefusal::NotCaptured(status) => ApiError::Conflict {
+            code: "payment_unexpected_state",
+            message: format!(
+                "only succeeded payments can be refunded (current status: {})",
+                status.as_str()
+            ),
+            param: Some("payment_id".into()),
+        },
+        RefundRefusal::ExceedsCaptured { refundable } => ApiError::Unprocessable {
+            code: "amount_too_large",
+            message: format!("the refund exceeds what remains refundable ({refundable})"),
+            param: Some("amount".into()),
+        },
+    }
+}
+
+/// Step 1: reserve and store the pending refund.
+async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<(Payment, Refund), ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let now = state.clock.now();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+        .await?;
+    let payment = tx
+        .get_payment(&merchant_id, &body.payment_id)
+        .await?
+        .ok_or_else(|| ApiError::invalid("payment_id", format!("no such payment: '{}'", body.payment_id)))?;
+    let amount = decide_refund(&payment, body.amount).map_err(refusal)?;
+    if !tx.add_refunded(&merchant_id, &payment.id, amount, now).await? {
+        // A concurrent refund took what this one needed (the row was locked until it committed).
+        let current = tx.get_payment(&merchant_id, &payment.id).await?.unwrap_or(payment);
+        return Err(refusal(decide_refund(&current, Some(amount)).err().unwrap_or(
+            RefundRefusal::ExceedsCaptured {
+                refundable: current.amount_captured - current.amount_refunded,
+            },
+        )));
+    }
+    // Read after the reservation: the row lock orders this after every earlier refund.
+    let payment = tx
+        .get_payment(&merchant_id, &payment.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment", &body.payment_id))?;
+    let shares = postings::shares(&payment).len();
+    let mut taken = vec![0i64; shares];
+    for earlier in tx.refunds_of(&merchant_id, &payment.id).await? {
+        if earlier.status != RefundStatus::Failed {
+            for (t, p) in taken.iter_mut().zip(&earlier.parts) {
+                *t += p;
+            }
+        }
+    }
+    let parts = postings::refund_parts(&payment, amount, &taken)
+        .ok_or_else(|| ApiError::Internal(format!("refund of {amount} does not allocate over {taken:?}")))?;
+    let refund = Refund {
+        merchant_id: merchant_id.clone(),
+        id: state.ids.make("re"),
+        payment_id: payment.id.clone(),
+        amount,
+        currency: payment.currency,
+        status: RefundStatus::Pending,
+        reason: body.reason,
+        metadata: fields::metadata(body.metadata, "metadata")?.unwrap_or_else(|| json!({})),
+        parts,
+        connector_account_id: payment.connector_account_id.clone(),
+        provider_ref: None,
+        failure_code: None,
+        created_at: now,
+        updated_at: now,
+    };
+    tx.insert_refund(&refund).await?;
+    tx.insert_audit(&[ctx.audit(state, &merchant_id, "refund.create", "refund", &refund.id)])
+        .await?;
+    tx.commit().await?;
+    Ok((payment, refund))
+}
+
+/// Step 3's bookkeeping: the refund's final state, the reservation released if it failed.
+async fn conclude(state: &AppState, ctx: &Ctx, refund: &Refund, status: StatusCode) -> Result<Reply, ApiError> {
+    let reply = Reply::json(status, &refund_json(refund))?;
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(refund.merchant_id.clone()), Mode::Write)
+        .await?;
+    tx.update_refund(refund).await?;
+    if refund.status == RefundStatus::Failed
+        && !tx
+            .add_refunded(
+                &refund.merchant_id,
+                &refund.payment_id,
+                -refund.amount,
+                refund.updated_at,
+            )
+            .await?
+    {
+        return Err(ApiError::Internal(format!(
+            "refund {} reservation could not be released",
+            refund.id
+        )));
+    }
+    if status.is_success() {
+        if let Some(record) = ctx.idempotency_record(&reply, state.clock.now()) {
+            crate::context::insert_idempotency(tx.as_mut(), &record).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(reply)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<Response, ApiError> {
+    fields::client_id(&body.payment_id, "payment_id")?;
+    if let Some(a) = body.amount {
+        fields::positive_amount(a, "amount")?;
+    }
+    if let Some(r) = &body.reason {
+        if !REFUND_REASONS.contains(&r.as_str()) {
+            return Err(ApiError::invalid(
+                "reason",
+                format!("`reason` must be one of {}", REFUND_REASONS.join(", ")),
+            ));
+        }
+    }
+    fields::metadata(body.metadata.clone(), "metadata")?;
+    let (payment, mut refund) = reserve(&state, &ctx, body).await?;
+    let connector = payment.connector_name.clone().unwrap_or_default();
+    let legs = postings::refund_legs(&payment, &refund.id, &refund.parts);
+    match service::post(
+        &state,
+        &payment.merchant_id,
+        postings::refund_holds(&legs, &connector, payment.currency),
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(PostError::Refused(code, message)) => {
+            refund.status = RefundStatus::Failed;
+            refund.failure_code = Some(code.clone());
+            refund.updated_at = state.clock.now();
+            conclude(&state, &ctx, &refund, StatusCode::UNPROCESSABLE_ENTITY).await?;
+            return Err(ApiError::Unprocessable {
+                code: "refund_failed",
+                message: format!(
+                    "the ledger refused the refund ({code}: {message}); refund {} failed",
+                    refund.id
+                ),
+                param: None,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let candidate = service::candidate_of(&state, &payment).await?;
+    let started = Instant::now();
+    let answer = candidate
+        .connector
+        .refund(
+            payment.provider_ref.as_deref().unwrap_or_default(),
+            &refund.id,
+            refund.amount,
+            payment.currency,
+        )
+        .await;
+    tracing::debug!(refund = %refund.id, latency_ms = started.elapsed().as_millis() as u64, "connector refund answered");
+    refund.updated_at = state.clock.now();
+    match answer {
+        Ok(outcome) => {
+            refund.provider_ref = Some(outcome.provider_ref);
+            match outcome.status {
+                ProviderRefund::Succeeded => refund.status = RefundStatus::Succeeded,
+                ProviderRefund::Pending => {}
+                ProviderRefund::Failed(d) => {
+                    refund.status = RefundStatus::Failed;
+                    refund.failure_code = Some(d.code);
+                }
+            }
+        }
+        Err(ConnectorError::Rejected(_)) => {
+            refund.status = RefundStatus::Failed;
+            refund.failure_code = Some("connector_rejected".into());
+        }
+        Err(e) => refund.failure_code = Some(e.code().to_owned()),
+    }
+    match refund.status {
+        RefundStatus::Succeeded => {
+            service::post(&state, &payment.merchant_id, postings::refund_settle(&legs, true)).await?
+        }
+        RefundStatus::Failed => {
+            service::post(&state, &payment.merchant_id, postings::refund_settle(&legs, false)).await?
+        }
+        RefundStatus::Pending => {}
+    }
+    Ok(conclude(&state, &ctx, &refund, StatusCode::OK).await?.into_response())
+}
+
+async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+        .await?;
+    let refund = tx
+        .get_refund(&merchant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("refund", &id))?;
+    Ok(Reply::json(StatusCode::OK, &refund_json(&refund))?.into_response())
+}
+
+async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let (page, filters) = page_and_filters(query.as_deref().unwrap_or(""), &["payment_id"])?;
+    let payment_id = filters.into_iter().next().map(|(_, v)| v);
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+        .await?;
+    let listing = tx
+        .list_refunds(&merchant_id, payment_id.as_deref(), &page.0)
+        .await
+        .map_err(|e| cursor_error(e, &page))?;
+    list_reply(
+        "/v1/refunds",
+        listing.items.iter().map(refund_json).collect(),
+        listing.has_more,
+    )
+}
+
+pub fn refund_json(r: &Refund) -> Value {
+    json!({
+        "id": r.id,
+        "object": "refund",
+        "payment_id": r.payment_id,
+        "amount": r.amount,
+        "currency": r.currency.code(),
+        "status": r.status.as_str(),
+        "reason": r.reason,
+        "metadata": r.metadata,
+        "failure_code": r.failure_code,
+        "created": r.created_at.to_rfc3339(),
+        "updated": r.updated_at.to_rfc3339(),
+    })
+}

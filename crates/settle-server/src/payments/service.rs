@@ -1,0 +1,810 @@
+//! The payment flows: claim the payment, call connectors, post to the ledger, store the result.
+//!
+//! Every flow that calls a connector has three steps, none holding a database transaction
+//! across the network call:
+//! 1. **claim** — one short transaction decides the command against the stored payment and
+//!    stores it with `claimed_until` set (and `processing` for a confirm), compare-and-set on
+//!    `version`: of concurrent commands exactly one claims, the others answer 409;
+//! 2. **act** — the connector call(s), then the ledger transfers through the group-commit
+//!    writer. Transfer ids derive from the payment id, so a step run twice is an `exists`;
+//! 3. **finish** — one transaction stores the payment at the version it claimed, its status
+//!    history, its attempts, the audit row and the idempotency record.
+//!
+//! A crash between 1 and 3 leaves a claim that expires; the sync job then resolves a payment
+//! stuck in `processing` with its connector, and the client may retry any other command.
+
+use std::time::Instant;
+
+use serde_json::json;
+use settle_connectors::{AuthorizeRequest, CardData, ConnectorError, ProviderStatus};
+use settle_domain::{
+    ledger::{Account, Balances, Key, TransferRequest, TransferResult},
+    payment::{
+        self, Attempt, AuthorizationOutcome, CaptureMethod, Command, Decision, Payment, PaymentError, PaymentStatus,
+        Refusal, StatusChange,
+    },
+    postings,
+    routing::{RouteInput, Rule},
+    tenancy::AuditEntry,
+    Currency,
+};
+use settle_store::{Mode, Scope, Tx};
+
+use crate::{
+    context::{insert_idempotency, Ctx, Reply},
+    error::ApiError,
+    payments::connectors::{Candidate, FAILOVER_CANDIDATES_MAX},
+    AppState,
+};
+
+/// How long a claim protects a payment: longer than the slowest failover (each candidate's
+/// authorize, sync and void calls, each bounded by the connector timeout).
+pub const CLAIM_SECONDS: i64 = 120;
+
+/// Who asked: a client request (with its context) or a job.
+pub struct Actor<'a> {
+    pub ctx: Option<&'a Ctx>,
+    /// `reason` of the status changes a job makes (`expired`, `sync`).
+    pub reason: Option<&'a str>,
+}
+
+impl Actor<'_> {
+    fn request_id(&self) -> Option<String> {
+        self.ctx.and_then(|c| c.request_id.clone())
+    }
+}
+
+pub fn refusal(r: Refusal) -> ApiError {
+    match r {
+        Refusal::IllegalTransition { status, .. } | Refusal::InProgress(status) => ApiError::Conflict {
+            code: if matches!(r, Refusal::InProgress(_)) {
+                "payment_in_progress"
+            } else {
+                "payment_unexpected_state"
+            },
+            message: format!("{} (current status: {})", r.message(), status.as_str()),
+            param: None,
+        },
+        Refusal::MissingPaymentMethod => ApiError::Invalid {
+            code: "parameter_missing",
+            message: r.message(),
+            param: Some("payment_method".into()),
+        },
+        Refusal::CaptureAmount { .. } => ApiError::invalid("amount", r.message()),
+    }
+}
+
+/// A status history row for `from → to`.
+pub fn change(
+    state: &AppState,
+    from: Option<&Payment>,
+    to: &Payment,
+    actor: &Actor<'_>,
+    error_code: Option<String>,
+) -> StatusChange {
+    StatusChange {
+        merchant_id: to.merchant_id.clone(),
+        id: state.ids.make("pev"),
+        payment_id: to.id.clone(),
+        from_status: from.map(|p| p.status),
+        to_status: to.status,
+        reason: actor.reason.map(str::to_owned).or_else(|| {
+            to.cancellation_reason
+                .clone()
+                .filter(|_| to.status == PaymentStatus::Canceled)
+        }),
+        connector: to.connector_name.clone(),
+        error_code,
+        request_id: actor.request_id(),
+        created_at: state.clock.now(),
+    }
+}
+
+/// Step 1: decides `command` and stores the claim. `attach` runs inside the transaction
+/// before the decision (a new payment method for confirm).
+pub async fn claim(
+    state: &AppState,
+    merchant_id: &str,
+    id: &str,
+    command: &Command,
+    new_method: Option<&str>,
+    actor: &Actor<'_>,
+) -> Result<(Payment, Decision), ApiError> {
+    let now = state.clock.now();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Write)
+        .await?;
+    let mut payment = tx
+        .get_payment(merchant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment", id))?;
+    let before = payment.clone();
+    let decision = payment::decide(&payment, command, new_method.is_some(), now).map_err(refusal)?;
+    if let Some(method) = new_method {
+        payment.payment_method_id = Some(method.to_owned());
+    }
+    let until = now.checked_add_seconds(CLAIM_SECONDS).unwrap_or(now);
+    let claimed = payment::claimed(&payment, &decision, now, until);
+    if !tx.update_payment(&claimed, before.version).await? {
+        let current = tx
+            .get_payment(merchant_id, id)
+            .await?
+            .map_or(before.status, |p| p.status);
+        return Err(refusal(Refusal::InProgress(current)));
+    }
+    if claimed.status != before.status {
+        tx.insert_status_changes(&[change(state, Some(&before), &claimed, actor, None)])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok((claimed, decision))
+}
+
+/// Step 3: stores `next` over the claimed payment with its history, attempts and audit rows,
+/// and (for a client request) the idempotency record with `reply`.
+#[allow(clippy::too_many_arguments)]
+pub async fn finish(
+    state: &AppState,
+    claimed: &Payment,
+    next: &Payment,
+    changes: &[StatusChange],
+    attempts: &[Attempt],
+    audit: &[AuditEntry],
+    actor: &Actor<'_>,
+    reply: Option<&Reply>,
+) -> Result<(), ApiError> {
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(claimed.merchant_id.clone()), Mode::Write)
+        .await?;
+    if !tx.update_payment(next, claimed.version).await? {
+        return Err(ApiError::Internal(format!(
+            "payment {} changed while claimed (the claim expired)",
+            claimed.id
+        )));
+    }
+    tx.insert_attempts(attempts).await?;
+    tx.insert_status_changes(changes).await?;
+    tx.insert_audit(audit).await?;
+    if let (Some(ctx), Some(reply)) = (actor.ctx, reply) {
+        if let Some(record) = ctx.idempotency_record(reply, state.clock.now()) {
+            insert_idempotency(tx.as_mut(), &record).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Claims a payment for a job without a command (the sync job on a `processing` payment).
+/// `None` when another process changed or claimed it first.
+pub async fn claim_as_is(state: &AppState, payment: &Payment) -> Result<Option<Payment>, ApiError> {
+    let now = state.clock.now();
+    let mut claimed = payment.clone();
+    claimed.claimed_until = Some(now.checked_add_seconds(CLAIM_SECONDS).unwrap_or(now));
+    claimed.version += 1;
+    claimed.updated_at = now;
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(payment.merchant_id.clone()), Mode::Write)
+        .await?;
+    if !tx.update_payment(&claimed, payment.version).await? {
+        return Ok(None);
+    }
+    tx.commit().await?;
+    Ok(Some(claimed))
+}
+
+/// Asks the connector about an earlier authorization attempt; records the call.
+pub async fn sync_attempt(
+    state: &AppState,
+    payment: &Payment,
+    candidate: &Candidate,
+    earlier: &Attempt,
+    actor: &Actor<'_>,
+    attempts: &mut Vec<Attempt>,
+) -> Option<ProviderStatus> {
+    let started = Instant::now();
+    let provider_ref = earlier.provider_ref.as_deref().or(payment.provider_ref.as_deref());
+    match candidate.connector.sync(provider_ref, &earlier.id).await {
+        Ok(status) => {
+            let outcome = match &status {
+                ProviderStatus::Authorized | ProviderStatus::Captured => "succeeded",
+                ProviderStatus::Processing => "processing",
+                ProviderStatus::Declined(_) => "declined",
+                ProviderStatus::Voided | ProviderStatus::NotFound => "not_found",
+            };
+            attempts.push(attempt(
+                state,
+                payment,
+                "sync",
+                candidate,
+                outcome,
+                None,
+                provider_ref,
+                started,
+                actor,
+            ));
+            Some(status)
+        }
+        Err(e) => {
+            attempts.push(attempt(
+                state,
+                payment,
+                "sync",
+                candidate,
+                outcome_of(&e),
+                Some(e.code()),
+                provider_ref,
+                started,
+                actor,
+            ));
+            None
+        }
+    }
+}
+
+/// Releases a claim without another change (a capture or void the connector refused).
+pub async fn release(state: &AppState, claimed: &Payment, attempts: &[Attempt]) -> Result<(), ApiError> {
+    let mut next = claimed.clone();
+    next.claimed_until = None;
+    next.version += 1;
+    next.updated_at = state.clock.now();
+    finish(
+        state,
+        claimed,
+        &next,
+        &[],
+        attempts,
+        &[],
+        &Actor {
+            ctx: None,
+            reason: None,
+        },
+        None,
+    )
+    .await
+}
+
+/// Makes sure the system accounts of `connector` and `currency` exist for the merchant.
+pub async fn ensure_chart(
+    state: &AppState,
+    merchant_id: &str,
+    connector: &str,
+    currency: Currency,
+) -> Result<(), ApiError> {
+    let key = format!("{merchant_id}/{connector}/{}", currency.code());
+    if state.charts.lock().is_ok_and(|c| c.contains(&key)) {
+        return Ok(());
+    }
+    let chart = postings::chart(connector, currency);
+    let keys: Vec<Key> = chart
+        .iter()
+        .map(|(id, _)| (merchant_id.to_owned(), id.clone()))
+        .collect();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Write)
+        .await?;
+    let existing = tx.get_accounts(&keys, false).await?;
+    for (id, flags) in chart {
+        if existing.iter().any(|a| a.id == id) {
+            continue;
+        }
+        let account = Account {
+            merchant_id: merchant_id.to_owned(),
+            id: id.clone(),
+            currency,
+            code: None,
+            name: Some(format!("Settle {}", id.trim_start_matches(postings::SYSTEM_PREFIX))),
+            flags,
+            metadata: json!({}),
+            balances: Balances::default(),
+            created_at: state.clock.now(),
+        };
+        match tx.insert_account(&account).await {
+            Ok(()) => {}
+            // Another process created it first: the transaction is unusable on PostgreSQL, so start over.
+            Err(e) if e.is_conflict_on("ledger_accounts") => {
+                return Box::pin(ensure_chart(state, merchant_id, connector, currency)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tx.commit().await?;
+    if let Ok(mut charts) = state.charts.lock() {
+        if charts.len() > 100_000 {
+            charts.clear();
+        }
+        charts.insert(key);
+    }
+    Ok(())
+}
+
+/// Posts transfers for a payment step; every one must be created or already exist.
+pub async fn post(state: &AppState, merchant_id: &str, requests: Vec<TransferRequest>) -> Result<(), PostError> {
+    let results = state
+        .writer
+        .post(merchant_id, requests, true)
+        .await
+        .map_err(|e| PostError::Write(format!("{e:?}")))?;
+    match results.into_iter().find_map(|r| match r {
+        TransferResult::Failed(e) => Some(e),
+        _ => None,
+    }) {
+        Some(e) => Err(PostError::Refused(e.code().to_owned(), e.message())),
+        None => Ok(()),
+    }
+}
+
+#[derive(Debug)]
+pub enum PostError {
+    /// The ledger refused a transfer (a payee account's limit, say).
+    Refused(String, String),
+    Write(String),
+}
+
+impl From<PostError> for ApiError {
+    fn from(e: PostError) -> Self {
+        match e {
+            PostError::Refused(code, message) => {
+                ApiError::Internal(format!("ledger refused a payment step: {code}: {message}"))
+            }
+            PostError::Write(e) => ApiError::Internal(format!("ledger write failed: {e}")),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attempt(
+    state: &AppState,
+    payment: &Payment,
+    operation: &str,
+    candidate: &Candidate,
+    outcome: &str,
+    error_code: Option<&str>,
+    provider_ref: Option<&str>,
+    started: Instant,
+    actor: &Actor<'_>,
+) -> Attempt {
+    Attempt {
+        merchant_id: payment.merchant_id.clone(),
+        id: state.ids.make("att"),
+        payment_id: payment.id.clone(),
+        operation: operation.to_owned(),
+        connector_account_id: candidate.account_id.clone(),
+        connector: candidate.connector_name.clone(),
+        outcome: outcome.to_owned(),
+        error_code: error_code.map(str::to_owned),
+        provider_ref: provider_ref.map(str::to_owned),
+        request_id: actor.request_id(),
+        latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        created_at: state.clock.now(),
+    }
+}
+
+fn declined(code: &str, message: &str, connector: Option<&str>) -> AuthorizationOutcome {
+    AuthorizationOutcome::Declined(PaymentError {
+        code: code.to_owned(),
+        message: message.to_owned(),
+        connector: connector.map(str::to_owned),
+    })
+}
+
+/// What a timed-out or failed authorization turned out to be, once synced (and voided).
+enum Unknown {
+    /// Nothing is held at that connector: try the next.
+    Cleared,
+    /// Something may be held and could not be voided: stop, the sync job resolves it.
+    Stuck(Option<String>),
+}
+
+/// Step 2 of a confirm: tries the candidates in order until one authorizes, a card decision
+/// ends the run, or the candidates run out. An attempt whose outcome is unknown (timeout,
+/// provider failure) is synced, and voided if it did authorize, before the next connector is
+/// tried, so the payment never holds two authorizations.
+pub async fn authorize(
+    state: &AppState,
+    payment: &Payment,
+    candidates: &[Candidate],
+    card: &CardData,
+    actor: &Actor<'_>,
+) -> (AuthorizationOutcome, Vec<Attempt>) {
+    let mut attempts = Vec::new();
+    let mut last = declined("no_connector_available", "no connector could be tried", None);
+    let mut tried = 0;
+    for candidate in candidates {
+        if tried == FAILOVER_CANDIDATES_MAX {
+            break;
+        }
+        let merchant = &payment.merchant_id;
+        let now = state.clock.now();
+        if !state.connectors.allow(merchant, &candidate.account_id, now) {
+            attempts.push(attempt(
+                state,
+                payment,
+                "authorize",
+                candidate,
+                "skipped",
+                Some("circuit_open"),
+                None,
+                Instant::now(),
+                actor,
+            ));
+            continue;
+        }
+        tried += 1;
+        let reference = state.ids.make("att");
+        let request = AuthorizeRequest {
+            reference: reference.clone(),
+            amount: payment.amount,
+            currency: payment.currency,
+            card: card.clone(),
+            description: payment.description.clone(),
+        };
+        let started = Instant::now();
+        let answer = candidate.connector.authorize(&request).await;
+        // The attempt's id is the reference the provider saw, so a lost answer can be synced.
+        let mut record = |outcome: &str, code: Option<&str>, provider_ref: Option<&str>| {
+            let mut a = attempt(
+                state,
+                payment,
+                "authorize",
+                candidate,
+                outcome,
+                code,
+                provider_ref,
+                started,
+                actor,
+            );
+            a.id = reference.clone();
+            attempts.push(a);
+        };
+        let name = Some(candidate.connector_name.as_str());
+        match answer {
+            Ok(auth) => {
+                let healthy = !matches!(&auth.status, ProviderStatus::Declined(d) if d.retryable());
+                state
+                    .connectors
+                    .record(merchant, &candidate.account_id, healthy, state.clock.now());
+                let (outcome, code) = match &auth.status {
+                    ProviderStatus::Authorized => ("succeeded", None),
+                    ProviderStatus::Processing => ("processing", None),
+                    ProviderStatus::Declined(d) => ("declined", Some(d.code.as_str())),
+                    _ => ("error", Some("unexpected_status")),
+                };
+                let provider_ref = Some(auth.provider_ref.as_str()).filter(|r| !r.is_empty());
+                record(outcome, code, provider_ref);
+                match auth.status {
+                    ProviderStatus::Authorized => {
+                        return (
+                            AuthorizationOutcome::Authorized {
+                                connector_account_id: candidate.account_id.clone(),
+                                connector_name: candidate.connector_name.clone(),
+                                provider_ref: auth.provider_ref,
+                            },
+                            attempts,
+                        )
+                    }
+                    ProviderStatus::Processing => {
+                        return (
+                            AuthorizationOutcome::Pending {
+                                connector_account_id: candidate.account_id.clone(),
+                                connector_name: candidate.connector_name.clone(),
+                                provider_ref: provider_ref.map(str::to_owned),
+                            },
+                            attempts,
+                        )
+                    }
+                    ProviderStatus::Declined(d) if d.retryable() => last = declined(&d.code, &d.message, name),
+                    ProviderStatus::Declined(d) => return (declined(&d.code, &d.message, name), attempts),
+                    _ => {
+                        last = declined(
+                            "connector_error",
+                            "the connector answered with an unexpected status",
+                            name,
+                        )
+                    }
+                }
+            }
+            Err(e) => {
+                state
+                    .connectors
+                    .record(merchant, &candidate.account_id, false, state.clock.now());
+                record(outcome_of(&e), Some(e.code()), None);
+                last = declined(e.code(), "the connector failed; no authorization was made", name);
+                if matches!(e, ConnectorError::Rejected(_)) {
+                    continue;
+                }
+                match resolve_unknown(state, payment, candidate, &reference, actor, &mut attempts).await {
+                    Unknown::Cleared => {}
+                    Unknown::Stuck(provider_ref) => {
+                        return (
+                            AuthorizationOutcome::Pending {
+                                connector_account_id: candidate.account_id.clone(),
+                                connector_name: candidate.connector_name.clone(),
+                                provider_ref,
+                            },
+                            attempts,
+                        )
+                    }
+                }
+            }
+        }
+    }
+    (last, attempts)
+}
+
+fn outcome_of(e: &ConnectorError) -> &'static str {
+    match e {
+        ConnectorError::Timeout => "timeout",
+        ConnectorError::Unavailable(_) | ConnectorError::Rejected(_) => "error",
+    }
+}
+
+/// Syncs an authorization whose answer was lost; voids it if the provider did authorize.
+async fn resolve_unknown(
+    state: &AppState,
+    payment: &Payment,
+    candidate: &Candidate,
+    reference: &str,
+    actor: &Actor<'_>,
+    attempts: &mut Vec<Attempt>,
+) -> Unknown {
+    let started = Instant::now();
+    let synced = candidate.connector.sync(None, reference).await;
+    match synced {
+        Ok(ProviderStatus::NotFound | ProviderStatus::Declined(_) | ProviderStatus::Voided) => {
+            attempts.push(attempt(
+                state,
+                payment,
+                "sync",
+                candidate,
+                "not_found",
+                None,
+                None,
+                started,
+                actor,
+            ));
+            Unknown::Cleared
+        }
+        Ok(_) => {
+            // The provider holds something under this reference; without its id it cannot be voided.
+            attempts.push(attempt(
+                state,
+                payment,
+                "sync",
+                candidate,
+                "processing",
+                None,
+                None,
+                started,
+                actor,
+            ));
+            Unknown::Stuck(None)
+        }
+        Err(e) => {
+            attempts.push(attempt(
+                state,
+                payment,
+                "sync",
+                candidate,
+                outcome_of(&e),
+                Some(e.code()),
+                None,
+                started,
+                actor,
+            ));
+            Unknown::Stuck(None)
+        }
+    }
+}
+
+/// The routing input and candidates for a payment.
+pub async fn candidates_for(
+    state: &AppState,
+    tx: &mut dyn Tx,
+    payment: &Payment,
+    brand: Option<settle_domain::card::CardBrand>,
+) -> Result<Vec<Candidate>, ApiError> {
+    let accounts = tx.list_connector_accounts(&payment.merchant_id).await?;
+    let rules: Option<Vec<Rule>> = match tx.get_routing(&payment.merchant_id).await? {
+        Some(v) => Some(
+            crate::payments::routing_rules(&v)
+                .map_err(|e| ApiError::Internal(format!("stored routing rules: {e:?}")))?,
+        ),
+        None => None,
+    };
+    let input = RouteInput {
+        currency: payment.currency,
+        amount: payment.amount,
+        brand,
+    };
+    state.connectors.candidates(
+        &state.vault,
+        &accounts,
+        rules.as_deref(),
+        payment.connector.as_deref(),
+        &input,
+    )
+}
+
+/// After a successful authorization: the ledger hold, then (automatic capture) the capture.
+/// Returns the payment as it stands and the status changes made.
+pub async fn after_authorization(
+    state: &AppState,
+    claimed: &Payment,
+    outcome: &AuthorizationOutcome,
+    actor: &Actor<'_>,
+    attempts: &mut Vec<Attempt>,
+) -> Result<(Payment, Vec<StatusChange>), ApiError> {
+    let now = state.clock.now();
+    let mut next = payment::authorization_ended(claimed, outcome, now);
+    let error_code = next.last_payment_error.as_ref().map(|e| e.code.clone());
+    let mut changes = vec![change(state, Some(claimed), &next, actor, error_code)];
+    if let AuthorizationOutcome::Authorized { connector_name, .. } = outcome {
+        ensure_chart(state, &next.merchant_id, connector_name, next.currency).await?;
+        post(
+            state,
+            &next.merchant_id,
+            vec![postings::authorization(&next, connector_name)],
+        )
+        .await?;
+        if next.capture_method == CaptureMethod::Automatic {
+            let before = next.clone();
+            next = capture_now(state, &next, next.amount, actor, attempts).await?;
+            changes.push(change(state, Some(&before), &next, actor, None));
+        }
+    }
+    Ok((next, changes))
+}
+
+/// Captures at the connector and in the ledger; the payment must hold an authorization.
+pub async fn capture_now(
+    state: &AppState,
+    payment: &Payment,
+    amount: i64,
+    actor: &Actor<'_>,
+    attempts: &mut Vec<Attempt>,
+) -> Result<Payment, ApiError> {
+    let candidate = candidate_of(state, payment).await?;
+    let provider_ref = payment.provider_ref.clone().unwrap_or_default();
+    let started = Instant::now();
+    let result = candidate
+        .connector
+        .capture(&provider_ref, amount, payment.currency)
+        .await;
+    match result {
+        Ok(()) => attempts.push(attempt(
+            state,
+            payment,
+            "capture",
+            &candidate,
+            "succeeded",
+            None,
+            Some(&provider_ref),
+            started,
+            actor,
+        )),
+        Err(e) => {
+            attempts.push(attempt(
+                state,
+                payment,
+                "capture",
+                &candidate,
+                outcome_of(&e),
+                Some(e.code()),
+                Some(&provider_ref),
+                started,
+                actor,
+            ));
+            return Err(ApiError::Upstream {
+                code: e.code(),
+                message: format!("the connector did not capture: {e}"),
+            });
+        }
+    }
+    let batch = postings::capture(payment, amount)
+        .ok_or_else(|| ApiError::Internal("capture shares do not allocate".into()))?;
+    post(state, &payment.merchant_id, batch).await?;
+    Ok(payment::captured(payment, amount, state.clock.now()))
+}
+
+/// Voids at the connector and in the ledger.
+pub async fn void_now(
+    state: &AppState,
+    payment: &Payment,
+    actor: &Actor<'_>,
+    attempts: &mut Vec<Attempt>,
+) -> Result<(), ApiError> {
+    let candidate = candidate_of(state, payment).await?;
+    let provider_ref = payment.provider_ref.clone().unwrap_or_default();
+    let started = Instant::now();
+    match candidate.connector.void(&provider_ref).await {
+        Ok(()) => attempts.push(attempt(
+            state,
+            payment,
+            "void",
+            &candidate,
+            "succeeded",
+            None,
+            Some(&provider_ref),
+            started,
+            actor,
+        )),
+        Err(e) => {
+            attempts.push(attempt(
+                state,
+                payment,
+                "void",
+                &candidate,
+                outcome_of(&e),
+                Some(e.code()),
+                Some(&provider_ref),
+                started,
+                actor,
+            ));
+            return Err(ApiError::Upstream {
+                code: e.code(),
+                message: format!("the connector did not void the authorization: {e}"),
+            });
+        }
+    }
+    post(state, &payment.merchant_id, vec![postings::void(payment)]).await?;
+    Ok(())
+}
+
+/// The connector holding the payment's authorization.
+pub async fn candidate_of(state: &AppState, payment: &Payment) -> Result<Candidate, ApiError> {
+    let account_id = payment
+        .connector_account_id
+        .as_deref()
+        .ok_or_else(|| ApiError::Internal(format!("payment {} has no connector account", payment.id)))?;
+    candidate_by_id(state, &payment.merchant_id, account_id).await
+}
+
+/// A merchant's connector account (or the built-in sandbox), ready to call.
+pub async fn candidate_by_id(state: &AppState, merchant_id: &str, account_id: &str) -> Result<Candidate, ApiError> {
+    let account = {
+        let mut tx = state
+            .store
+            .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Read)
+            .await?;
+        tx.get_connector_account(merchant_id, account_id).await?
+    };
+    state.connectors.for_account(&state.vault, account_id, account.as_ref())
+}
+
+/// Capture or cancel of a claimed payment (steps 2 and 3); returns the stored payment.
+pub async fn settle_claim(
+    state: &AppState,
+    claimed: &Payment,
+    decision: &Decision,
+    reason: Option<String>,
+    actor: &Actor<'_>,
+    render: &(dyn Fn(&Payment) -> Result<Reply, ApiError> + Sync),
+    audit: &[AuditEntry],
+) -> Result<(Payment, Reply), ApiError> {
+    let mut attempts = Vec::new();
+    let acted = match decision {
+        Decision::Capture { amount } => capture_now(state, claimed, *amount, actor, &mut attempts).await,
+        Decision::Cancel { void: true } => void_now(state, claimed, actor, &mut attempts)
+            .await
+            .map(|()| payment::canceled(claimed, reason.clone(), state.clock.now())),
+        Decision::Cancel { void: false } => Ok(payment::canceled(claimed, reason.clone(), state.clock.now())),
+        Decision::Authorize | Decision::MethodAttached => {
+            return Err(ApiError::Internal("settle_claim called for an authorization".into()))
+        }
+    };
+    let next = match acted {
+        Ok(next) => next,
+        Err(e) => {
+            release(state, claimed, &attempts).await?;
+            return Err(e);
+        }
+    };
+    let reply = render(&next)?;
+    let changes = [change(state, Some(claimed), &next, actor, None)];
+    finish(state, claimed, &next, &changes, &attempts, audit, actor, Some(&reply)).await?;
+    Ok((next, reply))
+}

@@ -1,0 +1,639 @@
+//! Payments: the state machine over HTTP, ledger postings with splits, refunds and their race,
+//! routing with failover and the circuit breaker, the vault, the jobs.
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+use settle_server::payments::jobs;
+
+use crate::harness::{Merchant, Resp, TestApp, CAPTURED_LOGS};
+
+const VISA: &str = "4242424242424242";
+
+fn card(number: &str) -> Value {
+    json!({ "type": "card", "card": { "number": number, "exp_month": 12, "exp_year": 2099, "cvc": "123" } })
+}
+
+impl TestApp {
+    async fn pay(&self, m: &Merchant, body: Value) -> Resp {
+        self.post("/v1/payments", &m.key, body).await
+    }
+
+    async fn authorized(&self, m: &Merchant, amount: i64, extra: Value) -> String {
+        let mut body = json!({ "amount": amount, "currency": "USD", "capture_method": "manual",
+                               "confirm": true, "payment_method": card(VISA) });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let r = self.pay(m, body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.json["status"], "requires_capture", "{}", r.text);
+        r.json["id"].as_str().expect("id").to_owned()
+    }
+
+    async fn ledger_balance(&self, m: &Merchant, account: &str) -> i64 {
+        let r = self.get(&format!("/v1/ledger/accounts/{account}"), &m.key).await;
+        assert_eq!(r.status, StatusCode::OK, "{account}: {}", r.text);
+        r.json["balance"].as_i64().expect("balance")
+    }
+
+    async fn sandbox_account(&self, m: &Merchant, credentials: Value) -> String {
+        let r = self
+            .post(
+                "/v1/connector_accounts",
+                &m.key,
+                json!({ "connector": "sandbox", "credentials": credentials }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.json["id"].as_str().expect("id").to_owned()
+    }
+}
+
+async fn automatic_capture_moves_the_money_and_keeps_a_history(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let r = app
+        .pay(
+            &m,
+            json!({ "amount": 1050, "currency": "USD", "confirm": true, "payment_method": card(VISA),
+                         "customer": { "email": "Ann@Example.test", "name": "Ann" } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json["status"], "succeeded");
+    assert_eq!(r.json["amount_captured"], 1050);
+    assert_eq!(r.json["customer"]["email"], "ann@example.test");
+    let id = r.json["id"].as_str().expect("id");
+    assert_eq!(app.ledger_balance(&m, "settle:clearing:sandbox:USD").await, 1050);
+    assert_eq!(app.ledger_balance(&m, "settle:merchant_pending:USD").await, 1050);
+    let events = app.get(&format!("/v1/payments/{id}/events"), &m.key).await;
+    let path: Vec<&str> = events.json["data"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["to"].as_str().expect("to"))
+        .collect();
+    assert_eq!(
+        path,
+        ["requires_confirmation", "processing", "requires_capture", "succeeded"]
+    );
+    let listed = app
+        .get("/v1/payments?customer_email=ann@example.test&status=succeeded", &m.key)
+        .await;
+    assert_eq!(listed.json["data"].as_array().map(Vec::len), Some(1), "{}", listed.text);
+    app.verify_ok().await;
+}
+
+async fn partial_capture_releases_the_rest(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let id = app.authorized(&m, 1000, json!({})).await;
+    assert_eq!(
+        app.ledger_balance(&m, "settle:clearing:sandbox:USD").await,
+        0,
+        "a hold is not a balance"
+    );
+    let too_much = app
+        .post(&format!("/v1/payments/{id}/capture"), &m.key, json!({ "amount": 1001 }))
+        .await;
+    assert_eq!(too_much.status, StatusCode::BAD_REQUEST);
+    assert_eq!(too_much.param(), "amount");
+    let r = app
+        .post(&format!("/v1/payments/{id}/capture"), &m.key, json!({ "amount": 600 }))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["status"], "succeeded");
+    assert_eq!(r.json["amount_captured"], 600);
+    assert_eq!(app.ledger_balance(&m, "settle:clearing:sandbox:USD").await, 600);
+    let clearing = app.get("/v1/ledger/accounts/settle:clearing:sandbox:USD", &m.key).await;
+    assert_eq!(
+        clearing.json["debits_pending"], 0,
+        "the remainder is released: {}",
+        clearing.text
+    );
+    app.verify_ok().await;
+}
+
+async fn illegal_transitions_answer_409_naming_the_status(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let r = app.pay(&m, json!({ "amount": 500, "currency": "USD" })).await;
+    let id = r.json["id"].as_str().expect("id");
+    assert_eq!(r.json["status"], "requires_payment_method");
+    let capture = app.post(&format!("/v1/payments/{id}/capture"), &m.key, json!({})).await;
+    assert_eq!(capture.status, StatusCode::CONFLICT);
+    assert!(capture.text.contains("requires_payment_method"), "{}", capture.text);
+    let confirm = app.post(&format!("/v1/payments/{id}/confirm"), &m.key, json!({})).await;
+    assert_eq!(confirm.status, StatusCode::BAD_REQUEST);
+    assert_eq!(confirm.param(), "payment_method");
+    let cancel = app
+        .post(
+            &format!("/v1/payments/{id}/cancel"),
+            &m.key,
+            json!({ "reason": "abandoned" }),
+        )
+        .await;
+    assert_eq!(cancel.json["status"], "canceled", "{}", cancel.text);
+    let again = app.post(&format!("/v1/payments/{id}/cancel"), &m.key, json!({})).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(again.text.contains("canceled"), "{}", again.text);
+}
+
+async fn a_decline_can_be_retried_with_another_card(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let r = app
+        .pay(
+            &m,
+            json!({ "amount": 700, "currency": "USD", "confirm": true,
+                         "payment_method": card("4000000000009995") }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json["status"], "requires_payment_method");
+    assert_eq!(r.json["last_payment_error"]["code"], "insufficient_funds");
+    let id = r.json["id"].as_str().expect("id");
+    let retry = app
+        .post(
+            &format!("/v1/payments/{id}/confirm"),
+            &m.key,
+            json!({ "payment_method": card(VISA) }),
+        )
+        .await;
+    assert_eq!(retry.json["status"], "succeeded", "{}", retry.text);
+    assert_eq!(retry.json["last_payment_error"], Value::Null);
+    app.verify_ok().await;
+}
+
+async fn splits_and_fee_are_allocated_to_the_cent(app: TestApp) {
+    let m = app.merchant("market").await;
+    for payee in ["venue", "artist"] {
+        app.account(&m, payee, json!({})).await;
+    }
+    let id = app
+        .authorized(
+            &m,
+            1000,
+            json!({ "splits": [{ "payee_account_id": "venue", "amount": 333 }, { "payee_account_id": "artist", "amount": 333 }],
+                    "application_fee_amount": 101 }),
+        )
+        .await;
+    let r = app
+        .post(&format!("/v1/payments/{id}/capture"), &m.key, json!({ "amount": 999 }))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let venue = app.ledger_balance(&m, "venue").await;
+    let artist = app.ledger_balance(&m, "artist").await;
+    let fee = app.ledger_balance(&m, "settle:platform_fees:USD").await;
+    let merchant = app.ledger_balance(&m, "settle:merchant_pending:USD").await;
+    assert_eq!(venue + artist + fee + merchant, 999, "no cent lost");
+    // Largest remainders: 999 × (233, 333, 333, 101) / 1000 leaves 3 units for the fee (.899),
+    // the merchant (.767) and the first payee (.667, tied with the second, which comes later).
+    assert_eq!((venue, artist, fee, merchant), (333, 332, 101, 233));
+    // Refund everything: each share gives back exactly what it received.
+    let refund = app.post("/v1/refunds", &m.key, json!({ "payment_id": id })).await;
+    assert_eq!(refund.json["status"], "succeeded", "{}", refund.text);
+    for account in [
+        "venue",
+        "artist",
+        "settle:platform_fees:USD",
+        "settle:merchant_pending:USD",
+        "settle:clearing:sandbox:USD",
+    ] {
+        assert_eq!(app.ledger_balance(&m, account).await, 0, "{account}");
+    }
+    app.verify_ok().await;
+}
+
+async fn partial_refunds_never_exceed_the_capture(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let r = app
+        .pay(
+            &m,
+            json!({ "amount": 1000, "currency": "USD", "confirm": true, "payment_method": card(VISA) }),
+        )
+        .await;
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    let router = app.router.clone();
+    let key = m.key.clone();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (router, key, id) = (router.clone(), key.clone(), id.clone());
+            tokio::spawn(async move {
+                let body = json!({ "payment_id": id, "amount": 150 }).to_string();
+                crate::harness::call(&router, axum::http::Method::POST, "/v1/refunds", &key, Some(&body), &[]).await
+            })
+        })
+        .collect();
+    let mut succeeded = 0;
+    for t in tasks {
+        let r = t.await.expect("task");
+        match r.status {
+            StatusCode::OK => {
+                assert_eq!(r.json["status"], "succeeded", "{}", r.text);
+                succeeded += 1;
+            }
+            StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(r.code(), "amount_too_large", "{}", r.text),
+            other => panic!("unexpected {other}: {}", r.text),
+        }
+    }
+    assert_eq!(succeeded, 6, "exactly the refunds that fit (6 × 150 ≤ 1000 < 7 × 150)");
+    let p = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+    assert_eq!(p.json["amount_refunded"], 900);
+    assert_eq!(p.json["refund_status"], "partial");
+    let last = app.post("/v1/refunds", &m.key, json!({ "payment_id": id })).await;
+    assert_eq!(last.json["amount"], 100, "the rest: {}", last.text);
+    assert_eq!(app.ledger_balance(&m, "settle:clearing:sandbox:USD").await, 0);
+    app.verify_ok().await;
+}
+
+async fn concurrent_commands_on_one_payment_have_one_winner(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let id = app.authorized(&m, 1000, json!({})).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (router, key, id) = (app.router.clone(), m.key.clone(), id.clone());
+            tokio::spawn(async move {
+                let action = if i % 2 == 0 { "capture" } else { "cancel" };
+                crate::harness::call(
+                    &router,
+                    axum::http::Method::POST,
+                    &format!("/v1/payments/{id}/{action}"),
+                    &key,
+                    Some("{}"),
+                    &[],
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        let r = t.await.expect("task");
+        match r.status {
+            StatusCode::OK => wins += 1,
+            StatusCode::CONFLICT => {}
+            other => panic!("unexpected {other}: {}", r.text),
+        }
+    }
+    assert_eq!(wins, 1);
+    app.verify_ok().await;
+}
+
+async fn failover_tries_the_next_connector_after_a_failure(app: TestApp) {
+    let m = app.merchant("shop").await;
+    for failure in ["server_error", "timeout"] {
+        let broken = app.sandbox_account(&m, json!({ "failure": failure })).await;
+        let healthy = app.sandbox_account(&m, json!({})).await;
+        let rules = json!({ "rules": [{ "connector_account_id": broken }, { "connector_account_id": healthy }] });
+        let r = app.post("/v1/routing", &m.key, rules).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let p = app
+            .pay(
+                &m,
+                json!({ "amount": 900, "currency": "USD", "confirm": true, "payment_method": card(VISA) }),
+            )
+            .await;
+        assert_eq!(p.json["status"], "succeeded", "{}", p.text);
+        assert_eq!(p.json["connector_account_id"], healthy.as_str());
+        let id = p.json["id"].as_str().expect("id");
+        let attempts = app.get(&format!("/v1/payments/{id}/attempts"), &m.key).await;
+        let seen: Vec<(String, String, String)> = attempts.json["data"]
+            .as_array()
+            .expect("attempts")
+            .iter()
+            .map(|a| {
+                (
+                    a["connector_account_id"].as_str().unwrap_or("").to_owned(),
+                    a["operation"].as_str().unwrap_or("").to_owned(),
+                    a["outcome"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        let expected_failure = if failure == "timeout" { "timeout" } else { "error" };
+        assert_eq!(
+            seen,
+            vec![
+                (broken.clone(), "authorize".into(), expected_failure.into()),
+                (broken.clone(), "sync".into(), "not_found".into()),
+                (healthy.clone(), "authorize".into(), "succeeded".into()),
+                (healthy.clone(), "capture".into(), "succeeded".into()),
+            ],
+            "{failure}"
+        );
+    }
+    app.verify_ok().await;
+}
+
+async fn a_failing_connector_is_skipped_once_its_circuit_opens(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let broken = app.sandbox_account(&m, json!({ "failure": "server_error" })).await;
+    let healthy = app.sandbox_account(&m, json!({})).await;
+    app.post(
+        "/v1/routing",
+        &m.key,
+        json!({ "rules": [{ "connector_account_id": broken }, { "connector_account_id": healthy }] }),
+    )
+    .await;
+    let mut skipped = 0;
+    for _ in 0..7 {
+        let p = app
+            .pay(
+                &m,
+                json!({ "amount": 100, "currency": "USD", "confirm": true, "payment_method": card(VISA) }),
+            )
+            .await;
+        assert_eq!(p.json["status"], "succeeded", "{}", p.text);
+        let id = p.json["id"].as_str().expect("id");
+        let attempts = app.get(&format!("/v1/payments/{id}/attempts"), &m.key).await;
+        skipped += attempts.json["data"]
+            .as_array()
+            .expect("attempts")
+            .iter()
+            .filter(|a| a["outcome"] == "skipped")
+            .count();
+    }
+    assert_eq!(
+        skipped, 2,
+        "5 failures open the circuit; the next 2 payments skip the account"
+    );
+    let account = app.get(&format!("/v1/connector_accounts/{broken}"), &m.key).await;
+    assert_eq!(account.json["circuit"], "open", "{}", account.text);
+    app.clock.advance_seconds(31);
+    let p = app
+        .pay(
+            &m,
+            json!({ "amount": 100, "currency": "USD", "confirm": true, "payment_method": card(VISA) }),
+        )
+        .await;
+    let attempts = app
+        .get(
+            &format!("/v1/payments/{}/attempts", p.json["id"].as_str().expect("id")),
+            &m.key,
+        )
+        .await;
+    assert_eq!(
+        attempts.json["data"][0]["outcome"], "error",
+        "half-open lets one trial through: {}",
+        attempts.text
+    );
+}
+
+async fn card_numbers_and_cvcs_are_never_at_rest(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let number = "5555555555554444";
+    let cvc = "987";
+    let pm = app
+        .post(
+            "/v1/payment_methods",
+            &m.key,
+            json!({ "type": "card", "card": { "number": number, "exp_month": 1, "exp_year": 2099, "cvc": cvc } }),
+        )
+        .await;
+    assert_eq!(pm.status, StatusCode::CREATED, "{}", pm.text);
+    assert_eq!(pm.json["card"]["last4"], "4444");
+    assert_eq!(pm.json["card"]["brand"], "mastercard");
+    let pm_id = pm.json["id"].as_str().expect("id");
+    let again = app
+        .post(
+            "/v1/payment_methods",
+            &m.key,
+            json!({ "type": "card", "card": { "number": number, "exp_month": 1, "exp_year": 2099 } }),
+        )
+        .await;
+    assert_eq!(
+        again.json["card"]["fingerprint"], pm.json["card"]["fingerprint"],
+        "one card, one fingerprint"
+    );
+    let p = app
+        .pay(
+            &m,
+            json!({ "amount": 2500, "currency": "USD", "confirm": true, "payment_method": pm_id }),
+        )
+        .await;
+    assert_eq!(p.json["status"], "succeeded", "{}", p.text);
+    let bad = app
+        .pay(&m, json!({ "amount": 100, "currency": "USD", "payment_method": { "type": "card", "card": { "number": "5555555555554445", "exp_month": 1, "exp_year": 2099, "cvc": cvc } } }))
+        .await;
+    assert_eq!(bad.param(), "payment_method.card.number");
+    assert!(!bad.text.contains("555555555555444"), "{}", bad.text);
+    app.post("/v1/refunds", &m.key, json!({ "payment_id": p.json["id"] }))
+        .await;
+    let dump = app.dump_all_tables().await;
+    assert!(dump.len() > 1000, "the dump has the data: {} bytes", dump.len());
+    assert!(dump.contains("4444"), "last4 is stored");
+    assert!(!dump.contains(number), "card number at rest");
+    assert!(
+        !dump.contains(&format!("\"{cvc}\"")) && !dump.contains(&format!("cvc{cvc}")),
+        "cvc at rest"
+    );
+    let logs = String::from_utf8_lossy(&CAPTURED_LOGS.lock().expect("logs")).into_owned();
+    assert!(!logs.contains(number), "card number in a log line");
+    assert!(!logs.contains(&format!("\"{cvc}\"")), "cvc in a log line");
+}
+
+async fn bad_input_names_the_field(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({ "currency": "USD" }), "amount"),
+        (json!({ "amount": 0, "currency": "USD" }), "amount"),
+        (json!({ "amount": "10", "currency": "USD" }), "amount"),
+        (json!({ "amount": 100 }), "currency"),
+        (json!({ "amount": 100, "currency": "XXX" }), "currency"),
+        (
+            json!({ "amount": 100, "currency": "USD", "capture_method": "later" }),
+            "capture_method",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "confirm": true }),
+            "payment_method",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "payment_method": 7 }),
+            "payment_method",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "payment_method": "pm_missing" }),
+            "payment_method",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "payment_method": { "type": "bank" } }),
+            "payment_method.type",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "payment_method": { "type": "card", "card": { "exp_month": 1, "exp_year": 2099 } } }),
+            "payment_method.card.number",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "payment_method": { "type": "card", "card": { "number": "4242424242424241", "exp_month": 1, "exp_year": 2099 } } }),
+            "payment_method.card.number",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "payment_method": { "type": "card", "card": { "number": VISA, "exp_month": 13, "exp_year": 2099 } } }),
+            "payment_method.card.exp_month",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "payment_method": { "type": "card", "card": { "number": VISA, "exp_month": 1, "exp_year": 2001 } } }),
+            "payment_method.card.exp_year",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "payment_method": { "type": "card", "card": { "number": VISA, "exp_month": 1, "exp_year": 2099, "cvc": "12" } } }),
+            "payment_method.card.cvc",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "customer": { "email": "nope" } }),
+            "customer.email",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "customer": { "name": "x" } }),
+            "customer.email",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "metadata": { "k": 1 } }),
+            "metadata.k",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "splits": [{ "payee_account_id": "nobody", "amount": 10 }] }),
+            "splits[0].payee_account_id",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "splits": [{ "payee_account_id": "a", "amount": 0 }] }),
+            "splits[0].amount",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "application_fee_amount": -1 }),
+            "application_fee_amount",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "application_fee_amount": 101 }),
+            "splits",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "connector": "paypal" }),
+            "connector",
+        ),
+        (json!({ "amount": 100, "currency": "USD", "surprise": 1 }), "surprise"),
+    ];
+    for (body, param) in cases {
+        let r = app.pay(&m, body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        assert_eq!(r.param(), param, "{body}: {}", r.text);
+    }
+    let too_big = app.pay(&m, json!({ "amount": 10_000_001, "currency": "USD" })).await;
+    assert_eq!(too_big.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(too_big.param(), "amount");
+    // JPY has exponent 0: the default limit is ¥1 to ¥100,000.
+    let yen = app.pay(&m, json!({ "amount": 100_000, "currency": "JPY" })).await;
+    assert_eq!(yen.status, StatusCode::CREATED, "{}", yen.text);
+    let yen = app.pay(&m, json!({ "amount": 100_001, "currency": "JPY" })).await;
+    assert_eq!(yen.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", yen.text);
+    let bad_refund = app
+        .post("/v1/refunds", &m.key, json!({ "payment_id": "pay_nope" }))
+        .await;
+    assert_eq!(bad_refund.param(), "payment_id");
+    let bad_rules = app
+        .post(
+            "/v1/routing",
+            &m.key,
+            json!({ "rules": [{ "connector_account_id": "mca_nope" }] }),
+        )
+        .await;
+    assert_eq!(bad_rules.param(), "rules[0].connector_account_id");
+    let bad_list = app.get("/v1/payments?status=paid", &m.key).await;
+    assert_eq!(bad_list.param(), "status");
+}
+
+async fn payments_of_other_merchants_are_not_found(app: TestApp) {
+    let a = app.merchant("a").await;
+    let b = app.merchant("b").await;
+    let id = app.authorized(&a, 100, json!({})).await;
+    for path in [
+        format!("/v1/payments/{id}"),
+        format!("/v1/payments/{id}/events"),
+        format!("/v1/payments/{id}/attempts"),
+    ] {
+        assert_eq!(app.get(&path, &b.key).await.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let capture = app.post(&format!("/v1/payments/{id}/capture"), &b.key, json!({})).await;
+    assert_eq!(capture.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.get("/v1/payments", &b.key).await.json["data"], json!([]));
+}
+
+async fn delayed_payments_are_resolved_by_the_sync_job(app: TestApp) {
+    let m = app.merchant("shop").await;
+    app.sandbox_account(&m, json!({ "resolve_after_seconds": 0 })).await;
+    let p = app
+        .pay(
+            &m,
+            json!({ "amount": 1200, "currency": "USD", "confirm": true, "payment_method": card("4000000000000077") }),
+        )
+        .await;
+    assert_eq!(p.json["status"], "processing", "{}", p.text);
+    let id = p.json["id"].as_str().expect("id");
+    app.clock.advance_seconds(10);
+    let changed = jobs::try_execute_payment_sync(app.state()).await.expect("sync");
+    assert_eq!(changed, 1);
+    let after = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+    assert_eq!(after.json["status"], "succeeded", "{}", after.text);
+    assert_eq!(
+        jobs::try_execute_payment_sync(app.state()).await.expect("sync"),
+        0,
+        "idempotent"
+    );
+    app.verify_ok().await;
+}
+
+async fn uncaptured_authorizations_expire(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let id = app.authorized(&m, 800, json!({})).await;
+    assert_eq!(
+        jobs::try_execute_authorization_expiry(app.state()).await.expect("job"),
+        0
+    );
+    app.clock.advance_seconds(7 * 24 * 3600 + 1);
+    assert_eq!(
+        jobs::try_execute_authorization_expiry(app.state()).await.expect("job"),
+        1
+    );
+    let p = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+    assert_eq!(p.json["status"], "canceled");
+    assert_eq!(p.json["cancellation_reason"], "expired");
+    let clearing = app.get("/v1/ledger/accounts/settle:clearing:sandbox:USD", &m.key).await;
+    assert_eq!(clearing.json["debits_pending"], 0, "{}", clearing.text);
+    assert_eq!(
+        jobs::try_execute_authorization_expiry(app.state()).await.expect("job"),
+        0
+    );
+    app.verify_ok().await;
+}
+
+async fn reference_lists_are_served(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let c = app.get("/v1/currencies", &m.key).await;
+    let codes: Vec<&str> = c.json["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|c| c["code"].as_str())
+        .collect();
+    for code in ["USD", "EUR", "GBP", "JPY", "THB"] {
+        assert!(codes.contains(&code), "{code}");
+    }
+    let t = app.get("/v1/payment_method_types", &m.key).await;
+    assert_eq!(t.json["data"][0]["type"], "card");
+    assert_eq!(t.json["data"][0]["connectors"], json!(["sandbox", "stripe"]));
+}
+
+crate::conformance!(
+    automatic_capture_moves_the_money_and_keeps_a_history,
+    partial_capture_releases_the_rest,
+    illegal_transitions_answer_409_naming_the_status,
+    a_decline_can_be_retried_with_another_card,
+    splits_and_fee_are_allocated_to_the_cent,
+    partial_refunds_never_exceed_the_capture,
+    concurrent_commands_on_one_payment_have_one_winner,
+    failover_tries_the_next_connector_after_a_failure,
+    a_failing_connector_is_skipped_once_its_circuit_opens,
+    card_numbers_and_cvcs_are_never_at_rest,
+    bad_input_names_the_field,
+    payments_of_other_merchants_are_not_found,
+    delayed_payments_are_resolved_by_the_sync_job,
+    uncaptured_authorizations_expire,
+    reference_lists_are_served,
+);
