@@ -34,6 +34,8 @@ enum What {
     Ledger(LedgerArgs),
     /// The four scenarios of the foundation issue, plus pgbench, as one table.
     Suite(SuiteArgs),
+    /// Payments: create + confirm + capture through the sandbox connector, then verify.
+    Payments(crate::bench_payments::PaymentsArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -105,6 +107,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         What::Suite(s) => suite(&s).await,
+        What::Payments(p) => crate::bench_payments::run(&p).await,
     }
 }
 
@@ -138,7 +141,7 @@ impl Outcome {
 }
 
 /// A fresh database for one run: a temp SQLite file, or a new schema dropped afterwards.
-enum Fresh {
+pub enum Fresh {
     /// Held so that the directory lives as long as the run.
     Sqlite {
         _dir: tempfile::TempDir,
@@ -202,54 +205,88 @@ impl Fresh {
     }
 }
 
-pub async fn ledger(a: &LedgerArgs) -> Result<Outcome, String> {
-    if std::env::var_os("SETTLE_LOG").is_some() {
-        crate::config::init_logging("text");
-    }
-    let (store, fresh) = open_fresh(a.database_url.as_deref()).await?;
-    store.migrate().await.map_err(|e| e.to_string())?;
-    let mut config = Config::for_engine(store.engine());
-    if let Some(w) = a.writers {
-        config.ledger_writers = w;
-    }
-    config.auth_cache_ttl = Duration::from_secs(60);
-    let app = App::build(store.clone(), Arc::new(SystemClock), config)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let admin = format!("sat_bench_{}", std::process::id());
-    settle_server::set_admin_token(&app.state, &admin)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
-    let router = app.router.clone();
-    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+/// An in-process server on a loopback port over a fresh database.
+pub struct Running {
+    pub app: App,
+    pub store: Arc<dyn Store>,
+    pub fresh: Fresh,
+    pub base: String,
+    pub admin: String,
+    pub http: reqwest::Client,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
 
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(a.clients)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let key = setup(&http, &base, &admin, a.accounts).await?;
-    let outcome = drive(&http, &base, &key, a).await;
-    server.abort();
-    app.shutdown().await;
-    let report = settle_server::verify::verify(store.as_ref())
-        .await
-        .map_err(|e| e.to_string())?;
-    if !report.ok() {
-        crate::print_report(&report);
+impl Running {
+    pub async fn start(url: Option<&str>, clients: usize, tune: impl FnOnce(&mut Config)) -> Result<Running, String> {
+        if std::env::var_os("SETTLE_LOG").is_some() {
+            crate::config::init_logging("text");
+        }
+        let (store, fresh) = open_fresh(url).await?;
+        store.migrate().await.map_err(|e| e.to_string())?;
+        let mut config = Config::for_engine(store.engine());
+        config.auth_cache_ttl = Duration::from_secs(60);
+        tune(&mut config);
+        let app = App::build(store.clone(), Arc::new(SystemClock), config)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let admin = format!("sat_bench_{}", std::process::id());
+        settle_server::set_admin_token(&app.state, &admin)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+        let router = app.router.clone();
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(clients)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Running {
+            app,
+            store,
+            fresh,
+            base,
+            admin,
+            http,
+            server,
+        })
     }
-    store.close().await;
-    fresh.drop_now().await;
+
+    /// Stops the server, verifies the ledger, drops the database. Returns whether verify passed.
+    pub async fn stop(self) -> Result<bool, String> {
+        self.server.abort();
+        self.app.shutdown().await;
+        let report = settle_server::verify::verify(self.store.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
+        if !report.ok() {
+            crate::print_report(&report);
+        }
+        self.store.close().await;
+        self.fresh.drop_now().await;
+        Ok(report.ok())
+    }
+}
+
+pub async fn ledger(a: &LedgerArgs) -> Result<Outcome, String> {
+    let running = Running::start(a.database_url.as_deref(), a.clients, |config| {
+        if let Some(w) = a.writers {
+            config.ledger_writers = w;
+        }
+    })
+    .await?;
+    let key = setup(&running.http, &running.base, &running.admin, a.accounts).await?;
+    let outcome = drive(&running.http, &running.base, &key, a).await;
+    let verified = running.stop().await?;
     let mut outcome = outcome?;
-    outcome.verified = report.ok();
+    outcome.verified = verified;
     Ok(outcome)
 }
 
-async fn post(http: &reqwest::Client, url: &str, token: &str, body: &Value) -> Result<Value, String> {
+pub async fn post(http: &reqwest::Client, url: &str, token: &str, body: &Value) -> Result<Value, String> {
     let r = http
         .post(url)
         .bearer_auth(token)
@@ -267,7 +304,7 @@ async fn post(http: &reqwest::Client, url: &str, token: &str, body: &Value) -> R
 }
 
 /// Creates the merchant, its key and the accounts; returns the key.
-async fn setup(http: &reqwest::Client, base: &str, admin: &str, accounts: usize) -> Result<String, String> {
+pub async fn setup(http: &reqwest::Client, base: &str, admin: &str, accounts: usize) -> Result<String, String> {
     let m = post(
         http,
         &format!("{base}/admin/v1/merchants"),

@@ -3,6 +3,8 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Args;
+use settle_domain::Secret;
+use settle_server::vault::{Vault, KEY_LEN};
 use settle_server::{clock::Ids, AppState, Config};
 use settle_store::{Engine, Store, StoreOptions};
 
@@ -66,11 +68,24 @@ pub struct ServeArgs {
     /// Log format: json or text.
     #[arg(long, env = "SETTLE_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
+    /// The card vault's key, 64 hex digits (default: generated into the data directory on
+    /// SQLite; required on PostgreSQL, where every process must use the same one).
+    #[arg(long, env = "SETTLE_VAULT_KEY", hide_env_values = true)]
+    pub vault_key: Option<String>,
+    /// Longest wait for one call to a payment connector, in seconds.
+    #[arg(long, env = "SETTLE_CONNECTOR_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub connector_timeout_seconds: u64,
+    /// Hours after which an uncaptured authorization is voided and its payment canceled.
+    #[arg(long, env = "SETTLE_AUTHORIZATION_TTL_HOURS", default_value_t = 168)]
+    pub authorization_ttl_hours: u64,
 }
 
 impl ServeArgs {
-    pub fn server_config(&self, engine: Engine) -> Config {
+    pub fn server_config(&self, engine: Engine) -> Result<Config, String> {
         let mut config = Config::for_engine(engine);
+        config.vault_key = Secret::new(self.vault_key(engine)?);
+        config.connector_timeout = Duration::from_secs(self.connector_timeout_seconds.clamp(1, 120));
+        config.authorization_ttl = Duration::from_secs(self.authorization_ttl_hours.max(1).saturating_mul(3600));
         if let Some(w) = self.ledger_writers {
             config.ledger_writers = w.clamp(1, 64);
         }
@@ -78,7 +93,29 @@ impl ServeArgs {
         config.auth_cache_ttl = Duration::from_secs(self.auth_cache_seconds);
         config.request_timeout = Duration::from_secs(self.request_timeout_seconds.max(1));
         config.run_jobs = !self.no_jobs;
-        config
+        Ok(config)
+    }
+
+    /// `--vault-key`, else `<data dir>/vault-key`, else (SQLite only) a new key written there.
+    fn vault_key(&self, engine: Engine) -> Result<[u8; KEY_LEN], String> {
+        if let Some(key) = &self.vault_key {
+            return Vault::parse_key(key).map_err(|e| format!("SETTLE_VAULT_KEY: {e}"));
+        }
+        let path = self.common.data_dir.join("vault-key");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return Vault::parse_key(&text).map_err(|e| format!("{}: {e}", path.display()));
+        }
+        if engine == Engine::Postgres {
+            return Err(
+                "SETTLE_VAULT_KEY is required with PostgreSQL (every process must use the same key); \
+                        generate one with `openssl rand -hex 32`"
+                    .into(),
+            );
+        }
+        create_private_dir(&self.common.data_dir)?;
+        let key = Vault::generate_key();
+        write_private(&path, &hex::encode(key))?;
+        Ok(key)
     }
 }
 

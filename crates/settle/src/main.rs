@@ -1,6 +1,7 @@
 //! The `settle` binary: thin glue over the library crates.
 
 mod bench;
+mod bench_payments;
 mod config;
 
 use std::{io::Write, process::ExitCode, sync::Arc};
@@ -70,9 +71,13 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     if store.bypasses_row_security().await.unwrap_or(false) {
         tracing::warn!("the database role is a superuser or has BYPASSRLS: row-level security is not enforced; connect as an ordinary role in production");
     }
-    let app = App::build(store.clone(), Arc::new(SystemClock), args.server_config(store.engine()))
-        .await
-        .map_err(|e| format!("cannot build the app: {e:?}"))?;
+    let app = App::build(
+        store.clone(),
+        Arc::new(SystemClock),
+        args.server_config(store.engine())?,
+    )
+    .await
+    .map_err(|e| format!("cannot build the app: {e:?}"))?;
     let token_note = config::ensure_admin_token(&app.state, &args).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -43,7 +43,7 @@ pub async fn try_execute_authorization_expiry(state: &AppState) -> Result<usize,
             ctx: None,
             reason: Some("expired"),
         };
-        let claimed = service::claim(state, &p.merchant_id, &p.id, &Command::Expire, None, &actor).await;
+        let claimed = service::claim(state, &p.merchant_id, &p.id, &Command::Expire, None, &actor, &[]).await;
         let Ok((claimed, decision)) = claimed else {
             continue; // another process took it, or it changed meanwhile
         };

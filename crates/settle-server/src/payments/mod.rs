@@ -411,22 +411,18 @@ async fn confirm(
         ctx: Some(&ctx),
         reason: None,
     };
+    let audit = [ctx.audit(&state, &merchant_id, "payment.confirm", "payment", &id)];
+    let confirm = Command::Confirm;
     let (claimed, _) = service::claim(
         &state,
         &merchant_id,
         &id,
-        &Command::Confirm,
+        &confirm,
         new_method.as_deref(),
         &actor,
+        &audit,
     )
     .await?;
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
-    tx.insert_audit(&[ctx.audit(&state, &merchant_id, "payment.confirm", "payment", &id)])
-        .await?;
-    tx.commit().await?;
     run_confirm(&state, &claimed, &actor, StatusCode::OK).await
 }
 
@@ -486,10 +482,10 @@ async fn claim_and_settle(
         ctx: Some(ctx),
         reason: None,
     };
-    let (claimed, decision) = service::claim(state, &merchant_id, id, command, None, &actor).await?;
     let audit = [ctx.audit(state, &merchant_id, action, "payment", id)];
+    let (claimed, decision) = service::claim(state, &merchant_id, id, command, None, &actor, &audit).await?;
     let render = |p: &Payment| Reply::json(StatusCode::OK, &payment_json(p));
-    let (_, reply) = service::settle_claim(state, &claimed, &decision, reason, &actor, &render, &audit).await?;
+    let (_, reply) = service::settle_claim(state, &claimed, &decision, reason, &actor, &render, &[]).await?;
     Ok(reply.into_response())
 }
 

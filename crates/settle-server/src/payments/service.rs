@@ -109,6 +109,7 @@ pub async fn claim(
     command: &Command,
     new_method: Option<&str>,
     actor: &Actor<'_>,
+    audit: &[AuditEntry],
 ) -> Result<(Payment, Decision), ApiError> {
     let now = state.clock.now();
     let mut tx = state
@@ -137,6 +138,7 @@ pub async fn claim(
         tx.insert_status_changes(&[change(state, Some(&before), &claimed, actor, None)])
             .await?;
     }
+    tx.insert_audit(audit).await?;
     tx.commit().await?;
     Ok((claimed, decision))
 }
