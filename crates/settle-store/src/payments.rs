@@ -274,6 +274,25 @@ macro_rules! payments_tx {
             })
         }
 
+        impl $tx {
+            /// One payment's rows of `table`, oldest first (at most `PER_PAYMENT_ROWS_MAX`).
+            async fn of_payment<T>(
+                &mut self,
+                cols: &str,
+                table: &str,
+                merchant_id: &str,
+                payment_id: &str,
+                map: fn(&$row) -> $crate::Result<T>,
+            ) -> $crate::Result<Vec<T>> {
+                let sql = format!(
+                    "SELECT {cols} FROM {table} WHERE merchant_id = $1 AND payment_id = $2 ORDER BY seq LIMIT {}",
+                    pay::PER_PAYMENT_ROWS_MAX
+                );
+                let rows = sqlx::query(&sql).bind(merchant_id).bind(payment_id).fetch_all(&mut *self.tx).await?;
+                rows.iter().map(map).collect()
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::payments::PaymentTx for $tx {
             async fn insert_payment_method(&mut self, m: &settle_domain::payment::PaymentMethod) -> $crate::Result<()> {
@@ -565,13 +584,7 @@ macro_rules! payments_tx {
                 merchant_id: &str,
                 payment_id: &str,
             ) -> $crate::Result<Vec<settle_domain::payment::Attempt>> {
-                let sql = format!(
-                    "SELECT {} FROM payment_attempts WHERE merchant_id = $1 AND payment_id = $2 ORDER BY seq LIMIT {}",
-                    pay::ATTEMPT_COLS,
-                    pay::PER_PAYMENT_ROWS_MAX
-                );
-                let rows = sqlx::query(&sql).bind(merchant_id).bind(payment_id).fetch_all(&mut *self.tx).await?;
-                rows.iter().map(attempt_from).collect()
+                self.of_payment(pay::ATTEMPT_COLS, "payment_attempts", merchant_id, payment_id, attempt_from).await
             }
 
             async fn insert_status_changes(
@@ -605,13 +618,7 @@ macro_rules! payments_tx {
                 merchant_id: &str,
                 payment_id: &str,
             ) -> $crate::Result<Vec<settle_domain::payment::StatusChange>> {
-                let sql = format!(
-                    "SELECT {} FROM payment_events WHERE merchant_id = $1 AND payment_id = $2 ORDER BY seq LIMIT {}",
-                    pay::STATUS_CHANGE_COLS,
-                    pay::PER_PAYMENT_ROWS_MAX
-                );
-                let rows = sqlx::query(&sql).bind(merchant_id).bind(payment_id).fetch_all(&mut *self.tx).await?;
-                rows.iter().map(status_change_from).collect()
+                self.of_payment(pay::STATUS_CHANGE_COLS, "payment_events", merchant_id, payment_id, status_change_from).await
             }
 
             async fn add_refunded(
@@ -691,13 +698,7 @@ macro_rules! payments_tx {
                 merchant_id: &str,
                 payment_id: &str,
             ) -> $crate::Result<Vec<settle_domain::payment::Refund>> {
-                let sql = format!(
-                    "SELECT {} FROM refunds WHERE merchant_id = $1 AND payment_id = $2 ORDER BY seq LIMIT {}",
-                    pay::REFUND_COLS,
-                    pay::PER_PAYMENT_ROWS_MAX
-                );
-                let rows = sqlx::query(&sql).bind(merchant_id).bind(payment_id).fetch_all(&mut *self.tx).await?;
-                rows.iter().map(refund_from).collect()
+                self.of_payment(pay::REFUND_COLS, "refunds", merchant_id, payment_id, refund_from).await
             }
 
             async fn list_refunds(
