@@ -11,7 +11,7 @@ use sqlx::{
     PgPool, Postgres,
 };
 
-use crate::{migrate, Engine, Mode, Result, Scope, Store, StoreOptions, Tx};
+use crate::{migrate, Engine, Mode, Result, Scope, Store, StoreError, StoreOptions, Tx};
 
 /// Serializes `settle migrate` across processes that start at once.
 const MIGRATION_LOCK: i64 = 0x5e77_1e00;
@@ -40,6 +40,17 @@ impl PostgresStore {
     }
 }
 
+/// `value` as an SQL string literal (`standard_conforming_strings` is on: only quotes double).
+/// PostgreSQL text cannot hold NUL, so a value with one is refused, as a bound parameter would be.
+fn quote_literal(value: &str) -> Result<String> {
+    if value.contains('\0') {
+        return Err(StoreError::Database(sqlx::Error::Protocol(
+            "a NUL in a text value".into(),
+        )));
+    }
+    Ok(format!("'{}'", value.replace('\'', "''")))
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     fn engine(&self) -> Engine {
@@ -57,20 +68,20 @@ impl Store for PostgresStore {
     }
 
     async fn begin(&self, scope: Scope, mode: Mode) -> Result<Box<dyn Tx>> {
-        let mut tx = self.pool.begin().await?;
-        if mode == Mode::Snapshot {
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(&mut *tx)
-                .await?;
-        }
         let merchant = match &scope {
             Scope::Merchant(id) => id.as_str(),
             Scope::System => "*",
         };
-        sqlx::query("SELECT set_config('settle.merchant_id', $1, true)")
-            .bind(merchant)
-            .execute(&mut *tx)
-            .await?;
+        // One round trip: the transaction starts and its merchant scope is set together.
+        let isolation = match mode {
+            Mode::Snapshot => " ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            Mode::Read | Mode::Write => "",
+        };
+        let begin = format!(
+            "BEGIN{isolation}; SELECT set_config('settle.merchant_id', {}, true)",
+            quote_literal(merchant)?
+        );
+        let tx = self.pool.begin_with(begin).await?;
         Ok(Box::new(PgTx { tx }))
     }
 
@@ -114,21 +125,20 @@ impl PgTx {
         keys: &[Key],
         lock: bool,
     ) -> Result<Vec<PgRow>> {
-        // The key list drives a nested loop of index lookups; as `IN (subquery)` the generic plan
-        // of the prepared statement may hash-join against a scan of the whole table instead.
-        let cols = cols
+        // Each key is one index lookup: the lateral subquery (its LIMIT keeps the planner from
+        // flattening it) forces a nested loop, where as a join the prepared statement's generic
+        // plan hash-joins against a scan of the whole table. Keys are visited (and rows locked)
+        // in key order, so concurrent writers cannot deadlock.
+        let lock = if lock { " FOR UPDATE" } else { "" };
+        let outer = cols
             .split(", ")
             .map(|c| format!("t.{}", c.trim()))
             .collect::<Vec<_>>()
             .join(", ");
-        let suffix = if lock {
-            format!(" ORDER BY t.merchant_id, t.{id_col} FOR UPDATE OF t")
-        } else {
-            String::new()
-        };
         let sql = format!(
-            "SELECT {cols} FROM UNNEST($1::text[], $2::text[]) AS k(m, i) \
-             JOIN {table} AS t ON t.merchant_id = k.m AND t.{id_col} = k.i{suffix}"
+            "SELECT {outer} FROM (SELECT m, i FROM UNNEST($1::text[], $2::text[]) AS u(m, i) ORDER BY m, i) AS k \
+             CROSS JOIN LATERAL (SELECT {cols} FROM {table} \
+             WHERE merchant_id = k.m AND {id_col} = k.i LIMIT 1{lock}) AS t"
         );
         let (merchants, ids) = split_keys(keys);
         Ok(sqlx::query(&sql)

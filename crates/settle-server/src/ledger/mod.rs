@@ -438,6 +438,7 @@ async fn create_transfers(
         shape: shape.clone(),
         idempotency,
         audit: Some(audit),
+        then: None,
         reply,
     };
     state
@@ -461,6 +462,7 @@ pub fn write_error(e: WriteError) -> ApiError {
         WriteError::Store(e) => e.into(),
         WriteError::Closed => ApiError::Unavailable,
         WriteError::Recheck => ApiError::Internal("an optimistic group escaped its recheck".into()),
+        WriteError::Stale(why) => ApiError::Internal(why),
     }
 }
 

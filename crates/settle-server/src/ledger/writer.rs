@@ -8,6 +8,10 @@
 //! records, commits once, and answers every request. Under load one fsync serves hundreds of
 //! requests; with a single request the cost is that of an ordinary transaction.
 //!
+//! A request may carry [`Then`]: writes of its own (a payment's new state, say) made in the same
+//! transaction when all its transfers were created or already existed, so the money and the
+//! record of why it moved commit together.
+//!
 //! If a group's transaction fails (a unique race with another process, say), each of its
 //! requests is retried alone, so one request's failure never fails another's.
 
@@ -51,7 +55,15 @@ pub struct TransferCommand {
     pub idempotency: Option<IdempotencyRecord>,
     /// Written when the reply is 2xx (services posting on their own behalf write theirs).
     pub audit: Option<AuditEntry>,
+    /// Written in the same transaction when every transfer was created or already existed.
+    pub then: Option<Box<dyn Then>>,
     pub reply: oneshot::Sender<Result<Committed, WriteError>>,
+}
+
+/// A service's own writes, committed with its transfers.
+#[async_trait::async_trait]
+pub trait Then: Send + Sync {
+    async fn write(&self, tx: &mut dyn Tx) -> Result<(), WriteError>;
 }
 
 pub enum Command {
@@ -72,6 +84,8 @@ pub enum WriteError {
     /// An optimistic group refused a transfer; it is decided again with its ids looked up,
     /// because a stored transfer of the same id answers `exists` before any other rule.
     Recheck,
+    /// A [`Then`] found its precondition gone (a payment changed while claimed).
+    Stale(String),
 }
 
 impl From<StoreError> for WriteError {
@@ -120,6 +134,7 @@ impl LedgerWriter {
         merchant_id: &str,
         requests: Vec<TransferRequest>,
         atomic: bool,
+        then: Option<Box<dyn Then>>,
     ) -> Result<Vec<TransferResult>, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Command::Transfers(Box::new(TransferCommand {
@@ -129,6 +144,7 @@ impl LedgerWriter {
             shape: Arc::new(Internal),
             idempotency: None,
             audit: None,
+            then,
             reply,
         })))
         .await?;
@@ -244,12 +260,18 @@ impl Worker {
         let mut replies = Vec::with_capacity(commands.len());
         let mut audits = Vec::new();
         let mut records = Vec::new();
+        let mut thens = Vec::new();
         for command in commands {
             let results = book.apply(&command.merchant_id, &command.requests, command.atomic, now);
             if lookup == Lookup::Optimistic && results.iter().any(|r| matches!(r, TransferResult::Failed(_))) {
                 return Err(WriteError::Recheck);
             }
             let mut reply = None;
+            if let Some(then) = &command.then {
+                if !results.iter().any(|r| matches!(r, TransferResult::Failed(_))) {
+                    thens.push(then);
+                }
+            }
             if command.shape.status(&results).is_success() {
                 audits.extend(command.audit.clone());
                 if let Some(mut record) = command.idempotency.clone() {
@@ -276,6 +298,9 @@ impl Worker {
                     WriteError::Store(e)
                 }
             })?;
+        }
+        for then in thens {
+            then.write(tx.as_mut()).await?;
         }
         let written = started.elapsed();
         tx.commit().await?;

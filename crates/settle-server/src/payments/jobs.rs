@@ -44,11 +44,12 @@ pub async fn try_execute_authorization_expiry(state: &AppState) -> Result<usize,
             reason: Some("expired"),
         };
         let claimed = service::claim(state, &p.merchant_id, &p.id, &Command::Expire, None, &actor, &[]).await;
-        let Ok((claimed, decision)) = claimed else {
+        let Ok((claimed, decision, prepared)) = claimed else {
             continue; // another process took it, or it changed meanwhile
         };
         let render = |p: &Payment| crate::context::Reply::json(axum::http::StatusCode::OK, &payment_json(p));
-        match service::settle_claim(state, &claimed, &decision, Some("expired".into()), &actor, &render, &[]).await {
+        let reason = Some("expired".into());
+        match service::settle_claim(state, &claimed, &decision, &prepared, reason, &actor, &render, &[]).await {
             Ok(_) => expired += 1,
             Err(e) => tracing::warn!(payment = %p.id, error = ?e, "authorization expiry failed; retried next round"),
         }
@@ -109,7 +110,13 @@ async fn sync_one(state: &AppState, p: Payment, base: i64, now: Timestamp) -> Re
             Some(declined("processing_timeout", "the connector did not decide in time"))
         }
         Some(a) => {
-            let candidate = service::candidate_by_id(state, &claimed.merchant_id, &a.connector_account_id).await?;
+            let candidate = {
+                let mut tx = state
+                    .store
+                    .begin(Scope::Merchant(claimed.merchant_id.clone()), Mode::Read)
+                    .await?;
+                service::account(state, tx.as_mut(), &claimed.merchant_id, &a.connector_account_id).await?
+            };
             let status = service::sync_attempt(state, &claimed, &candidate, a, &actor, &mut log).await;
             match (status, a.provider_ref.clone().or(claimed.provider_ref.clone())) {
                 (Some(ProviderStatus::Authorized), Some(provider_ref)) => Some(AuthorizationOutcome::Authorized {
@@ -127,11 +134,12 @@ async fn sync_one(state: &AppState, p: Payment, base: i64, now: Timestamp) -> Re
         }
     };
     let Some(outcome) = outcome else {
-        service::release(state, &claimed, &log).await?;
+        service::release(state, &claimed, log).await?;
         return Ok(false);
     };
-    let (next, changes) = service::after_authorization(state, &claimed, &outcome, &actor, &mut log).await?;
-    service::finish(state, &claimed, &next, &changes, &log, &[], &actor, None).await?;
+    let (next, changes, transfers) =
+        service::after_authorization(state, &claimed, &outcome, &actor, &mut log, None).await?;
+    service::finish(state, &claimed, &next, changes, log, &[], &actor, None, transfers).await?;
     tracing::info!(payment = %next.id, status = next.status.as_str(), "payment synced with its connector");
     Ok(next.status != PaymentStatus::Processing)
 }

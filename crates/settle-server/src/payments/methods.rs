@@ -220,21 +220,21 @@ async fn vault(
     Ok(method)
 }
 
-/// The card of a payment, opened for its authorization (the CVC, if still held, is taken).
-pub async fn card_for(state: &AppState, payment: &Payment) -> Result<(CardData, Option<CardBrand>), ApiError> {
+/// The card of a payment, opened for its authorization, without its CVC ([`take_cvc`] takes
+/// that once the claim has committed).
+pub async fn card_for(
+    state: &AppState,
+    tx: &mut dyn Tx,
+    payment: &Payment,
+) -> Result<(CardData, Option<CardBrand>), ApiError> {
     let id = payment
         .payment_method_id
         .as_deref()
         .ok_or_else(|| ApiError::missing("payment_method"))?;
-    let method = {
-        let mut tx = state
-            .store
-            .begin(Scope::Merchant(payment.merchant_id.clone()), Mode::Read)
-            .await?;
-        tx.get_payment_method(&payment.merchant_id, id)
-            .await?
-            .ok_or_else(|| ApiError::invalid("payment_method", format!("no such payment method: '{id}'")))?
-    };
+    let method = tx
+        .get_payment_method(&payment.merchant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::invalid("payment_method", format!("no such payment method: '{id}'")))?;
     let context = sealing_context(&method.merchant_id, &method.id);
     let number = state.vault.open(&method.number_sealed, &context).map_err(|_| {
         ApiError::Internal(format!(
@@ -248,10 +248,16 @@ pub async fn card_for(state: &AppState, payment: &Payment) -> Result<(CardData, 
             number: Secret::new(number),
             exp_month: method.exp_month,
             exp_year: method.exp_year,
-            cvc: state.cvcs.take(&context),
+            cvc: None,
         },
         CardBrand::parse(&method.brand),
     ))
+}
+
+/// The CVC given with the payment's card, if still held; it is forgotten here.
+pub fn take_cvc(state: &AppState, payment: &Payment) -> Option<Secret<String>> {
+    let id = payment.payment_method_id.as_deref()?;
+    state.cvcs.take(&sealing_context(&payment.merchant_id, id))
 }
 
 async fn create(

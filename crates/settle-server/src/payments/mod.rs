@@ -22,7 +22,9 @@ use settle_connectors::CONNECTORS;
 use settle_domain::{
     card::CardBrand,
     ledger::AccountFlags,
-    payment::{self, CaptureMethod, Command, Customer, Payment, PaymentFilter, PaymentStatus, Split},
+    payment::{
+        self, AuthorizationOutcome, CaptureMethod, Command, Customer, Payment, PaymentFilter, PaymentStatus, Split,
+    },
     postings::SYSTEM_PREFIX,
     routing::{Conditions, Rule, RULES_MAX},
     tenancy::Merchant,
@@ -326,58 +328,45 @@ async fn create(
         return ctx.commit(&state, tx, reply, &audit).await;
     }
     tx.insert_audit(&audit).await?;
+    let prepared = service::prepare(&state, tx.as_mut(), &payment, &payment::Decision::Authorize).await?;
     tx.commit().await?;
-    run_confirm(&state, &payment, &actor, StatusCode::CREATED).await
+    run_confirm(&state, &payment, prepared, &actor, StatusCode::CREATED).await
 }
 
 /// Authorizes a claimed (`processing`) payment and stores the outcome.
 async fn run_confirm(
     state: &AppState,
     claimed: &Payment,
+    prepared: service::Prepared,
     actor: &Actor<'_>,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
-    let prepared = async {
-        let (card, brand) = methods::card_for(state, claimed).await?;
-        let mut tx = state
-            .store
-            .begin(Scope::Merchant(claimed.merchant_id.clone()), Mode::Read)
-            .await?;
-        let candidates = service::candidates_for(state, tx.as_mut(), claimed, brand).await?;
-        Ok::<_, ApiError>((card, candidates))
-    }
-    .await;
-    let (card, candidates) = match prepared {
-        Ok(prepared) => prepared,
-        Err(e) => {
-            // Nothing was tried (no usable card or connector): back to where it was.
-            let mut back = claimed.clone();
-            back.status = PaymentStatus::RequiresPaymentMethod;
-            back.payment_method_id = None;
-            back.claimed_until = None;
-            back.version += 1;
-            let changes = [service::change(
-                state,
-                Some(claimed),
-                &back,
-                actor,
-                Some(error_code(&e)),
-            )];
-            service::finish(state, claimed, &back, &changes, &[], &[], actor, None).await?;
-            return Err(e);
-        }
+    let service::Prepared::Authorize { mut card, candidates } = prepared else {
+        return Err(ApiError::Internal("a confirm was prepared without its card".into()));
     };
+    card.cvc = methods::take_cvc(state, claimed);
     let (outcome, mut attempts) = service::authorize(state, claimed, &candidates, &card, actor).await;
-    // From here an authorization may exist: on error the claim is left to expire and the sync
-    // job finishes the payment with its connector.
-    let (next, changes) = service::after_authorization(state, claimed, &outcome, actor, &mut attempts).await?;
+    // From here an authorization may exist: on error the claim is left to expire and the
+    // recovery job finishes the payment with its connector.
+    let holder = candidates
+        .iter()
+        .find(|c| matches!(&outcome, AuthorizationOutcome::Authorized { connector_account_id, .. } if *connector_account_id == c.account_id));
+    let (next, changes, transfers) =
+        service::after_authorization(state, claimed, &outcome, actor, &mut attempts, holder).await?;
     let reply = Reply::json(status, &payment_json(&next))?;
-    service::finish(state, claimed, &next, &changes, &attempts, &[], actor, Some(&reply)).await?;
+    service::finish(
+        state,
+        claimed,
+        &next,
+        changes,
+        attempts,
+        &[],
+        actor,
+        Some(&reply),
+        transfers,
+    )
+    .await?;
     Ok(reply.into_response())
-}
-
-fn error_code(e: &ApiError) -> String {
-    e.body()["error"]["code"].as_str().unwrap_or("error").to_owned()
 }
 
 #[derive(Deserialize, Default)]
@@ -413,7 +402,7 @@ async fn confirm(
     };
     let audit = [ctx.audit(&state, &merchant_id, "payment.confirm", "payment", &id)];
     let confirm = Command::Confirm;
-    let (claimed, _) = service::claim(
+    let (claimed, _, prepared) = service::claim(
         &state,
         &merchant_id,
         &id,
@@ -423,7 +412,7 @@ async fn confirm(
         &audit,
     )
     .await?;
-    run_confirm(&state, &claimed, &actor, StatusCode::OK).await
+    run_confirm(&state, &claimed, prepared, &actor, StatusCode::OK).await
 }
 
 #[derive(Deserialize, Default)]
@@ -483,9 +472,9 @@ async fn claim_and_settle(
         reason: None,
     };
     let audit = [ctx.audit(state, &merchant_id, action, "payment", id)];
-    let (claimed, decision) = service::claim(state, &merchant_id, id, command, None, &actor, &audit).await?;
+    let (claimed, decision, prepared) = service::claim(state, &merchant_id, id, command, None, &actor, &audit).await?;
     let render = |p: &Payment| Reply::json(StatusCode::OK, &payment_json(p));
-    let (_, reply) = service::settle_claim(state, &claimed, &decision, reason, &actor, &render, &[]).await?;
+    let (_, reply) = service::settle_claim(state, &claimed, &decision, &prepared, reason, &actor, &render, &[]).await?;
     Ok(reply.into_response())
 }
 

@@ -8,8 +8,8 @@
 //!    A payee that no longer holds its part refuses the hold: the refund fails, the reservation
 //!    is released.
 //! 3. The connector that captured the payment refunds it; its answer posts the holds
-//!    (`succeeded`) or voids them and releases the reservation (`failed`). No answer in time
-//!    leaves the refund `pending`.
+//!    (`succeeded`) or voids them and releases the reservation (`failed`), in one transaction
+//!    with the refund's new status. No answer in time leaves the refund `pending`.
 
 use std::time::Instant;
 
@@ -24,18 +24,26 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use settle_connectors::{ConnectorError, RefundStatus as ProviderRefund};
 use settle_domain::{
+    ledger::TransferRequest,
     payment::{decide_refund, Payment, Refund, RefundRefusal, RefundStatus},
     postings,
+    tenancy::IdempotencyRecord,
 };
-use settle_store::{Mode, Scope};
+use settle_store::{Mode, Scope, Tx};
 
 use crate::{
     context::{Ctx, Reply},
     error::ApiError,
     extract::{page_and_filters, JsonBody},
     fields,
-    ledger::{cursor_error, list_reply},
-    payments::service::{self, PostError},
+    ledger::{
+        cursor_error, list_reply,
+        writer::{Then, WriteError},
+    },
+    payments::{
+        connectors::Candidate,
+        service::{self, PostError},
+    },
     AppState,
 };
 
@@ -75,7 +83,7 @@ fn refusal(r: RefundRefusal) -> ApiError {
 }
 
 /// Step 1: reserve and store the pending refund.
-async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<(Payment, Refund), ApiError> {
+async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<(Payment, Refund, Candidate), ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let now = state.clock.now();
     let mut tx = state
@@ -131,39 +139,67 @@ async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<(Payme
     tx.insert_refund(&refund).await?;
     tx.insert_audit(&[ctx.audit(state, &merchant_id, "refund.create", "refund", &refund.id)])
         .await?;
+    let holder = service::holder(state, tx.as_mut(), &payment).await?;
     tx.commit().await?;
-    Ok((payment, refund))
+    Ok((payment, refund, holder))
 }
 
-/// Step 3's bookkeeping: the refund's final state, the reservation released if it failed.
-async fn conclude(state: &AppState, ctx: &Ctx, refund: &Refund, status: StatusCode) -> Result<Reply, ApiError> {
-    let reply = Reply::json(status, &refund_json(refund))?;
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(refund.merchant_id.clone()), Mode::Write)
-        .await?;
-    tx.update_refund(refund).await?;
-    if refund.status == RefundStatus::Failed
-        && !tx
-            .add_refunded(
-                &refund.merchant_id,
-                &refund.payment_id,
-                -refund.amount,
-                refund.updated_at,
-            )
-            .await?
-    {
-        return Err(ApiError::Internal(format!(
-            "refund {} reservation could not be released",
-            refund.id
-        )));
-    }
-    if status.is_success() {
-        if let Some(record) = ctx.idempotency_record(&reply, state.clock.now()) {
-            crate::context::insert_idempotency(tx.as_mut(), &record).await?;
+/// Step 3's bookkeeping: the refund's final state, the reservation released if it failed,
+/// the idempotency record; written with the refund's settling transfers.
+struct Conclusion {
+    refund: Refund,
+    record: Option<IdempotencyRecord>,
+}
+
+#[async_trait::async_trait]
+impl Then for Conclusion {
+    async fn write(&self, tx: &mut dyn Tx) -> Result<(), WriteError> {
+        let refund = &self.refund;
+        tx.update_refund(refund).await?;
+        if refund.status == RefundStatus::Failed
+            && !tx
+                .add_refunded(
+                    &refund.merchant_id,
+                    &refund.payment_id,
+                    -refund.amount,
+                    refund.updated_at,
+                )
+                .await?
+        {
+            return Err(WriteError::Stale(format!(
+                "refund {} reservation could not be released",
+                refund.id
+            )));
         }
+        if let Some(record) = &self.record {
+            tx.insert_idempotency(record).await.map_err(|e| {
+                if e.is_conflict_on("idempotency_keys") {
+                    WriteError::IdempotencyRace
+                } else {
+                    WriteError::Store(e)
+                }
+            })?;
+        }
+        Ok(())
     }
-    tx.commit().await?;
+}
+
+async fn conclude(
+    state: &AppState,
+    ctx: Option<&Ctx>,
+    refund: &Refund,
+    status: StatusCode,
+    transfers: Vec<TransferRequest>,
+) -> Result<Reply, ApiError> {
+    let reply = Reply::json(status, &refund_json(refund))?;
+    let record = ctx
+        .filter(|_| status.is_success())
+        .and_then(|ctx| ctx.idempotency_record(&reply, state.clock.now()));
+    let conclusion = Conclusion {
+        refund: refund.clone(),
+        record,
+    };
+    service::write_with(state, &refund.merchant_id, transfers, Box::new(conclusion)).await?;
     Ok(reply)
 }
 
@@ -185,13 +221,14 @@ async fn create(
         }
     }
     fields::metadata(body.metadata.clone(), "metadata")?;
-    let (payment, mut refund) = reserve(&state, &ctx, body).await?;
+    let (payment, mut refund, candidate) = reserve(&state, &ctx, body).await?;
     let connector = payment.connector_name.clone().unwrap_or_default();
     let legs = postings::refund_legs(&payment, &refund.id, &refund.parts);
     match service::post(
         &state,
         &payment.merchant_id,
         postings::refund_holds(&legs, &connector, payment.currency),
+        None,
     )
     .await
     {
@@ -200,7 +237,14 @@ async fn create(
             refund.status = RefundStatus::Failed;
             refund.failure_code = Some(code.clone());
             refund.updated_at = state.clock.now();
-            conclude(&state, &ctx, &refund, StatusCode::UNPROCESSABLE_ENTITY).await?;
+            conclude(
+                &state,
+                Some(&ctx),
+                &refund,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Vec::new(),
+            )
+            .await?;
             return Err(ApiError::Unprocessable {
                 code: "refund_failed",
                 message: format!(
@@ -212,7 +256,6 @@ async fn create(
         }
         Err(e) => return Err(e.into()),
     }
-    let candidate = service::candidate_of(&state, &payment).await?;
     let started = Instant::now();
     let answer = candidate
         .connector
@@ -243,16 +286,14 @@ async fn create(
         }
         Err(e) => refund.failure_code = Some(e.code().to_owned()),
     }
-    match refund.status {
-        RefundStatus::Succeeded => {
-            service::post(&state, &payment.merchant_id, postings::refund_settle(&legs, true)).await?
-        }
-        RefundStatus::Failed => {
-            service::post(&state, &payment.merchant_id, postings::refund_settle(&legs, false)).await?
-        }
-        RefundStatus::Pending => {}
-    }
-    Ok(conclude(&state, &ctx, &refund, StatusCode::OK).await?.into_response())
+    let transfers = match refund.status {
+        RefundStatus::Succeeded => postings::refund_settle(&legs, true),
+        RefundStatus::Failed => postings::refund_settle(&legs, false),
+        RefundStatus::Pending => Vec::new(),
+    };
+    Ok(conclude(&state, Some(&ctx), &refund, StatusCode::OK, transfers)
+        .await?
+        .into_response())
 }
 
 async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -5,13 +5,16 @@
 //! 1. **claim** — one short transaction decides the command against the stored payment and
 //!    stores it with `claimed_until` set (and `processing` for a confirm), compare-and-set on
 //!    `version`: of concurrent commands exactly one claims, the others answer 409;
-//! 2. **act** — the connector call(s), then the ledger transfers through the group-commit
-//!    writer. Transfer ids derive from the payment id, so a step run twice is an `exists`;
-//! 3. **finish** — one transaction stores the payment at the version it claimed, its status
-//!    history, its attempts, the audit row and the idempotency record.
+//!    the same transaction reads what the next step needs (the card, the connectors to try);
+//! 2. **act** — the connector call(s);
+//! 3. **finish** — one transaction, through the ledger's group-commit writer, posts the step's
+//!    transfers and stores the payment at the version it claimed, its status history, its
+//!    attempts, the audit row and the idempotency record: the money and the record of why it
+//!    moved commit together or not at all. Transfer ids derive from the payment id, so a step
+//!    finished twice is an `exists`.
 //!
-//! A crash between 1 and 3 leaves a claim that expires; the sync job then resolves a payment
-//! stuck in `processing` with its connector, and the client may retry any other command.
+//! A crash between 1 and 3 leaves a claim that expires; the recovery job then resolves the
+//! payment with its connector (see `jobs`).
 
 use std::time::Instant;
 
@@ -25,15 +28,22 @@ use settle_domain::{
     },
     postings,
     routing::{RouteInput, Rule},
-    tenancy::AuditEntry,
+    tenancy::{AuditEntry, IdempotencyRecord},
     Currency,
 };
 use settle_store::{Mode, Scope, Tx};
 
 use crate::{
-    context::{insert_idempotency, Ctx, Reply},
+    context::{Ctx, Reply},
     error::ApiError,
-    payments::connectors::{Candidate, FAILOVER_CANDIDATES_MAX},
+    ledger::{
+        write_error,
+        writer::{Then, WriteError},
+    },
+    payments::{
+        connectors::{Candidate, FAILOVER_CANDIDATES_MAX},
+        methods,
+    },
     AppState,
 };
 
@@ -100,8 +110,38 @@ pub fn change(
     }
 }
 
-/// Step 1: decides `command` and stores the claim. `attach` runs inside the transaction
-/// before the decision (a new payment method for confirm).
+/// What the act step needs, read in the claim's transaction.
+pub enum Prepared {
+    /// A confirm: the card (its CVC is taken once the claim commits) and the connectors to try.
+    Authorize { card: CardData, candidates: Vec<Candidate> },
+    /// A capture or void: the connector holding the authorization.
+    Holder(Candidate),
+    /// Nothing to call (a cancel before any authorization).
+    Nothing,
+}
+
+/// Reads what `decision` needs; an error aborts the claim, so nothing is half-written.
+pub async fn prepare(
+    state: &AppState,
+    tx: &mut dyn Tx,
+    payment: &Payment,
+    decision: &Decision,
+) -> Result<Prepared, ApiError> {
+    match decision {
+        Decision::Authorize => {
+            let (card, brand) = methods::card_for(state, tx, payment).await?;
+            let candidates = candidates_for(state, tx, payment, brand).await?;
+            Ok(Prepared::Authorize { card, candidates })
+        }
+        Decision::Capture { .. } | Decision::Cancel { void: true } => {
+            Ok(Prepared::Holder(holder(state, tx, payment).await?))
+        }
+        Decision::Cancel { void: false } | Decision::MethodAttached => Ok(Prepared::Nothing),
+    }
+}
+
+/// Step 1: decides `command`, stores the claim and reads what the act step needs.
+/// `new_method` is attached before the decision (a confirm with a new payment method).
 pub async fn claim(
     state: &AppState,
     merchant_id: &str,
@@ -110,7 +150,7 @@ pub async fn claim(
     new_method: Option<&str>,
     actor: &Actor<'_>,
     audit: &[AuditEntry],
-) -> Result<(Payment, Decision), ApiError> {
+) -> Result<(Payment, Decision, Prepared), ApiError> {
     let now = state.clock.now();
     let mut tx = state
         .store
@@ -139,43 +179,96 @@ pub async fn claim(
             .await?;
     }
     tx.insert_audit(audit).await?;
+    let prepared = prepare(state, tx.as_mut(), &claimed, &decision).await?;
     tx.commit().await?;
-    Ok((claimed, decision))
+    Ok((claimed, decision, prepared))
 }
 
-/// Step 3: stores `next` over the claimed payment with its history, attempts and audit rows,
-/// and (for a client request) the idempotency record with `reply`.
+/// Step 3's writes besides the transfers.
+pub struct Finish {
+    pub claimed_version: i64,
+    pub next: Payment,
+    pub changes: Vec<StatusChange>,
+    pub attempts: Vec<Attempt>,
+    pub audit: Vec<AuditEntry>,
+    pub record: Option<IdempotencyRecord>,
+}
+
+#[async_trait::async_trait]
+impl Then for Finish {
+    async fn write(&self, tx: &mut dyn Tx) -> Result<(), WriteError> {
+        if !tx.update_payment(&self.next, self.claimed_version).await? {
+            return Err(WriteError::Stale(format!(
+                "payment {} changed while claimed (the claim expired)",
+                self.next.id
+            )));
+        }
+        tx.insert_attempts(&self.attempts).await?;
+        tx.insert_status_changes(&self.changes).await?;
+        tx.insert_audit(&self.audit).await?;
+        if let Some(record) = &self.record {
+            tx.insert_idempotency(record).await.map_err(|e| {
+                if e.is_conflict_on("idempotency_keys") {
+                    WriteError::IdempotencyRace
+                } else {
+                    WriteError::Store(e)
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Step 3: posts `transfers` and stores `next` over the claimed payment with its history,
+/// attempts and audit rows, and (for a client request) the idempotency record with `reply`,
+/// in one transaction.
 #[allow(clippy::too_many_arguments)]
 pub async fn finish(
     state: &AppState,
     claimed: &Payment,
     next: &Payment,
-    changes: &[StatusChange],
-    attempts: &[Attempt],
+    changes: Vec<StatusChange>,
+    attempts: Vec<Attempt>,
     audit: &[AuditEntry],
     actor: &Actor<'_>,
     reply: Option<&Reply>,
+    transfers: Vec<TransferRequest>,
 ) -> Result<(), ApiError> {
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(claimed.merchant_id.clone()), Mode::Write)
-        .await?;
-    if !tx.update_payment(next, claimed.version).await? {
-        return Err(ApiError::Internal(format!(
-            "payment {} changed while claimed (the claim expired)",
-            claimed.id
-        )));
+    let record = match (actor.ctx, reply) {
+        (Some(ctx), Some(reply)) => ctx.idempotency_record(reply, state.clock.now()),
+        _ => None,
+    };
+    let finish = Finish {
+        claimed_version: claimed.version,
+        next: next.clone(),
+        changes,
+        attempts,
+        audit: audit.to_vec(),
+        record,
+    };
+    write_with(state, &claimed.merchant_id, transfers, Box::new(finish)).await
+}
+
+/// Posts `transfers` and writes `then` in one transaction (the ledger writer's, or without
+/// transfers an ordinary one).
+pub async fn write_with(
+    state: &AppState,
+    merchant_id: &str,
+    transfers: Vec<TransferRequest>,
+    then: Box<dyn Then>,
+) -> Result<(), ApiError> {
+    if transfers.is_empty() {
+        let mut tx = state
+            .store
+            .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Write)
+            .await?;
+        then.write(tx.as_mut()).await.map_err(write_error)?;
+        tx.commit().await?;
+        return Ok(());
     }
-    tx.insert_attempts(attempts).await?;
-    tx.insert_status_changes(changes).await?;
-    tx.insert_audit(audit).await?;
-    if let (Some(ctx), Some(reply)) = (actor.ctx, reply) {
-        if let Some(record) = ctx.idempotency_record(reply, state.clock.now()) {
-            insert_idempotency(tx.as_mut(), &record).await?;
-        }
-    }
-    tx.commit().await?;
-    Ok(())
+    post(state, merchant_id, transfers, Some(then))
+        .await
+        .map_err(ApiError::from)
 }
 
 /// Claims a payment for a job without a command (the sync job on a `processing` payment).
@@ -247,23 +340,25 @@ pub async fn sync_attempt(
 }
 
 /// Releases a claim without another change (a capture or void the connector refused).
-pub async fn release(state: &AppState, claimed: &Payment, attempts: &[Attempt]) -> Result<(), ApiError> {
+pub async fn release(state: &AppState, claimed: &Payment, attempts: Vec<Attempt>) -> Result<(), ApiError> {
     let mut next = claimed.clone();
     next.claimed_until = None;
     next.version += 1;
     next.updated_at = state.clock.now();
+    let actor = Actor {
+        ctx: None,
+        reason: None,
+    };
     finish(
         state,
         claimed,
         &next,
-        &[],
+        Vec::new(),
         attempts,
         &[],
-        &Actor {
-            ctx: None,
-            reason: None,
-        },
+        &actor,
         None,
+        Vec::new(),
     )
     .await
 }
@@ -323,13 +418,19 @@ pub async fn ensure_chart(
     Ok(())
 }
 
-/// Posts transfers for a payment step; every one must be created or already exist.
-pub async fn post(state: &AppState, merchant_id: &str, requests: Vec<TransferRequest>) -> Result<(), PostError> {
+/// Posts transfers for a payment step (with `then`, written in the same transaction); every
+/// transfer must be created or already exist.
+pub async fn post(
+    state: &AppState,
+    merchant_id: &str,
+    requests: Vec<TransferRequest>,
+    then: Option<Box<dyn Then>>,
+) -> Result<(), PostError> {
     let results = state
         .writer
-        .post(merchant_id, requests, true)
+        .post(merchant_id, requests, true, then)
         .await
-        .map_err(|e| PostError::Write(format!("{e:?}")))?;
+        .map_err(PostError::Write)?;
     match results.into_iter().find_map(|r| match r {
         TransferResult::Failed(e) => Some(e),
         _ => None,
@@ -343,7 +444,7 @@ pub async fn post(state: &AppState, merchant_id: &str, requests: Vec<TransferReq
 pub enum PostError {
     /// The ledger refused a transfer (a payee account's limit, say).
     Refused(String, String),
-    Write(String),
+    Write(WriteError),
 }
 
 impl From<PostError> for ApiError {
@@ -352,7 +453,7 @@ impl From<PostError> for ApiError {
             PostError::Refused(code, message) => {
                 ApiError::Internal(format!("ledger refused a payment step: {code}: {message}"))
             }
-            PostError::Write(e) => ApiError::Internal(format!("ledger write failed: {e}")),
+            PostError::Write(e) => write_error(e),
         }
     }
 }
@@ -631,57 +732,70 @@ pub async fn candidates_for(
     )
 }
 
-/// After a successful authorization: the ledger hold, then (automatic capture) the capture.
-/// Returns the payment as it stands and the status changes made.
+/// After an authorization's outcome: the payment as it stands, the status changes and the
+/// transfers to post (the hold, and with automatic capture the capture). An automatic capture
+/// the connector refuses leaves the payment authorized (`requires_capture`), its attempt recorded.
 pub async fn after_authorization(
     state: &AppState,
     claimed: &Payment,
     outcome: &AuthorizationOutcome,
     actor: &Actor<'_>,
     attempts: &mut Vec<Attempt>,
-) -> Result<(Payment, Vec<StatusChange>), ApiError> {
+    holder: Option<&Candidate>,
+) -> Result<(Payment, Vec<StatusChange>, Vec<TransferRequest>), ApiError> {
     let now = state.clock.now();
     let mut next = payment::authorization_ended(claimed, outcome, now);
     let error_code = next.last_payment_error.as_ref().map(|e| e.code.clone());
     let mut changes = vec![change(state, Some(claimed), &next, actor, error_code)];
+    let mut transfers = Vec::new();
     if let AuthorizationOutcome::Authorized { connector_name, .. } = outcome {
         ensure_chart(state, &next.merchant_id, connector_name, next.currency).await?;
-        post(
-            state,
-            &next.merchant_id,
-            vec![postings::authorization(&next, connector_name)],
-        )
-        .await?;
+        transfers.push(postings::authorization(&next, connector_name));
         if next.capture_method == CaptureMethod::Automatic {
+            let holder = match holder {
+                Some(h) if Some(&h.account_id) == next.connector_account_id.as_ref() => h.clone(),
+                _ => {
+                    let mut tx = state
+                        .store
+                        .begin(Scope::Merchant(next.merchant_id.clone()), Mode::Read)
+                        .await?;
+                    self::holder(state, tx.as_mut(), &next).await?
+                }
+            };
             let before = next.clone();
-            next = capture_now(state, &next, next.amount, actor, attempts).await?;
-            changes.push(change(state, Some(&before), &next, actor, None));
+            match capture_now(state, &holder, &next, next.amount, actor, attempts).await {
+                Ok((captured, batch)) => {
+                    next = captured;
+                    transfers.extend(batch);
+                    changes.push(change(state, Some(&before), &next, actor, None));
+                }
+                Err(e) => {
+                    tracing::warn!(payment = %next.id, error = ?e, "automatic capture failed; the payment stays authorized")
+                }
+            }
         }
     }
-    Ok((next, changes))
+    Ok((next, changes, transfers))
 }
 
-/// Captures at the connector and in the ledger; the payment must hold an authorization.
+/// Captures at the connector; returns the captured payment and the ledger batch to post.
 pub async fn capture_now(
     state: &AppState,
+    holder: &Candidate,
     payment: &Payment,
     amount: i64,
     actor: &Actor<'_>,
     attempts: &mut Vec<Attempt>,
-) -> Result<Payment, ApiError> {
-    let candidate = candidate_of(state, payment).await?;
+) -> Result<(Payment, Vec<TransferRequest>), ApiError> {
     let provider_ref = payment.provider_ref.clone().unwrap_or_default();
     let started = Instant::now();
-    let result = candidate
-        .connector
-        .capture(&provider_ref, amount, payment.currency)
-        .await;
+    let result = holder.connector.capture(&provider_ref, amount, payment.currency).await;
     match result {
         Ok(()) => attempts.push(attempt(
             state,
             payment,
             "capture",
-            &candidate,
+            holder,
             "succeeded",
             None,
             Some(&provider_ref),
@@ -693,7 +807,7 @@ pub async fn capture_now(
                 state,
                 payment,
                 "capture",
-                &candidate,
+                holder,
                 outcome_of(&e),
                 Some(e.code()),
                 Some(&provider_ref),
@@ -708,105 +822,116 @@ pub async fn capture_now(
     }
     let batch = postings::capture(payment, amount)
         .ok_or_else(|| ApiError::Internal("capture shares do not allocate".into()))?;
-    post(state, &payment.merchant_id, batch).await?;
-    Ok(payment::captured(payment, amount, state.clock.now()))
+    Ok((payment::captured(payment, amount, state.clock.now()), batch))
 }
 
-/// Voids at the connector and in the ledger.
+/// Voids at the connector; returns the ledger void to post.
 pub async fn void_now(
     state: &AppState,
+    holder: &Candidate,
     payment: &Payment,
     actor: &Actor<'_>,
     attempts: &mut Vec<Attempt>,
-) -> Result<(), ApiError> {
-    let candidate = candidate_of(state, payment).await?;
+) -> Result<Vec<TransferRequest>, ApiError> {
     let provider_ref = payment.provider_ref.clone().unwrap_or_default();
     let started = Instant::now();
-    match candidate.connector.void(&provider_ref).await {
-        Ok(()) => attempts.push(attempt(
-            state,
-            payment,
-            "void",
-            &candidate,
-            "succeeded",
-            None,
-            Some(&provider_ref),
-            started,
-            actor,
-        )),
-        Err(e) => {
-            attempts.push(attempt(
-                state,
-                payment,
-                "void",
-                &candidate,
-                outcome_of(&e),
-                Some(e.code()),
-                Some(&provider_ref),
-                started,
-                actor,
-            ));
-            return Err(ApiError::Upstream {
-                code: e.code(),
-                message: format!("the connector did not void the authorization: {e}"),
-            });
-        }
+    let result = holder.connector.void(&provider_ref).await;
+    let (outcome, code) = match &result {
+        Ok(()) => ("succeeded", None),
+        Err(e) => (outcome_of(e), Some(e.code())),
+    };
+    attempts.push(attempt(
+        state,
+        payment,
+        "void",
+        holder,
+        outcome,
+        code,
+        Some(&provider_ref),
+        started,
+        actor,
+    ));
+    match result {
+        Ok(()) => Ok(vec![postings::void(payment)]),
+        Err(e) => Err(ApiError::Upstream {
+            code: e.code(),
+            message: format!("the connector did not void the authorization: {e}"),
+        }),
     }
-    post(state, &payment.merchant_id, vec![postings::void(payment)]).await?;
-    Ok(())
 }
 
 /// The connector holding the payment's authorization.
-pub async fn candidate_of(state: &AppState, payment: &Payment) -> Result<Candidate, ApiError> {
+pub async fn holder(state: &AppState, tx: &mut dyn Tx, payment: &Payment) -> Result<Candidate, ApiError> {
     let account_id = payment
         .connector_account_id
         .as_deref()
         .ok_or_else(|| ApiError::Internal(format!("payment {} has no connector account", payment.id)))?;
-    candidate_by_id(state, &payment.merchant_id, account_id).await
+    account(state, tx, &payment.merchant_id, account_id).await
 }
 
 /// A merchant's connector account (or the built-in sandbox), ready to call.
-pub async fn candidate_by_id(state: &AppState, merchant_id: &str, account_id: &str) -> Result<Candidate, ApiError> {
-    let account = {
-        let mut tx = state
-            .store
-            .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Read)
-            .await?;
-        tx.get_connector_account(merchant_id, account_id).await?
-    };
+pub async fn account(
+    state: &AppState,
+    tx: &mut dyn Tx,
+    merchant_id: &str,
+    account_id: &str,
+) -> Result<Candidate, ApiError> {
+    let account = tx.get_connector_account(merchant_id, account_id).await?;
     state.connectors.for_account(&state.vault, account_id, account.as_ref())
 }
 
 /// Capture or cancel of a claimed payment (steps 2 and 3); returns the stored payment.
+#[allow(clippy::too_many_arguments)]
 pub async fn settle_claim(
     state: &AppState,
     claimed: &Payment,
     decision: &Decision,
+    prepared: &Prepared,
     reason: Option<String>,
     actor: &Actor<'_>,
     render: &(dyn Fn(&Payment) -> Result<Reply, ApiError> + Sync),
     audit: &[AuditEntry],
 ) -> Result<(Payment, Reply), ApiError> {
     let mut attempts = Vec::new();
-    let acted = match decision {
-        Decision::Capture { amount } => capture_now(state, claimed, *amount, actor, &mut attempts).await,
-        Decision::Cancel { void: true } => void_now(state, claimed, actor, &mut attempts)
+    let holder = match prepared {
+        Prepared::Holder(h) => Some(h),
+        _ => None,
+    };
+    let acted = match (decision, holder) {
+        (Decision::Capture { amount }, Some(h)) => capture_now(state, h, claimed, *amount, actor, &mut attempts).await,
+        (Decision::Cancel { void: true }, Some(h)) => void_now(state, h, claimed, actor, &mut attempts)
             .await
-            .map(|()| payment::canceled(claimed, reason.clone(), state.clock.now())),
-        Decision::Cancel { void: false } => Ok(payment::canceled(claimed, reason.clone(), state.clock.now())),
-        Decision::Authorize | Decision::MethodAttached => {
-            return Err(ApiError::Internal("settle_claim called for an authorization".into()))
+            .map(|void| (payment::canceled(claimed, reason.clone(), state.clock.now()), void)),
+        (Decision::Cancel { void: false }, _) => Ok((
+            payment::canceled(claimed, reason.clone(), state.clock.now()),
+            Vec::new(),
+        )),
+        _ => {
+            return Err(ApiError::Internal(
+                "settle_claim called without what its decision needs".into(),
+            ))
         }
     };
-    let next = match acted {
-        Ok(next) => next,
+    let (next, transfers) = match acted {
+        Ok(acted) => acted,
         Err(e) => {
-            release(state, claimed, &attempts).await?;
+            release(state, claimed, attempts).await?;
             return Err(e);
         }
     };
     let reply = render(&next)?;
-    let changes = [change(state, Some(claimed), &next, actor, None)];
-    finish(state, claimed, &next, &changes, &attempts, audit, actor, Some(&reply)).await?;
+    let changes = vec![change(state, Some(claimed), &next, actor, None)];
+    finish(
+        state,
+        claimed,
+        &next,
+        changes,
+        attempts,
+        audit,
+        actor,
+        Some(&reply),
+        transfers,
+    )
+    .await?;
     Ok((next, reply))
 }
