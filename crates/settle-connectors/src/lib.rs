@@ -2,9 +2,9 @@
 //!
 //! A [`Connector`] speaks one provider's protocol for one merchant connector account: it
 //! authorizes a card (always with manual capture at the provider, so that Settle's capture is
-//! one uniform step), captures, voids, refunds and asks for the status of an earlier call. Two
-//! implementations: [`sandbox::Sandbox`], built in and deterministic by card number, and
-//! [`stripe::Stripe`], which speaks Stripe's REST API to a configurable base URL.
+//! one uniform step), captures, voids, refunds and asks for the state of an earlier payment or
+//! refund. Two implementations: [`sandbox::Sandbox`], built in and deterministic by card number,
+//! and [`stripe::Stripe`], which speaks Stripe's REST API to a configurable base URL.
 //!
 //! Architecture invariant: connectors decide nothing about payments. They report what the
 //! provider said; retries, failover and state live in the server's payment service.
@@ -80,6 +80,17 @@ impl Decline {
     }
 }
 
+/// What [`Connector::sync`] learned about a payment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Synced {
+    /// The provider's id for the payment (`pi_…` at Stripe): `Some` whenever the provider knows
+    /// the payment (any status but [`ProviderStatus::NotFound`]), so that a payment found by
+    /// Settle's reference can be adopted (captured, voided) like one whose answer arrived.
+    pub provider_ref: Option<String>,
+    pub status: ProviderStatus,
+}
+
+/// A refund's state at the provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefundStatus {
     Succeeded,
@@ -87,8 +98,10 @@ pub enum RefundStatus {
     Failed(Decline),
 }
 
+/// What the provider did with a refund request that it accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefundOutcome {
+    /// The provider's id for the refund (`re_…` at Stripe).
     pub provider_ref: String,
     pub status: RefundStatus,
 }
@@ -144,8 +157,19 @@ pub trait Connector: Send + Sync {
         currency: Currency,
     ) -> ConnectorResult<RefundOutcome>;
     /// The payment's state at the provider, by its id or, when the authorization's answer was
-    /// lost, by Settle's attempt id.
-    async fn sync(&self, provider_ref: Option<&str>, reference: &str) -> ConnectorResult<ProviderStatus>;
+    /// lost, by Settle's attempt id; with the provider's id for the payment whenever the provider
+    /// knows it.
+    async fn sync(&self, provider_ref: Option<&str>, reference: &str) -> ConnectorResult<Synced>;
+    /// A refund's state at the provider, after its answer was lost or while it is pending: by
+    /// the refund's id when known, otherwise by `reference` (Settle's refund id, sent with the
+    /// refund) among the refunds of the payment `payment_provider_ref`. `Ok(None)` when the
+    /// provider has no such refund: the refund request never reached it.
+    async fn refund_status(
+        &self,
+        payment_provider_ref: &str,
+        refund_provider_ref: Option<&str>,
+        reference: &str,
+    ) -> ConnectorResult<Option<RefundOutcome>>;
 }
 
 /// Settings every connector account may carry besides its credentials.

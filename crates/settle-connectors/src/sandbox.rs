@@ -14,7 +14,21 @@
 //! an outage of this connector account), `resolve_after_seconds` (0–86400, default 5).
 //!
 //! The sandbox keeps no state: the provider reference it returns encodes what `sync` needs, so
-//! any `settle` process can sync any sandbox payment, before or after a restart.
+//! any `settle` process can sync any sandbox payment, before or after a restart. `sync` with a
+//! provider reference answers that reference back; without one it answers `NotFound` (a lost
+//! authorization answer means, in the sandbox, that the call never reached it).
+//!
+//! Refunds always succeed at once, with the provider reference `sbx_re_<refund reference>`.
+//! `refund_status` follows the same rule as `sync`: given the provider reference
+//! `sbx_re_<reference>` it answers `Succeeded` with it; given none it answers `None`, "no such
+//! refund": a refund whose answer never came did not reach the sandbox, and refunding again
+//! with the same reference is safe. Any other refund provider reference (including one for
+//! another reference), or a payment reference the sandbox never issued, is `Rejected`, as in
+//! `capture`, `void` and `refund`.
+//!
+//! `failure` simulates an outage of authorizations only, as documented above: capture, void,
+//! refund, `sync` and `refund_status` keep answering, so that payments made before the outage
+//! can still be settled.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +38,7 @@ use settle_domain::Currency;
 
 use crate::{
     Authorization, AuthorizeRequest, Connector, ConnectorError, ConnectorResult, Decline, ProviderStatus,
-    RefundOutcome, RefundStatus,
+    RefundOutcome, RefundStatus, Synced,
 };
 
 pub const NAME: &str = "sandbox";
@@ -178,26 +192,61 @@ impl Connector for Sandbox {
         self.delay().await;
         parse_ref(provider_ref)?;
         Ok(RefundOutcome {
-            provider_ref: format!("sbx_re_{reference}"),
+            provider_ref: refund_ref(reference),
             status: RefundStatus::Succeeded,
         })
     }
 
-    async fn sync(&self, provider_ref: Option<&str>, _reference: &str) -> ConnectorResult<ProviderStatus> {
+    async fn sync(&self, provider_ref: Option<&str>, _reference: &str) -> ConnectorResult<Synced> {
         self.delay().await;
         let Some(provider_ref) = provider_ref else {
             // Without a reference the authorization never got an answer: in the sandbox that
             // means the call never reached the provider.
-            return Ok(ProviderStatus::NotFound);
+            return Ok(Synced {
+                provider_ref: None,
+                status: ProviderStatus::NotFound,
+            });
         };
         let (processing, created_ms) = parse_ref(provider_ref)?;
         let resolved = now_ms().saturating_sub(created_ms) >= self.resolve_after.as_millis();
-        Ok(if processing && !resolved {
+        let status = if processing && !resolved {
             ProviderStatus::Processing
         } else {
             ProviderStatus::Authorized
+        };
+        Ok(Synced {
+            provider_ref: Some(provider_ref.to_owned()),
+            status,
         })
     }
+
+    async fn refund_status(
+        &self,
+        payment_provider_ref: &str,
+        refund_provider_ref: Option<&str>,
+        reference: &str,
+    ) -> ConnectorResult<Option<RefundOutcome>> {
+        self.delay().await;
+        parse_ref(payment_provider_ref)?;
+        let Some(refund_provider_ref) = refund_provider_ref else {
+            // As in `sync`: a refund that never got an answer never reached the sandbox.
+            return Ok(None);
+        };
+        if refund_provider_ref != refund_ref(reference) {
+            return Err(ConnectorError::Rejected(format!(
+                "sandbox: no such refund '{refund_provider_ref}'"
+            )));
+        }
+        Ok(Some(RefundOutcome {
+            provider_ref: refund_provider_ref.to_owned(),
+            status: RefundStatus::Succeeded,
+        }))
+    }
+}
+
+/// `sbx_re_<reference>`: a sandbox refund, which always succeeded.
+fn refund_ref(reference: &str) -> String {
+    format!("sbx_re_{reference}")
 }
 
 fn parse_ref(provider_ref: &str) -> ConnectorResult<(bool, u128)> {
@@ -243,7 +292,10 @@ mod tests {
         assert_eq!(ok.status, ProviderStatus::Authorized);
         assert_eq!(
             sandbox.sync(Some(&ok.provider_ref), "att_1").await,
-            Ok(ProviderStatus::Authorized)
+            Ok(Synced {
+                provider_ref: Some(ok.provider_ref.clone()),
+                status: ProviderStatus::Authorized
+            })
         );
         for (card, code) in [
             (CARD_DECLINED, "card_declined"),
@@ -259,7 +311,13 @@ mod tests {
             sandbox.authorize(&request(CARD_TIMEOUT)).await,
             Err(ConnectorError::Timeout)
         );
-        assert_eq!(sandbox.sync(None, "att_1").await, Ok(ProviderStatus::NotFound));
+        assert_eq!(
+            sandbox.sync(None, "att_1").await,
+            Ok(Synced {
+                provider_ref: None,
+                status: ProviderStatus::NotFound
+            })
+        );
     }
 
     #[tokio::test]
@@ -267,14 +325,63 @@ mod tests {
         let slow = Sandbox::from_credentials(&serde_json::json!({"resolve_after_seconds": 3600})).expect("valid");
         let auth = slow.authorize(&request(CARD_DELAYED)).await.expect("answer");
         assert_eq!(auth.status, ProviderStatus::Processing);
-        assert_eq!(
-            slow.sync(Some(&auth.provider_ref), "att_1").await,
-            Ok(ProviderStatus::Processing)
-        );
+        let synced = slow.sync(Some(&auth.provider_ref), "att_1").await.expect("answer");
+        assert_eq!(synced.status, ProviderStatus::Processing);
+        assert_eq!(synced.provider_ref.as_deref(), Some(auth.provider_ref.as_str()));
         let fast = Sandbox::from_credentials(&serde_json::json!({"resolve_after_seconds": 0})).expect("valid");
+        let synced = fast.sync(Some(&auth.provider_ref), "att_1").await.expect("answer");
+        assert_eq!(synced.status, ProviderStatus::Authorized);
+        assert_eq!(synced.provider_ref.as_deref(), Some(auth.provider_ref.as_str()));
+    }
+
+    #[tokio::test]
+    async fn sync_answers_the_provider_ref_it_was_given() {
+        let sandbox = Sandbox::default();
+        let auth = sandbox.authorize(&request("4242424242424242")).await.expect("answer");
+        let synced = sandbox.sync(Some(&auth.provider_ref), "att_1").await.expect("answer");
+        assert_eq!(synced.provider_ref, Some(auth.provider_ref));
+        assert_eq!(synced.status, ProviderStatus::Authorized);
+        assert!(matches!(
+            sandbox.sync(Some("pi_not_ours"), "att_1").await,
+            Err(ConnectorError::Rejected(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn refund_status_is_succeeded_by_provider_ref_and_unknown_without_it() {
+        let sandbox = Sandbox::default();
+        let auth = sandbox.authorize(&request("4242424242424242")).await.expect("answer");
+        let usd = Currency::parse("USD").expect("USD");
+        let refund = sandbox
+            .refund(&auth.provider_ref, "rfd_1", 400, usd)
+            .await
+            .expect("refunded");
         assert_eq!(
-            fast.sync(Some(&auth.provider_ref), "att_1").await,
-            Ok(ProviderStatus::Authorized)
+            sandbox
+                .refund_status(&auth.provider_ref, Some(&refund.provider_ref), "rfd_1")
+                .await,
+            Ok(Some(refund.clone()))
+        );
+        assert_eq!(sandbox.refund_status(&auth.provider_ref, None, "rfd_1").await, Ok(None));
+        for (payment, refund_ref) in [
+            (auth.provider_ref.as_str(), "sbx_re_rfd_other"),
+            (auth.provider_ref.as_str(), "re_123"),
+            ("pi_not_ours", refund.provider_ref.as_str()),
+        ] {
+            assert!(
+                matches!(
+                    sandbox.refund_status(payment, Some(refund_ref), "rfd_1").await,
+                    Err(ConnectorError::Rejected(_))
+                ),
+                "{payment} {refund_ref}"
+            );
+        }
+        // An outage of authorizations leaves refunds and their status readable.
+        let down = Sandbox::from_credentials(&serde_json::json!({"failure": "server_error"})).expect("valid");
+        assert_eq!(
+            down.refund_status(&auth.provider_ref, Some(&refund.provider_ref), "rfd_1")
+                .await,
+            Ok(Some(refund))
         );
     }
 

@@ -13,7 +13,9 @@
 //! | void | `POST /v1/payment_intents/{id}/cancel` |
 //! | refund | `POST /v1/refunds` with `payment_intent`, `amount`, `metadata[settle_reference]`; `Idempotency-Key: <reference>` |
 //! | sync by id | `GET /v1/payment_intents/{id}` (404: `NotFound`) |
-//! | sync by reference | `GET /v1/payment_intents?limit=100&starting_after=…`, filtered here on `metadata.settle_reference` |
+//! | sync by reference | `GET /v1/payment_intents?limit=100&starting_after=…`, filtered here on `metadata.settle_reference`; answers the found intent's id |
+//! | refund status by id | `GET /v1/refunds/{id}` (404: `None`; a refund of another payment intent: `Rejected`) |
+//! | refund status by reference | `GET /v1/refunds?payment_intent={id}&limit=100&starting_after=…`, filtered here on `metadata.settle_reference` (none: `None`) |
 //!
 //! PaymentIntent status → [`ProviderStatus`]: `requires_capture` → `Authorized`, `processing` →
 //! `Processing`, `succeeded` → `Captured`, `canceled` → `Voided`, `requires_payment_method` with a
@@ -21,6 +23,10 @@
 //! `requires_action` (3-D Secure) is `Declined` with `authentication_required`, and an intent that
 //! was never confirmed (`requires_confirmation`, or `requires_payment_method` without an error) is
 //! `Declined` with `payment_intent_incomplete`: neither will progress without someone acting.
+//!
+//! Refund status → [`RefundStatus`]: `succeeded` → `Succeeded`, `pending` and `requires_action`
+//! → `Pending`, `failed` → `Failed` with the `failure_reason` (`refund_failed` without one),
+//! `canceled` → `Failed` with the `failure_reason` (`refund_canceled` without one).
 //!
 //! Declines: a card error (HTTP 402) is `Ok` with `Declined`. The code is Stripe's `decline_code`
 //! when the error's `code` is the generic `card_declined` and a `decline_code` (such as
@@ -42,12 +48,21 @@
 //! [`LIST_MAX_PAGES`] pages of [`LIST_PAGE_SIZE`]; `NotFound` is answered only after the whole
 //! list has been read, and a scan that hits the page limit is `Unavailable` (unknown, not absent).
 //!
+//! A refund whose id is unknown is found the same way, among the refunds of its payment intent:
+//! the list of refunds narrowed by `payment_intent`, which Stripe documents and `localstripe`
+//! implements (it narrows to the intent's latest charge), so no extra call for the charge id is
+//! needed; Stripe has no search API for refunds. The refund carries Settle's refund id as
+//! `metadata[settle_reference]`, the key the authorization uses; `None` ("no such refund") is
+//! answered only after the whole list has been read, with the same page limit. An unknown
+//! payment intent is a 404 there: `Rejected`, as for a refund of it.
+//!
 //! Known differences of `localstripe` (the fake server used by the integration test): it rejects
 //! `description` on a PaymentIntent and a card without a CVC (both `Rejected` there); it declines
 //! at confirmation only `4000000000000341` (`card_declined`, without `decline_code`), while
 //! Stripe's other decline test cards (`…0002`, `…9995`) authorize; its 402 errors do not carry
-//! the PaymentIntent, so such a decline has an empty `provider_ref`; and it ignores
-//! `Idempotency-Key`.
+//! the PaymentIntent, so such a decline has an empty `provider_ref`; it ignores
+//! `Idempotency-Key`; and its refunds are always `succeeded` at once (no `pending`, `failed` or
+//! `canceled`), so those states are tested only against loopback fakes.
 
 use std::time::Duration;
 
@@ -58,7 +73,7 @@ use settle_domain::{Currency, Secret};
 
 use crate::{
     Authorization, AuthorizeRequest, Connector, ConnectorError, ConnectorResult, ConnectorSettings, Decline,
-    ProviderStatus, RefundOutcome, RefundStatus,
+    ProviderStatus, RefundOutcome, RefundStatus, Synced,
 };
 
 pub const NAME: &str = "stripe";
@@ -199,34 +214,44 @@ impl Stripe {
         self.call(Method::POST, path, &[], Some(form), idempotency_key).await
     }
 
-    /// Reads the list of PaymentIntents, page by page, for the one carrying `reference`.
-    async fn find_by_reference(&self, reference: &str) -> ConnectorResult<ProviderStatus> {
+    /// Reads a list endpoint (`path`, narrowed by `filter`), page by page, for the object whose
+    /// `metadata.settle_reference` is `reference`. `Ok(None)` only once the whole list was read;
+    /// a scan that hits [`LIST_MAX_PAGES`] is `Unavailable`. `what` names the objects in errors.
+    async fn find_in_list(
+        &self,
+        path: &str,
+        filter: &[(&str, String)],
+        what: &str,
+        reference: &str,
+    ) -> ConnectorResult<Option<Value>> {
         let mut starting_after: Option<String> = None;
         for _ in 0..LIST_MAX_PAGES {
-            let mut query = vec![("limit", LIST_PAGE_SIZE.to_string())];
+            let mut query = filter.to_vec();
+            query.push(("limit", LIST_PAGE_SIZE.to_string()));
             if let Some(after) = &starting_after {
                 query.push(("starting_after", after.clone()));
             }
-            let page = match self.get("/v1/payment_intents", &query).await? {
+            let page = match self.get(path, &query).await? {
                 Reply::Success(page) => page,
                 Reply::Failure { status, error } => return Err(rejected(status, &error)),
             };
-            let malformed = || ConnectorError::Unavailable("stripe: malformed list of payment intents".into());
+            let malformed = || ConnectorError::Unavailable(format!("stripe: malformed list of {what}s"));
             let data = page.get("data").and_then(Value::as_array).ok_or_else(malformed)?;
-            if let Some(intent) = data.iter().find(|pi| {
-                pi.get("metadata")
+            if let Some(object) = data.iter().find(|object| {
+                object
+                    .get("metadata")
                     .and_then(|m| m.get(REFERENCE_KEY))
                     .and_then(Value::as_str)
                     == Some(reference)
             }) {
-                return payment_intent_status(intent);
+                return Ok(Some(object.clone()));
             }
             if page.get("has_more").and_then(Value::as_bool) != Some(true) {
-                return Ok(ProviderStatus::NotFound);
+                return Ok(None);
             }
             let last = data
                 .last()
-                .and_then(|pi| pi.get("id"))
+                .and_then(|object| object.get("id"))
                 .and_then(Value::as_str)
                 .ok_or_else(malformed)?;
             if starting_after.as_deref() == Some(last) {
@@ -235,9 +260,26 @@ impl Stripe {
             starting_after = Some(last.to_owned());
         }
         Err(ConnectorError::Unavailable(format!(
-            "stripe: no payment intent with this reference among the {} most recent; its fate is unknown",
+            "stripe: no {what} with this reference among the {} most recent; its fate is unknown",
             LIST_PAGE_SIZE * LIST_MAX_PAGES
         )))
+    }
+
+    /// Reads the list of PaymentIntents for the one carrying `reference`.
+    async fn find_by_reference(&self, reference: &str) -> ConnectorResult<Synced> {
+        match self
+            .find_in_list("/v1/payment_intents", &[], "payment intent", reference)
+            .await?
+        {
+            Some(intent) => Ok(Synced {
+                provider_ref: Some(object_id(&intent, "payment intent")?),
+                status: payment_intent_status(&intent)?,
+            }),
+            None => Ok(Synced {
+                provider_ref: None,
+                status: ProviderStatus::NotFound,
+            }),
+        }
     }
 }
 
@@ -382,6 +424,37 @@ fn payment_intent_status(intent: &Value) -> ConnectorResult<ProviderStatus> {
     })
 }
 
+/// Maps a Refund object to Settle's view of it: `succeeded` → `Succeeded`, `pending` and
+/// `requires_action` → `Pending`, `failed` and `canceled` → `Failed` with Stripe's
+/// `failure_reason` as the code (`refund_failed`, `refund_canceled` without one).
+fn refund_outcome(refund: &Value) -> ConnectorResult<RefundOutcome> {
+    let provider_ref = object_id(refund, "refund")?;
+    let failed = |default_code: &str, message: &str| {
+        RefundStatus::Failed(Decline {
+            code: refund
+                .get("failure_reason")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .unwrap_or(default_code)
+                .to_owned(),
+            message: message.to_owned(),
+        })
+    };
+    let status = match refund.get("status").and_then(Value::as_str).unwrap_or_default() {
+        "succeeded" => RefundStatus::Succeeded,
+        "pending" | "requires_action" => RefundStatus::Pending,
+        "failed" => failed("refund_failed", "Stripe could not refund the payment."),
+        "canceled" => failed("refund_canceled", "The refund was canceled at Stripe."),
+        other => {
+            return Err(ConnectorError::Unavailable(format!(
+                "stripe: unexpected refund status '{}'",
+                other.chars().take(40).collect::<String>()
+            )))
+        }
+    };
+    Ok(RefundOutcome { provider_ref, status })
+}
+
 /// The id of the PaymentIntent a 402 refers to, when Stripe includes it.
 fn intent_id_of_error(error: &Value) -> String {
     error
@@ -515,46 +588,55 @@ impl Connector for Stripe {
             ("amount", amount.to_string()),
             (REFERENCE_FIELD, reference.to_owned()),
         ];
-        let refund = match self.post("/v1/refunds", &form, Some(reference)).await? {
-            Reply::Success(refund) => refund,
-            Reply::Failure { status, error } => return Err(rejected(status, &error)),
-        };
-        let provider_ref = object_id(&refund, "refund")?;
-        let status = match refund.get("status").and_then(Value::as_str).unwrap_or_default() {
-            "succeeded" => RefundStatus::Succeeded,
-            "pending" | "requires_action" => RefundStatus::Pending,
-            "failed" => RefundStatus::Failed(Decline {
-                code: refund
-                    .get("failure_reason")
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or("refund_failed")
-                    .to_owned(),
-                message: "Stripe could not refund the payment.".to_owned(),
-            }),
-            "canceled" => RefundStatus::Failed(Decline {
-                code: "refund_canceled".to_owned(),
-                message: "The refund was canceled at Stripe.".to_owned(),
-            }),
-            other => {
-                return Err(ConnectorError::Unavailable(format!(
-                    "stripe: unexpected refund status '{}'",
-                    other.chars().take(40).collect::<String>()
-                )))
-            }
-        };
-        Ok(RefundOutcome { provider_ref, status })
+        match self.post("/v1/refunds", &form, Some(reference)).await? {
+            Reply::Success(refund) => refund_outcome(&refund),
+            Reply::Failure { status, error } => Err(rejected(status, &error)),
+        }
     }
 
-    async fn sync(&self, provider_ref: Option<&str>, reference: &str) -> ConnectorResult<ProviderStatus> {
+    async fn sync(&self, provider_ref: Option<&str>, reference: &str) -> ConnectorResult<Synced> {
         let Some(provider_ref) = provider_ref.filter(|r| !r.is_empty()) else {
             return self.find_by_reference(reference).await;
         };
         let id = checked_id(provider_ref)?;
         match self.get(&format!("/v1/payment_intents/{id}"), &[]).await? {
-            Reply::Success(intent) => payment_intent_status(&intent),
-            Reply::Failure { status, .. } if status == StatusCode::NOT_FOUND => Ok(ProviderStatus::NotFound),
+            Reply::Success(intent) => Ok(Synced {
+                provider_ref: Some(id.to_owned()),
+                status: payment_intent_status(&intent)?,
+            }),
+            Reply::Failure { status, .. } if status == StatusCode::NOT_FOUND => Ok(Synced {
+                provider_ref: None,
+                status: ProviderStatus::NotFound,
+            }),
             Reply::Failure { status, error } => Err(rejected(status, &error)),
+        }
+    }
+
+    async fn refund_status(
+        &self,
+        payment_provider_ref: &str,
+        refund_provider_ref: Option<&str>,
+        reference: &str,
+    ) -> ConnectorResult<Option<RefundOutcome>> {
+        let payment = checked_id(payment_provider_ref)?;
+        let Some(refund_provider_ref) = refund_provider_ref.filter(|r| !r.is_empty()) else {
+            let filter = [("payment_intent", payment.to_owned())];
+            return match self.find_in_list("/v1/refunds", &filter, "refund", reference).await? {
+                Some(refund) => refund_outcome(&refund).map(Some),
+                None => Ok(None),
+            };
+        };
+        let id = checked_id(refund_provider_ref)?;
+        let refund = match self.get(&format!("/v1/refunds/{id}"), &[]).await? {
+            Reply::Success(refund) => refund,
+            Reply::Failure { status, .. } if status == StatusCode::NOT_FOUND => return Ok(None),
+            Reply::Failure { status, error } => return Err(rejected(status, &error)),
+        };
+        match refund.get("payment_intent").and_then(Value::as_str) {
+            Some(intent) if intent != payment => Err(ConnectorError::Rejected(
+                "stripe: the refund belongs to another payment intent".into(),
+            )),
+            _ => refund_outcome(&refund).map(Some),
         }
     }
 }

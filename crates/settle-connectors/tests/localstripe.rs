@@ -24,8 +24,8 @@ use std::{
 
 use serde_json::{json, Value};
 use settle_connectors::{
-    stripe::Stripe, AuthorizeRequest, CardData, Connector, ConnectorError, ConnectorSettings, ProviderStatus,
-    RefundStatus,
+    stripe::Stripe, AuthorizeRequest, CardData, Connector, ConnectorError, ConnectorSettings, Decline, ProviderStatus,
+    RefundOutcome, RefundStatus, Synced,
 };
 use settle_domain::{Currency, Secret};
 use tokio::{
@@ -259,13 +259,19 @@ async fn authorize_then_capture_part_of_it() {
     assert_eq!(auth.status, ProviderStatus::Authorized);
     assert!(auth.provider_ref.starts_with("pi_"), "{}", auth.provider_ref);
     assert_eq!(
-        stripe.sync(Some(&auth.provider_ref), "att_cap_1").await,
+        stripe
+            .sync(Some(&auth.provider_ref), "att_cap_1")
+            .await
+            .map(|s| s.status),
         Ok(ProviderStatus::Authorized)
     );
 
     stripe.capture(&auth.provider_ref, 600, usd()).await.expect("captured");
     assert_eq!(
-        stripe.sync(Some(&auth.provider_ref), "att_cap_1").await,
+        stripe
+            .sync(Some(&auth.provider_ref), "att_cap_1")
+            .await
+            .map(|s| s.status),
         Ok(ProviderStatus::Captured)
     );
     // A second capture is the provider refusing the request, not an outage.
@@ -287,7 +293,10 @@ async fn authorize_then_void() {
     assert_eq!(auth.status, ProviderStatus::Authorized);
     stripe.void(&auth.provider_ref).await.expect("voided");
     assert_eq!(
-        stripe.sync(Some(&auth.provider_ref), "att_void_1").await,
+        stripe
+            .sync(Some(&auth.provider_ref), "att_void_1")
+            .await
+            .map(|s| s.status),
         Ok(ProviderStatus::Voided)
     );
     match stripe.void(&auth.provider_ref).await {
@@ -338,7 +347,7 @@ async fn declines_are_answers_with_a_code() {
     assert!(!format!("{auth:?}").contains(CARD_DECLINED_ON_CHARGE));
     // localstripe's 402 does not name the PaymentIntent, but the intent exists there, declined:
     // the reference finds it.
-    match stripe.sync(None, "att_dec_1").await {
+    match stripe.sync(None, "att_dec_1").await.map(|s| s.status) {
         Ok(ProviderStatus::Declined(decline)) => assert_eq!(decline.code, "card_declined"),
         other => panic!("sync of the declined attempt: {other:?}"),
     }
@@ -377,13 +386,183 @@ async fn sync_without_provider_ref_finds_the_payment_by_reference() {
     }
     stripe.void(&refs[1]).await.expect("voided");
 
-    assert_eq!(stripe.sync(None, "att_lost_b").await, Ok(ProviderStatus::Voided));
-    assert_eq!(stripe.sync(None, "att_lost_c").await, Ok(ProviderStatus::Authorized));
     assert_eq!(
-        stripe.sync(Some(""), "att_lost_a").await,
+        stripe.sync(None, "att_lost_b").await.map(|s| s.status),
+        Ok(ProviderStatus::Voided)
+    );
+    assert_eq!(
+        stripe.sync(None, "att_lost_c").await.map(|s| s.status),
         Ok(ProviderStatus::Authorized)
     );
-    assert_eq!(stripe.sync(None, "att_never_sent").await, Ok(ProviderStatus::NotFound));
+    assert_eq!(
+        stripe.sync(Some(""), "att_lost_a").await.map(|s| s.status),
+        Ok(ProviderStatus::Authorized)
+    );
+    assert_eq!(
+        stripe.sync(None, "att_never_sent").await.map(|s| s.status),
+        Ok(ProviderStatus::NotFound)
+    );
+}
+
+#[tokio::test]
+async fn sync_by_reference_answers_the_payment_intent_id() {
+    let server = localstripe_or_skip!();
+    let stripe = server.connector();
+
+    let kept = stripe
+        .authorize(&request("att_adopt_a", CARD_OK, 900))
+        .await
+        .expect("answer");
+    let voided = stripe
+        .authorize(&request("att_adopt_b", CARD_OK, 900))
+        .await
+        .expect("answer");
+    stripe.void(&voided.provider_ref).await.expect("voided");
+
+    assert_eq!(
+        stripe.sync(None, "att_adopt_a").await,
+        Ok(Synced {
+            provider_ref: Some(kept.provider_ref.clone()),
+            status: ProviderStatus::Authorized,
+        })
+    );
+    assert_eq!(
+        stripe.sync(None, "att_adopt_b").await,
+        Ok(Synced {
+            provider_ref: Some(voided.provider_ref.clone()),
+            status: ProviderStatus::Voided,
+        })
+    );
+    // By id, the id comes back too.
+    assert_eq!(
+        stripe.sync(Some(&kept.provider_ref), "att_adopt_a").await,
+        Ok(Synced {
+            provider_ref: Some(kept.provider_ref.clone()),
+            status: ProviderStatus::Authorized,
+        })
+    );
+    // The payment found by reference can be adopted: captured by the id sync gave.
+    let found = stripe.sync(None, "att_adopt_a").await.expect("answer");
+    let id = found.provider_ref.expect("the provider knows the payment");
+    stripe.capture(&id, 900, usd()).await.expect("captured");
+    assert_eq!(
+        stripe.sync(None, "att_adopt_a").await.map(|s| s.status),
+        Ok(ProviderStatus::Captured)
+    );
+
+    // localstripe's decline names no intent; sync by reference does.
+    let declined = stripe
+        .authorize(&request("att_adopt_dec", CARD_DECLINED_ON_CHARGE, 900))
+        .await
+        .expect("answer");
+    assert!(matches!(declined.status, ProviderStatus::Declined(_)));
+    let synced = stripe.sync(None, "att_adopt_dec").await.expect("answer");
+    assert!(matches!(synced.status, ProviderStatus::Declined(_)), "{synced:?}");
+    assert!(
+        synced.provider_ref.as_deref().is_some_and(|id| id.starts_with("pi_")),
+        "{synced:?}"
+    );
+
+    assert_eq!(
+        stripe.sync(None, "att_adopt_never_sent").await,
+        Ok(Synced {
+            provider_ref: None,
+            status: ProviderStatus::NotFound,
+        })
+    );
+}
+
+/// A captured localstripe payment of `amount` cents.
+async fn captured(stripe: &Stripe, reference: &str, amount: i64) -> String {
+    let auth = stripe
+        .authorize(&request(reference, CARD_OK, amount))
+        .await
+        .expect("answer");
+    assert_eq!(auth.status, ProviderStatus::Authorized);
+    stripe
+        .capture(&auth.provider_ref, amount, usd())
+        .await
+        .expect("captured");
+    auth.provider_ref
+}
+
+#[tokio::test]
+async fn refund_status_finds_a_succeeded_refund_by_id_and_by_reference() {
+    let server = localstripe_or_skip!();
+    let stripe = server.connector();
+
+    let payment = captured(&stripe, "att_rs_1", 1000).await;
+    let other_payment = captured(&stripe, "att_rs_2", 1000).await;
+    let first = stripe.refund(&payment, "rfd_rs_a", 300, usd()).await.expect("refunded");
+    let second = stripe.refund(&payment, "rfd_rs_b", 200, usd()).await.expect("refunded");
+    let elsewhere = stripe
+        .refund(&other_payment, "rfd_rs_c", 100, usd())
+        .await
+        .expect("refunded");
+    assert_eq!(first.status, RefundStatus::Succeeded);
+
+    // By the refund's id.
+    assert_eq!(
+        stripe
+            .refund_status(&payment, Some(&first.provider_ref), "rfd_rs_a")
+            .await,
+        Ok(Some(first.clone()))
+    );
+    // By Settle's reference alone, whether it is the newest refund of the payment or not.
+    assert_eq!(
+        stripe.refund_status(&payment, None, "rfd_rs_a").await,
+        Ok(Some(first.clone()))
+    );
+    assert_eq!(
+        stripe.refund_status(&payment, Some(""), "rfd_rs_b").await,
+        Ok(Some(second))
+    );
+    assert_eq!(
+        stripe.refund_status(&other_payment, None, "rfd_rs_c").await,
+        Ok(Some(elsewhere.clone()))
+    );
+    // A refund of another payment is not this payment's.
+    assert_eq!(stripe.refund_status(&payment, None, "rfd_rs_c").await, Ok(None));
+    match stripe
+        .refund_status(&payment, Some(&elsewhere.provider_ref), "rfd_rs_c")
+        .await
+    {
+        Err(ConnectorError::Rejected(_)) => {}
+        other => panic!("refund of another payment by id: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn refund_status_of_an_unknown_refund_is_none() {
+    let server = localstripe_or_skip!();
+    let stripe = server.connector();
+
+    let payment = captured(&stripe, "att_rs_none", 1000).await;
+    // No refund at all, then one with another reference.
+    assert_eq!(stripe.refund_status(&payment, None, "rfd_never_sent").await, Ok(None));
+    stripe
+        .refund(&payment, "rfd_rs_real", 100, usd())
+        .await
+        .expect("refunded");
+    assert_eq!(stripe.refund_status(&payment, None, "rfd_never_sent").await, Ok(None));
+    assert_eq!(
+        stripe
+            .refund_status(&payment, Some("re_doesnotexist0000"), "rfd_never_sent")
+            .await,
+        Ok(None)
+    );
+    // The payment itself is unknown: the request is wrong, not the refund absent.
+    match stripe
+        .refund_status("pi_doesnotexist0000", None, "rfd_never_sent")
+        .await
+    {
+        Err(ConnectorError::Rejected(_)) => {}
+        other => panic!("refunds of an unknown payment: {other:?}"),
+    }
+    match stripe.refund_status(&payment, Some("re_../x"), "rfd_never_sent").await {
+        Err(ConnectorError::Rejected(_)) => {}
+        other => panic!("malformed refund id: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -392,7 +571,10 @@ async fn sync_of_an_unknown_id_is_not_found() {
     let stripe = server.connector();
 
     assert_eq!(
-        stripe.sync(Some("pi_doesnotexist0000"), "att_x").await,
+        stripe
+            .sync(Some("pi_doesnotexist0000"), "att_x")
+            .await
+            .map(|s| s.status),
         Ok(ProviderStatus::NotFound)
     );
     match stripe.sync(Some("pi_../../v1/balance"), "att_x").await {
@@ -412,7 +594,7 @@ async fn connection_refused_is_unavailable() {
         other => panic!("closed port: {other:?}"),
     }
     assert!(matches!(
-        stripe.sync(None, "att_down_1").await,
+        stripe.sync(None, "att_down_1").await.map(|s| s.status),
         Err(ConnectorError::Unavailable(_))
     ));
 }
@@ -435,7 +617,7 @@ async fn a_server_that_never_answers_is_a_timeout() {
         Err(ConnectorError::Timeout)
     );
     assert_eq!(
-        stripe.sync(Some("pi_x"), "att_slow_1").await,
+        stripe.sync(Some("pi_x"), "att_slow_1").await.map(|s| s.status),
         Err(ConnectorError::Timeout)
     );
     assert_eq!(stripe.capture("pi_x", 10, usd()).await, Err(ConnectorError::Timeout));
@@ -626,11 +808,11 @@ async fn sync_by_reference_pages_through_the_list_and_gives_up_at_the_limit() {
     .await;
     let stripe_paged = stripe(&base_url, Duration::from_secs(5));
     assert_eq!(
-        stripe_paged.sync(None, "att_wanted").await,
+        stripe_paged.sync(None, "att_wanted").await.map(|s| s.status),
         Ok(ProviderStatus::Authorized)
     );
     assert_eq!(
-        stripe_paged.sync(None, "att_absent").await,
+        stripe_paged.sync(None, "att_absent").await.map(|s| s.status),
         Ok(ProviderStatus::NotFound)
     );
     let targets: Vec<String> = seen.lock().expect("log").iter().map(|s| s.target.clone()).collect();
@@ -647,7 +829,7 @@ async fn sync_by_reference_pages_through_the_list_and_gives_up_at_the_limit() {
     }))
     .await;
     let endless = stripe(&base_url, Duration::from_secs(5));
-    match endless.sync(None, "att_wanted").await {
+    match endless.sync(None, "att_wanted").await.map(|s| s.status) {
         Err(ConnectorError::Unavailable(_)) => {}
         other => panic!("endless list: {other:?}"),
     }
@@ -656,6 +838,87 @@ async fn sync_by_reference_pages_through_the_list_and_gives_up_at_the_limit() {
         settle_connectors::stripe::LIST_MAX_PAGES
     );
     task.abort();
+}
+
+#[tokio::test]
+async fn refund_status_reads_stripe_refund_states_and_pages_the_refund_list() {
+    // What localstripe never shows: pending, failed and canceled refunds, and a second page.
+    let (base_url, seen, task) = fake_stripe(Arc::new(|seen: &Seen| {
+        let refund = |id: &str, reference: &str, status: &str, reason: Value| {
+            json!({"id": id, "object": "refund", "payment_intent": "pi_1", "status": status,
+                   "failure_reason": reason, "metadata": {"settle_reference": reference}})
+        };
+        match (seen.method.as_str(), seen.target.as_str()) {
+            ("POST", "/v1/refunds") => (200, refund("re_new", "rfd_new", "requires_action", Value::Null)),
+            ("GET", "/v1/refunds/re_pending") => (200, refund("re_pending", "rfd_p", "pending", Value::Null)),
+            ("GET", "/v1/refunds/re_failed") => (
+                200,
+                refund("re_failed", "rfd_f", "failed", json!("lost_or_stolen_card")),
+            ),
+            ("GET", "/v1/refunds/re_gone") => (404, json!({"error": {"message": "No such refund"}})),
+            ("GET", target) if target.contains("starting_after=re_p1b") => (
+                200,
+                json!({"data": [refund("re_p2a", "rfd_wanted", "canceled", Value::Null)], "has_more": false}),
+            ),
+            ("GET", target) if target.starts_with("/v1/refunds?") => (
+                200,
+                json!({"data": [refund("re_p1a", "rfd_x", "succeeded", Value::Null),
+                                 refund("re_p1b", "rfd_y", "succeeded", Value::Null)],
+                       "has_more": true}),
+            ),
+            _ => (400, json!({"error": {"message": "unexpected"}})),
+        }
+    }))
+    .await;
+    let stripe = stripe(&base_url, Duration::from_secs(5));
+
+    let refund = stripe.refund("pi_1", "rfd_new", 100, usd()).await.expect("answer");
+    assert_eq!(refund.status, RefundStatus::Pending);
+    assert_eq!(
+        stripe.refund_status("pi_1", Some("re_pending"), "rfd_p").await,
+        Ok(Some(RefundOutcome {
+            provider_ref: "re_pending".into(),
+            status: RefundStatus::Pending,
+        }))
+    );
+    match stripe.refund_status("pi_1", Some("re_failed"), "rfd_f").await {
+        Ok(Some(RefundOutcome {
+            status: RefundStatus::Failed(Decline { code, .. }),
+            ..
+        })) => assert_eq!(code, "lost_or_stolen_card"),
+        other => panic!("failed refund: {other:?}"),
+    }
+    assert_eq!(stripe.refund_status("pi_1", Some("re_gone"), "rfd_g").await, Ok(None));
+    match stripe.refund_status("pi_1", None, "rfd_wanted").await {
+        Ok(Some(RefundOutcome {
+            provider_ref,
+            status: RefundStatus::Failed(Decline { code, .. }),
+        })) => {
+            assert_eq!(provider_ref, "re_p2a");
+            assert_eq!(code, "refund_canceled");
+        }
+        other => panic!("canceled refund on page 2: {other:?}"),
+    }
+    task.abort();
+
+    let seen = seen.lock().expect("log").clone();
+    let post = &seen[0];
+    assert_eq!(post.header("idempotency-key"), Some("rfd_new"));
+    assert!(
+        post.body
+            .split('&')
+            .any(|pair| pair == "metadata%5Bsettle_reference%5D=rfd_new"),
+        "{}",
+        post.body
+    );
+    let targets: Vec<&str> = seen.iter().map(|s| s.target.as_str()).collect();
+    assert_eq!(
+        &targets[4..],
+        [
+            "/v1/refunds?payment_intent=pi_1&limit=100",
+            "/v1/refunds?payment_intent=pi_1&limit=100&starting_after=re_p1b",
+        ]
+    );
 }
 
 #[test]
