@@ -139,6 +139,12 @@ pub struct Payment {
     /// While in the future, one request or job owns the payment (a connector call is in flight)
     /// and every other command is refused with 409.
     pub claimed_until: Option<Timestamp>,
+    /// What the claim set out to do, stored with it: if its process dies mid-call, the recovery
+    /// job asks the connector how far it got and finishes or releases the claim.
+    pub plan: Option<Plan>,
+    /// The `Idempotency-Key` of the request that created the payment: a retry after a crash
+    /// (which stored no idempotency record) finds the payment instead of creating another.
+    pub idempotency_key: Option<String>,
     /// Bumped by every change; the store updates a payment only at the version it read.
     pub version: i64,
     pub created_at: Timestamp,
@@ -200,6 +206,23 @@ pub enum Decision {
     Capture { amount: i64 },
     /// Cancel; `void` says whether an authorization must be voided at the connector and in the ledger.
     Cancel { void: bool },
+}
+
+/// A claim's intended connector calls.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Plan {
+    /// Authorize, trying these connector accounts in order, each with its attempt reference
+    /// (the idempotency key the provider sees, by which a lost answer is found again).
+    Authorize { tries: Vec<PlannedTry> },
+    Capture { amount: i64 },
+    Cancel { reason: Option<String>, void: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlannedTry {
+    pub connector_account_id: String,
+    pub reference: String,
 }
 
 /// Why a command is refused.
@@ -346,20 +369,35 @@ pub fn canceled(payment: &Payment, reason: Option<String>, now: Timestamp) -> Pa
 }
 
 /// The payment with a claim on it until `until`; confirming also enters `processing`.
-pub fn claimed(payment: &Payment, decision: &Decision, now: Timestamp, until: Timestamp) -> Payment {
+pub fn claimed(payment: &Payment, plan: Option<Plan>, now: Timestamp, until: Timestamp) -> Payment {
     let mut next = touched(payment, now);
     next.claimed_until = Some(until);
-    if *decision == Decision::Authorize {
+    if matches!(plan, Some(Plan::Authorize { .. })) {
         next.status = PaymentStatus::Processing;
         next.last_payment_error = None;
     }
+    next.plan = plan;
     next
 }
 
+/// The plan of a claim that decided `decision`; `tries` are the authorization's candidates.
+pub fn plan(decision: &Decision, reason: Option<&str>, tries: Vec<PlannedTry>) -> Option<Plan> {
+    match decision {
+        Decision::MethodAttached => None,
+        Decision::Authorize => Some(Plan::Authorize { tries }),
+        Decision::Capture { amount } => Some(Plan::Capture { amount: *amount }),
+        Decision::Cancel { void } => Some(Plan::Cancel {
+            reason: reason.map(str::to_owned),
+            void: *void,
+        }),
+    }
+}
+
 /// Every change after a claim ends it.
-fn touched(payment: &Payment, now: Timestamp) -> Payment {
+pub fn touched(payment: &Payment, now: Timestamp) -> Payment {
     let mut next = payment.clone();
     next.claimed_until = None;
+    next.plan = None;
     next.version = payment.version + 1;
     next.updated_at = now;
     next

@@ -7,7 +7,7 @@ use serde_json::json;
 use settle_domain::{
     ledger::{Account, AccountFlags, Balances, Book, TransferResult},
     payment::{
-        self, AuthorizationOutcome, CaptureMethod, Command, Decision, Payment, PaymentError, PaymentStatus, Split,
+        self, AuthorizationOutcome, CaptureMethod, Command, Decision, Payment, PaymentError, PaymentStatus, Plan, Split,
     },
     postings, Currency, Timestamp,
 };
@@ -65,6 +65,8 @@ fn new_payment(amount: i64, split: i64, fee: i64) -> Payment {
         cancellation_reason: None,
         authorized_at: None,
         claimed_until: None,
+        plan: None,
+        idempotency_key: None,
         version: 1,
         created_at: Timestamp(0),
         updated_at: Timestamp(0),
@@ -137,15 +139,17 @@ proptest! {
             match s {
                 Step::Confirm(outcome) => {
                     let Ok(Decision::Authorize) = payment::decide(&p, &Command::Confirm, true, now) else { continue };
-                    let claimed = payment::claimed(&p, &Decision::Authorize, now, Timestamp(now.0 + 1));
+                    let claimed = payment::claimed(&p, Some(Plan::Authorize { tries: Vec::new() }), now, Timestamp(now.0 + 1));
                     prop_assert!(legal(before, PaymentStatus::Processing));
                     prop_assert_eq!(claimed.status, PaymentStatus::Processing);
+                    prop_assert!(claimed.plan.is_some());
                     before = PaymentStatus::Processing;
                     let outcome = match outcome {
                         0 => AuthorizationOutcome::Declined(PaymentError { code: "card_declined".into(), message: String::new(), connector: None }),
                         _ => AuthorizationOutcome::Authorized { connector_account_id: "sandbox".into(), connector_name: "sandbox".into(), provider_ref: "x".into() },
                     };
                     p = payment::authorization_ended(&claimed, &outcome, now);
+                    prop_assert!(p.plan.is_none() && p.claimed_until.is_none(), "every change after a claim ends it");
                     if p.status == PaymentStatus::RequiresCapture {
                         apply(&mut ledger, vec![postings::authorization(&p, "sandbox")]);
                     } else {

@@ -76,6 +76,12 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
             if let Err(e) = crate::payments::jobs::try_execute_payment_sync(&s).await {
                 tracing::warn!(error = ?e, "payment sync failed");
             }
+            if let Err(e) = crate::payments::refunds::try_execute_refund_sync(&s).await {
+                tracing::warn!(error = ?e, "refund sync failed");
+            }
+            if let Err(e) = crate::payments::jobs::try_execute_claim_recovery(&s).await {
+                tracing::warn!(error = ?e, "claim recovery failed");
+            }
             if let Err(e) = crate::payments::jobs::try_execute_authorization_expiry(&s).await {
                 tracing::warn!(error = ?e, "authorization expiry failed");
             }

@@ -17,6 +17,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "payments",
         sql: include_str!("../migrations/postgres/0002_payments.sql"),
     },
+    Migration {
+        version: 3,
+        name: "payment_claims",
+        sql: include_str!("../migrations/postgres/0003_payment_claims.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -29,6 +34,11 @@ pub const SQLITE: &[Migration] = &[
         version: 2,
         name: "payments",
         sql: include_str!("../migrations/sqlite/0002_payments.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "payment_claims",
+        sql: include_str!("../migrations/sqlite/0003_payment_claims.sql"),
     },
 ];
 

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use settle_domain::{
     payment::{
         Attempt, CaptureMethod, ConnectorAccount, Payment, PaymentError, PaymentFilter, PaymentMethod, PaymentStatus,
-        Refund, RefundStatus, Split, StatusChange,
+        Plan, Refund, RefundStatus, Split, StatusChange,
     },
     Timestamp,
 };
@@ -34,6 +34,10 @@ pub trait PaymentTx: Send {
 
     async fn insert_payment(&mut self, payment: &Payment) -> Result<()>;
     async fn get_payment(&mut self, merchant_id: &str, id: &str) -> Result<Option<Payment>>;
+    /// The payment a request with this `Idempotency-Key` created.
+    async fn payment_by_idempotency_key(&mut self, merchant_id: &str, key: &str) -> Result<Option<Payment>>;
+    /// Payments of every merchant whose claim has expired (its process died mid-call); oldest first.
+    async fn expired_claims(&mut self, now: Timestamp, limit: u32) -> Result<Vec<Payment>>;
     /// Stores `payment` if the stored row is still at `expected_version`; `false` when another
     /// change came first (the compare-and-set that serializes commands on one payment).
     async fn update_payment(&mut self, payment: &Payment, expected_version: i64) -> Result<bool>;
@@ -64,7 +68,11 @@ pub trait PaymentTx: Send {
     /// refunds of one payment run one after the other; the table's CHECK is the last word.
     async fn add_refunded(&mut self, merchant_id: &str, payment_id: &str, delta: i64, now: Timestamp) -> Result<bool>;
     async fn insert_refund(&mut self, refund: &Refund) -> Result<()>;
-    async fn update_refund(&mut self, refund: &Refund) -> Result<()>;
+    /// Stores a refund's outcome if it is still `pending`; `false` when another process
+    /// concluded it first.
+    async fn update_refund(&mut self, refund: &Refund) -> Result<bool>;
+    /// `pending` refunds of every merchant last changed before `updated_before`; oldest first.
+    async fn pending_refunds(&mut self, updated_before: Timestamp, limit: u32) -> Result<Vec<Refund>>;
     async fn get_refund(&mut self, merchant_id: &str, id: &str) -> Result<Option<Refund>>;
     /// A payment's refunds, oldest first (at most [`PER_PAYMENT_ROWS_MAX`]).
     async fn refunds_of(&mut self, merchant_id: &str, payment_id: &str) -> Result<Vec<Refund>>;
@@ -79,7 +87,8 @@ pub trait PaymentTx: Send {
 pub const PAYMENT_COLS: &str = "merchant_id, id, amount, currency, capture_method, status, amount_capturable, \
     amount_captured, amount_refunded, payment_method_id, customer_email, customer_name, customer_phone, description, \
     metadata, splits, application_fee_amount, connector, connector_account_id, connector_name, provider_ref, \
-    last_payment_error, cancellation_reason, authorized_at, claimed_until, version, created_at, updated_at";
+    last_payment_error, cancellation_reason, authorized_at, claimed_until, version, created_at, updated_at, \
+    claim_plan, idempotency_key";
 pub const PAYMENT_METHOD_COLS: &str =
     "merchant_id, id, brand, last4, exp_month, exp_year, fingerprint, number_sealed, created_at";
 pub const CONNECTOR_ACCOUNT_COLS: &str = "merchant_id, id, connector, label, credentials_sealed, enabled, created_at";
@@ -149,6 +158,17 @@ pub fn parts(text: &str) -> Result<Vec<i64>> {
     serde_json::from_str(text).map_err(|_| StoreError::Corrupt(format!("refund parts {text}")))
 }
 
+pub fn plan(text: Option<String>) -> Result<Option<Plan>> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("claim plan: {e}"))))
+        .transpose()
+}
+
+pub fn plan_text(plan: &Option<Plan>) -> Result<Option<String>> {
+    plan.as_ref()
+        .map(|p| serde_json::to_string(p).map_err(|e| StoreError::Corrupt(format!("claim plan: {e}"))))
+        .transpose()
+}
+
 pub fn month(m: i64) -> Result<u32> {
     u32::try_from(m).map_err(|_| StoreError::Corrupt(format!("month {m}")))
 }
@@ -190,6 +210,8 @@ macro_rules! payments_tx {
                 cancellation_reason: row.try_get("cancellation_reason")?,
                 authorized_at: sh::ts(row.try_get("authorized_at")?),
                 claimed_until: sh::ts(row.try_get("claimed_until")?),
+                plan: pay::plan(row.try_get("claim_plan")?)?,
+                idempotency_key: row.try_get("idempotency_key")?,
                 version: row.try_get("version")?,
                 created_at: settle_domain::Timestamp(row.try_get("created_at")?),
                 updated_at: settle_domain::Timestamp(row.try_get("updated_at")?),
@@ -417,7 +439,7 @@ macro_rules! payments_tx {
             async fn insert_payment(&mut self, p: &settle_domain::payment::Payment) -> $crate::Result<()> {
                 let sql = format!(
                     "INSERT INTO payments ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                     $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
+                     $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)",
                     pay::PAYMENT_COLS
                 );
                 let customer = p.customer.as_ref();
@@ -450,9 +472,42 @@ macro_rules! payments_tx {
                     .bind(p.version)
                     .bind(p.created_at.0)
                     .bind(p.updated_at.0)
+                    .bind(pay::plan_text(&p.plan)?)
+                    .bind(&p.idempotency_key)
                     .execute(&mut *self.tx)
                     .await?;
                 Ok(())
+            }
+
+            async fn payment_by_idempotency_key(
+                &mut self,
+                merchant_id: &str,
+                key: &str,
+            ) -> $crate::Result<Option<settle_domain::payment::Payment>> {
+                let sql = format!(
+                    "SELECT {} FROM payments WHERE merchant_id = $1 AND idempotency_key = $2",
+                    pay::PAYMENT_COLS
+                );
+                let row = sqlx::query(&sql).bind(merchant_id).bind(key).fetch_optional(&mut *self.tx).await?;
+                row.as_ref().map(payment_from).transpose()
+            }
+
+            async fn expired_claims(
+                &mut self,
+                now: settle_domain::Timestamp,
+                limit: u32,
+            ) -> $crate::Result<Vec<settle_domain::payment::Payment>> {
+                let sql = format!(
+                    "SELECT {} FROM payments WHERE claimed_until IS NOT NULL AND claimed_until <= $1 \
+                     ORDER BY claimed_until LIMIT $2",
+                    pay::PAYMENT_COLS
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(now.0)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+                rows.iter().map(payment_from).collect()
             }
 
             async fn get_payment(
@@ -475,7 +530,7 @@ macro_rules! payments_tx {
                      amount_refunded = $6, payment_method_id = $7, connector_account_id = $8, connector_name = $9, \
                      provider_ref = $10, last_payment_error = $11, cancellation_reason = $12, authorized_at = $13, \
                      claimed_until = $14, version = $15, updated_at = $16, amount = $17, description = $18, \
-                     metadata = $19 \
+                     metadata = $19, claim_plan = $21 \
                      WHERE merchant_id = $1 AND id = $2 AND version = $20",
                 )
                 .bind(&p.merchant_id)
@@ -498,6 +553,7 @@ macro_rules! payments_tx {
                 .bind(&p.description)
                 .bind(p.metadata.to_string())
                 .bind(expected_version)
+                .bind(pay::plan_text(&p.plan)?)
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(done.rows_affected() == 1)
@@ -667,10 +723,10 @@ macro_rules! payments_tx {
                 Ok(())
             }
 
-            async fn update_refund(&mut self, r: &settle_domain::payment::Refund) -> $crate::Result<()> {
-                sqlx::query(
+            async fn update_refund(&mut self, r: &settle_domain::payment::Refund) -> $crate::Result<bool> {
+                let done = sqlx::query(
                     "UPDATE refunds SET status = $3, provider_ref = $4, failure_code = $5, updated_at = $6 \
-                     WHERE merchant_id = $1 AND id = $2",
+                     WHERE merchant_id = $1 AND id = $2 AND status = 'pending'",
                 )
                 .bind(&r.merchant_id)
                 .bind(&r.id)
@@ -680,7 +736,24 @@ macro_rules! payments_tx {
                 .bind(r.updated_at.0)
                 .execute(&mut *self.tx)
                 .await?;
-                Ok(())
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn pending_refunds(
+                &mut self,
+                updated_before: settle_domain::Timestamp,
+                limit: u32,
+            ) -> $crate::Result<Vec<settle_domain::payment::Refund>> {
+                let sql = format!(
+                    "SELECT {} FROM refunds WHERE status = 'pending' AND updated_at < $1 ORDER BY updated_at LIMIT $2",
+                    pay::REFUND_COLS
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(updated_before.0)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+                rows.iter().map(refund_from).collect()
             }
 
             async fn get_refund(

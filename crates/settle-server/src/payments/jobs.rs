@@ -1,19 +1,27 @@
-//! The payment jobs: expire old authorizations, resolve payments stuck in `processing`.
+//! The payment jobs: expire old authorizations, resolve payments stuck in `processing`, and
+//! recover the claims of processes that died mid-call.
 //!
-//! Both are safe when several processes run them at once: each payment is claimed with a
+//! All are safe when several processes run them at once: each payment is claimed with a
 //! compare-and-set on its version before anything is called, so one process works on it and
 //! the others skip it.
+//!
+//! Recovery reads the dead claim's plan. An authorization (`processing`) is synced by the
+//! attempt references the claim fixed before calling anyone: one the provider holds is adopted,
+//! and when no provider knows any of them the payment returns to `requires_payment_method`
+//! (`interrupted`). A capture or cancel asks the connector for the payment's state: captured or
+//! voided there, the step is finished here (ledger included); still authorized, the claim is
+//! released and the client may retry; no answer, the claim is left to expire and tried again.
 
-use settle_connectors::ProviderStatus;
+use settle_connectors::{ProviderStatus, Synced};
 use settle_domain::{
-    payment::{AuthorizationOutcome, Command, Payment, PaymentError, PaymentStatus},
-    Timestamp,
+    payment::{self, Attempt, AuthorizationOutcome, Command, Payment, PaymentError, PaymentStatus, Plan},
+    postings, Timestamp,
 };
 use settle_store::{Mode, Scope};
 
 use crate::{
     error::ApiError,
-    payments::{payment_json, service},
+    payments::{connectors::Candidate, payment_json, service},
     AppState,
 };
 
@@ -43,7 +51,17 @@ pub async fn try_execute_authorization_expiry(state: &AppState) -> Result<usize,
             ctx: None,
             reason: Some("expired"),
         };
-        let claimed = service::claim(state, &p.merchant_id, &p.id, &Command::Expire, None, &actor, &[]).await;
+        let claimed = service::claim(
+            state,
+            &p.merchant_id,
+            &p.id,
+            &Command::Expire,
+            None,
+            Some("expired"),
+            &actor,
+            &[],
+        )
+        .await;
         let Ok((claimed, decision, prepared)) = claimed else {
             continue; // another process took it, or it changed meanwhile
         };
@@ -105,33 +123,38 @@ async fn sync_one(state: &AppState, p: Payment, base: i64, now: Timestamp) -> Re
     let last = attempts.iter().rev().find(|a| a.operation == "authorize");
     let mut log = Vec::new();
     let outcome = match last {
-        None => Some(declined("interrupted", "the authorization never reached a connector")),
-        Some(_) if syncs >= SYNC_ATTEMPTS_MAX => {
-            Some(declined("processing_timeout", "the connector did not decide in time"))
-        }
+        _ if syncs >= SYNC_ATTEMPTS_MAX => Some(declined("processing_timeout", "the connector did not decide in time")),
         Some(a) => {
-            let candidate = {
-                let mut tx = state
-                    .store
-                    .begin(Scope::Merchant(claimed.merchant_id.clone()), Mode::Read)
-                    .await?;
-                service::account(state, tx.as_mut(), &claimed.merchant_id, &a.connector_account_id).await?
-            };
-            let status = service::sync_attempt(state, &claimed, &candidate, a, &actor, &mut log).await;
-            match (status, a.provider_ref.clone().or(claimed.provider_ref.clone())) {
-                (Some(ProviderStatus::Authorized), Some(provider_ref)) => Some(AuthorizationOutcome::Authorized {
-                    connector_account_id: candidate.account_id.clone(),
-                    connector_name: candidate.connector_name.clone(),
+            let candidate = account_of(state, &claimed, &a.connector_account_id).await?;
+            let synced = service::sync_attempt(state, &claimed, &candidate, &a.id, a.provider_ref.as_deref(), &actor, &mut log).await;
+            match synced {
+                Some(Synced {
+                    status: ProviderStatus::Authorized | ProviderStatus::Captured,
                     provider_ref,
-                }),
-                (Some(ProviderStatus::Declined(d)), _) => Some(declined(&d.code, &d.message)),
-                (Some(ProviderStatus::NotFound | ProviderStatus::Voided), _) => Some(declined(
+                }) => provider_ref
+                    .or(a.provider_ref.clone())
+                    .or(claimed.provider_ref.clone())
+                    .map(|provider_ref| AuthorizationOutcome::Authorized {
+                        connector_account_id: candidate.account_id.clone(),
+                        connector_name: candidate.connector_name.clone(),
+                        provider_ref,
+                    }),
+                Some(Synced {
+                    status: ProviderStatus::Declined(d),
+                    ..
+                }) => Some(declined(&d.code, &d.message)),
+                Some(Synced {
+                    status: ProviderStatus::NotFound | ProviderStatus::Voided,
+                    ..
+                }) => Some(declined(
                     "authorization_not_found",
                     "the connector holds no authorization",
                 )),
                 _ => None,
             }
         }
+        // The claim's process died before it stored any attempt: look for its planned ones.
+        None => adopt_planned(state, &claimed, &actor, &mut log).await?,
     };
     let Some(outcome) = outcome else {
         service::release(state, &claimed, log).await?;
@@ -142,6 +165,136 @@ async fn sync_one(state: &AppState, p: Payment, base: i64, now: Timestamp) -> Re
     service::finish(state, &claimed, &next, changes, log, &[], &actor, None, transfers).await?;
     tracing::info!(payment = %next.id, status = next.status.as_str(), "payment synced with its connector");
     Ok(next.status != PaymentStatus::Processing)
+}
+
+async fn account_of(state: &AppState, payment: &Payment, account_id: &str) -> Result<Candidate, ApiError> {
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(payment.merchant_id.clone()), Mode::Read)
+        .await?;
+    service::account(state, tx.as_mut(), &payment.merchant_id, account_id).await
+}
+
+/// Syncs the attempt references a dead claim planned, in order. The first the provider holds
+/// is adopted (an `authorize` attempt is recorded for it, so later syncs find it); `None` when
+/// a provider could not be asked (tried again next round).
+async fn adopt_planned(
+    state: &AppState,
+    claimed: &Payment,
+    actor: &service::Actor<'_>,
+    log: &mut Vec<Attempt>,
+) -> Result<Option<AuthorizationOutcome>, ApiError> {
+    let tries = match &claimed.plan {
+        Some(Plan::Authorize { tries }) => tries.clone(),
+        _ => Vec::new(),
+    };
+    for planned in tries {
+        let candidate = account_of(state, claimed, &planned.connector_account_id).await?;
+        let Some(synced) =
+            service::sync_attempt(state, claimed, &candidate, &planned.reference, None, actor, log).await
+        else {
+            return Ok(None);
+        };
+        let (outcome, provider_ref) = match (synced.status, synced.provider_ref) {
+            (ProviderStatus::Authorized | ProviderStatus::Captured, Some(r)) => ("succeeded", r),
+            (ProviderStatus::Processing, Some(r)) => ("processing", r),
+            (ProviderStatus::NotFound | ProviderStatus::Declined(_) | ProviderStatus::Voided, _) => continue,
+            // Held there, but without the provider's id it can be neither adopted nor voided.
+            _ => return Ok(None),
+        };
+        log.push(service::recovered_attempt(state, claimed, &candidate, &planned.reference, outcome, &provider_ref, actor));
+        let (connector_account_id, connector_name) = (candidate.account_id.clone(), candidate.connector_name.clone());
+        return Ok(Some(if outcome == "succeeded" {
+            AuthorizationOutcome::Authorized {
+                connector_account_id,
+                connector_name,
+                provider_ref,
+            }
+        } else {
+            AuthorizationOutcome::Pending {
+                connector_account_id,
+                connector_name,
+                provider_ref: Some(provider_ref),
+            }
+        }));
+    }
+    Ok(Some(declined(
+        "interrupted",
+        "the authorization was interrupted before any connector acted on it",
+    )))
+}
+
+/// Finishes or releases the expired claims of captures and cancels (see the module doc).
+/// Claims in `processing` are the sync job's. Returns how many payments changed.
+pub async fn try_execute_claim_recovery(state: &AppState) -> Result<usize, ApiError> {
+    let now = state.clock.now();
+    let expired = {
+        let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
+        tx.expired_claims(now, JOB_BATCH_MAX).await?
+    };
+    let mut changed = 0;
+    for p in expired {
+        if p.status == PaymentStatus::Processing {
+            continue;
+        }
+        match recover_one(state, &p).await {
+            Ok(true) => changed += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(payment = %p.id, error = ?e, "claim recovery failed; retried next round"),
+        }
+    }
+    state.metrics.job_changes("claim_recovery", changed as u64);
+    Ok(changed)
+}
+
+async fn recover_one(state: &AppState, p: &Payment) -> Result<bool, ApiError> {
+    let Some(claimed) = service::claim_as_is(state, p).await? else {
+        return Ok(false);
+    };
+    let actor = service::Actor {
+        ctx: None,
+        reason: Some("recovered"),
+    };
+    let (amount, reason) = match &claimed.plan {
+        Some(Plan::Capture { amount }) => (Some(*amount), None),
+        Some(Plan::Cancel { reason, void: true }) => (None, reason.clone()),
+        // Nothing was called (or nothing is known to call): the claim just ends.
+        _ => {
+            service::release(state, &claimed, Vec::new()).await?;
+            return Ok(false);
+        }
+    };
+    let Some(account_id) = claimed.connector_account_id.clone() else {
+        service::release(state, &claimed, Vec::new()).await?;
+        return Ok(false);
+    };
+    let holder = account_of(state, &claimed, &account_id).await?;
+    let mut log = Vec::new();
+    let provider_ref = claimed.provider_ref.clone();
+    let synced = service::sync_attempt(state, &claimed, &holder, &claimed.id, provider_ref.as_deref(), &actor, &mut log).await;
+    let now = state.clock.now();
+    let (next, transfers) = match (synced.map(|s| s.status), amount) {
+        (Some(ProviderStatus::Captured), Some(amount)) => {
+            let batch = postings::capture(&claimed, amount)
+                .ok_or_else(|| ApiError::Internal("capture shares do not allocate".into()))?;
+            (payment::captured(&claimed, amount, now), batch)
+        }
+        (Some(ProviderStatus::Voided), None) => (payment::canceled(&claimed, reason, now), vec![postings::void(&claimed)]),
+        (Some(ProviderStatus::Authorized), _) => {
+            // The command never reached the connector: the client may send it again.
+            service::release(state, &claimed, log).await?;
+            return Ok(false);
+        }
+        // No answer, or a state this plan cannot explain: leave the claim to expire and ask again.
+        _ => {
+            tracing::warn!(payment = %claimed.id, "claim recovery could not learn the connector's state");
+            return Ok(false);
+        }
+    };
+    let changes = vec![service::change(state, Some(&claimed), &next, &actor, None)];
+    service::finish(state, &claimed, &next, changes, log, &[], &actor, None, transfers).await?;
+    tracing::info!(payment = %next.id, status = next.status.as_str(), "claim recovered from the connector's state");
+    Ok(true)
 }
 
 fn declined(code: &str, message: &str) -> AuthorizationOutcome {

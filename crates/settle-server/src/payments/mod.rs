@@ -276,6 +276,8 @@ async fn create(
         cancellation_reason: None,
         authorized_at: None,
         claimed_until: None,
+        plan: None,
+        idempotency_key: ctx.idempotency.as_ref().map(|d| d.key.clone()),
         version: 1,
         created_at: now,
         updated_at: now,
@@ -287,6 +289,17 @@ async fn create(
         .store
         .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
         .await?;
+    if let Some(key) = &payment.idempotency_key {
+        // A retry of a request whose process died before storing its idempotency record.
+        if let Some(existing) = tx.payment_by_idempotency_key(&merchant_id, key).await? {
+            if (existing.amount, existing.currency, existing.capture_method)
+                != (payment.amount, payment.currency, payment.capture_method)
+            {
+                return Err(ApiError::IdempotencyReused { mismatch: "body" });
+            }
+            return Ok(Reply::json(StatusCode::CREATED, &payment_json(&existing))?.into_response());
+        }
+    }
     let merchant = tx.get_merchant(&merchant_id).await?.ok_or(ApiError::Unauthenticated)?;
     let (min, max) = amount_limits(&merchant, currency);
     if payment.amount < min || payment.amount > max {
@@ -314,21 +327,31 @@ async fn create(
     };
     let mut changes = vec![service::change(&state, None, &payment, &actor, None)];
     let audit = [ctx.audit(&state, &merchant_id, "payment.create", "payment", &payment.id)];
-    if body.confirm {
+    let authorize = payment::Decision::Authorize;
+    let prepared = if body.confirm {
+        let prepared = service::prepare(&state, tx.as_mut(), &payment, &authorize).await?;
         let created = payment.clone();
-        let until = now.checked_add_seconds(service::CLAIM_SECONDS).unwrap_or(now);
-        payment = payment::claimed(&payment, &payment::Decision::Authorize, now, until);
+        payment = service::claimed(&state, &payment, &authorize, None, &prepared);
         payment.version = created.version;
         changes.push(service::change(&state, Some(&created), &payment, &actor, None));
+        Some(prepared)
+    } else {
+        None
+    };
+    if let Err(e) = tx.insert_payment(&payment).await {
+        return Err(if e.is_conflict_on("payments") && payment.idempotency_key.is_some() {
+            // Another process is creating the payment of this key right now.
+            ApiError::IdempotencyRaceLost
+        } else {
+            e.into()
+        });
     }
-    tx.insert_payment(&payment).await?;
     tx.insert_status_changes(&changes).await?;
-    if !body.confirm {
+    let Some(prepared) = prepared else {
         let reply = Reply::json(StatusCode::CREATED, &payment_json(&payment))?;
         return ctx.commit(&state, tx, reply, &audit).await;
-    }
+    };
     tx.insert_audit(&audit).await?;
-    let prepared = service::prepare(&state, tx.as_mut(), &payment, &payment::Decision::Authorize).await?;
     tx.commit().await?;
     run_confirm(&state, &payment, prepared, &actor, StatusCode::CREATED).await
 }
@@ -408,6 +431,7 @@ async fn confirm(
         &id,
         &confirm,
         new_method.as_deref(),
+        None,
         &actor,
         &audit,
     )
@@ -472,7 +496,8 @@ async fn claim_and_settle(
         reason: None,
     };
     let audit = [ctx.audit(state, &merchant_id, action, "payment", id)];
-    let (claimed, decision, prepared) = service::claim(state, &merchant_id, id, command, None, &actor, &audit).await?;
+    let (claimed, decision, prepared) =
+        service::claim(state, &merchant_id, id, command, None, reason.as_deref(), &actor, &audit).await?;
     let render = |p: &Payment| Reply::json(StatusCode::OK, &payment_json(p));
     let (_, reply) = service::settle_claim(state, &claimed, &decision, &prepared, reason, &actor, &render, &[]).await?;
     Ok(reply.into_response())

@@ -22,12 +22,13 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use settle_connectors::{ConnectorError, RefundStatus as ProviderRefund};
+use settle_connectors::{ConnectorError, ConnectorResult, RefundOutcome, RefundStatus as ProviderRefund};
 use settle_domain::{
     ledger::TransferRequest,
     payment::{decide_refund, Payment, Refund, RefundRefusal, RefundStatus},
     postings,
     tenancy::IdempotencyRecord,
+    Timestamp,
 };
 use settle_store::{Mode, Scope, Tx};
 
@@ -155,7 +156,9 @@ struct Conclusion {
 impl Then for Conclusion {
     async fn write(&self, tx: &mut dyn Tx) -> Result<(), WriteError> {
         let refund = &self.refund;
-        tx.update_refund(refund).await?;
+        if !tx.update_refund(refund).await? {
+            return Err(WriteError::Stale(format!("refund {} was concluded by another process", refund.id)));
+        }
         if refund.status == RefundStatus::Failed
             && !tx
                 .add_refunded(
@@ -267,7 +270,17 @@ async fn create(
         )
         .await;
     tracing::debug!(refund = %refund.id, latency_ms = started.elapsed().as_millis() as u64, "connector refund answered");
-    refund.updated_at = state.clock.now();
+    apply(&mut refund, answer, state.clock.now());
+    let transfers = settling(&refund, &legs);
+    Ok(conclude(&state, Some(&ctx), &refund, StatusCode::OK, transfers)
+        .await?
+        .into_response())
+}
+
+/// The refund after the connector's answer: no answer (timeout, provider failure) leaves it
+/// `pending` with the error as its failure code until the sync job learns the outcome.
+fn apply(refund: &mut Refund, answer: ConnectorResult<RefundOutcome>, now: Timestamp) {
+    refund.updated_at = now;
     match answer {
         Ok(outcome) => {
             refund.provider_ref = Some(outcome.provider_ref);
@@ -286,14 +299,95 @@ async fn create(
         }
         Err(e) => refund.failure_code = Some(e.code().to_owned()),
     }
-    let transfers = match refund.status {
-        RefundStatus::Succeeded => postings::refund_settle(&legs, true),
-        RefundStatus::Failed => postings::refund_settle(&legs, false),
+}
+
+/// The transfers that settle the refund's holds: posted when it succeeded, voided when it failed.
+fn settling(refund: &Refund, legs: &[postings::RefundLeg]) -> Vec<TransferRequest> {
+    match refund.status {
+        RefundStatus::Succeeded => postings::refund_settle(legs, true),
+        RefundStatus::Failed => postings::refund_settle(legs, false),
         RefundStatus::Pending => Vec::new(),
+    }
+}
+
+/// Asks the connector about refunds left `pending` (no answer in time, a provider that decides
+/// later, or a process that died mid-refund) and concludes those it has decided. A refund the
+/// provider never received is sent again under the same reference (its idempotency key).
+/// Safe with several processes: a refund is concluded only while still `pending`. Returns how
+/// many refunds were concluded.
+pub async fn try_execute_refund_sync(state: &AppState) -> Result<usize, ApiError> {
+    let now = state.clock.now();
+    let wait = i64::try_from(state.config.payment_sync_interval.as_micros()).unwrap_or(i64::MAX);
+    let due = {
+        let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
+        tx.pending_refunds(Timestamp(now.0.saturating_sub(wait)), crate::payments::jobs::JOB_BATCH_MAX)
+            .await?
     };
-    Ok(conclude(&state, Some(&ctx), &refund, StatusCode::OK, transfers)
-        .await?
-        .into_response())
+    let mut concluded = 0;
+    for refund in due {
+        let id = refund.id.clone();
+        match sync_refund(state, refund).await {
+            Ok(true) => concluded += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(refund = %id, error = ?e, "refund sync failed; retried next round"),
+        }
+    }
+    state.metrics.job_changes("refund_sync", concluded as u64);
+    Ok(concluded)
+}
+
+async fn sync_refund(state: &AppState, mut refund: Refund) -> Result<bool, ApiError> {
+    let merchant_id = refund.merchant_id.clone();
+    let (payment, holder) = {
+        let mut tx = state
+            .store
+            .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+            .await?;
+        let payment = tx
+            .get_payment(&merchant_id, &refund.payment_id)
+            .await?
+            .ok_or_else(|| ApiError::Internal(format!("refund {} has no payment", refund.id)))?;
+        let account_id = refund
+            .connector_account_id
+            .clone()
+            .or(payment.connector_account_id.clone())
+            .unwrap_or_default();
+        let holder = service::account(state, tx.as_mut(), &merchant_id, &account_id).await?;
+        (payment, holder)
+    };
+    let legs = postings::refund_legs(&payment, &refund.id, &refund.parts);
+    let connector = payment.connector_name.clone().unwrap_or_default();
+    // The holds exist unless the refunding process died before posting them.
+    let holds = postings::refund_holds(&legs, &connector, payment.currency);
+    if let Err(e) = service::post(state, &merchant_id, holds, None).await {
+        let PostError::Refused(code, _) = e else {
+            return Err(e.into());
+        };
+        refund.status = RefundStatus::Failed;
+        refund.failure_code = Some(code);
+        refund.updated_at = state.clock.now();
+        conclude(state, None, &refund, StatusCode::OK, Vec::new()).await?;
+        return Ok(true);
+    }
+    let payment_ref = payment.provider_ref.clone().unwrap_or_default();
+    let known = holder
+        .connector
+        .refund_status(&payment_ref, refund.provider_ref.as_deref(), &refund.id)
+        .await;
+    let answer = match known {
+        Ok(Some(outcome)) => Ok(outcome),
+        Ok(None) => {
+            holder
+                .connector
+                .refund(&payment_ref, &refund.id, refund.amount, payment.currency)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    apply(&mut refund, answer, state.clock.now());
+    let transfers = settling(&refund, &legs);
+    conclude(state, None, &refund, StatusCode::OK, transfers).await?;
+    Ok(refund.status != RefundStatus::Pending)
 }
 
 async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {

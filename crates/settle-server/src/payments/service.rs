@@ -19,12 +19,12 @@
 use std::time::Instant;
 
 use serde_json::json;
-use settle_connectors::{AuthorizeRequest, CardData, ConnectorError, ProviderStatus};
+use settle_connectors::{AuthorizeRequest, CardData, ConnectorError, ProviderStatus, Synced};
 use settle_domain::{
     ledger::{Account, Balances, Key, TransferRequest, TransferResult},
     payment::{
         self, Attempt, AuthorizationOutcome, CaptureMethod, Command, Decision, Payment, PaymentError, PaymentStatus,
-        Refusal, StatusChange,
+        Plan, PlannedTry, Refusal, StatusChange,
     },
     postings,
     routing::{RouteInput, Rule},
@@ -140,14 +140,17 @@ pub async fn prepare(
     }
 }
 
-/// Step 1: decides `command`, stores the claim and reads what the act step needs.
-/// `new_method` is attached before the decision (a confirm with a new payment method).
+/// Step 1: decides `command`, reads what the act step needs and stores the claim with its
+/// plan. `new_method` is attached before the decision (a confirm with a new payment method);
+/// `reason` is a cancel's.
+#[allow(clippy::too_many_arguments)]
 pub async fn claim(
     state: &AppState,
     merchant_id: &str,
     id: &str,
     command: &Command,
     new_method: Option<&str>,
+    reason: Option<&str>,
     actor: &Actor<'_>,
     audit: &[AuditEntry],
 ) -> Result<(Payment, Decision, Prepared), ApiError> {
@@ -165,8 +168,8 @@ pub async fn claim(
     if let Some(method) = new_method {
         payment.payment_method_id = Some(method.to_owned());
     }
-    let until = now.checked_add_seconds(CLAIM_SECONDS).unwrap_or(now);
-    let claimed = payment::claimed(&payment, &decision, now, until);
+    let prepared = prepare(state, tx.as_mut(), &payment, &decision).await?;
+    let claimed = claimed(state, &payment, &decision, reason, &prepared);
     if !tx.update_payment(&claimed, before.version).await? {
         let current = tx
             .get_payment(merchant_id, id)
@@ -179,9 +182,32 @@ pub async fn claim(
             .await?;
     }
     tx.insert_audit(audit).await?;
-    let prepared = prepare(state, tx.as_mut(), &claimed, &decision).await?;
     tx.commit().await?;
     Ok((claimed, decision, prepared))
+}
+
+/// `payment` claimed for `decision`, with its plan: for an authorization, one attempt
+/// reference per candidate, fixed before any call so that the recovery job can find them.
+pub fn claimed(
+    state: &AppState,
+    payment: &Payment,
+    decision: &Decision,
+    reason: Option<&str>,
+    prepared: &Prepared,
+) -> Payment {
+    let now = state.clock.now();
+    let tries = match prepared {
+        Prepared::Authorize { candidates, .. } => candidates
+            .iter()
+            .map(|c| PlannedTry {
+                connector_account_id: c.account_id.clone(),
+                reference: state.ids.make("att"),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let until = now.checked_add_seconds(CLAIM_SECONDS).unwrap_or(now);
+    payment::claimed(payment, payment::plan(decision, reason, tries), now, until)
 }
 
 /// Step 3's writes besides the transfers.
@@ -290,59 +316,82 @@ pub async fn claim_as_is(state: &AppState, payment: &Payment) -> Result<Option<P
     Ok(Some(claimed))
 }
 
-/// Asks the connector about an earlier authorization attempt; records the call.
+/// Asks the connector about an earlier authorization attempt (by the provider's id when
+/// known, else by the attempt's reference); records the call.
 pub async fn sync_attempt(
     state: &AppState,
     payment: &Payment,
     candidate: &Candidate,
-    earlier: &Attempt,
+    reference: &str,
+    provider_ref: Option<&str>,
     actor: &Actor<'_>,
     attempts: &mut Vec<Attempt>,
-) -> Option<ProviderStatus> {
+) -> Option<Synced> {
     let started = Instant::now();
-    let provider_ref = earlier.provider_ref.as_deref().or(payment.provider_ref.as_deref());
-    match candidate.connector.sync(provider_ref, &earlier.id).await {
-        Ok(status) => {
-            let outcome = match &status {
-                ProviderStatus::Authorized | ProviderStatus::Captured => "succeeded",
-                ProviderStatus::Processing => "processing",
-                ProviderStatus::Declined(_) => "declined",
-                ProviderStatus::Voided | ProviderStatus::NotFound => "not_found",
-            };
-            attempts.push(attempt(
-                state,
-                payment,
-                "sync",
-                candidate,
-                outcome,
-                None,
-                provider_ref,
-                started,
-                actor,
-            ));
-            Some(status)
-        }
-        Err(e) => {
-            attempts.push(attempt(
-                state,
-                payment,
-                "sync",
-                candidate,
-                outcome_of(&e),
-                Some(e.code()),
-                provider_ref,
-                started,
-                actor,
-            ));
-            None
-        }
+    let provider_ref = provider_ref.or(payment.provider_ref.as_deref());
+    let answer = candidate.connector.sync(provider_ref, reference).await;
+    let (outcome, code) = match &answer {
+        Ok(synced) => (sync_outcome(&synced.status), None),
+        Err(e) => (outcome_of(e), Some(e.code())),
+    };
+    let found = answer.as_ref().ok().and_then(|s| s.provider_ref.as_deref());
+    attempts.push(attempt(
+        state,
+        payment,
+        "sync",
+        candidate,
+        outcome,
+        code,
+        found.or(provider_ref),
+        started,
+        actor,
+    ));
+    answer.ok()
+}
+
+fn sync_outcome(status: &ProviderStatus) -> &'static str {
+    match status {
+        ProviderStatus::Authorized | ProviderStatus::Captured => "succeeded",
+        ProviderStatus::Processing => "processing",
+        ProviderStatus::Declined(_) => "declined",
+        ProviderStatus::Voided | ProviderStatus::NotFound => "not_found",
     }
 }
 
-/// Releases a claim without another change (a capture or void the connector refused).
+/// The `authorize` attempt of a dead claim, rebuilt from what its provider holds under the
+/// planned reference.
+pub fn recovered_attempt(
+    state: &AppState,
+    payment: &Payment,
+    candidate: &Candidate,
+    reference: &str,
+    outcome: &str,
+    provider_ref: &str,
+    actor: &Actor<'_>,
+) -> Attempt {
+    let mut a = attempt(
+        state,
+        payment,
+        "authorize",
+        candidate,
+        outcome,
+        None,
+        Some(provider_ref),
+        Instant::now(),
+        actor,
+    );
+    a.id = reference.to_owned();
+    a
+}
+
+/// Releases a claim without another change (a capture or void the connector refused). A
+/// payment in `processing` keeps its plan: the sync job needs its attempt references.
 pub async fn release(state: &AppState, claimed: &Payment, attempts: Vec<Attempt>) -> Result<(), ApiError> {
     let mut next = claimed.clone();
     next.claimed_until = None;
+    if next.status != PaymentStatus::Processing {
+        next.plan = None;
+    }
     next.version += 1;
     next.updated_at = state.clock.now();
     let actor = Actor {
@@ -537,7 +586,7 @@ pub async fn authorize(
             continue;
         }
         tried += 1;
-        let reference = state.ids.make("att");
+        let reference = planned_reference(payment, &candidate.account_id).unwrap_or_else(|| state.ids.make("att"));
         let request = AuthorizeRequest {
             reference: reference.clone(),
             amount: payment.amount,
@@ -638,6 +687,17 @@ pub async fn authorize(
     (last, attempts)
 }
 
+/// The attempt reference the claim planned for `account_id`.
+fn planned_reference(payment: &Payment, account_id: &str) -> Option<String> {
+    match &payment.plan {
+        Some(Plan::Authorize { tries }) => tries
+            .iter()
+            .find(|t| t.connector_account_id == account_id)
+            .map(|t| t.reference.clone()),
+        _ => None,
+    }
+}
+
 fn outcome_of(e: &ConnectorError) -> &'static str {
     match e {
         ConnectorError::Timeout => "timeout",
@@ -654,52 +714,37 @@ async fn resolve_unknown(
     actor: &Actor<'_>,
     attempts: &mut Vec<Attempt>,
 ) -> Unknown {
-    let started = Instant::now();
-    let synced = candidate.connector.sync(None, reference).await;
-    match synced {
-        Ok(ProviderStatus::NotFound | ProviderStatus::Declined(_) | ProviderStatus::Voided) => {
+    let Some(synced) = sync_attempt(state, payment, candidate, reference, None, actor, attempts).await else {
+        return Unknown::Stuck(None);
+    };
+    match (synced.status, synced.provider_ref) {
+        (ProviderStatus::NotFound | ProviderStatus::Declined(_) | ProviderStatus::Voided, _) => Unknown::Cleared,
+        (ProviderStatus::Authorized, Some(provider_ref)) => {
+            // Held there after all: release it before the next connector is tried.
+            let started = Instant::now();
+            let voided = candidate.connector.void(&provider_ref).await;
+            let (outcome, code) = match &voided {
+                Ok(()) => ("succeeded", None),
+                Err(e) => (outcome_of(e), Some(e.code())),
+            };
             attempts.push(attempt(
                 state,
                 payment,
-                "sync",
+                "void",
                 candidate,
-                "not_found",
-                None,
-                None,
+                outcome,
+                code,
+                Some(&provider_ref),
                 started,
                 actor,
             ));
-            Unknown::Cleared
+            match voided {
+                Ok(()) => Unknown::Cleared,
+                Err(_) => Unknown::Stuck(Some(provider_ref)),
+            }
         }
-        Ok(_) => {
-            // The provider holds something under this reference; without its id it cannot be voided.
-            attempts.push(attempt(
-                state,
-                payment,
-                "sync",
-                candidate,
-                "processing",
-                None,
-                None,
-                started,
-                actor,
-            ));
-            Unknown::Stuck(None)
-        }
-        Err(e) => {
-            attempts.push(attempt(
-                state,
-                payment,
-                "sync",
-                candidate,
-                outcome_of(&e),
-                Some(e.code()),
-                None,
-                started,
-                actor,
-            ));
-            Unknown::Stuck(None)
-        }
+        // Processing, captured, or held without an id: stop here, the sync job resolves it.
+        (_, provider_ref) => Unknown::Stuck(provider_ref),
     }
 }
 

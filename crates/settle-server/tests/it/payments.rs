@@ -620,6 +620,99 @@ async fn reference_lists_are_served(app: TestApp) {
     assert_eq!(t.json["data"][0]["connectors"], json!(["sandbox", "stripe"]));
 }
 
+async fn a_retried_create_after_a_crash_finds_its_payment(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let body = json!({ "amount": 700, "currency": "USD", "capture_method": "manual", "confirm": true,
+                       "payment_method": card(VISA) })
+    .to_string();
+    let first = app.post_keyed("/v1/payments", &m.key, &body, "order-1").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    // The process dies after the payment committed but before its idempotency record did.
+    app.exec("DELETE FROM idempotency_keys WHERE key = 'order-1'").await;
+    let retry = app.post_keyed("/v1/payments", &m.key, &body, "order-1").await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text);
+    assert_eq!(retry.json["id"], first.json["id"], "the retry finds the payment");
+    assert_eq!(retry.json["status"], "requires_capture");
+    let listed = app.get("/v1/payments", &m.key).await;
+    assert_eq!(listed.json["data"].as_array().map(Vec::len), Some(1), "{}", listed.text);
+    let other = json!({ "amount": 701, "currency": "USD", "capture_method": "manual", "confirm": true,
+                        "payment_method": card(VISA) })
+    .to_string();
+    app.exec("DELETE FROM idempotency_keys WHERE key = 'order-1'").await;
+    let reused = app.post_keyed("/v1/payments", &m.key, &other, "order-1").await;
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reused.text);
+    app.verify_ok().await;
+}
+
+/// Leaves `id` as a process that claimed it and died would: claimed until two minutes from
+/// now, with `plan`, in `status`.
+async fn kill_mid_claim(app: &TestApp, id: &str, status: &str, plan: Value) {
+    let until = app.state().clock.now().0 + 120_000_000;
+    let plan = plan.to_string().replace('\'', "''");
+    let sql = format!(
+        "UPDATE payments SET status = '{status}', claimed_until = {until}, claim_plan = '{plan}', \
+         version = version + 1 WHERE id = '{id}'"
+    );
+    assert_eq!(app.exec(&sql).await, 1);
+}
+
+async fn a_dead_confirm_is_recovered_from_its_planned_attempts(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let p = app
+        .pay(
+            &m,
+            json!({ "amount": 900, "currency": "USD", "capture_method": "manual", "payment_method": card(VISA) }),
+        )
+        .await;
+    let id = p.json["id"].as_str().expect("id");
+    let plan = json!({ "op": "authorize", "tries": [{ "connector_account_id": "sandbox", "reference": "att_lost" }] });
+    kill_mid_claim(&app, id, "processing", plan).await;
+    assert_eq!(
+        jobs::try_execute_payment_sync(app.state()).await.expect("sync"),
+        0,
+        "a live claim is left alone"
+    );
+    let during = app.post(&format!("/v1/payments/{id}/cancel"), &m.key, json!({})).await;
+    assert_eq!(during.code(), "payment_in_progress", "{}", during.text);
+    app.clock.advance_seconds(200);
+    assert_eq!(jobs::try_execute_payment_sync(app.state()).await.expect("sync"), 1);
+    let after = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+    // The sandbox never saw the planned reference: nothing is held, the payment may be retried.
+    assert_eq!(after.json["status"], "requires_payment_method", "{}", after.text);
+    assert_eq!(after.json["last_payment_error"]["code"], "interrupted");
+    let attempts = app.get(&format!("/v1/payments/{id}/attempts"), &m.key).await;
+    let synced = attempts.json["data"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|a| a["operation"] == "sync" && a["outcome"] == "not_found"));
+    assert!(synced, "the planned reference was looked up: {}", attempts.text);
+    let retried = app
+        .post(&format!("/v1/payments/{id}/confirm"), &m.key, json!({ "payment_method": card(VISA) }))
+        .await;
+    assert_eq!(retried.json["status"], "requires_capture", "{}", retried.text);
+    app.verify_ok().await;
+}
+
+async fn a_dead_capture_is_released_when_nothing_was_captured(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let id = app.authorized(&m, 1_000, json!({})).await;
+    kill_mid_claim(&app, &id, "requires_capture", json!({ "op": "capture", "amount": 400 })).await;
+    let during = app.post(&format!("/v1/payments/{id}/capture"), &m.key, json!({})).await;
+    assert_eq!(during.code(), "payment_in_progress", "{}", during.text);
+    assert_eq!(jobs::try_execute_claim_recovery(app.state()).await.expect("job"), 0);
+    app.clock.advance_seconds(200);
+    // The sandbox still holds the authorization: the capture never reached it; the claim ends.
+    assert_eq!(jobs::try_execute_claim_recovery(app.state()).await.expect("job"), 0);
+    let released = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+    assert_eq!(released.json["status"], "requires_capture", "{}", released.text);
+    let captured = app
+        .post(&format!("/v1/payments/{id}/capture"), &m.key, json!({ "amount": 400 }))
+        .await;
+    assert_eq!(captured.json["status"], "succeeded", "{}", captured.text);
+    assert_eq!(captured.json["amount_captured"], 400);
+    assert_eq!(jobs::try_execute_claim_recovery(app.state()).await.expect("job"), 0);
+    app.verify_ok().await;
+}
+
 crate::conformance!(
     automatic_capture_moves_the_money_and_keeps_a_history,
     partial_capture_releases_the_rest,
@@ -636,4 +729,7 @@ crate::conformance!(
     delayed_payments_are_resolved_by_the_sync_job,
     uncaptured_authorizations_expire,
     reference_lists_are_served,
+    a_retried_create_after_a_crash_finds_its_payment,
+    a_dead_confirm_is_recovered_from_its_planned_attempts,
+    a_dead_capture_is_released_when_nothing_was_captured,
 );
