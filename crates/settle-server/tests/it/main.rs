@@ -10,4 +10,5 @@ mod idempotency;
 mod ledger;
 mod ops;
 mod payments;
+mod payments_stripe;
 mod tenancy;
