@@ -214,9 +214,16 @@ pub enum Decision {
 pub enum Plan {
     /// Authorize, trying these connector accounts in order, each with its attempt reference
     /// (the idempotency key the provider sees, by which a lost answer is found again).
-    Authorize { tries: Vec<PlannedTry> },
-    Capture { amount: i64 },
-    Cancel { reason: Option<String>, void: bool },
+    Authorize {
+        tries: Vec<PlannedTry>,
+    },
+    Capture {
+        amount: i64,
+    },
+    Cancel {
+        reason: Option<String>,
+        void: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -126,7 +126,16 @@ async fn sync_one(state: &AppState, p: Payment, base: i64, now: Timestamp) -> Re
         _ if syncs >= SYNC_ATTEMPTS_MAX => Some(declined("processing_timeout", "the connector did not decide in time")),
         Some(a) => {
             let candidate = account_of(state, &claimed, &a.connector_account_id).await?;
-            let synced = service::sync_attempt(state, &claimed, &candidate, &a.id, a.provider_ref.as_deref(), &actor, &mut log).await;
+            let synced = service::sync_attempt(
+                state,
+                &claimed,
+                &candidate,
+                &a.id,
+                a.provider_ref.as_deref(),
+                &actor,
+                &mut log,
+            )
+            .await;
             match synced {
                 Some(Synced {
                     status: ProviderStatus::Authorized | ProviderStatus::Captured,
@@ -202,7 +211,15 @@ async fn adopt_planned(
             // Held there, but without the provider's id it can be neither adopted nor voided.
             _ => return Ok(None),
         };
-        log.push(service::recovered_attempt(state, claimed, &candidate, &planned.reference, outcome, &provider_ref, actor));
+        log.push(service::recovered_attempt(
+            state,
+            claimed,
+            &candidate,
+            &planned.reference,
+            outcome,
+            &provider_ref,
+            actor,
+        ));
         let (connector_account_id, connector_name) = (candidate.account_id.clone(), candidate.connector_name.clone());
         return Ok(Some(if outcome == "succeeded" {
             AuthorizationOutcome::Authorized {
@@ -271,7 +288,16 @@ async fn recover_one(state: &AppState, p: &Payment) -> Result<bool, ApiError> {
     let holder = account_of(state, &claimed, &account_id).await?;
     let mut log = Vec::new();
     let provider_ref = claimed.provider_ref.clone();
-    let synced = service::sync_attempt(state, &claimed, &holder, &claimed.id, provider_ref.as_deref(), &actor, &mut log).await;
+    let synced = service::sync_attempt(
+        state,
+        &claimed,
+        &holder,
+        &claimed.id,
+        provider_ref.as_deref(),
+        &actor,
+        &mut log,
+    )
+    .await;
     let now = state.clock.now();
     let (next, transfers) = match (synced.map(|s| s.status), amount) {
         (Some(ProviderStatus::Captured), Some(amount)) => {
@@ -279,7 +305,9 @@ async fn recover_one(state: &AppState, p: &Payment) -> Result<bool, ApiError> {
                 .ok_or_else(|| ApiError::Internal("capture shares do not allocate".into()))?;
             (payment::captured(&claimed, amount, now), batch)
         }
-        (Some(ProviderStatus::Voided), None) => (payment::canceled(&claimed, reason, now), vec![postings::void(&claimed)]),
+        (Some(ProviderStatus::Voided), None) => {
+            (payment::canceled(&claimed, reason, now), vec![postings::void(&claimed)])
+        }
         (Some(ProviderStatus::Authorized), _) => {
             // The command never reached the connector: the client may send it again.
             service::release(state, &claimed, log).await?;

@@ -496,8 +496,17 @@ async fn claim_and_settle(
         reason: None,
     };
     let audit = [ctx.audit(state, &merchant_id, action, "payment", id)];
-    let (claimed, decision, prepared) =
-        service::claim(state, &merchant_id, id, command, None, reason.as_deref(), &actor, &audit).await?;
+    let (claimed, decision, prepared) = service::claim(
+        state,
+        &merchant_id,
+        id,
+        command,
+        None,
+        reason.as_deref(),
+        &actor,
+        &audit,
+    )
+    .await?;
     let render = |p: &Payment| Reply::json(StatusCode::OK, &payment_json(p));
     let (_, reply) = service::settle_claim(state, &claimed, &decision, &prepared, reason, &actor, &render, &[]).await?;
     Ok(reply.into_response())

@@ -157,7 +157,10 @@ impl Then for Conclusion {
     async fn write(&self, tx: &mut dyn Tx) -> Result<(), WriteError> {
         let refund = &self.refund;
         if !tx.update_refund(refund).await? {
-            return Err(WriteError::Stale(format!("refund {} was concluded by another process", refund.id)));
+            return Err(WriteError::Stale(format!(
+                "refund {} was concluded by another process",
+                refund.id
+            )));
         }
         if refund.status == RefundStatus::Failed
             && !tx
@@ -320,8 +323,11 @@ pub async fn try_execute_refund_sync(state: &AppState) -> Result<usize, ApiError
     let wait = i64::try_from(state.config.payment_sync_interval.as_micros()).unwrap_or(i64::MAX);
     let due = {
         let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
-        tx.pending_refunds(Timestamp(now.0.saturating_sub(wait)), crate::payments::jobs::JOB_BATCH_MAX)
-            .await?
+        tx.pending_refunds(
+            Timestamp(now.0.saturating_sub(wait)),
+            crate::payments::jobs::JOB_BATCH_MAX,
+        )
+        .await?
     };
     let mut concluded = 0;
     for refund in due {

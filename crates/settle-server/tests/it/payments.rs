@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use serde_json::{json, Value};
-use settle_server::payments::jobs;
+use settle_server::payments::{jobs, refunds};
 
 use crate::harness::{Merchant, Resp, TestApp, CAPTURED_LOGS};
 
@@ -681,12 +681,17 @@ async fn a_dead_confirm_is_recovered_from_its_planned_attempts(app: TestApp) {
     assert_eq!(after.json["status"], "requires_payment_method", "{}", after.text);
     assert_eq!(after.json["last_payment_error"]["code"], "interrupted");
     let attempts = app.get(&format!("/v1/payments/{id}/attempts"), &m.key).await;
-    let synced = attempts.json["data"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|a| a["operation"] == "sync" && a["outcome"] == "not_found"));
+    let synced = attempts.json["data"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|a| a["operation"] == "sync" && a["outcome"] == "not_found")
+    });
     assert!(synced, "the planned reference was looked up: {}", attempts.text);
     let retried = app
-        .post(&format!("/v1/payments/{id}/confirm"), &m.key, json!({ "payment_method": card(VISA) }))
+        .post(
+            &format!("/v1/payments/{id}/confirm"),
+            &m.key,
+            json!({ "payment_method": card(VISA) }),
+        )
         .await;
     assert_eq!(retried.json["status"], "requires_capture", "{}", retried.text);
     app.verify_ok().await;
@@ -713,6 +718,43 @@ async fn a_dead_capture_is_released_when_nothing_was_captured(app: TestApp) {
     app.verify_ok().await;
 }
 
+async fn a_refund_whose_process_died_is_finished_by_the_sync_job(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let id = app.authorized(&m, 1_000, json!({})).await;
+    let captured = app.post(&format!("/v1/payments/{id}/capture"), &m.key, json!({})).await;
+    assert_eq!(captured.json["status"], "succeeded", "{}", captured.text);
+    // A process reserved a refund of 300 (step 1) and died before holding it in the ledger.
+    let now = app.state().clock.now().0;
+    app.exec(&format!(
+        "INSERT INTO refunds (merchant_id, id, payment_id, amount, currency, status, metadata, parts, \
+         connector_account_id, created_at, updated_at) \
+         VALUES ('{}', 're_dead', '{id}', 300, 'USD', 'pending', '{{}}', '[300]', 'sandbox', {now}, {now})",
+        m.id
+    ))
+    .await;
+    assert_eq!(
+        app.exec(&format!("UPDATE payments SET amount_refunded = 300 WHERE id = '{id}'"))
+            .await,
+        1
+    );
+    assert_eq!(
+        refunds::try_execute_refund_sync(app.state()).await.expect("job"),
+        0,
+        "a refund younger than the sync interval is left to its request"
+    );
+    app.clock.advance_seconds(60);
+    assert_eq!(refunds::try_execute_refund_sync(app.state()).await.expect("job"), 1);
+    let refund = app.get("/v1/refunds/re_dead", &m.key).await;
+    assert_eq!(refund.json["status"], "succeeded", "{}", refund.text);
+    assert_eq!(app.ledger_balance(&m, "settle:merchant_pending:USD").await, 700);
+    assert_eq!(
+        refunds::try_execute_refund_sync(app.state()).await.expect("job"),
+        0,
+        "idempotent"
+    );
+    app.verify_ok().await;
+}
+
 crate::conformance!(
     automatic_capture_moves_the_money_and_keeps_a_history,
     partial_capture_releases_the_rest,
@@ -732,4 +774,5 @@ crate::conformance!(
     a_retried_create_after_a_crash_finds_its_payment,
     a_dead_confirm_is_recovered_from_its_planned_attempts,
     a_dead_capture_is_released_when_nothing_was_captured,
+    a_refund_whose_process_died_is_finished_by_the_sync_job,
 );

@@ -2,8 +2,8 @@
 //! real `localstripe` (PyPI package; a stateful fake Stripe server) on loopback.
 //!
 //! Each test starts its own `localstripe` on a free loopback port and kills it when it ends.
-//! When `localstripe` is not installed the tests say so loudly and pass, unless
-//! `SETTLE_REQUIRE_LOCALSTRIPE=1`, where they fail.
+//! When `localstripe` is not installed the tests say so loudly and pass, unless `CI=true`
+//! (as in `.ci/run`), where they fail, like the connector crate's.
 //!
 //! What `localstripe` does not model (checked as far as it goes, see each test): it declines only
 //! card 4000000000000341, its 402 does not name the PaymentIntent (so a decline has no provider
@@ -73,14 +73,14 @@ impl LocalStripe {
             let mut c = Command::new("localstripe");
             c.args(["--port", &port, "--from-scratch"]);
             c
-        } else if std::env::var("SETTLE_REQUIRE_LOCALSTRIPE").as_deref() == Ok("1") {
-            panic!("localstripe is not installed (pip install localstripe) and SETTLE_REQUIRE_LOCALSTRIPE=1");
+        } else if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("localstripe is not installed (pip install localstripe) and CI=true");
         } else {
             eprintln!(
                 "\n**************************************************************\n\
                  SKIPPED: localstripe is not installed (pip install localstripe);\n\
                  /v1/payments was NOT tested against a Stripe server.\n\
-                 Set SETTLE_REQUIRE_LOCALSTRIPE=1 to make this a failure.\n\
+                 With CI=true this is a failure.\n\
                  **************************************************************\n"
             );
             return None;
