@@ -197,7 +197,9 @@ pub fn build(
     http: &reqwest::Client,
 ) -> Result<Arc<dyn Connector>, (String, String)> {
     match name {
-        sandbox::NAME => Ok(Arc::new(sandbox::Sandbox::from_credentials(credentials.expose())?)),
+        sandbox::NAME => Ok(Arc::new(
+            sandbox::Sandbox::from_credentials(credentials.expose())?.with_settings(settings),
+        )),
         stripe::NAME => Ok(Arc::new(stripe::Stripe::from_credentials(
             credentials.expose(),
             settings,

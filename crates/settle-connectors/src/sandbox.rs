@@ -9,7 +9,8 @@
 //! | `4000000000000077` | `processing`; `sync` answers `Authorized` once `resolve_after_seconds` have passed |
 //! | any other valid card | authorized |
 //!
-//! Credentials (a JSON object, all optional): `latency_ms` (0–60000, added to every call),
+//! Credentials (a JSON object, all optional): `latency_ms` (0–60000, added to every call; a
+//! latency beyond the connector timeout answers a timeout once the timeout has passed),
 //! `failure` (`"server_error"` or `"timeout"`: every authorization fails that way, to simulate
 //! an outage of this connector account), `resolve_after_seconds` (0–86400, default 5).
 //!
@@ -37,8 +38,8 @@ use serde_json::Value;
 use settle_domain::Currency;
 
 use crate::{
-    Authorization, AuthorizeRequest, Connector, ConnectorError, ConnectorResult, Decline, ProviderStatus,
-    RefundOutcome, RefundStatus, Synced,
+    Authorization, AuthorizeRequest, Connector, ConnectorError, ConnectorResult, ConnectorSettings, Decline,
+    ProviderStatus, RefundOutcome, RefundStatus, Synced,
 };
 
 pub const NAME: &str = "sandbox";
@@ -62,6 +63,9 @@ pub enum Failure {
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     latency: Duration,
+    /// The connector timeout: a latency beyond it answers [`ConnectorError::Timeout`] after it,
+    /// as a slow provider would.
+    timeout: Duration,
     failure: Option<Failure>,
     resolve_after: Duration,
 }
@@ -70,6 +74,7 @@ impl Default for Sandbox {
     fn default() -> Self {
         Sandbox {
             latency: Duration::ZERO,
+            timeout: ConnectorSettings::default().timeout,
             failure: None,
             resolve_after: Duration::from_secs(5),
         }
@@ -115,10 +120,21 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    async fn delay(&self) {
+    /// This sandbox with the connector timeout of `settings`.
+    pub fn with_settings(mut self, settings: &ConnectorSettings) -> Sandbox {
+        self.timeout = settings.timeout;
+        self
+    }
+
+    async fn delay(&self) -> ConnectorResult<()> {
+        if self.latency > self.timeout {
+            tokio::time::sleep(self.timeout).await;
+            return Err(ConnectorError::Timeout);
+        }
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
+        Ok(())
     }
 }
 
@@ -148,7 +164,7 @@ impl Connector for Sandbox {
     }
 
     async fn authorize(&self, request: &AuthorizeRequest) -> ConnectorResult<Authorization> {
-        self.delay().await;
+        self.delay().await?;
         match self.failure {
             Some(Failure::ServerError) => return Err(ConnectorError::Unavailable("sandbox: HTTP 500".into())),
             Some(Failure::Timeout) => return Err(ConnectorError::Timeout),
@@ -171,13 +187,13 @@ impl Connector for Sandbox {
     }
 
     async fn capture(&self, provider_ref: &str, _amount: i64, _currency: Currency) -> ConnectorResult<()> {
-        self.delay().await;
+        self.delay().await?;
         parse_ref(provider_ref)?;
         Ok(())
     }
 
     async fn void(&self, provider_ref: &str) -> ConnectorResult<()> {
-        self.delay().await;
+        self.delay().await?;
         parse_ref(provider_ref)?;
         Ok(())
     }
@@ -189,7 +205,7 @@ impl Connector for Sandbox {
         _amount: i64,
         _currency: Currency,
     ) -> ConnectorResult<RefundOutcome> {
-        self.delay().await;
+        self.delay().await?;
         parse_ref(provider_ref)?;
         Ok(RefundOutcome {
             provider_ref: refund_ref(reference),
@@ -198,7 +214,7 @@ impl Connector for Sandbox {
     }
 
     async fn sync(&self, provider_ref: Option<&str>, _reference: &str) -> ConnectorResult<Synced> {
-        self.delay().await;
+        self.delay().await?;
         let Some(provider_ref) = provider_ref else {
             // Without a reference the authorization never got an answer: in the sandbox that
             // means the call never reached the provider.
@@ -226,7 +242,7 @@ impl Connector for Sandbox {
         refund_provider_ref: Option<&str>,
         reference: &str,
     ) -> ConnectorResult<Option<RefundOutcome>> {
-        self.delay().await;
+        self.delay().await?;
         parse_ref(payment_provider_ref)?;
         let Some(refund_provider_ref) = refund_provider_ref else {
             // As in `sync`: a refund that never got an answer never reached the sandbox.

@@ -24,6 +24,10 @@ fn free_port() -> u16 {
 
 /// Starts `settle serve` and waits for its getting-started text.
 fn serve(dir: &std::path::Path, port: u16) -> (Child, String) {
+    serve_with(dir, port, &[])
+}
+
+fn serve_with(dir: &std::path::Path, port: u16, extra: &[&str]) -> (Child, String) {
     let mut child = settle()
         .args([
             "serve",
@@ -32,6 +36,7 @@ fn serve(dir: &std::path::Path, port: u16) -> (Child, String) {
             "--log-format",
             "text",
         ])
+        .args(extra)
         .env("SETTLE_DATA_DIR", dir.join("settle-data"))
         .env_remove("SETTLE_DATABASE_URL")
         .env_remove("SETTLE_ADMIN_TOKEN")
@@ -247,6 +252,218 @@ async fn kill_9_mid_flight_loses_no_acknowledged_transfer() {
         debits >= acknowledged as u64,
         "{debits} batches stored < {acknowledged} acknowledged"
     );
+    let _ = again.kill();
+    let _ = again.wait();
+    let out = settle()
+        .arg("verify")
+        .env("SETTLE_DATA_DIR", dir.path().join("settle-data"))
+        .env_remove("SETTLE_DATABASE_URL")
+        .output()
+        .expect("verify");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Every page of a list endpoint (`data`, `has_more`, `starting_after`).
+async fn list_all(http: &reqwest::Client, url: &str, key: &str) -> Vec<Value> {
+    let mut all: Vec<Value> = Vec::new();
+    loop {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let mut page_url = format!("{url}{sep}limit=100");
+        if let Some(last) = all.last().and_then(|v| v["id"].as_str()) {
+            page_url.push_str(&format!("&starting_after={last}"));
+        }
+        let page: Value = http
+            .get(page_url)
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        all.extend(page["data"].as_array().cloned().unwrap_or_default());
+        if page["has_more"] != json!(true) {
+            return all;
+        }
+    }
+}
+
+/// One client's payments: create (confirmed; automatic capture, or manual then capture), then
+/// a partial refund of every third, each create under an idempotency key. Returns the keys it
+/// sent and the payments whose requests were all acknowledged, with their final status.
+async fn pay_until_killed(
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    c: usize,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let card = json!({ "type": "card", "card": { "number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123" } });
+    let mut keys = Vec::new();
+    let mut done = Vec::new();
+    for i in 0..2_000 {
+        let manual = i % 2 == 1;
+        let idem = format!("c{c}-{i}");
+        keys.push(idem.clone());
+        let body = json!({ "amount": 1_000 + i, "currency": "USD", "confirm": true, "payment_method": card,
+                           "capture_method": if manual { "manual" } else { "automatic" } });
+        let Ok(r) = http
+            .post(format!("{base}/v1/payments"))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", &idem)
+            .json(&body)
+            .send()
+            .await
+        else {
+            break;
+        };
+        let Ok(p) = r.json::<Value>().await else { break };
+        let Some(id) = p["id"].as_str().map(str::to_owned) else {
+            break;
+        };
+        let mut status = p["status"].as_str().unwrap_or_default().to_owned();
+        if manual {
+            let Ok(r) = http
+                .post(format!("{base}/v1/payments/{id}/capture"))
+                .bearer_auth(&key)
+                .json(&json!({}))
+                .send()
+                .await
+            else {
+                break;
+            };
+            let Ok(p) = r.json::<Value>().await else { break };
+            status = p["status"].as_str().unwrap_or_default().to_owned();
+        }
+        if i % 3 == 0 {
+            let refund = json!({ "payment_id": id, "amount": 100 });
+            let Ok(r) = http
+                .post(format!("{base}/v1/refunds"))
+                .bearer_auth(&key)
+                .json(&refund)
+                .send()
+                .await
+            else {
+                break;
+            };
+            if r.json::<Value>()
+                .await
+                .map(|v| v["status"] != "succeeded")
+                .unwrap_or(true)
+            {
+                break;
+            }
+        }
+        done.push((id, status));
+    }
+    (keys, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_payment_flows_leaves_nothing_stuck_or_doubled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    // A short connector timeout makes claims (12 timeouts) expire within the test.
+    let flags = ["--connector-timeout-seconds", "1"];
+    let (mut child, _) = serve_with(dir.path(), port, &flags);
+    let admin = std::fs::read_to_string(dir.path().join("settle-data/admin-token"))
+        .expect("token")
+        .trim()
+        .to_owned();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let key = merchant_with_accounts(&http, &base, &admin).await;
+    // Calls that take a while, so that many are in flight when the process dies.
+    let (status, _) = post(
+        &http,
+        &format!("{base}/v1/connector_accounts"),
+        &key,
+        json!({ "connector": "sandbox", "credentials": { "latency_ms": 15 } }),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let clients: Vec<_> = (0..6)
+        .map(|c| tokio::spawn(pay_until_killed(http.clone(), base.clone(), key.clone(), c)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let _ = child.kill(); // SIGKILL: claims, holds and refunds are left mid-flight
+    let _ = child.wait();
+    let mut keys = Vec::new();
+    let mut acknowledged = Vec::new();
+    for c in clients {
+        let (k, d) = c.await.expect("client");
+        keys.extend(k);
+        acknowledged.extend(d);
+    }
+    assert!(!acknowledged.is_empty());
+
+    let (mut again, _) = serve_with(dir.path(), port, &flags);
+    // Every create is retried with its key: none may make a second payment.
+    let card = json!({ "type": "card", "card": { "number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123" } });
+    for idem in &keys {
+        let (c, i): (usize, i64) = {
+            let mut parts = idem.trim_start_matches('c').split('-');
+            (
+                parts.next().and_then(|p| p.parse().ok()).expect("c"),
+                parts.next().and_then(|p| p.parse().ok()).expect("i"),
+            )
+        };
+        let _ = c;
+        let body = json!({ "amount": 1_000 + i, "currency": "USD", "confirm": true, "payment_method": card,
+                           "capture_method": if i % 2 == 1 { "manual" } else { "automatic" } });
+        let r = http
+            .post(format!("{base}/v1/payments"))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", idem)
+            .json(&body)
+            .send()
+            .await
+            .expect("retry");
+        let code = r.status().as_u16();
+        assert!(
+            code == 201 || code == 409,
+            "retry of {idem}: {code} {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    // The jobs resolve what the dead process left: no payment stays `processing`, no refund
+    // `pending`, no claim outlives its expiry (a capture is then accepted, not `payment_in_progress`).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let payments = list_all(&http, &format!("{base}/v1/payments"), &key).await;
+        let refunds = list_all(&http, &format!("{base}/v1/refunds"), &key).await;
+        let processing = payments.iter().filter(|p| p["status"] == "processing").count();
+        let pending = refunds.iter().filter(|r| r["status"] == "pending").count();
+        let mut claimed = 0;
+        for p in payments.iter().filter(|p| p["status"] == "requires_capture") {
+            let id = p["id"].as_str().expect("id");
+            let (_, after) = post(&http, &format!("{base}/v1/payments/{id}/capture"), &key, json!({})).await;
+            if after["error"]["code"] == "payment_in_progress" {
+                claimed += 1;
+            }
+        }
+        eprintln!("after restart: {} payments for {} keys ({} acknowledged), {processing} processing, {pending} pending refunds, {claimed} claimed", payments.len(), keys.len(), acknowledged.len());
+        if processing == 0 && pending == 0 && claimed == 0 {
+            assert_eq!(payments.len(), keys.len(), "one payment per idempotency key");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still unresolved: {processing} processing, {pending} pending refunds, {claimed} claimed"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for (id, status) in &acknowledged {
+        let p: Value = http
+            .get(format!("{base}/v1/payments/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(&p["status"], status, "acknowledged payment {id} changed");
+    }
     let _ = again.kill();
     let _ = again.wait();
     let out = settle()

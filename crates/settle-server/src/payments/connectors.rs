@@ -52,12 +52,13 @@ impl Connectors {
             .timeout(settings.timeout)
             .build()
             .unwrap_or_default();
+        let builtin = Arc::new(Sandbox::default().with_settings(&settings));
         Connectors {
             http,
             settings,
             policy,
             breakers: Mutex::new(HashMap::new()),
-            builtin: Arc::new(Sandbox::default()),
+            builtin,
         }
     }
 

@@ -29,7 +29,7 @@ use settle_domain::{
     postings,
     routing::{RouteInput, Rule},
     tenancy::{AuditEntry, IdempotencyRecord},
-    Currency,
+    Currency, Timestamp,
 };
 use settle_store::{Mode, Scope, Tx};
 
@@ -47,9 +47,17 @@ use crate::{
     AppState,
 };
 
-/// How long a claim protects a payment: longer than the slowest failover (each candidate's
-/// authorize, sync and void calls, each bounded by the connector timeout).
-pub const CLAIM_SECONDS: i64 = 120;
+/// How many connector timeouts a claim lasts: longer than the slowest failover (each of
+/// [`FAILOVER_CANDIDATES_MAX`] candidates' authorize, sync and void calls, then a capture, each
+/// bounded by the connector timeout), with room to spare.
+pub const CLAIM_TIMEOUTS: u32 = 12;
+
+/// When a claim taken at `now` expires (two minutes with the default 10 s connector timeout).
+pub fn claim_until(state: &AppState, now: Timestamp) -> Timestamp {
+    let seconds = state.config.connector_timeout.as_secs().max(1) * u64::from(CLAIM_TIMEOUTS);
+    now.checked_add_seconds(i64::try_from(seconds).unwrap_or(i64::MAX))
+        .unwrap_or(now)
+}
 
 /// Who asked: a client request (with its context) or a job.
 pub struct Actor<'a> {
@@ -206,7 +214,7 @@ pub fn claimed(
             .collect(),
         _ => Vec::new(),
     };
-    let until = now.checked_add_seconds(CLAIM_SECONDS).unwrap_or(now);
+    let until = claim_until(state, now);
     payment::claimed(payment, payment::plan(decision, reason, tries), now, until)
 }
 
@@ -302,7 +310,7 @@ pub async fn write_with(
 pub async fn claim_as_is(state: &AppState, payment: &Payment) -> Result<Option<Payment>, ApiError> {
     let now = state.clock.now();
     let mut claimed = payment.clone();
-    claimed.claimed_until = Some(now.checked_add_seconds(CLAIM_SECONDS).unwrap_or(now));
+    claimed.claimed_until = Some(claim_until(state, now));
     claimed.version += 1;
     claimed.updated_at = now;
     let mut tx = state
