@@ -41,6 +41,9 @@ pub trait PaymentTx: Send {
     /// Stores `payment` if the stored row is still at `expected_version`; `false` when another
     /// change came first (the compare-and-set that serializes commands on one payment).
     async fn update_payment(&mut self, payment: &Payment, expected_version: i64) -> Result<bool>;
+    /// [`PaymentTx::update_payment`] for many payments in one statement where the engine can;
+    /// returns how many were stored (fewer than given: another change came first for some).
+    async fn update_payments(&mut self, payments: &[(Payment, i64)]) -> Result<usize>;
     async fn list_payments(
         &mut self,
         merchant_id: &str,
@@ -557,6 +560,17 @@ macro_rules! payments_tx {
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn update_payments(
+                &mut self,
+                payments: &[(settle_domain::payment::Payment, i64)],
+            ) -> $crate::Result<usize> {
+                match payments {
+                    [] => Ok(0),
+                    [(p, expected)] => Ok(usize::from(self.update_payment(p, *expected).await?)),
+                    many => self.update_payments_bulk(many).await,
+                }
             }
 
             async fn list_payments(

@@ -117,6 +117,65 @@ fn split_keys(keys: &[Key]) -> (Vec<&str>, Vec<&str>) {
 }
 
 impl PgTx {
+    /// One `UPDATE … FROM UNNEST(…)` for every payment, each at its expected version.
+    async fn update_payments_bulk(&mut self, payments: &[(settle_domain::payment::Payment, i64)]) -> Result<usize> {
+        let texts = |f: &dyn Fn(&settle_domain::payment::Payment) -> String| -> Vec<String> {
+            payments.iter().map(|(p, _)| f(p)).collect()
+        };
+        let optional = |f: &dyn Fn(&settle_domain::payment::Payment) -> Option<String>| -> Vec<Option<String>> {
+            payments.iter().map(|(p, _)| f(p)).collect()
+        };
+        let numbers = |f: &dyn Fn(&settle_domain::payment::Payment) -> i64| -> Vec<i64> {
+            payments.iter().map(|(p, _)| f(p)).collect()
+        };
+        let optional_numbers = |f: &dyn Fn(&settle_domain::payment::Payment) -> Option<i64>| -> Vec<Option<i64>> {
+            payments.iter().map(|(p, _)| f(p)).collect()
+        };
+        let plans = payments
+            .iter()
+            .map(|(p, _)| crate::payments::plan_text(&p.plan))
+            .collect::<Result<Vec<_>>>()?;
+        let done = sqlx::query(
+            "UPDATE payments AS p SET status = u.status, amount_capturable = u.capturable, \
+             amount_captured = u.captured, amount_refunded = u.refunded, payment_method_id = u.method, \
+             connector_account_id = u.account, connector_name = u.connector_name, provider_ref = u.provider_ref, \
+             last_payment_error = u.error, cancellation_reason = u.reason, authorized_at = u.authorized_at, \
+             claimed_until = u.claimed_until, version = u.version, updated_at = u.updated_at, amount = u.amount, \
+             description = u.description, metadata = u.metadata, claim_plan = u.plan \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], \
+             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[], $15::bigint[], \
+             $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::text[], $21::text[]) \
+             AS u(m, id, expected, status, capturable, captured, refunded, method, account, connector_name, \
+             provider_ref, error, reason, authorized_at, claimed_until, version, updated_at, amount, description, \
+             metadata, plan) \
+             WHERE p.merchant_id = u.m AND p.id = u.id AND p.version = u.expected",
+        )
+        .bind(texts(&|p| p.merchant_id.clone()))
+        .bind(texts(&|p| p.id.clone()))
+        .bind(payments.iter().map(|(_, expected)| *expected).collect::<Vec<i64>>())
+        .bind(texts(&|p| p.status.as_str().to_owned()))
+        .bind(numbers(&|p| p.amount_capturable))
+        .bind(numbers(&|p| p.amount_captured))
+        .bind(numbers(&|p| p.amount_refunded))
+        .bind(optional(&|p| p.payment_method_id.clone()))
+        .bind(optional(&|p| p.connector_account_id.clone()))
+        .bind(optional(&|p| p.connector_name.clone()))
+        .bind(optional(&|p| p.provider_ref.clone()))
+        .bind(optional(&|p| crate::payments::error_text(&p.last_payment_error)))
+        .bind(optional(&|p| p.cancellation_reason.clone()))
+        .bind(optional_numbers(&|p| p.authorized_at.map(|t| t.0)))
+        .bind(optional_numbers(&|p| p.claimed_until.map(|t| t.0)))
+        .bind(numbers(&|p| p.version))
+        .bind(numbers(&|p| p.updated_at.0))
+        .bind(numbers(&|p| p.amount))
+        .bind(optional(&|p| p.description.clone()))
+        .bind(texts(&|p| p.metadata.to_string()))
+        .bind(plans)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+    }
+
     async fn fetch_by_keys(
         &mut self,
         cols: &str,

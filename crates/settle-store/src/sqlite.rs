@@ -119,6 +119,15 @@ pub struct SqliteTx {
 }
 
 impl SqliteTx {
+    /// SQLite runs in process: one statement per payment costs no network round trip.
+    async fn update_payments_bulk(&mut self, payments: &[(settle_domain::payment::Payment, i64)]) -> Result<usize> {
+        let mut stored = 0;
+        for (p, expected) in payments {
+            stored += usize::from(crate::payments::PaymentTx::update_payment(self, p, *expected).await?);
+        }
+        Ok(stored)
+    }
+
     async fn fetch_by_keys(
         &mut self,
         cols: &str,

@@ -8,7 +8,7 @@
 //! records, commits once, and answers every request. Under load one fsync serves hundreds of
 //! requests; with a single request the cost is that of an ordinary transaction.
 //!
-//! A request may carry [`Then`]: writes of its own (a payment's new state, say) made in the same
+//! A request may carry [`Then`]: rows of its own (a payment's new state, say) made in the same
 //! transaction when all its transfers were created or already existed, so the money and the
 //! record of why it moved commit together.
 //!
@@ -19,6 +19,7 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use settle_domain::{
     ledger::{Book, Key, TransferRequest, TransferResult},
+    payment::{Attempt, Payment, Refund, StatusChange},
     tenancy::{AuditEntry, IdempotencyRecord},
 };
 use settle_store::{DuePending, Mode, Scope, Store, StoreError, Tx};
@@ -56,14 +57,79 @@ pub struct TransferCommand {
     /// Written when the reply is 2xx (services posting on their own behalf write theirs).
     pub audit: Option<AuditEntry>,
     /// Written in the same transaction when every transfer was created or already existed.
-    pub then: Option<Box<dyn Then>>,
+    pub then: Option<Then>,
     pub reply: oneshot::Sender<Result<Committed, WriteError>>,
 }
 
-/// A service's own writes, committed with its transfers.
-#[async_trait::async_trait]
-pub trait Then: Send + Sync {
-    async fn write(&self, tx: &mut dyn Tx) -> Result<(), WriteError>;
+/// A service's own rows, committed with its transfers: a payment step's new payment state,
+/// history and attempts, a refund's outcome. A group commit writes the rows of all its requests
+/// together (one statement per kind), so a busy writer does not pay a round trip per request.
+#[derive(Default)]
+pub struct Then {
+    /// Each stored only at the version its claim read (compare-and-set).
+    pub payments: Vec<(Payment, i64)>,
+    pub attempts: Vec<Attempt>,
+    pub changes: Vec<StatusChange>,
+    /// Each concluded only while still `pending`.
+    pub refunds: Vec<Refund>,
+    /// Refund reservations given back (failed refunds): the refund's payment and amount.
+    pub released: Vec<Refund>,
+    pub audit: Vec<AuditEntry>,
+    pub records: Vec<IdempotencyRecord>,
+}
+
+impl Then {
+    fn absorb(&mut self, other: &Then) {
+        self.payments.extend(other.payments.iter().cloned());
+        self.attempts.extend(other.attempts.iter().cloned());
+        self.changes.extend(other.changes.iter().cloned());
+        self.refunds.extend(other.refunds.iter().cloned());
+        self.released.extend(other.released.iter().cloned());
+        self.audit.extend(other.audit.iter().cloned());
+        self.records.extend(other.records.iter().cloned());
+    }
+
+    /// Writes every row in `tx`; a failed precondition fails it all.
+    pub async fn write(&self, tx: &mut dyn Tx) -> Result<(), WriteError> {
+        if tx.update_payments(&self.payments).await? != self.payments.len() {
+            return Err(WriteError::Stale(
+                "a payment changed while claimed (its claim expired)".into(),
+            ));
+        }
+        for refund in &self.refunds {
+            if !tx.update_refund(refund).await? {
+                return Err(WriteError::Stale(format!(
+                    "refund {} was concluded by another process",
+                    refund.id
+                )));
+            }
+        }
+        for refund in &self.released {
+            let (merchant, payment) = (&refund.merchant_id, &refund.payment_id);
+            if !tx
+                .add_refunded(merchant, payment, -refund.amount, refund.updated_at)
+                .await?
+            {
+                return Err(WriteError::Stale(format!(
+                    "refund {} reservation could not be released",
+                    refund.id
+                )));
+            }
+        }
+        tx.insert_attempts(&self.attempts).await?;
+        tx.insert_status_changes(&self.changes).await?;
+        tx.insert_audit(&self.audit).await?;
+        for record in &self.records {
+            tx.insert_idempotency(record).await.map_err(|e| {
+                if e.is_conflict_on("idempotency_keys") {
+                    WriteError::IdempotencyRace
+                } else {
+                    WriteError::Store(e)
+                }
+            })?;
+        }
+        Ok(())
+    }
 }
 
 pub enum Command {
@@ -134,7 +200,7 @@ impl LedgerWriter {
         merchant_id: &str,
         requests: Vec<TransferRequest>,
         atomic: bool,
-        then: Option<Box<dyn Then>>,
+        then: Option<Then>,
     ) -> Result<Vec<TransferResult>, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Command::Transfers(Box::new(TransferCommand {
@@ -258,9 +324,7 @@ impl Worker {
         let mut book = load_book(tx.as_mut(), commands, lookup).await?;
         let loaded = started.elapsed();
         let mut replies = Vec::with_capacity(commands.len());
-        let mut audits = Vec::new();
-        let mut records = Vec::new();
-        let mut thens = Vec::new();
+        let mut rows = Then::default();
         for command in commands {
             let results = book.apply(&command.merchant_id, &command.requests, command.atomic, now);
             if lookup == Lookup::Optimistic && results.iter().any(|r| matches!(r, TransferResult::Failed(_))) {
@@ -269,17 +333,17 @@ impl Worker {
             let mut reply = None;
             if let Some(then) = &command.then {
                 if !results.iter().any(|r| matches!(r, TransferResult::Failed(_))) {
-                    thens.push(then);
+                    rows.absorb(then);
                 }
             }
             if command.shape.status(&results).is_success() {
-                audits.extend(command.audit.clone());
+                rows.audit.extend(command.audit.clone());
                 if let Some(mut record) = command.idempotency.clone() {
                     let rendered = command.shape.render(&results);
                     record.status_code = rendered.status.as_u16();
                     record.response_body = rendered.body.clone();
                     record.created_at = now;
-                    records.push(record);
+                    rows.records.push(record);
                     reply = Some(rendered);
                 }
             }
@@ -289,19 +353,7 @@ impl Worker {
         let created = effects.transfers.len();
         let decided = started.elapsed();
         tx.write_ledger(&effects).await?;
-        tx.insert_audit(&audits).await?;
-        for record in &records {
-            tx.insert_idempotency(record).await.map_err(|e| {
-                if e.is_conflict_on("idempotency_keys") {
-                    WriteError::IdempotencyRace
-                } else {
-                    WriteError::Store(e)
-                }
-            })?;
-        }
-        for then in thens {
-            then.write(tx.as_mut()).await?;
-        }
+        rows.write(tx.as_mut()).await?;
         let written = started.elapsed();
         tx.commit().await?;
         self.metrics.ledger_commit(commands.len(), created);

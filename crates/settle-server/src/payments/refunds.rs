@@ -26,21 +26,16 @@ use settle_connectors::{ConnectorError, ConnectorResult, RefundOutcome, RefundSt
 use settle_domain::{
     ledger::TransferRequest,
     payment::{decide_refund, Payment, Refund, RefundRefusal, RefundStatus},
-    postings,
-    tenancy::IdempotencyRecord,
-    Timestamp,
+    postings, Timestamp,
 };
-use settle_store::{Mode, Scope, Tx};
+use settle_store::{Mode, Scope};
 
 use crate::{
     context::{Ctx, Reply},
     error::ApiError,
     extract::{page_and_filters, JsonBody},
     fields,
-    ledger::{
-        cursor_error, list_reply,
-        writer::{Then, WriteError},
-    },
+    ledger::{cursor_error, list_reply, writer::Then},
     payments::{
         connectors::Candidate,
         service::{self, PostError},
@@ -145,51 +140,8 @@ async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<(Payme
     Ok((payment, refund, holder))
 }
 
-/// Step 3's bookkeeping: the refund's final state, the reservation released if it failed,
-/// the idempotency record; written with the refund's settling transfers.
-struct Conclusion {
-    refund: Refund,
-    record: Option<IdempotencyRecord>,
-}
-
-#[async_trait::async_trait]
-impl Then for Conclusion {
-    async fn write(&self, tx: &mut dyn Tx) -> Result<(), WriteError> {
-        let refund = &self.refund;
-        if !tx.update_refund(refund).await? {
-            return Err(WriteError::Stale(format!(
-                "refund {} was concluded by another process",
-                refund.id
-            )));
-        }
-        if refund.status == RefundStatus::Failed
-            && !tx
-                .add_refunded(
-                    &refund.merchant_id,
-                    &refund.payment_id,
-                    -refund.amount,
-                    refund.updated_at,
-                )
-                .await?
-        {
-            return Err(WriteError::Stale(format!(
-                "refund {} reservation could not be released",
-                refund.id
-            )));
-        }
-        if let Some(record) = &self.record {
-            tx.insert_idempotency(record).await.map_err(|e| {
-                if e.is_conflict_on("idempotency_keys") {
-                    WriteError::IdempotencyRace
-                } else {
-                    WriteError::Store(e)
-                }
-            })?;
-        }
-        Ok(())
-    }
-}
-
+/// Step 3's bookkeeping, written with the refund's settling transfers: the refund's outcome
+/// (only while still `pending`), the reservation given back if it failed, the idempotency record.
 async fn conclude(
     state: &AppState,
     ctx: Option<&Ctx>,
@@ -201,11 +153,16 @@ async fn conclude(
     let record = ctx
         .filter(|_| status.is_success())
         .and_then(|ctx| ctx.idempotency_record(&reply, state.clock.now()));
-    let conclusion = Conclusion {
-        refund: refund.clone(),
-        record,
+    let rows = Then {
+        refunds: vec![refund.clone()],
+        released: [refund.clone()]
+            .into_iter()
+            .filter(|r| r.status == RefundStatus::Failed)
+            .collect(),
+        records: record.into_iter().collect(),
+        ..Then::default()
     };
-    service::write_with(state, &refund.merchant_id, transfers, Box::new(conclusion)).await?;
+    service::write_with(state, &refund.merchant_id, transfers, rows).await?;
     Ok(reply)
 }
 

@@ -28,7 +28,7 @@ use settle_domain::{
     },
     postings,
     routing::{RouteInput, Rule},
-    tenancy::{AuditEntry, IdempotencyRecord},
+    tenancy::AuditEntry,
     Currency, Timestamp,
 };
 use settle_store::{Mode, Scope, Tx};
@@ -218,41 +218,6 @@ pub fn claimed(
     payment::claimed(payment, payment::plan(decision, reason, tries), now, until)
 }
 
-/// Step 3's writes besides the transfers.
-pub struct Finish {
-    pub claimed_version: i64,
-    pub next: Payment,
-    pub changes: Vec<StatusChange>,
-    pub attempts: Vec<Attempt>,
-    pub audit: Vec<AuditEntry>,
-    pub record: Option<IdempotencyRecord>,
-}
-
-#[async_trait::async_trait]
-impl Then for Finish {
-    async fn write(&self, tx: &mut dyn Tx) -> Result<(), WriteError> {
-        if !tx.update_payment(&self.next, self.claimed_version).await? {
-            return Err(WriteError::Stale(format!(
-                "payment {} changed while claimed (the claim expired)",
-                self.next.id
-            )));
-        }
-        tx.insert_attempts(&self.attempts).await?;
-        tx.insert_status_changes(&self.changes).await?;
-        tx.insert_audit(&self.audit).await?;
-        if let Some(record) = &self.record {
-            tx.insert_idempotency(record).await.map_err(|e| {
-                if e.is_conflict_on("idempotency_keys") {
-                    WriteError::IdempotencyRace
-                } else {
-                    WriteError::Store(e)
-                }
-            })?;
-        }
-        Ok(())
-    }
-}
-
 /// Step 3: posts `transfers` and stores `next` over the claimed payment with its history,
 /// attempts and audit rows, and (for a client request) the idempotency record with `reply`,
 /// in one transaction.
@@ -272,15 +237,15 @@ pub async fn finish(
         (Some(ctx), Some(reply)) => ctx.idempotency_record(reply, state.clock.now()),
         _ => None,
     };
-    let finish = Finish {
-        claimed_version: claimed.version,
-        next: next.clone(),
-        changes,
+    let rows = Then {
+        payments: vec![(next.clone(), claimed.version)],
         attempts,
+        changes,
         audit: audit.to_vec(),
-        record,
+        records: record.into_iter().collect(),
+        ..Then::default()
     };
-    write_with(state, &claimed.merchant_id, transfers, Box::new(finish)).await
+    write_with(state, &claimed.merchant_id, transfers, rows).await
 }
 
 /// Posts `transfers` and writes `then` in one transaction (the ledger writer's, or without
@@ -289,7 +254,7 @@ pub async fn write_with(
     state: &AppState,
     merchant_id: &str,
     transfers: Vec<TransferRequest>,
-    then: Box<dyn Then>,
+    then: Then,
 ) -> Result<(), ApiError> {
     if transfers.is_empty() {
         let mut tx = state
@@ -481,7 +446,7 @@ pub async fn post(
     state: &AppState,
     merchant_id: &str,
     requests: Vec<TransferRequest>,
-    then: Option<Box<dyn Then>>,
+    then: Option<Then>,
 ) -> Result<(), PostError> {
     let results = state
         .writer
