@@ -50,7 +50,7 @@ pub struct ServeArgs {
     /// Set the operator's admin token (otherwise one is generated on first start).
     #[arg(long, env = "SETTLE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Ledger group-commit writers (default: 1 on SQLite, 2 on PostgreSQL).
+    /// Ledger group-commit writers (default: 1).
     #[arg(long, env = "SETTLE_LEDGER_WRITERS")]
     pub ledger_writers: Option<usize>,
     /// Hours an idempotency key is kept.
