@@ -646,7 +646,7 @@ async fn a_retried_create_after_a_crash_finds_its_payment(app: TestApp) {
 
 /// Leaves `id` as a process that claimed it and died would: claimed until two minutes from
 /// now, with `plan`, in `status`.
-async fn kill_mid_claim(app: &TestApp, id: &str, status: &str, plan: Value) {
+pub async fn kill_mid_claim(app: &TestApp, id: &str, status: &str, plan: Value) {
     let until = app.state().clock.now().0 + 120_000_000;
     let plan = plan.to_string().replace('\'', "''");
     let sql = format!(

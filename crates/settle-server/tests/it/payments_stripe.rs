@@ -153,6 +153,21 @@ impl LocalStripe {
         assert!(status.is_success(), "GET {path} at localstripe: {status} {text}");
         serde_json::from_str(&text).expect("json")
     }
+
+    /// `POST {path}` (no parameters) at localstripe itself, with the merchant's key.
+    async fn post(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("localstripe answers");
+        let status = r.status();
+        let text = r.text().await.expect("body");
+        assert!(status.is_success(), "POST {path} at localstripe: {status} {text}");
+        serde_json::from_str(&text).expect("json")
+    }
 }
 
 impl Drop for LocalStripe {
@@ -414,7 +429,44 @@ async fn stripe_cancel_voids_the_payment_intent(app: TestApp) {
     app.verify_ok().await;
 }
 
+/// A capture that reached Stripe from a process that died before storing it: the recovery job
+/// learns from Stripe that the PaymentIntent is captured and finishes the step, ledger included.
+async fn stripe_capture_of_a_dead_process_is_finished_by_recovery(app: TestApp) {
+    let server = localstripe_or_skip!();
+    let (m, account) = stripe_merchant(&app, &server).await;
+    let (id, pi) = authorized(&app, &m, &account, 1800).await;
+    let captured = server.post(&format!("/v1/payment_intents/{pi}/capture")).await;
+    assert_eq!(captured["status"], "succeeded", "{captured}");
+    crate::payments::kill_mid_claim(
+        &app,
+        &id,
+        "requires_capture",
+        json!({ "op": "capture", "amount": 1800 }),
+    )
+    .await;
+    app.clock.advance_seconds(200);
+    assert_eq!(
+        settle_server::payments::jobs::try_execute_claim_recovery(app.state())
+            .await
+            .expect("job"),
+        1
+    );
+    let p = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+    assert_eq!(p.json["status"], "succeeded", "{}", p.text);
+    assert_eq!(p.json["amount_captured"], 1800, "{}", p.text);
+    let clearing = ledger(&app, &m, "settle:clearing:stripe:USD").await;
+    assert_eq!(clearing.json["debits_pending"], 0, "{}", clearing.text);
+    assert_eq!(clearing.json["balance"], 1800, "{}", clearing.text);
+    let history = app.get(&format!("/v1/payments/{id}/events"), &m.key).await;
+    let recovered = history.json["data"]
+        .as_array()
+        .is_some_and(|e| e.iter().any(|e| e["to"] == "succeeded" && e["reason"] == "recovered"));
+    assert!(recovered, "{}", history.text);
+    app.verify_ok().await;
+}
+
 crate::conformance!(
+    stripe_capture_of_a_dead_process_is_finished_by_recovery,
     stripe_authorize_partial_capture_and_partial_refund,
     stripe_decline_leaves_nothing_in_the_ledger,
     stripe_cancel_voids_the_payment_intent,
