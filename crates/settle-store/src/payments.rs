@@ -36,6 +36,9 @@ pub trait PaymentTx: Send {
     async fn get_payment(&mut self, merchant_id: &str, id: &str) -> Result<Option<Payment>>;
     /// The payment a request with this `Idempotency-Key` created.
     async fn payment_by_idempotency_key(&mut self, merchant_id: &str, key: &str) -> Result<Option<Payment>>;
+    /// Forgets the idempotency keys of payments created before `created_before` (at most
+    /// `limit`), as idempotency records are pruned; returns how many.
+    async fn forget_payment_keys(&mut self, created_before: Timestamp, limit: u32) -> Result<u64>;
     /// Payments of every merchant whose claim has expired (its process died mid-call); oldest first.
     async fn expired_claims(&mut self, now: Timestamp, limit: u32) -> Result<Vec<Payment>>;
     /// Stores `payment` if the stored row is still at `expected_version`; `false` when another
@@ -493,6 +496,22 @@ macro_rules! payments_tx {
                 );
                 let row = sqlx::query(&sql).bind(merchant_id).bind(key).fetch_optional(&mut *self.tx).await?;
                 row.as_ref().map(payment_from).transpose()
+            }
+
+            async fn forget_payment_keys(
+                &mut self,
+                created_before: settle_domain::Timestamp,
+                limit: u32,
+            ) -> $crate::Result<u64> {
+                let done = sqlx::query(
+                    "UPDATE payments SET idempotency_key = NULL WHERE (merchant_id, id) IN \
+                     (SELECT merchant_id, id FROM payments WHERE idempotency_key IS NOT NULL AND created_at < $1 LIMIT $2)",
+                )
+                .bind(created_before.0)
+                .bind(i64::from(limit))
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(done.rows_affected())
             }
 
             async fn expired_claims(

@@ -641,6 +641,14 @@ async fn a_retried_create_after_a_crash_finds_its_payment(app: TestApp) {
     app.exec("DELETE FROM idempotency_keys WHERE key = 'order-1'").await;
     let reused = app.post_keyed("/v1/payments", &m.key, &other, "order-1").await;
     assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reused.text);
+    // Once idempotency records of that age are pruned, the key may name a new payment.
+    app.clock.advance_seconds(24 * 3600 + 1);
+    settle_server::jobs::try_execute_prune(app.state())
+        .await
+        .expect("prune");
+    let later = app.post_keyed("/v1/payments", &m.key, &other, "order-1").await;
+    assert_eq!(later.status, StatusCode::CREATED, "{}", later.text);
+    assert_ne!(later.json["id"], first.json["id"]);
     app.verify_ok().await;
 }
 
