@@ -358,35 +358,29 @@ async fn pay_until_killed(
     (keys, done)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_payment_flows_leaves_nothing_stuck_or_doubled() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    // A short connector timeout makes claims (12 timeouts) expire within the test.
-    let flags = ["--connector-timeout-seconds", "1"];
-    let (mut child, _) = serve_with(dir.path(), port, &flags);
-    let admin = std::fs::read_to_string(dir.path().join("settle-data/admin-token"))
-        .expect("token")
-        .trim()
-        .to_owned();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let key = merchant_with_accounts(&http, &base, &admin).await;
-    // Calls that take a while, so that many are in flight when the process dies.
+/// Creates a sandbox connector account with some latency (so that many calls are in flight
+/// when a process dies), runs six paying clients against `base` for 1.5 s, then SIGKILLs
+/// `victim`. Returns the idempotency keys sent and the fully acknowledged payments.
+async fn pay_then_kill(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    mut victim: Child,
+) -> (Vec<String>, Vec<(String, String)>) {
     let (status, _) = post(
-        &http,
+        http,
         &format!("{base}/v1/connector_accounts"),
-        &key,
+        key,
         json!({ "connector": "sandbox", "credentials": { "latency_ms": 15 } }),
     )
     .await;
     assert_eq!(status, 201);
     let clients: Vec<_> = (0..6)
-        .map(|c| tokio::spawn(pay_until_killed(http.clone(), base.clone(), key.clone(), c)))
+        .map(|c| tokio::spawn(pay_until_killed(http.clone(), base.to_owned(), key.to_owned(), c)))
         .collect();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let _ = child.kill(); // SIGKILL: claims, holds and refunds are left mid-flight
-    let _ = child.wait();
+    let _ = victim.kill(); // SIGKILL: claims, holds and refunds are left mid-flight
+    let _ = victim.wait();
     let mut keys = Vec::new();
     let mut acknowledged = Vec::new();
     for c in clients {
@@ -395,24 +389,28 @@ async fn kill_9_mid_payment_flows_leaves_nothing_stuck_or_doubled() {
         acknowledged.extend(d);
     }
     assert!(!acknowledged.is_empty());
+    (keys, acknowledged)
+}
 
-    let (mut again, _) = serve_with(dir.path(), port, &flags);
-    // Every create is retried with its key: none may make a second payment.
+/// Against a live process (`base`) after another died: every create is retried with its key
+/// (none may make a second payment); the jobs must resolve what the dead process left — no
+/// payment stays `processing`, no refund `pending`, no claim outlives its expiry (a capture is
+/// then accepted, not `payment_in_progress`) — and every acknowledged payment is unchanged.
+async fn check_recovered(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    keys: &[String],
+    acknowledged: &[(String, String)],
+) {
     let card = json!({ "type": "card", "card": { "number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123" } });
-    for idem in &keys {
-        let (c, i): (usize, i64) = {
-            let mut parts = idem.trim_start_matches('c').split('-');
-            (
-                parts.next().and_then(|p| p.parse().ok()).expect("c"),
-                parts.next().and_then(|p| p.parse().ok()).expect("i"),
-            )
-        };
-        let _ = c;
+    for idem in keys {
+        let i: i64 = idem.rsplit('-').next().and_then(|i| i.parse().ok()).expect("key index");
         let body = json!({ "amount": 1_000 + i, "currency": "USD", "confirm": true, "payment_method": card,
                            "capture_method": if i % 2 == 1 { "manual" } else { "automatic" } });
         let r = http
             .post(format!("{base}/v1/payments"))
-            .bearer_auth(&key)
+            .bearer_auth(key)
             .header("Idempotency-Key", idem)
             .json(&body)
             .send()
@@ -425,23 +423,27 @@ async fn kill_9_mid_payment_flows_leaves_nothing_stuck_or_doubled() {
             r.text().await.unwrap_or_default()
         );
     }
-    // The jobs resolve what the dead process left: no payment stays `processing`, no refund
-    // `pending`, no claim outlives its expiry (a capture is then accepted, not `payment_in_progress`).
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let payments = list_all(&http, &format!("{base}/v1/payments"), &key).await;
-        let refunds = list_all(&http, &format!("{base}/v1/refunds"), &key).await;
+        let payments = list_all(http, &format!("{base}/v1/payments"), key).await;
+        let refunds = list_all(http, &format!("{base}/v1/refunds"), key).await;
         let processing = payments.iter().filter(|p| p["status"] == "processing").count();
         let pending = refunds.iter().filter(|r| r["status"] == "pending").count();
         let mut claimed = 0;
         for p in payments.iter().filter(|p| p["status"] == "requires_capture") {
             let id = p["id"].as_str().expect("id");
-            let (_, after) = post(&http, &format!("{base}/v1/payments/{id}/capture"), &key, json!({})).await;
+            let (_, after) = post(http, &format!("{base}/v1/payments/{id}/capture"), key, json!({})).await;
             if after["error"]["code"] == "payment_in_progress" {
                 claimed += 1;
             }
         }
-        eprintln!("after restart: {} payments for {} keys ({} acknowledged), {processing} processing, {pending} pending refunds, {claimed} claimed", payments.len(), keys.len(), acknowledged.len());
+        eprintln!(
+            "after the kill: {} payments for {} keys ({} acknowledged), {processing} processing, \
+             {pending} pending refunds, {claimed} claimed",
+            payments.len(),
+            keys.len(),
+            acknowledged.len()
+        );
         if processing == 0 && pending == 0 && claimed == 0 {
             assert_eq!(payments.len(), keys.len(), "one payment per idempotency key");
             break;
@@ -452,10 +454,10 @@ async fn kill_9_mid_payment_flows_leaves_nothing_stuck_or_doubled() {
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    for (id, status) in &acknowledged {
+    for (id, status) in acknowledged {
         let p: Value = http
             .get(format!("{base}/v1/payments/{id}"))
-            .bearer_auth(&key)
+            .bearer_auth(key)
             .send()
             .await
             .expect("get")
@@ -464,6 +466,26 @@ async fn kill_9_mid_payment_flows_leaves_nothing_stuck_or_doubled() {
             .expect("json");
         assert_eq!(&p["status"], status, "acknowledged payment {id} changed");
     }
+}
+
+/// A short connector timeout makes claims (12 timeouts) expire within the tests.
+const SHORT_CLAIMS: [&str; 2] = ["--connector-timeout-seconds", "1"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_payment_flows_leaves_nothing_stuck_or_doubled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (child, _) = serve_with(dir.path(), port, &SHORT_CLAIMS);
+    let admin = std::fs::read_to_string(dir.path().join("settle-data/admin-token"))
+        .expect("token")
+        .trim()
+        .to_owned();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let key = merchant_with_accounts(&http, &base, &admin).await;
+    let (keys, acknowledged) = pay_then_kill(&http, &base, &key, child).await;
+    let (mut again, _) = serve_with(dir.path(), port, &SHORT_CLAIMS);
+    check_recovered(&http, &base, &key, &keys, &acknowledged).await;
     let _ = again.kill();
     let _ = again.wait();
     let out = settle()
@@ -473,6 +495,71 @@ async fn kill_9_mid_payment_flows_leaves_nothing_stuck_or_doubled() {
         .output()
         .expect("verify");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// A fresh PostgreSQL database for one test, dropped at the end; `None` (after a loud message)
+/// when PostgreSQL cannot be reached, which fails the test under `CI=true`.
+async fn fresh_database() -> Option<(sqlx::PgPool, String, String)> {
+    let url = std::env::var("SETTLE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = match sqlx::PgPool::connect(&url).await {
+        Ok(pool) => pool,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("PostgreSQL unreachable at {url}: {e}"),
+        Err(e) => {
+            eprintln!("\n!!! SKIPPING a PostgreSQL test: cannot reach {url} ({e}).\n");
+            return None;
+        }
+    };
+    let name = format!("settle_cli_{}_{}", std::process::id(), rand::random::<u32>());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let (prefix, _) = url.rsplit_once('/').expect("database URL with a database name");
+    Some((admin, name.clone(), format!("{prefix}/{name}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_postgres_the_survivor_recovers_what_the_killed_one_left() {
+    let Some((pg, name, db_url)) = fresh_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault_key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let admin = format!("sat_{}", rand::random::<u64>());
+    let flags = [
+        "--database-url",
+        db_url.as_str(),
+        "--vault-key",
+        vault_key.as_str(),
+        "--admin-token",
+        admin.as_str(),
+        SHORT_CLAIMS[0],
+        SHORT_CLAIMS[1],
+    ];
+    let (port_a, port_b) = (free_port(), free_port());
+    let (a, _) = serve_with(&dir.path().join("a"), port_a, &flags);
+    let (mut b, _) = serve_with(&dir.path().join("b"), port_b, &flags);
+    let (base_a, base_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    let http = reqwest::Client::new();
+    let key = merchant_with_accounts(&http, &base_a, &admin).await;
+    let (keys, acknowledged) = pay_then_kill(&http, &base_a, &key, a).await;
+    // Process b, which shared the database all along, finishes what a left.
+    check_recovered(&http, &base_b, &key, &keys, &acknowledged).await;
+    let _ = b.kill();
+    let _ = b.wait();
+    let out = settle()
+        .args(["verify", "--database-url", db_url.as_str()])
+        .output()
+        .expect("verify");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&pg)
+        .await
+        .expect("drop database");
 }
 
 #[test]
