@@ -401,7 +401,7 @@ pub fn plan(decision: &Decision, reason: Option<&str>, tries: Vec<PlannedTry>) -
 }
 
 /// Every change after a claim ends it.
-pub fn touched(payment: &Payment, now: Timestamp) -> Payment {
+fn touched(payment: &Payment, now: Timestamp) -> Payment {
     let mut next = payment.clone();
     next.claimed_until = None;
     next.plan = None;

@@ -32,7 +32,8 @@ pub const SYNC_ATTEMPTS_MAX: usize = 10;
 /// Longest wait between two syncs of one payment.
 pub const SYNC_BACKOFF_MAX_SECONDS: i64 = 3_600;
 
-fn before(now: Timestamp, seconds: i64) -> Timestamp {
+/// `seconds` before `now`.
+pub(crate) fn before(now: Timestamp, seconds: i64) -> Timestamp {
     Timestamp(now.0.saturating_sub(seconds.saturating_mul(1_000_000)))
 }
 

@@ -38,6 +38,7 @@ use crate::{
     ledger::{cursor_error, list_reply, writer::Then},
     payments::{
         connectors::Candidate,
+        jobs,
         service::{self, PostError},
     },
     AppState,
@@ -277,14 +278,10 @@ fn settling(refund: &Refund, legs: &[postings::RefundLeg]) -> Vec<TransferReques
 /// many refunds were concluded.
 pub async fn try_execute_refund_sync(state: &AppState) -> Result<usize, ApiError> {
     let now = state.clock.now();
-    let wait = i64::try_from(state.config.payment_sync_interval.as_micros()).unwrap_or(i64::MAX);
+    let wait = i64::try_from(state.config.payment_sync_interval.as_secs()).unwrap_or(i64::MAX);
     let due = {
         let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
-        tx.pending_refunds(
-            Timestamp(now.0.saturating_sub(wait)),
-            crate::payments::jobs::JOB_BATCH_MAX,
-        )
-        .await?
+        tx.pending_refunds(jobs::before(now, wait), jobs::JOB_BATCH_MAX).await?
     };
     let mut concluded = 0;
     for refund in due {

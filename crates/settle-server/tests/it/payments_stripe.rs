@@ -141,31 +141,25 @@ impl LocalStripe {
 
     /// `GET {path}` at localstripe itself, with the merchant's key.
     async fn get(&self, path: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base_url))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .expect("localstripe answers");
-        let status = r.status();
-        let text = r.text().await.expect("body");
-        assert!(status.is_success(), "GET {path} at localstripe: {status} {text}");
-        serde_json::from_str(&text).expect("json")
+        self.call(reqwest::Method::GET, path).await
     }
 
     /// `POST {path}` (no parameters) at localstripe itself, with the merchant's key.
     async fn post(&self, path: &str) -> Value {
+        self.call(reqwest::Method::POST, path).await
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str) -> Value {
         let r = self
             .http
-            .post(format!("{}{path}", self.base_url))
+            .request(method.clone(), format!("{}{path}", self.base_url))
             .bearer_auth(API_KEY)
             .send()
             .await
             .expect("localstripe answers");
         let status = r.status();
         let text = r.text().await.expect("body");
-        assert!(status.is_success(), "POST {path} at localstripe: {status} {text}");
+        assert!(status.is_success(), "{method} {path} at localstripe: {status} {text}");
         serde_json::from_str(&text).expect("json")
     }
 }
