@@ -11,6 +11,7 @@
 
 pub mod breaker;
 pub mod card;
+pub mod event;
 pub mod ids;
 pub mod ledger;
 pub mod money;
@@ -22,6 +23,7 @@ pub mod split;
 pub mod tenancy;
 pub mod time;
 pub mod validate;
+pub mod webhook;
 
 pub use money::{Currency, CurrencyInfo};
 pub use secret::Secret;

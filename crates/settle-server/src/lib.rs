@@ -13,6 +13,7 @@ pub mod auth;
 pub mod clock;
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod fields;
 pub mod idempotency;
@@ -213,6 +214,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ledger::router())
         .merge(payments::router())
         .merge(audit::router())
+        .merge(events::router())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), auth::require_merchant));
     let admin = admin::router()

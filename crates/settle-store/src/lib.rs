@@ -23,10 +23,13 @@ use settle_domain::{
 mod shared;
 #[macro_use]
 pub mod payments;
+#[macro_use]
+pub mod events;
 mod migrate;
 mod postgres;
 mod sqlite;
 
+pub use events::EventTx;
 pub use payments::PaymentTx;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -195,7 +198,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// One database transaction. Dropping it without [`Tx::commit`] rolls it back.
 #[async_trait]
-pub trait Tx: PaymentTx + Send {
+pub trait Tx: PaymentTx + EventTx + Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 
     async fn get_setting(&mut self, name: &str) -> Result<Option<String>>;

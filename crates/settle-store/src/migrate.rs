@@ -22,6 +22,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "payment_claims",
         sql: include_str!("../migrations/postgres/0003_payment_claims.sql"),
     },
+    Migration {
+        version: 4,
+        name: "events",
+        sql: include_str!("../migrations/postgres/0004_events.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -39,6 +44,11 @@ pub const SQLITE: &[Migration] = &[
         version: 3,
         name: "payment_claims",
         sql: include_str!("../migrations/sqlite/0003_payment_claims.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "events",
+        sql: include_str!("../migrations/sqlite/0004_events.sql"),
     },
 ];
 

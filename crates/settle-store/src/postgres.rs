@@ -176,6 +176,32 @@ impl PgTx {
         Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
     }
 
+    /// Every event in one statement, each numbered after its aggregate's last stored one plus
+    /// its place among the batch's events of that aggregate, and queued in the outbox.
+    async fn insert_events_bulk(&mut self, events: &[settle_domain::event::NewEvent]) -> Result<()> {
+        let text = |f: fn(&settle_domain::event::NewEvent) -> &str| events.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(
+            "WITH u AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::bigint[], $7::text[], $8::bigint[]) AS u(m, id, kind, atype, aid, k, data, created)), \
+             ins AS (INSERT INTO events (merchant_id, id, type, aggregate_type, aggregate_id, sequence, data, \
+             created_at) SELECT u.m, u.id, u.kind, u.atype, u.aid, COALESCE((SELECT MAX(e.sequence) FROM events e \
+             WHERE e.merchant_id = u.m AND e.aggregate_id = u.aid AND e.aggregate_type = u.atype), 0) + u.k, \
+             u.data, u.created FROM u RETURNING merchant_id, id) \
+             INSERT INTO event_outbox (merchant_id, event_id) SELECT merchant_id, id FROM ins",
+        )
+        .bind(text(|e| &e.merchant_id))
+        .bind(text(|e| &e.id))
+        .bind(text(|e| &e.kind))
+        .bind(text(|e| e.aggregate_type))
+        .bind(text(|e| &e.aggregate_id))
+        .bind(settle_domain::event::offsets(events))
+        .bind(events.iter().map(|e| e.data.to_string()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.created_at.0).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     async fn fetch_by_keys(
         &mut self,
         cols: &str,
@@ -304,3 +330,4 @@ impl PgTx {
 
 shared_tx!(PgTx, PgRow, PgPool);
 payments_tx!(PgTx, PgRow);
+events_tx!(PgTx, PgRow, " FOR UPDATE SKIP LOCKED");

@@ -128,6 +128,30 @@ impl SqliteTx {
         Ok(stored)
     }
 
+    /// One statement per event (each sees the ones before it, so each is its aggregate's last
+    /// plus one), each queued in the outbox.
+    async fn insert_events_bulk(&mut self, events: &[settle_domain::event::NewEvent]) -> Result<()> {
+        for e in events {
+            sqlx::query(crate::events::INSERT_EVENT)
+                .bind(&e.merchant_id)
+                .bind(&e.id)
+                .bind(&e.kind)
+                .bind(e.aggregate_type)
+                .bind(&e.aggregate_id)
+                .bind(1_i64)
+                .bind(e.data.to_string())
+                .bind(e.created_at.0)
+                .execute(&mut *self.tx)
+                .await?;
+            sqlx::query("INSERT INTO event_outbox (merchant_id, event_id) VALUES ($1, $2)")
+                .bind(&e.merchant_id)
+                .bind(&e.id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn fetch_by_keys(
         &mut self,
         cols: &str,
@@ -237,3 +261,4 @@ impl SqliteTx {
 
 shared_tx!(SqliteTx, SqliteRow, SqlitePool);
 payments_tx!(SqliteTx, SqliteRow);
+events_tx!(SqliteTx, SqliteRow, "");

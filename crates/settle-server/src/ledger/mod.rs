@@ -439,6 +439,14 @@ async fn create_transfers(
         idempotency,
         audit: Some(audit),
         then: None,
+        announce: Some(crate::events::new_event(
+            &state,
+            ctx.merchant_id(),
+            "transfer_batch.created",
+            "transfer_batch",
+            &state.ids.make("tb"),
+            Value::Null,
+        )),
         reply,
     };
     state

@@ -18,8 +18,9 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use settle_domain::{
+    event::NewEvent,
     ledger::{Book, Key, TransferRequest, TransferResult},
-    payment::{Attempt, Payment, Refund, StatusChange},
+    payment::{Attempt, Payment, Refund},
     tenancy::{AuditEntry, IdempotencyRecord},
 };
 use settle_store::{DuePending, Mode, Scope, Store, StoreError, Tx};
@@ -27,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use axum::http::StatusCode;
 
-use crate::{clock::Clock, context::Reply, metrics::Metrics};
+use crate::{clock::Clock, context::Reply, ledger::transfer_json, metrics::Metrics, payments::service::Changed};
 
 /// Most transfers one group commit gathers.
 pub const GROUP_TRANSFERS_MAX: usize = 8_192;
@@ -58,6 +59,9 @@ pub struct TransferCommand {
     pub audit: Option<AuditEntry>,
     /// Written in the same transaction when every transfer was created or already existed.
     pub then: Option<Then>,
+    /// For a client's transfers: the `transfer_batch.created` event to record (its `data` is
+    /// filled with the transfers the request created) when it created any.
+    pub announce: Option<NewEvent>,
     pub reply: oneshot::Sender<Result<Committed, WriteError>>,
 }
 
@@ -69,13 +73,16 @@ pub struct Then {
     /// Each stored only at the version its claim read (compare-and-set).
     pub payments: Vec<(Payment, i64)>,
     pub attempts: Vec<Attempt>,
-    pub changes: Vec<StatusChange>,
+    /// Status history rows, each with its domain event.
+    pub changes: Vec<Changed>,
     /// Each concluded only while still `pending`.
     pub refunds: Vec<Refund>,
     /// Refund reservations given back (failed refunds): the refund's payment and amount.
     pub released: Vec<Refund>,
     pub audit: Vec<AuditEntry>,
     pub records: Vec<IdempotencyRecord>,
+    /// Domain events besides those of the status changes.
+    pub events: Vec<NewEvent>,
 }
 
 impl Then {
@@ -87,6 +94,7 @@ impl Then {
         self.released.extend(other.released.iter().cloned());
         self.audit.extend(other.audit.iter().cloned());
         self.records.extend(other.records.iter().cloned());
+        self.events.extend(other.events.iter().cloned());
     }
 
     /// Writes every row in `tx`; a failed precondition fails it all.
@@ -117,7 +125,8 @@ impl Then {
             }
         }
         tx.insert_attempts(&self.attempts).await?;
-        tx.insert_status_changes(&self.changes).await?;
+        crate::payments::service::record(tx, &self.changes).await?;
+        tx.insert_events(&self.events).await?;
         tx.insert_audit(&self.audit).await?;
         for record in &self.records {
             tx.insert_idempotency(record).await.map_err(|e| {
@@ -211,6 +220,7 @@ impl LedgerWriter {
             idempotency: None,
             audit: None,
             then,
+            announce: None,
             reply,
         })))
         .await?;
@@ -334,6 +344,24 @@ impl Worker {
             if let Some(then) = &command.then {
                 if !results.iter().any(|r| matches!(r, TransferResult::Failed(_))) {
                     rows.absorb(then);
+                }
+            }
+            if let Some(event) = &command.announce {
+                let created: Vec<_> = results
+                    .iter()
+                    .filter_map(|r| match r {
+                        TransferResult::Created(t) => Some(transfer_json(t)),
+                        _ => None,
+                    })
+                    .collect();
+                if !created.is_empty() {
+                    let mut event = event.clone();
+                    event.data = serde_json::json!({
+                        "id": event.aggregate_id,
+                        "object": "transfer_batch",
+                        "transfers": created,
+                    });
+                    rows.events.push(event);
                 }
             }
             if command.shape.status(&results).is_success() {

@@ -346,7 +346,7 @@ async fn create(
             e.into()
         });
     }
-    tx.insert_status_changes(&changes).await?;
+    service::record(tx.as_mut(), &changes).await?;
     let Some(prepared) = prepared else {
         let reply = Reply::json(StatusCode::CREATED, &payment_json(&payment))?;
         return ctx.commit(&state, tx, reply, &audit).await;
@@ -527,7 +527,7 @@ async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String
     Ok(Reply::json(StatusCode::OK, &payment_json(&payment))?.into_response())
 }
 
-fn timestamp_param(value: &str, param: &str) -> Result<Timestamp, ApiError> {
+pub(crate) fn timestamp_param(value: &str, param: &str) -> Result<Timestamp, ApiError> {
     Timestamp::parse_rfc3339(value)
         .or_else(|| value.parse::<i64>().ok().and_then(Timestamp::from_unix_seconds))
         .ok_or_else(|| ApiError::invalid(param, format!("`{param}` must be an RFC 3339 time or unix seconds")))

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use settle_connectors::{ConnectorError, ConnectorResult, RefundOutcome, RefundStatus as ProviderRefund};
 use settle_domain::{
+    event::{self, NewEvent},
     ledger::TransferRequest,
     payment::{decide_refund, Payment, Refund, RefundRefusal, RefundStatus},
     postings, Timestamp,
@@ -33,6 +34,7 @@ use settle_store::{Mode, Scope};
 use crate::{
     context::{Ctx, Reply},
     error::ApiError,
+    events,
     extract::{page_and_filters, JsonBody},
     fields,
     ledger::{cursor_error, list_reply, writer::Then},
@@ -134,6 +136,7 @@ async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<(Payme
         updated_at: now,
     };
     tx.insert_refund(&refund).await?;
+    tx.insert_events(&[refund_event(state, &refund)]).await?;
     tx.insert_audit(&[ctx.audit(state, &merchant_id, "refund.create", "refund", &refund.id)])
         .await?;
     let holder = service::holder(state, tx.as_mut(), &payment).await?;
@@ -155,6 +158,11 @@ async fn conclude(
         .filter(|_| status.is_success())
         .and_then(|ctx| ctx.idempotency_record(&reply, state.clock.now()));
     let rows = Then {
+        events: [refund]
+            .into_iter()
+            .filter(|r| r.status != RefundStatus::Pending)
+            .map(|r| refund_event(state, r))
+            .collect(),
         refunds: vec![refund.clone()],
         released: [refund.clone()]
             .into_iter()
@@ -379,6 +387,19 @@ async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery
         "/v1/refunds",
         listing.items.iter().map(refund_json).collect(),
         listing.has_more,
+    )
+}
+
+/// The event of a refund's creation or conclusion.
+fn refund_event(state: &AppState, refund: &Refund) -> NewEvent {
+    let kind = event::refund_event(refund.status);
+    events::new_event(
+        state,
+        &refund.merchant_id,
+        kind,
+        "refund",
+        &refund.id,
+        refund_json(refund),
     )
 }
 

@@ -21,6 +21,7 @@ use std::time::Instant;
 use serde_json::json;
 use settle_connectors::{AuthorizeRequest, CardData, ConnectorError, ProviderStatus, Synced};
 use settle_domain::{
+    event::{self, NewEvent},
     ledger::{Account, Balances, Key, TransferRequest, TransferResult},
     payment::{
         self, Attempt, AuthorizationOutcome, CaptureMethod, Command, Decision, Payment, PaymentError, PaymentStatus,
@@ -31,18 +32,19 @@ use settle_domain::{
     tenancy::AuditEntry,
     Currency, Timestamp,
 };
-use settle_store::{Mode, Scope, Tx};
+use settle_store::{Mode, Scope, StoreError, Tx};
 
 use crate::{
     context::{Ctx, Reply},
     error::ApiError,
+    events,
     ledger::{
         write_error,
         writer::{Then, WriteError},
     },
     payments::{
         connectors::{Candidate, FAILOVER_CANDIDATES_MAX},
-        methods,
+        methods, payment_json,
     },
     AppState,
 };
@@ -92,15 +94,35 @@ pub fn refusal(r: Refusal) -> ApiError {
     }
 }
 
-/// A status history row for `from → to`.
+/// A payment's status change: its history row and its domain event (the payment after it).
+#[derive(Clone, Debug)]
+pub struct Changed {
+    pub row: StatusChange,
+    pub event: NewEvent,
+}
+
+/// Writes status changes with their events.
+pub async fn record(tx: &mut dyn Tx, changes: &[Changed]) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<StatusChange> = changes.iter().map(|c| c.row.clone()).collect();
+    tx.insert_status_changes(&rows).await?;
+    let events: Vec<NewEvent> = changes.iter().map(|c| c.event.clone()).collect();
+    tx.insert_events(&events).await
+}
+
+/// The status change `from → to` (`from` is `None` for a new payment).
 pub fn change(
     state: &AppState,
     from: Option<&Payment>,
     to: &Payment,
     actor: &Actor<'_>,
     error_code: Option<String>,
-) -> StatusChange {
-    StatusChange {
+) -> Changed {
+    let kind = event::payment_event(from.map(|p| p.status), to.status);
+    let event = events::new_event(state, &to.merchant_id, kind, "payment", &to.id, payment_json(to));
+    let row = StatusChange {
         merchant_id: to.merchant_id.clone(),
         id: state.ids.make("pev"),
         payment_id: to.id.clone(),
@@ -115,7 +137,8 @@ pub fn change(
         error_code,
         request_id: actor.request_id(),
         created_at: state.clock.now(),
-    }
+    };
+    Changed { row, event }
 }
 
 /// What the act step needs, read in the claim's transaction.
@@ -186,8 +209,7 @@ pub async fn claim(
         return Err(refusal(Refusal::InProgress(current)));
     }
     if claimed.status != before.status {
-        tx.insert_status_changes(&[change(state, Some(&before), &claimed, actor, None)])
-            .await?;
+        record(tx.as_mut(), &[change(state, Some(&before), &claimed, actor, None)]).await?;
     }
     tx.insert_audit(audit).await?;
     tx.commit().await?;
@@ -226,7 +248,7 @@ pub async fn finish(
     state: &AppState,
     claimed: &Payment,
     next: &Payment,
-    changes: Vec<StatusChange>,
+    changes: Vec<Changed>,
     attempts: Vec<Attempt>,
     audit: &[AuditEntry],
     actor: &Actor<'_>,
@@ -760,7 +782,7 @@ pub async fn after_authorization(
     actor: &Actor<'_>,
     attempts: &mut Vec<Attempt>,
     holder: Option<&Candidate>,
-) -> Result<(Payment, Vec<StatusChange>, Vec<TransferRequest>), ApiError> {
+) -> Result<(Payment, Vec<Changed>, Vec<TransferRequest>), ApiError> {
     let now = state.clock.now();
     let mut next = payment::authorization_ended(claimed, outcome, now);
     let error_code = next.last_payment_error.as_ref().map(|e| e.code.clone());

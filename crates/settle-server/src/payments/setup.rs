@@ -16,6 +16,7 @@ use settle_store::{Mode, Scope};
 use crate::{
     context::{Ctx, Reply},
     error::ApiError,
+    events::new_event,
     extract::JsonBody,
     fields,
     payments::{connectors::sealing_context, routing_rules, rule_json},
@@ -71,7 +72,17 @@ async fn create(
         .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
         .await?;
     tx.insert_connector_account(&account).await?;
-    let reply = Reply::json(StatusCode::CREATED, &account_json(&state, &account))?;
+    let data = account_json(&state, &account);
+    let event = new_event(
+        &state,
+        &merchant_id,
+        "connector_account.created",
+        "connector_account",
+        &id,
+        data.clone(),
+    );
+    tx.insert_events(&[event]).await?;
+    let reply = Reply::json(StatusCode::CREATED, &data)?;
     let audit = ctx.audit(
         &state,
         &merchant_id,
@@ -109,7 +120,17 @@ async fn update(
         .get_connector_account(&merchant_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("connector account", &id))?;
-    let reply = Reply::json(StatusCode::OK, &account_json(&state, &account))?;
+    let data = account_json(&state, &account);
+    let event = new_event(
+        &state,
+        &merchant_id,
+        "connector_account.updated",
+        "connector_account",
+        &id,
+        data.clone(),
+    );
+    tx.insert_events(&[event]).await?;
+    let reply = Reply::json(StatusCode::OK, &data)?;
     let audit = ctx.audit(
         &state,
         &merchant_id,
@@ -188,7 +209,17 @@ async fn put_routing(
     }
     let stored = Value::Array(rules.iter().map(rule_json).collect());
     tx.put_routing(&merchant_id, &stored, state.clock.now()).await?;
-    let reply = Reply::json(StatusCode::OK, &json!({ "object": "routing", "rules": stored }))?;
+    let data = json!({ "object": "routing", "rules": stored });
+    let event = new_event(
+        &state,
+        &merchant_id,
+        "routing_rules.updated",
+        "routing_rules",
+        &merchant_id,
+        data.clone(),
+    );
+    tx.insert_events(&[event]).await?;
+    let reply = Reply::json(StatusCode::OK, &data)?;
     let audit = ctx.audit(&state, &merchant_id, "routing.update", "routing", &merchant_id);
     ctx.commit(&state, tx, reply, &[audit]).await
 }

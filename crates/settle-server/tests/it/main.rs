@@ -6,6 +6,7 @@ mod harness;
 mod admin;
 mod bad_input;
 mod concurrency;
+mod events;
 mod idempotency;
 mod ledger;
 mod ops;
