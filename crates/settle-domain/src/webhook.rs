@@ -3,7 +3,9 @@
 //! A delivery is one event for one endpoint. It is attempted until the endpoint answers 2xx,
 //! with exponential backoff and jitter between attempts ([`retry_delay_seconds`]), for at most
 //! [`RETRY_WINDOW_SECONDS`] after the event; then it is dead-lettered. An endpoint that has
-//! failed every attempt for that long is disabled.
+//! failed every attempt for that long is disabled (see [`endpoint_after`]).
+
+use std::net::IpAddr;
 
 use crate::Timestamp;
 
@@ -163,19 +165,28 @@ pub fn after_attempt(delivery: &Delivery, attempt: &DeliveryAttempt, now: Timest
     next
 }
 
-/// The endpoint after an attempt to it ended at `now`; the flag says whether this failure
-/// disabled it (it has failed every attempt for the whole retry window).
-pub fn endpoint_after(endpoint: &Endpoint, succeeded: bool, now: Timestamp) -> (Endpoint, bool) {
+/// The endpoint after attempts to it ended at `now`; the flag says whether this disabled it.
+/// An endpoint is disabled when it has failed every attempt for the whole retry window: either
+/// its failures span [`RETRY_WINDOW_SECONDS`], or a delivery created while it was already
+/// failing has just been dead-lettered (`died_created_at`: the creation of the oldest delivery
+/// that died in this round), with no success since.
+pub fn endpoint_after(
+    endpoint: &Endpoint,
+    succeeded: bool,
+    died_created_at: Option<Timestamp>,
+    now: Timestamp,
+) -> (Endpoint, bool) {
     let mut next = endpoint.clone();
     if succeeded {
         next.failing_since = None;
         return (next, false);
     }
     let since = *next.failing_since.get_or_insert(now);
-    let disable = next.enabled
-        && since
-            .checked_add_seconds(RETRY_WINDOW_SECONDS)
-            .is_some_and(|end| now >= end);
+    let spans_window = since
+        .checked_add_seconds(RETRY_WINDOW_SECONDS)
+        .is_some_and(|end| now >= end);
+    let outlived = died_created_at.is_some_and(|created| since <= created);
+    let disable = next.enabled && (spans_window || outlived);
     if disable {
         next.enabled = false;
         next.disabled_reason = Some("failing_for_3_days".into());
@@ -184,9 +195,72 @@ pub fn endpoint_after(endpoint: &Endpoint, succeeded: bool, now: Timestamp) -> (
     (next, disable)
 }
 
+/// Whether `ip` is an address on the public internet: not loopback, private, link-local,
+/// carrier-grade NAT, unspecified, broadcast, multicast or documentation space (IPv4-mapped
+/// IPv6 addresses are judged as the IPv4 address they carry). Webhooks may be refused to all
+/// the others, so that an endpoint URL cannot reach into the operator's own network.
+pub fn is_public_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_ip(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+            "198.18.0.1",
+        ] {
+            assert!(!is_public_ip(private.parse().expect("ip")), "{private}");
+        }
+        for public in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(is_public_ip(public.parse().expect("ip")), "{public}");
+        }
+    }
 
     fn delivery() -> Delivery {
         Delivery {
@@ -277,14 +351,20 @@ mod tests {
         };
         assert_eq!(endpoint.signing_secrets(Timestamp(9)).len(), 2);
         assert_eq!(endpoint.signing_secrets(Timestamp(10)).len(), 1);
-        let (e, off) = endpoint_after(&endpoint, false, Timestamp(1_000_000));
+        let (e, off) = endpoint_after(&endpoint, false, None, Timestamp(1_000_000));
         assert!(!off && e.enabled && e.failing_since == Some(Timestamp(1_000_000)));
         let later = Timestamp(1_000_000 + RETRY_WINDOW_SECONDS * 1_000_000);
-        let (e, off) = endpoint_after(&e, false, later);
-        assert!(off && !e.enabled);
-        let (_, again) = endpoint_after(&e, false, later);
+        let (e2, off) = endpoint_after(&e, false, None, later);
+        assert!(off && !e2.enabled);
+        let (_, again) = endpoint_after(&e2, false, None, later);
         assert!(!again);
-        let (e, _) = endpoint_after(&endpoint, true, later);
-        assert_eq!(e.failing_since, None);
+        let (healed, _) = endpoint_after(&endpoint, true, None, later);
+        assert_eq!(healed.failing_since, None);
+        // A delivery that died having been created while the endpoint was failing disables it;
+        // one created before the failures began does not.
+        let (_, off) = endpoint_after(&e, false, Some(Timestamp(1_000_000)), Timestamp(2_000_000));
+        assert!(off);
+        let (_, off) = endpoint_after(&e, false, Some(Timestamp(999_999)), Timestamp(2_000_000));
+        assert!(!off);
     }
 }

@@ -149,12 +149,26 @@ impl Ctx {
     pub async fn commit(
         &self,
         state: &AppState,
-        mut tx: Box<dyn Tx>,
+        tx: Box<dyn Tx>,
         reply: Reply,
         audit: &[AuditEntry],
     ) -> Result<Response, ApiError> {
+        let kept = reply.clone();
+        self.commit_keeping(state, tx, reply, &kept, audit).await
+    }
+
+    /// [`Ctx::commit`] that stores `kept` for idempotent replays instead of `reply`: a reply
+    /// that shows a secret once keeps a copy without it.
+    pub async fn commit_keeping(
+        &self,
+        state: &AppState,
+        mut tx: Box<dyn Tx>,
+        reply: Reply,
+        kept: &Reply,
+        audit: &[AuditEntry],
+    ) -> Result<Response, ApiError> {
         tx.insert_audit(audit).await?;
-        if let Some(record) = self.idempotency_record(&reply, state.clock.now()) {
+        if let Some(record) = self.idempotency_record(kept, state.clock.now()) {
             insert_idempotency(tx.as_mut(), &record).await?;
         }
         tx.commit().await?;

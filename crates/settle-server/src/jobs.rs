@@ -16,6 +16,8 @@ use crate::{
 pub const EXPIRY_BATCH_MAX: u32 = 1_000;
 /// Most idempotency keys one pruning round deletes.
 pub const PRUNE_BATCH_MAX: u32 = 10_000;
+/// Most fan-out and delivery rounds one tick of the webhook dispatcher runs (each bounded too).
+pub const WEBHOOK_ROUNDS_MAX: usize = 50;
 
 /// Releases pending transfers whose timeout has passed. Returns how many were released.
 pub async fn try_execute_expiry(state: &AppState) -> Result<usize, ApiError> {
@@ -73,7 +75,28 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
     let expiry = state.config.expiry_interval;
     let housekeeping = state.config.housekeeping_interval;
     let payments = state.config.payment_sync_interval;
+    let webhooks = state.config.webhook_interval;
     vec![
+        tokio::spawn(every(webhooks, stop.clone(), state.clone(), |s| async move {
+            // Drain a backlog in bounded rounds.
+            for _ in 0..WEBHOOK_ROUNDS_MAX {
+                let fanned = crate::webhooks::dispatch::try_execute_outbox(&s)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = ?e, "webhook fan-out failed");
+                        0
+                    });
+                let sent = crate::webhooks::dispatch::try_execute_deliveries(&s)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = ?e, "webhook delivery failed");
+                        0
+                    });
+                if fanned == 0 && sent == 0 {
+                    break;
+                }
+            }
+        })),
         tokio::spawn(every(payments, stop.clone(), state.clone(), |s| async move {
             if let Err(e) = crate::payments::jobs::try_execute_payment_sync(&s).await {
                 tracing::warn!(error = ?e, "payment sync failed");

@@ -24,6 +24,7 @@ pub mod observe;
 pub mod payments;
 pub mod vault;
 pub mod verify;
+pub mod webhooks;
 
 use std::{
     collections::HashSet,
@@ -79,6 +80,13 @@ pub struct Config {
     pub authorization_ttl: Duration,
     /// How often the payment jobs run; also the first backoff of a stuck payment's sync.
     pub payment_sync_interval: Duration,
+    /// How often the webhook dispatcher looks for events to fan out and deliveries due.
+    pub webhook_interval: Duration,
+    /// Longest wait for a webhook receiver's answer.
+    pub webhook_timeout: Duration,
+    /// Whether webhook endpoints may be loopback or private addresses (refuse them in
+    /// production so that an endpoint URL cannot reach into the operator's network).
+    pub webhook_private_targets: bool,
 }
 
 impl Config {
@@ -98,6 +106,11 @@ impl Config {
             connector_timeout: Duration::from_secs(10),
             authorization_ttl: Duration::from_secs(7 * 24 * 3600),
             payment_sync_interval: Duration::from_secs(5),
+            webhook_interval: Duration::from_millis(200),
+            webhook_timeout: Duration::from_secs(10),
+            // The embedded default is for a laptop, where the receiver is on loopback;
+            // PostgreSQL means production, where it is refused unless the operator says so.
+            webhook_private_targets: engine == Engine::Sqlite,
         }
     }
 }
@@ -118,6 +131,8 @@ pub struct Inner {
     pub cvcs: payments::methods::CvcCache,
     /// `merchant/connector/currency` whose system ledger accounts are known to exist.
     pub charts: Mutex<HashSet<String>>,
+    /// The client webhooks go out with (see `webhooks::dispatch`).
+    pub webhook_client: reqwest::Client,
 }
 
 #[derive(Clone)]
@@ -150,6 +165,7 @@ impl App {
         };
         let vault = vault::Vault::new(config.vault_key.expose());
         let connector_timeout = config.connector_timeout;
+        let webhook_client = webhooks::dispatch::client(config.webhook_timeout, config.webhook_private_targets);
         let state = AppState(Arc::new(Inner {
             ids: Ids::new(clock.clone()),
             store,
@@ -169,6 +185,7 @@ impl App {
             ),
             cvcs: payments::methods::CvcCache::default(),
             charts: Mutex::new(HashSet::new()),
+            webhook_client,
         }));
         let (shutdown, stop) = watch::channel(false);
         if state.config.run_jobs {
@@ -215,6 +232,7 @@ pub fn router(state: AppState) -> Router {
         .merge(payments::router())
         .merge(audit::router())
         .merge(events::router())
+        .merge(webhooks::router())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), auth::require_merchant));
     let admin = admin::router()

@@ -42,6 +42,10 @@ pub trait EventTx: Send {
     async fn count_endpoints(&mut self, merchant_id: &str) -> Result<i64>;
     async fn update_endpoint(&mut self, endpoint: &Endpoint) -> Result<bool>;
     async fn delete_endpoint(&mut self, merchant_id: &str, id: &str) -> Result<bool>;
+    /// Stores only an endpoint's health (`failing_since`, and `enabled` / `disabled_reason`
+    /// when the dispatcher disables it), and only while it is enabled: a client's concurrent
+    /// update of the other fields is kept. `false` when it was not enabled (or is gone).
+    async fn update_endpoint_health(&mut self, endpoint: &Endpoint) -> Result<bool>;
 
     async fn insert_deliveries(&mut self, deliveries: &[Delivery]) -> Result<()>;
     /// Leases up to `limit` deliveries due at `now` (pending, not leased) until `until`, oldest
@@ -323,6 +327,22 @@ macro_rules! events_tx {
                     .bind(id)
                     .execute(&mut *self.tx)
                     .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn update_endpoint_health(&mut self, e: &settle_domain::webhook::Endpoint) -> $crate::Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE webhook_endpoints SET failing_since = $3, enabled = $4, disabled_reason = $5, \
+                     updated_at = $6 WHERE merchant_id = $1 AND id = $2 AND enabled",
+                )
+                .bind(&e.merchant_id)
+                .bind(&e.id)
+                .bind(e.failing_since.map(|t| t.0))
+                .bind(e.enabled)
+                .bind(&e.disabled_reason)
+                .bind(e.updated_at.0)
+                .execute(&mut *self.tx)
+                .await?;
                 Ok(done.rows_affected() == 1)
             }
 

@@ -78,6 +78,13 @@ pub struct ServeArgs {
     /// Hours after which an uncaptured authorization is voided and its payment canceled.
     #[arg(long, env = "SETTLE_AUTHORIZATION_TTL_HOURS", default_value_t = 168)]
     pub authorization_ttl_hours: u64,
+    /// Whether webhook endpoints may be loopback or private addresses: `allow` or `refuse`
+    /// (default: allow on SQLite, refuse on PostgreSQL).
+    #[arg(long, env = "SETTLE_WEBHOOK_PRIVATE_TARGETS", value_parser = ["allow", "refuse"])]
+    pub webhook_private_targets: Option<String>,
+    /// Longest wait for a webhook receiver's answer, in seconds.
+    #[arg(long, env = "SETTLE_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub webhook_timeout_seconds: u64,
 }
 
 impl ServeArgs {
@@ -93,6 +100,10 @@ impl ServeArgs {
         config.auth_cache_ttl = Duration::from_secs(self.auth_cache_seconds);
         config.request_timeout = Duration::from_secs(self.request_timeout_seconds.max(1));
         config.run_jobs = !self.no_jobs;
+        if let Some(choice) = &self.webhook_private_targets {
+            config.webhook_private_targets = choice == "allow";
+        }
+        config.webhook_timeout = Duration::from_secs(self.webhook_timeout_seconds.clamp(1, 60));
         Ok(config)
     }
 

@@ -98,6 +98,11 @@ impl std::io::Write for CapturedWriter {
 impl TestApp {
     /// A fresh app, or `None` when PostgreSQL is unreachable outside CI (the test is skipped).
     pub async fn spawn(engine: Engine) -> Option<TestApp> {
+        Self::spawn_with(engine, |_| {}).await
+    }
+
+    /// [`TestApp::spawn`] with the configuration adjusted by `tweak`.
+    pub async fn spawn_with(engine: Engine, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
         LOGS.call_once(|| {
             use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
             let shown = tracing_subscriber::fmt::layer().with_test_writer().with_filter(
@@ -142,6 +147,8 @@ impl TestApp {
         let mut config = Config::for_engine(engine);
         config.run_jobs = false;
         config.auth_cache_ttl = Duration::from_secs(60);
+        config.webhook_private_targets = true;
+        tweak(&mut config);
         let app = App::build(store.clone(), Arc::new(clock.clone()), config)
             .await
             .expect("build app");
@@ -157,8 +164,29 @@ impl TestApp {
         })
     }
 
+    /// Shuts the app down (its writer drains, its tasks stop) and builds a new one on the same
+    /// database, clock and vault key, as a restarted `settle` process would be.
+    pub async fn restart(&mut self) {
+        let old = self.app.take().expect("app");
+        let mut config = old.state.config.clone();
+        // The router holds the state: it must go before shutdown can drain the writer.
+        self.router = Router::new();
+        old.shutdown().await;
+        config.run_jobs = false;
+        let app = App::build(self.store.clone(), Arc::new(self.clock.clone()), config)
+            .await
+            .expect("rebuild app");
+        self.router = app.router.clone();
+        self.app = Some(app);
+    }
+
     /// A second app on the same PostgreSQL schema, as a second `settle` process would be.
     pub async fn second_process(&self) -> Option<Router> {
+        Some(settle_server::router(self.second_state().await?))
+    }
+
+    /// The state of a second app on the same PostgreSQL schema (`None` on SQLite).
+    pub async fn second_state(&self) -> Option<settle_server::AppState> {
         let DbGuard::Postgres { schema } = &self.db else {
             return None;
         };
@@ -168,10 +196,11 @@ impl TestApp {
         let mut config = Config::for_engine(Engine::Postgres);
         config.run_jobs = false;
         config.vault_key = self.state().config.vault_key.clone();
+        config.webhook_private_targets = true;
         let app = App::build(Arc::new(store), Arc::new(self.clock.clone()), config)
             .await
             .expect("build");
-        Some(app.router.clone())
+        Some(app.state.clone())
     }
 
     /// Runs SQL on the test database behind the app's back (as the superuser on PostgreSQL).

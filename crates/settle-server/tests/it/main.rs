@@ -13,3 +13,4 @@ mod ops;
 mod payments;
 mod payments_stripe;
 mod tenancy;
+mod webhooks;

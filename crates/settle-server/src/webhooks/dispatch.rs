@@ -1,0 +1,423 @@
+//! The webhook dispatcher: fans events out of the outbox into deliveries, and delivers them.
+//!
+//! Two rounds, both safe with several `settle` processes on one database:
+//! - **fan-out** ([`try_execute_outbox`]): one transaction takes the oldest outbox entries
+//!   (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so processes take disjoint entries), creates one
+//!   pending delivery per endpoint that wants each event, and deletes the entries. An event is
+//!   fanned out once: the entries and the deliveries commit together.
+//! - **delivery** ([`try_execute_deliveries`]): one short transaction leases due deliveries
+//!   (`lease_until` = now + [`LEASE_SECONDS`], longer than a request may take), the requests go
+//!   out with no transaction open, and one transaction records each attempt and the delivery's
+//!   next state — only if the lease is still the one taken. A process that dies mid-round
+//!   leaves leases that expire; the deliveries are then attempted again (at least once). Two
+//!   dispatchers never send the same attempt at the same time: a delivery is leased by one at a
+//!   time, and its attempt numbers are unique.
+//!
+//! Requests: `POST` of the event's JSON, `Settle-Signature: t=<unix>,v1=<hex>` with one `v1`
+//! per signing secret (HMAC-SHA256 of `"<t>.<body>"`, Stripe's scheme), `Settle-Event-Id`, a
+//! 10 s timeout, no redirects followed, no proxy. 2xx is delivered; anything else is retried
+//! (see `settle_domain::webhook`). When private targets are refused, the client's resolver
+//! drops loopback and private addresses, so a public name that resolves into the operator's
+//! network is refused too.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use settle_domain::{
+    event::Event,
+    ledger::Key,
+    webhook::{self, is_public_ip, Delivery, DeliveryAttempt, DeliveryStatus, Endpoint},
+    Timestamp,
+};
+use settle_store::{Mode, Scope};
+use sha2::Sha256;
+use tokio::{sync::Semaphore, task::JoinSet};
+
+use crate::{error::ApiError, events::event_json, webhooks::secrets, AppState};
+
+/// How long a delivery round owns the deliveries it leased.
+pub const LEASE_SECONDS: i64 = 60;
+/// Most outbox entries one fan-out round takes.
+pub const OUTBOX_BATCH_MAX: u32 = 1_000;
+/// Most deliveries one delivery round leases.
+pub const DELIVERY_BATCH_MAX: u32 = 500;
+/// Most requests in flight at once per process.
+pub const IN_FLIGHT_MAX: usize = 128;
+/// How much of a response body an attempt keeps.
+pub const RESPONSE_KEPT_BYTES: usize = 1_024;
+pub const SIGNATURE_HEADER: &str = "Settle-Signature";
+pub const EVENT_ID_HEADER: &str = "Settle-Event-Id";
+
+/// Whether a URL host (as `Url::host_str` gives it) may be a webhook target when private
+/// targets are refused: no private address literal, no `localhost`. Other names are checked
+/// when they are resolved.
+pub fn public_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => is_public_ip(ip),
+        Err(_) => {
+            let name = bare.trim_end_matches('.').to_ascii_lowercase();
+            name != "localhost" && !name.ends_with(".localhost")
+        }
+    }
+}
+
+/// A resolver that answers only public addresses (and fails when a name has none).
+struct PublicOnly;
+
+impl Resolve for PublicOnly {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = found.into_iter().filter(|a| is_public_ip(a.ip())).collect();
+            if public.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            let addrs: Addrs = Box::new(public.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// The HTTP client webhooks go out with.
+pub fn client(timeout: Duration, private_targets: bool) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(concat!("Settle/", env!("CARGO_PKG_VERSION"), " (webhooks)"))
+        .pool_max_idle_per_host(IN_FLIGHT_MAX);
+    if !private_targets {
+        builder = builder.dns_resolver(Arc::new(PublicOnly));
+    }
+    builder.build().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "webhook client with settings failed; using the default client");
+        reqwest::Client::new()
+    })
+}
+
+/// `t=<unix>,v1=<hex>,…`: one signature per secret, over `"<t>.<body>"`.
+pub fn signature_header(secrets: &[String], t: i64, body: &str) -> String {
+    let mut header = format!("t={t}");
+    for secret in secrets {
+        header.push_str(",v1=");
+        header.push_str(&sign(secret, t, body));
+    }
+    header
+}
+
+pub fn sign(secret: &str, t: i64, body: &str) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(mac) => mac,
+        Err(_) => return String::new(),
+    };
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A new pending delivery of `event_id` to `endpoint`, due now.
+pub fn delivery(state: &AppState, endpoint: &Endpoint, event_id: &str, now: Timestamp) -> Delivery {
+    Delivery {
+        merchant_id: endpoint.merchant_id.clone(),
+        id: state.ids.make("wd"),
+        endpoint_id: endpoint.id.clone(),
+        event_id: event_id.to_owned(),
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        next_attempt_at: now,
+        lease_until: None,
+        last_status_code: None,
+        last_error: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Fans the oldest outbox entries out into deliveries; returns how many events it took.
+pub async fn try_execute_outbox(state: &AppState) -> Result<usize, ApiError> {
+    let now = state.clock.now();
+    let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
+    let events = tx.take_outbox(OUTBOX_BATCH_MAX).await?;
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut endpoints: HashMap<String, Vec<Endpoint>> = HashMap::new();
+    let mut queued = Vec::new();
+    for event in &events {
+        if !endpoints.contains_key(&event.merchant_id) {
+            let found = tx.enabled_endpoints(&event.merchant_id).await?;
+            endpoints.insert(event.merchant_id.clone(), found);
+        }
+        for endpoint in endpoints.get(&event.merchant_id).into_iter().flatten() {
+            if endpoint.wants(&event.kind) {
+                queued.push(delivery(state, endpoint, &event.id, now));
+            }
+        }
+    }
+    tx.insert_deliveries(&queued).await?;
+    tx.commit().await?;
+    state.metrics.job_changes("webhook_fanout", queued.len() as u64);
+    Ok(events.len())
+}
+
+/// What one attempt produced, before it is recorded.
+struct Sent {
+    delivery: Delivery,
+    attempt: DeliveryAttempt,
+}
+
+/// Leases due deliveries, sends them, records the attempts; returns how many were attempted.
+pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError> {
+    let now = state.clock.now();
+    let until = now
+        .checked_add_seconds(LEASE_SECONDS)
+        .ok_or_else(|| ApiError::Internal("lease time overflows".into()))?;
+    let leased = {
+        let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
+        let leased = tx.lease_deliveries(now, until, DELIVERY_BATCH_MAX).await?;
+        tx.commit().await?;
+        leased
+    };
+    if leased.is_empty() {
+        return Ok(0);
+    }
+    let (events, endpoints) = {
+        let event_keys: BTreeSet<Key> = leased
+            .iter()
+            .map(|d| (d.merchant_id.clone(), d.event_id.clone()))
+            .collect();
+        let endpoint_keys: BTreeSet<Key> = leased
+            .iter()
+            .map(|d| (d.merchant_id.clone(), d.endpoint_id.clone()))
+            .collect();
+        let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
+        let events = tx.get_events(&event_keys.into_iter().collect::<Vec<_>>()).await?;
+        let endpoints = tx.get_endpoints(&endpoint_keys.into_iter().collect::<Vec<_>>()).await?;
+        (
+            events
+                .into_iter()
+                .map(|e| ((e.merchant_id.clone(), e.id.clone()), e))
+                .collect::<HashMap<Key, Event>>(),
+            endpoints
+                .into_iter()
+                .map(|e| ((e.merchant_id.clone(), e.id.clone()), e))
+                .collect::<HashMap<Key, Endpoint>>(),
+        )
+    };
+    let limit = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+    let mut flights = JoinSet::new();
+    let mut dropped = Vec::new();
+    for delivery in leased {
+        let event = events.get(&(delivery.merchant_id.clone(), delivery.event_id.clone()));
+        let endpoint = endpoints.get(&(delivery.merchant_id.clone(), delivery.endpoint_id.clone()));
+        let (Some(event), Some(endpoint)) = (event, endpoint.filter(|e| e.enabled)) else {
+            let why = if endpoint.is_none() {
+                "endpoint_deleted"
+            } else if event.is_none() {
+                "event_missing"
+            } else {
+                "endpoint_disabled"
+            };
+            dropped.push((delivery, why));
+            continue;
+        };
+        let body = event_json(event).to_string();
+        let secrets = secrets(state, endpoint, now)?;
+        let url = endpoint.url.clone();
+        let state = state.clone();
+        let limit = limit.clone();
+        flights.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let attempt = send(&state, &delivery, &url, &secrets, body).await;
+            Sent { delivery, attempt }
+        });
+    }
+    let mut sent = Vec::new();
+    while let Some(done) = flights.join_next().await {
+        match done {
+            Ok(s) => sent.push(s),
+            Err(e) => tracing::error!(error = %e, "a webhook request task failed; its lease will expire"),
+        }
+    }
+    let attempted = sent.len();
+    record(state, sent, dropped, &endpoints, until).await?;
+    state.metrics.job_changes("webhook_delivery", attempted as u64);
+    Ok(attempted)
+}
+
+/// One attempt: the request, and what came back (status, latency, the first KiB of the body).
+async fn send(state: &AppState, delivery: &Delivery, url: &str, secrets: &[String], body: String) -> DeliveryAttempt {
+    let t = state.clock.now().unix_seconds();
+    let started = Instant::now();
+    let request = state
+        .webhook_client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, signature_header(secrets, t, &body))
+        .header(EVENT_ID_HEADER, delivery.event_id.as_str())
+        .body(body);
+    let (status_code, response_body, error) = match request.send().await {
+        Ok(mut response) => {
+            let code = i64::from(response.status().as_u16());
+            let mut kept = Vec::new();
+            while kept.len() < RESPONSE_KEPT_BYTES {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            kept.truncate(RESPONSE_KEPT_BYTES);
+            let text = String::from_utf8_lossy(&kept).into_owned();
+            let error = (!(200..300).contains(&code)).then(|| "status".to_owned());
+            (Some(code), Some(text), error)
+        }
+        Err(e) => (None, None, Some(transport_error(&e))),
+    };
+    DeliveryAttempt {
+        merchant_id: delivery.merchant_id.clone(),
+        id: state.ids.make("wa"),
+        delivery_id: delivery.id.clone(),
+        endpoint_id: delivery.endpoint_id.clone(),
+        event_id: delivery.event_id.clone(),
+        attempt: delivery.attempts + 1,
+        status_code,
+        latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        response_body,
+        error,
+        created_at: state.clock.now(),
+    }
+}
+
+fn transport_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".into()
+    } else if e.is_connect() {
+        // The resolver's refusal of private addresses surfaces as a connect error too.
+        let detail = std::error::Error::source(e)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        if detail.contains("no public address") {
+            "private_address_refused".into()
+        } else {
+            "connect".into()
+        }
+    } else {
+        "request".into()
+    }
+}
+
+/// Records the round's attempts and the deliveries' next states under their lease, the
+/// endpoints' health, and the disabling of endpoints that have failed for the whole window.
+async fn record(
+    state: &AppState,
+    sent: Vec<Sent>,
+    dropped: Vec<(Delivery, &'static str)>,
+    endpoints: &HashMap<Key, Endpoint>,
+    leased_until: Timestamp,
+) -> Result<(), ApiError> {
+    let now = state.clock.now();
+    let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
+    let mut attempts = Vec::with_capacity(sent.len());
+    // Per endpoint: whether any attempt succeeded, and the oldest delivery that died.
+    let mut health: HashMap<Key, (bool, Option<Timestamp>)> = HashMap::new();
+    for Sent { delivery, attempt } in sent {
+        let jitter = rand::thread_rng().gen_range(0..=1000);
+        let next = webhook::after_attempt(&delivery, &attempt, now, jitter);
+        if tx.update_delivery(&next, leased_until).await? {
+            let entry = health
+                .entry((delivery.merchant_id.clone(), delivery.endpoint_id.clone()))
+                .or_insert((false, None));
+            entry.0 |= attempt.succeeded();
+            if next.status == DeliveryStatus::Dead {
+                entry.1 = Some(entry.1.map_or(delivery.created_at, |t| t.min(delivery.created_at)));
+            }
+            attempts.push(attempt);
+        } else {
+            tracing::warn!(delivery = %delivery.id, "a delivery's lease expired before its attempt was recorded");
+        }
+    }
+    for (delivery, why) in dropped {
+        let mut next = delivery.clone();
+        next.status = DeliveryStatus::Dead;
+        next.lease_until = None;
+        next.last_error = Some(why.to_owned());
+        next.updated_at = now;
+        tx.update_delivery(&next, leased_until).await?;
+    }
+    tx.insert_delivery_attempts(&attempts).await?;
+    let mut disabled = Vec::new();
+    for (key, (ok, died)) in health {
+        let Some(endpoint) = endpoints.get(&key) else {
+            continue;
+        };
+        let (next, disable) = webhook::endpoint_after(endpoint, ok, died, now);
+        if next.failing_since != endpoint.failing_since || disable {
+            let stored = tx.update_endpoint_health(&next).await?;
+            if stored && disable {
+                disabled.push(next);
+            }
+        }
+    }
+    let events: Vec<_> = disabled
+        .iter()
+        .map(|e| {
+            tracing::warn!(endpoint = %e.id, merchant = %e.merchant_id, "webhook endpoint disabled after failing for 3 days");
+            crate::events::new_event(
+                state,
+                &e.merchant_id,
+                "webhook_endpoint.disabled",
+                "webhook_endpoint",
+                &e.id,
+                super::endpoint_json(e),
+            )
+        })
+        .collect();
+    tx.insert_events(&events).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_judged_public_or_not() {
+        for private in [
+            "127.0.0.1",
+            "[::1]",
+            "localhost",
+            "LOCALHOST.",
+            "api.localhost",
+            "10.0.0.8",
+            "[fe80::1]",
+        ] {
+            assert!(!public_host(private), "{private}");
+        }
+        for public in ["example.com", "8.8.8.8", "[2606:4700:4700::1111]"] {
+            assert!(public_host(public), "{public}");
+        }
+    }
+
+    #[test]
+    fn signatures_follow_the_stripe_scheme() {
+        let header = signature_header(&["whsec_a".into(), "whsec_b".into()], 1_700_000_000, "{}");
+        let parts: Vec<&str> = header.split(',').collect();
+        assert_eq!(parts[0], "t=1700000000");
+        assert_eq!(parts.len(), 3);
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec_b").expect("key");
+        mac.update(b"1700000000.{}");
+        assert_eq!(parts[2], format!("v1={}", hex::encode(mac.finalize().into_bytes())));
+    }
+}

@@ -1,0 +1,499 @@
+//! Outbound webhooks over HTTP: a merchant's endpoints (create with a signing secret shown
+//! once, list, get, update, delete, rotate the secret), every delivery attempt to an endpoint,
+//! and redelivery of an event. The dispatcher that delivers is in [`dispatch`].
+//!
+//! Signing secrets are `whsec_` + 43 base62 characters, stored sealed (AES-256-GCM under the
+//! vault key, the endpoint's merchant and id as associated data). A rotation keeps the old
+//! secret signing for 24 hours, so a receiver can switch over without missing an event.
+
+pub mod dispatch;
+
+use axum::{
+    extract::{Path, RawQuery, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use settle_domain::{
+    event,
+    webhook::{self, Delivery, DeliveryAttempt, DeliveryStatus, Endpoint},
+};
+use settle_store::{events::ENDPOINTS_MAX, Mode, Scope, Tx};
+
+use crate::{
+    context::{Ctx, Reply},
+    error::ApiError,
+    events::{load as load_event, new_event},
+    extract::{page_and_filters, JsonBody},
+    fields,
+    ledger::{cursor_error, list_reply},
+    AppState,
+};
+
+/// Longest endpoint URL.
+pub const URL_LEN_MAX: usize = 2_048;
+/// Most patterns in `enabled_events`.
+pub const PATTERNS_MAX: usize = 64;
+const SECRET_PREFIX: &str = "whsec_";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/webhook_endpoints", post(create).get(list))
+        .route("/v1/webhook_endpoints/{id}", get(retrieve).post(update).delete(delete))
+        .route("/v1/webhook_endpoints/{id}/rotate_secret", post(rotate))
+        .route("/v1/webhook_endpoints/{id}/deliveries", get(deliveries))
+        .route("/v1/events/{id}/redeliver", post(redeliver))
+}
+
+fn sealing_context(merchant_id: &str, id: &str) -> String {
+    format!("webhook_endpoint:{merchant_id}:{id}")
+}
+
+/// The endpoint's signing secrets in clear, current first (the previous one while it lasts).
+pub fn secrets(state: &AppState, endpoint: &Endpoint, now: settle_domain::Timestamp) -> Result<Vec<String>, ApiError> {
+    let context = sealing_context(&endpoint.merchant_id, &endpoint.id);
+    endpoint
+        .signing_secrets(now)
+        .into_iter()
+        .map(|sealed| {
+            let plain = state
+                .vault
+                .open(sealed, &context)
+                .map_err(|_| ApiError::Internal(format!("webhook endpoint {} secret unreadable", endpoint.id)))?;
+            String::from_utf8(plain).map_err(|_| ApiError::Internal("webhook secret is not UTF-8".into()))
+        })
+        .collect()
+}
+
+pub fn endpoint_json(e: &Endpoint) -> Value {
+    json!({
+        "id": e.id,
+        "object": "webhook_endpoint",
+        "url": e.url,
+        "description": e.description,
+        "enabled_events": e.enabled_events,
+        "status": if e.enabled { "enabled" } else { "disabled" },
+        "disabled_reason": e.disabled_reason,
+        "failing_since": e.failing_since.map(|t| t.to_rfc3339()),
+        "previous_secret_expires_at": e.previous_secret_expires_at.map(|t| t.to_rfc3339()),
+        "created": e.created_at.to_rfc3339(),
+        "updated": e.updated_at.to_rfc3339(),
+    })
+}
+
+fn attempt_json(a: &DeliveryAttempt) -> Value {
+    json!({
+        "id": a.id,
+        "object": "webhook_delivery_attempt",
+        "delivery_id": a.delivery_id,
+        "endpoint_id": a.endpoint_id,
+        "event_id": a.event_id,
+        "attempt": a.attempt,
+        "status_code": a.status_code,
+        "succeeded": a.succeeded(),
+        "latency_ms": a.latency_ms,
+        "response_body": a.response_body,
+        "error": a.error,
+        "created": a.created_at.to_rfc3339(),
+    })
+}
+
+fn delivery_json(d: &Delivery) -> Value {
+    json!({
+        "id": d.id,
+        "object": "webhook_delivery",
+        "endpoint_id": d.endpoint_id,
+        "event_id": d.event_id,
+        "status": d.status.as_str(),
+        "attempts": d.attempts,
+        "next_attempt_at": d.next_attempt_at.to_rfc3339(),
+        "created": d.created_at.to_rfc3339(),
+    })
+}
+
+/// Checks an endpoint URL: http or https, a host, no credentials, at most [`URL_LEN_MAX`]
+/// characters; and when private targets are refused, no loopback or private address literal
+/// and no `localhost` (names are checked again when resolved, at each delivery).
+pub fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
+    let bad = |why: &str| ApiError::invalid("url", format!("`url` {why}"));
+    if url.len() > URL_LEN_MAX {
+        return Err(bad(&format!("must be at most {URL_LEN_MAX} characters")));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&format!("is not a valid URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("must use http or https"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad("must not carry credentials"));
+    }
+    let host = parsed.host_str().ok_or_else(|| bad("must name a host"))?;
+    if !state.config.webhook_private_targets && !dispatch::public_host(host) {
+        return Err(bad(
+            "points at a loopback or private address, which this server refuses (see SETTLE_WEBHOOK_PRIVATE_TARGETS)",
+        ));
+    }
+    Ok(parsed.to_string())
+}
+
+fn check_patterns(patterns: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if patterns.is_empty() || patterns.len() > PATTERNS_MAX {
+        return Err(ApiError::invalid(
+            "enabled_events",
+            format!("`enabled_events` must list 1 to {PATTERNS_MAX} event types"),
+        ));
+    }
+    for (i, p) in patterns.iter().enumerate() {
+        if !event::is_valid_pattern(p) {
+            return Err(ApiError::invalid(
+                format!("enabled_events[{i}]"),
+                format!("`{p}` is not an event type, `<object>.*` or `*`"),
+            ));
+        }
+    }
+    let mut unique = patterns;
+    unique.dedup();
+    Ok(unique)
+}
+
+fn description(value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(d) if d.chars().count() > 1_000 || d.chars().any(|c| c.is_control() && c != '\n') => Err(
+            ApiError::invalid("description", "`description` must be at most 1000 printable characters"),
+        ),
+        other => Ok(other),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    url: String,
+    enabled_events: Vec<String>,
+    description: Option<String>,
+}
+
+/// Writes the endpoint's event and replies with it; `secret` is shown once and left out of the
+/// stored idempotent reply.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    state: &AppState,
+    ctx: &Ctx,
+    mut tx: Box<dyn Tx>,
+    endpoint: &Endpoint,
+    kind: &str,
+    status: StatusCode,
+    secret: Option<&str>,
+    action: &str,
+) -> Result<Response, ApiError> {
+    let data = endpoint_json(endpoint);
+    let merchant_id = &endpoint.merchant_id;
+    tx.insert_events(&[new_event(
+        state,
+        merchant_id,
+        kind,
+        "webhook_endpoint",
+        &endpoint.id,
+        data.clone(),
+    )])
+    .await?;
+    let mut shown = data.clone();
+    let mut kept = data;
+    if let Some(secret) = secret {
+        shown["secret"] = json!(secret);
+        kept["secret"] = json!(format!(
+            "{SECRET_PREFIX}… (shown once; rotate the secret for a new one)"
+        ));
+    }
+    let audit = ctx.audit(state, merchant_id, action, "webhook_endpoint", &endpoint.id);
+    let reply = Reply::json(status, &shown)?;
+    let kept = Reply::json(status, &kept)?;
+    ctx.commit_keeping(state, tx, reply, &kept, &[audit]).await
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let url = check_url(&state, &body.url)?;
+    let enabled_events = check_patterns(body.enabled_events)?;
+    let description = description(body.description)?;
+    let id = state.ids.make("we");
+    let secret = state.ids.secret(SECRET_PREFIX);
+    let now = state.clock.now();
+    let endpoint = Endpoint {
+        merchant_id: merchant_id.clone(),
+        id: id.clone(),
+        url,
+        description,
+        enabled_events,
+        enabled: true,
+        secret_sealed: state.vault.seal(secret.as_bytes(), &sealing_context(&merchant_id, &id)),
+        previous_secret_sealed: None,
+        previous_secret_expires_at: None,
+        failing_since: None,
+        disabled_reason: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+        .await?;
+    if tx.count_endpoints(&merchant_id).await? >= i64::from(ENDPOINTS_MAX) {
+        return Err(ApiError::Unprocessable {
+            code: "too_many_endpoints",
+            message: format!("a merchant may have at most {ENDPOINTS_MAX} webhook endpoints"),
+            param: None,
+        });
+    }
+    tx.insert_endpoint(&endpoint).await?;
+    finish(
+        &state,
+        &ctx,
+        tx,
+        &endpoint,
+        "webhook_endpoint.created",
+        StatusCode::CREATED,
+        Some(&secret),
+        "webhook_endpoint.create",
+    )
+    .await
+}
+
+async fn load(tx: &mut dyn Tx, merchant_id: &str, id: &str) -> Result<Endpoint, ApiError> {
+    tx.get_endpoint(merchant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook endpoint", id))
+}
+
+async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+        .await?;
+    let endpoint = load(tx.as_mut(), &merchant_id, &id).await?;
+    Ok(Reply::json(StatusCode::OK, &endpoint_json(&endpoint))?.into_response())
+}
+
+async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let (page, _) = page_and_filters(query.as_deref().unwrap_or(""), &[])?;
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+        .await?;
+    let listing = tx
+        .list_endpoints(&merchant_id, &page.0)
+        .await
+        .map_err(|e| cursor_error(e, &page))?;
+    list_reply(
+        "/v1/webhook_endpoints",
+        listing.items.iter().map(endpoint_json).collect(),
+        listing.has_more,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    url: Option<String>,
+    enabled_events: Option<Vec<String>>,
+    description: Option<String>,
+    enabled: Option<bool>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateBody>,
+) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let url = body.url.map(|u| check_url(&state, &u)).transpose()?;
+    let patterns = body.enabled_events.map(check_patterns).transpose()?;
+    let description = description(body.description)?;
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+        .await?;
+    let mut endpoint = load(tx.as_mut(), &merchant_id, &id).await?;
+    if let Some(url) = url {
+        endpoint.url = url;
+    }
+    if let Some(patterns) = patterns {
+        endpoint.enabled_events = patterns;
+    }
+    if description.is_some() {
+        endpoint.description = description;
+    }
+    if let Some(enabled) = body.enabled {
+        if enabled && !endpoint.enabled {
+            endpoint.failing_since = None;
+            endpoint.disabled_reason = None;
+        }
+        if !enabled && endpoint.enabled {
+            endpoint.disabled_reason = Some("disabled_by_merchant".into());
+        }
+        endpoint.enabled = enabled;
+    }
+    endpoint.updated_at = state.clock.now();
+    tx.update_endpoint(&endpoint).await?;
+    finish(
+        &state,
+        &ctx,
+        tx,
+        &endpoint,
+        "webhook_endpoint.updated",
+        StatusCode::OK,
+        None,
+        "webhook_endpoint.update",
+    )
+    .await
+}
+
+async fn rotate(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+        .await?;
+    let mut endpoint = load(tx.as_mut(), &merchant_id, &id).await?;
+    let now = state.clock.now();
+    let secret = state.ids.secret(SECRET_PREFIX);
+    endpoint.previous_secret_sealed = Some(std::mem::replace(
+        &mut endpoint.secret_sealed,
+        state.vault.seal(secret.as_bytes(), &sealing_context(&merchant_id, &id)),
+    ));
+    endpoint.previous_secret_expires_at = now.checked_add_seconds(webhook::PREVIOUS_SECRET_SECONDS);
+    endpoint.updated_at = now;
+    tx.update_endpoint(&endpoint).await?;
+    finish(
+        &state,
+        &ctx,
+        tx,
+        &endpoint,
+        "webhook_endpoint.updated",
+        StatusCode::OK,
+        Some(&secret),
+        "webhook_endpoint.rotate_secret",
+    )
+    .await
+}
+
+async fn delete(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+        .await?;
+    let endpoint = load(tx.as_mut(), &merchant_id, &id).await?;
+    tx.delete_endpoint(&merchant_id, &id).await?;
+    let mut data = endpoint_json(&endpoint);
+    data["deleted"] = json!(true);
+    let event = new_event(
+        &state,
+        &merchant_id,
+        "webhook_endpoint.deleted",
+        "webhook_endpoint",
+        &id,
+        data.clone(),
+    );
+    tx.insert_events(&[event]).await?;
+    let audit = ctx.audit(&state, &merchant_id, "webhook_endpoint.delete", "webhook_endpoint", &id);
+    ctx.commit(&state, tx, Reply::json(StatusCode::OK, &data)?, &[audit])
+        .await
+}
+
+async fn deliveries(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let (page, _) = page_and_filters(query.as_deref().unwrap_or(""), &[])?;
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
+        .await?;
+    load(tx.as_mut(), &merchant_id, &id).await?;
+    let listing = tx
+        .list_delivery_attempts(&merchant_id, &id, &page.0)
+        .await
+        .map_err(|e| cursor_error(e, &page))?;
+    list_reply(
+        &format!("/v1/webhook_endpoints/{id}/deliveries"),
+        listing.items.iter().map(attempt_json).collect(),
+        listing.has_more,
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RedeliverBody {
+    endpoint_id: Option<String>,
+}
+
+/// Queues the event again: for the named endpoint (enabled, whatever its `enabled_events`), or
+/// for every enabled endpoint that wants it. 202 with the new deliveries.
+async fn redeliver(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<RedeliverBody>,
+) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    if let Some(e) = &body.endpoint_id {
+        fields::client_id(e, "endpoint_id")?;
+    }
+    let event = load_event(&state, &merchant_id, &id).await?;
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+        .await?;
+    let targets: Vec<Endpoint> = match &body.endpoint_id {
+        Some(endpoint_id) => {
+            let endpoint = tx.get_endpoint(&merchant_id, endpoint_id).await?.ok_or_else(|| {
+                ApiError::invalid("endpoint_id", format!("no such webhook endpoint: '{endpoint_id}'"))
+            })?;
+            if !endpoint.enabled {
+                return Err(ApiError::Conflict {
+                    code: "endpoint_disabled",
+                    message: "the webhook endpoint is disabled; enable it first".into(),
+                    param: Some("endpoint_id".into()),
+                });
+            }
+            vec![endpoint]
+        }
+        None => tx
+            .enabled_endpoints(&merchant_id)
+            .await?
+            .into_iter()
+            .filter(|e| e.wants(&event.kind))
+            .collect(),
+    };
+    let now = state.clock.now();
+    let queued: Vec<Delivery> = targets
+        .iter()
+        .map(|e| dispatch::delivery(&state, e, &event.id, now))
+        .collect();
+    tx.insert_deliveries(&queued).await?;
+    let reply = Reply::json(
+        StatusCode::ACCEPTED,
+        &json!({ "object": "list", "data": queued.iter().map(delivery_json).collect::<Vec<_>>() }),
+    )?;
+    let audit = ctx.audit(&state, &merchant_id, "event.redeliver", "event", &id);
+    ctx.commit(&state, tx, reply, &[audit]).await
+}
+
+/// How many deliveries of every merchant are in `status` (benchmarks and tests).
+pub async fn count(state: &AppState, status: DeliveryStatus) -> Result<i64, ApiError> {
+    let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
+    Ok(tx.count_deliveries(status).await?)
+}

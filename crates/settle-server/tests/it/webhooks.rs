@@ -1,0 +1,561 @@
+//! Outbound webhooks against a real HTTP receiver on loopback: retries with backoff, signatures
+//! in the documented scheme, nothing lost across a restart, no attempt sent twice by two
+//! dispatchers, secret rotation, disabling after three days of failures, redelivery, and bad
+//! input for every field.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    routing::post,
+    Router,
+};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use settle_domain::webhook::DeliveryStatus;
+use settle_server::webhooks::{self, dispatch};
+use sha2::Sha256;
+
+use crate::harness::{Merchant, TestApp};
+
+/// What the receiver saw of one request.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub signature: String,
+    pub event_id: String,
+    pub body: String,
+    pub answered: u16,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    seen: Arc<Mutex<Vec<Received>>>,
+    fail_first: Arc<AtomicUsize>,
+    delay: Duration,
+}
+
+/// An HTTP server on loopback that answers 500 to its first `fail_first` requests, then 200.
+pub struct Receiver {
+    pub url: String,
+    state: ReceiverState,
+}
+
+impl Receiver {
+    pub async fn start(fail_first: usize, delay: Duration) -> Receiver {
+        let state = ReceiverState {
+            seen: Arc::new(Mutex::new(Vec::new())),
+            fail_first: Arc::new(AtomicUsize::new(fail_first)),
+            delay,
+        };
+        let app = Router::new().route("/hook", post(receive)).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { url, state }
+    }
+
+    pub fn seen(&self) -> Vec<Received> {
+        self.state.seen.lock().expect("lock").clone()
+    }
+}
+
+async fn receive(State(state): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+    tokio::time::sleep(state.delay).await;
+    let failing = state
+        .fail_first
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let status = if failing {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    state.seen.lock().expect("lock").push(Received {
+        signature: header("settle-signature"),
+        event_id: header("settle-event-id"),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        answered: status.as_u16(),
+    });
+    (status, if failing { "try later ".repeat(200) } else { "ok".into() })
+}
+
+/// Verifies `Settle-Signature` as a receiver would (Stripe's scheme): some `v1` must be the
+/// HMAC-SHA256 of `"<t>.<body>"` under `secret`.
+pub fn verifies(received: &Received, secret: &str) -> bool {
+    let mut t = "";
+    let mut signatures = Vec::new();
+    for part in received.signature.split(',') {
+        match part.split_once('=') {
+            Some(("t", v)) => t = v,
+            Some(("v1", v)) => signatures.push(v),
+            _ => {}
+        }
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(format!("{t}.{}", received.body).as_bytes());
+    let expected = hex::encode(mac.finalize().into_bytes());
+    signatures.contains(&expected.as_str())
+}
+
+impl TestApp {
+    pub async fn endpoint(&self, m: &Merchant, url: &str, events: Value) -> (String, String) {
+        let r = self
+            .post(
+                "/v1/webhook_endpoints",
+                &m.key,
+                json!({ "url": url, "enabled_events": events }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let secret = r.json["secret"].as_str().expect("secret").to_owned();
+        (r.json["id"].as_str().expect("id").to_owned(), secret)
+    }
+
+    /// Fan-out then one delivery round; returns how many attempts were made.
+    pub async fn dispatch(&self) -> usize {
+        dispatch::try_execute_outbox(self.state()).await.expect("fan-out");
+        dispatch::try_execute_deliveries(self.state())
+            .await
+            .expect("deliveries")
+    }
+
+    async fn sandbox_payment(&self, m: &Merchant) -> String {
+        let r = self
+            .post(
+                "/v1/payments",
+                &m.key,
+                json!({ "amount": 500, "currency": "USD", "confirm": true,
+                        "payment_method": { "type": "card", "card": { "number": "4242424242424242",
+                                            "exp_month": 12, "exp_year": 2099, "cvc": "123" } } }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.json["id"].as_str().expect("id").to_owned()
+    }
+}
+
+async fn a_failing_receiver_gets_every_event_signed_after_retries_and_a_restart(mut app: TestApp) {
+    let receiver = Receiver::start(3, Duration::ZERO).await;
+    let m = app.merchant_with_ab("shop").await;
+    let (endpoint, secret) = app.endpoint(&m, &receiver.url, json!(["payment.*"])).await;
+    let pay = app.sandbox_payment(&m).await;
+    // Not selected: a transfer batch.
+    let t = app
+        .transfer(
+            &m,
+            json!({ "id": "t1", "debit_account_id": "a", "credit_account_id": "b", "amount": 5, "currency": "USD" }),
+        )
+        .await;
+    assert!(t.status.is_success(), "{}", t.text);
+
+    // Four payment events; the first three attempts fail (500), spread over the deliveries.
+    assert_eq!(app.dispatch().await, 4);
+    assert_eq!(receiver.seen().len(), 4);
+    // Nothing is due before its backoff; then the failed ones are retried.
+    assert_eq!(app.dispatch().await, 0);
+    app.restart().await;
+    app.clock.advance_seconds(20);
+    assert_eq!(app.dispatch().await, 3);
+    assert_eq!(app.dispatch().await, 0);
+    assert_eq!(
+        webhooks::count(app.state(), DeliveryStatus::Delivered)
+            .await
+            .expect("count"),
+        4
+    );
+    assert_eq!(
+        webhooks::count(app.state(), DeliveryStatus::Pending)
+            .await
+            .expect("count"),
+        0
+    );
+
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 7);
+    for r in &seen {
+        assert!(verifies(r, &secret), "signature does not verify: {r:?}");
+        let body: Value = serde_json::from_str(&r.body).expect("json body");
+        assert_eq!(body["id"], r.event_id.as_str());
+        assert_eq!(body["aggregate"]["id"], pay.as_str());
+        assert!(body["type"].as_str().expect("type").starts_with("payment."));
+    }
+    let delivered: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .filter(|r| r.answered == 200)
+        .map(|r| r.event_id.as_str())
+        .collect();
+    assert_eq!(delivered.len(), 4);
+    // A forged signature does not verify.
+    assert!(!verifies(&seen[0], "whsec_wrong"));
+
+    let attempts = app
+        .get(
+            &format!("/v1/webhook_endpoints/{endpoint}/deliveries?limit=100"),
+            &m.key,
+        )
+        .await;
+    assert_eq!(attempts.status, StatusCode::OK, "{}", attempts.text);
+    let rows = attempts.json["data"].as_array().expect("data");
+    assert_eq!(rows.len(), 7);
+    let failed: Vec<&Value> = rows.iter().filter(|a| a["status_code"] == 500).collect();
+    assert_eq!(failed.len(), 3);
+    for a in &failed {
+        assert_eq!(a["succeeded"], false);
+        assert_eq!(a["error"], "status");
+        assert_eq!(a["response_body"].as_str().expect("body").len(), 1024, "first KiB kept");
+    }
+    assert!(rows.iter().any(|a| a["attempt"] == 2 && a["status_code"] == 200));
+}
+
+async fn two_dispatchers_never_send_one_attempt_twice(app: TestApp) {
+    let receiver = Receiver::start(0, Duration::from_millis(20)).await;
+    let m = app.merchant_with_ab("shop").await;
+    app.endpoint(&m, &receiver.url, json!(["transfer_batch.created"])).await;
+    for i in 0..60 {
+        let t = app
+            .transfer(
+                &m,
+                json!({ "id": format!("t{i}"), "debit_account_id": "a", "credit_account_id": "b",
+                        "amount": 1, "currency": "USD" }),
+            )
+            .await;
+        assert!(t.status.is_success(), "{}", t.text);
+    }
+    dispatch::try_execute_outbox(app.state()).await.expect("fan-out");
+    // Two dispatchers (on PostgreSQL a second process; on SQLite two rounds of one) at once.
+    let second = match app.second_state().await {
+        Some(state) => state,
+        None => app.state().clone(),
+    };
+    let first = app.state().clone();
+    let a = tokio::spawn(async move { dispatch::try_execute_deliveries(&first).await.expect("a") });
+    let b = tokio::spawn(async move { dispatch::try_execute_deliveries(&second).await.expect("b") });
+    let (a, b) = (a.await.expect("join"), b.await.expect("join"));
+    assert_eq!(a + b, 60, "each delivery leased by exactly one dispatcher ({a} + {b})");
+    let seen = receiver.seen();
+    let mut ids: Vec<&str> = seen.iter().map(|r| r.event_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 60);
+    assert_eq!(seen.len(), 60, "no event was sent twice");
+}
+
+async fn a_rotated_secret_keeps_signing_for_a_day(app: TestApp) {
+    let receiver = Receiver::start(0, Duration::ZERO).await;
+    let m = app.merchant_with_ab("shop").await;
+    let (endpoint, old) = app.endpoint(&m, &receiver.url, json!(["*"])).await;
+    let r = app
+        .post(
+            &format!("/v1/webhook_endpoints/{endpoint}/rotate_secret"),
+            &m.key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let new = r.json["secret"].as_str().expect("secret").to_owned();
+    assert_ne!(new, old);
+    assert!(new.starts_with("whsec_"));
+    app.transfer(
+        &m,
+        json!({ "id": "t1", "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" }),
+    )
+    .await;
+    app.dispatch().await;
+    app.clock.advance_seconds(24 * 3600 + 1);
+    app.transfer(
+        &m,
+        json!({ "id": "t2", "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" }),
+    )
+    .await;
+    app.dispatch().await;
+    let seen = receiver.seen();
+    // The first events (endpoint updated by the rotation, the first batch) carry both
+    // signatures; a day later only the new one signs.
+    let first = seen.iter().find(|r| r.body.contains("\"t1\"")).expect("t1 delivered");
+    assert!(verifies(first, &old) && verifies(first, &new));
+    let later = seen.iter().find(|r| r.body.contains("\"t2\"")).expect("t2 delivered");
+    assert!(verifies(later, &new) && !verifies(later, &old));
+    assert_eq!(later.signature.matches("v1=").count(), 1);
+}
+
+async fn an_endpoint_failing_for_three_days_is_disabled_and_its_deliveries_dead(app: TestApp) {
+    let receiver = Receiver::start(usize::MAX, Duration::ZERO).await;
+    let m = app.merchant_with_ab("shop").await;
+    let (endpoint, _) = app.endpoint(&m, &receiver.url, json!(["transfer_batch.*"])).await;
+    app.transfer(
+        &m,
+        json!({ "id": "t1", "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" }),
+    )
+    .await;
+    let mut attempts = 0;
+    for _ in 0..200 {
+        attempts += app.dispatch().await;
+        if webhooks::count(app.state(), DeliveryStatus::Dead).await.expect("count") == 1 {
+            break;
+        }
+        app.clock.advance_seconds(3600);
+    }
+    assert_eq!(
+        webhooks::count(app.state(), DeliveryStatus::Dead).await.expect("count"),
+        1
+    );
+    assert!((15..40).contains(&attempts), "{attempts} attempts over three days");
+    let e = app.get(&format!("/v1/webhook_endpoints/{endpoint}"), &m.key).await;
+    assert_eq!(e.json["status"], "disabled", "{}", e.text);
+    assert_eq!(e.json["disabled_reason"], "failing_for_3_days");
+    let events = app.events_of(&m, &endpoint).await;
+    assert_eq!(
+        events.last().expect("events")["type"],
+        "webhook_endpoint.disabled",
+        "{events:?}"
+    );
+    // Re-enabled by the merchant, and a redelivery of the batch's event then succeeds.
+    receiver.state.fail_first.store(0, Ordering::SeqCst);
+    let on = app
+        .post(
+            &format!("/v1/webhook_endpoints/{endpoint}"),
+            &m.key,
+            json!({ "enabled": true }),
+        )
+        .await;
+    assert_eq!(on.json["status"], "enabled", "{}", on.text);
+    assert_eq!(on.json["failing_since"], Value::Null);
+    let batch = app.get("/v1/events?type=transfer_batch.created", &m.key).await;
+    let event_id = batch.json["data"][0]["id"].as_str().expect("event").to_owned();
+    let again = app
+        .post(&format!("/v1/events/{event_id}/redeliver"), &m.key, json!({}))
+        .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.text);
+    assert_eq!(again.json["data"].as_array().expect("data").len(), 1);
+    app.dispatch().await;
+    assert_eq!(receiver.seen().last().expect("seen").answered, 200);
+    let bad = app
+        .post(
+            &format!("/v1/events/{event_id}/redeliver"),
+            &m.key,
+            json!({ "endpoint_id": "we_nope" }),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.param()),
+        (StatusCode::BAD_REQUEST, "endpoint_id"),
+        "{}",
+        bad.text
+    );
+}
+
+async fn endpoints_are_managed_and_bad_input_is_named(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let url = "https://hooks.example.test/settle";
+    let r = app
+        .post_keyed(
+            "/v1/webhook_endpoints",
+            &m.key,
+            &json!({ "url": url, "enabled_events": ["payment.*", "refund.failed"], "description": "main" }).to_string(),
+            "create-endpoint-1",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    let secret = r.json["secret"].as_str().expect("secret").to_owned();
+    assert!(secret.starts_with("whsec_") && secret.len() > 40);
+    // The secret is shown once: not by get, list, a replay, nor stored in clear anywhere.
+    let got = app.get(&format!("/v1/webhook_endpoints/{id}"), &m.key).await;
+    assert_eq!(got.json["url"], url);
+    assert_eq!(got.json["status"], "enabled");
+    assert_eq!(got.json["secret"], Value::Null);
+    let replay = app
+        .post_keyed(
+            "/v1/webhook_endpoints",
+            &m.key,
+            &json!({ "url": url, "enabled_events": ["payment.*", "refund.failed"], "description": "main" }).to_string(),
+            "create-endpoint-1",
+        )
+        .await;
+    assert_eq!(replay.json["id"], id.as_str());
+    assert!(!replay.text.contains(&secret));
+    assert!(
+        !app.dump_all_tables().await.contains(&secret[6..]),
+        "secret stored in clear"
+    );
+    let listed = app.get("/v1/webhook_endpoints", &m.key).await;
+    assert_eq!(listed.json["data"][0]["id"], id.as_str());
+    assert!(!listed.text.contains(&secret));
+
+    let updated = app
+        .post(
+            &format!("/v1/webhook_endpoints/{id}"),
+            &m.key,
+            json!({ "enabled_events": ["*"], "enabled": false }),
+        )
+        .await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.text);
+    assert_eq!(updated.json["enabled_events"], json!(["*"]));
+    assert_eq!(updated.json["status"], "disabled");
+
+    for (body, param) in [
+        (json!({ "enabled_events": ["*"] }), "url"),
+        (json!({ "url": url }), "enabled_events"),
+        (json!({ "url": "not a url", "enabled_events": ["*"] }), "url"),
+        (json!({ "url": "ftp://example.test/x", "enabled_events": ["*"] }), "url"),
+        (
+            json!({ "url": "https://user:pw@example.test/x", "enabled_events": ["*"] }),
+            "url",
+        ),
+        (
+            json!({ "url": format!("https://example.test/{}", "x".repeat(3000)), "enabled_events": ["*"] }),
+            "url",
+        ),
+        (json!({ "url": 7, "enabled_events": ["*"] }), "url"),
+        (json!({ "url": url, "enabled_events": [] }), "enabled_events"),
+        (json!({ "url": url, "enabled_events": "*" }), "enabled_events"),
+        (
+            json!({ "url": url, "enabled_events": ["*", "payment.nope"] }),
+            "enabled_events[1]",
+        ),
+        (
+            json!({ "url": url, "enabled_events": ["nothing.*"] }),
+            "enabled_events[0]",
+        ),
+        (
+            json!({ "url": url, "enabled_events": ["*"], "description": "d".repeat(1001) }),
+            "description",
+        ),
+        (
+            json!({ "url": url, "enabled_events": ["*"], "colour": "blue" }),
+            "colour",
+        ),
+    ] {
+        let r = app.post("/v1/webhook_endpoints", &m.key, body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        assert_eq!(r.param(), param, "{body}: {}", r.text);
+    }
+    let r = app
+        .post(
+            &format!("/v1/webhook_endpoints/{id}"),
+            &m.key,
+            json!({ "enabled": "yes" }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.param()),
+        (StatusCode::BAD_REQUEST, "enabled"),
+        "{}",
+        r.text
+    );
+    let r = app.get("/v1/webhook_endpoints?limit=0", &m.key).await;
+    assert_eq!((r.status, r.param()), (StatusCode::BAD_REQUEST, "limit"), "{}", r.text);
+
+    // Another merchant sees nothing; deletion is final.
+    let other = app.merchant("other").await;
+    for path in [
+        format!("/v1/webhook_endpoints/{id}"),
+        format!("/v1/webhook_endpoints/{id}/deliveries"),
+    ] {
+        let r = app.get(&path, &other.key).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.text);
+    }
+    let r = app
+        .call(
+            axum::http::Method::DELETE,
+            &format!("/v1/webhook_endpoints/{id}"),
+            &other.key,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let r = app
+        .call(
+            axum::http::Method::DELETE,
+            &format!("/v1/webhook_endpoints/{id}"),
+            &m.key,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["deleted"], true);
+    let r = app.get(&format!("/v1/webhook_endpoints/{id}"), &m.key).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let types: Vec<Value> = app.events_of(&m, &id).await.iter().map(|e| e["type"].clone()).collect();
+    assert_eq!(
+        types,
+        [
+            json!("webhook_endpoint.created"),
+            json!("webhook_endpoint.updated"),
+            json!("webhook_endpoint.deleted")
+        ]
+    );
+}
+
+async fn private_targets_are_refused_when_the_operator_says_so(engine: settle_store::Engine) {
+    let Some(app) = TestApp::spawn_with(engine, |c| c.webhook_private_targets = false).await else {
+        return;
+    };
+    let m = app.merchant("shop").await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://[::1]/hook",
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data",
+    ] {
+        let r = app
+            .post(
+                "/v1/webhook_endpoints",
+                &m.key,
+                json!({ "url": url, "enabled_events": ["*"] }),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.param()),
+            (StatusCode::BAD_REQUEST, "url"),
+            "{url}: {}",
+            r.text
+        );
+    }
+    let r = app
+        .post(
+            "/v1/webhook_endpoints",
+            &m.key,
+            json!({ "url": "https://hooks.example.test/x", "enabled_events": ["*"] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_targets_are_refused_on_sqlite() {
+    private_targets_are_refused_when_the_operator_says_so(settle_store::Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_targets_are_refused_on_postgres() {
+    private_targets_are_refused_when_the_operator_says_so(settle_store::Engine::Postgres).await;
+}
+
+crate::conformance!(
+    a_failing_receiver_gets_every_event_signed_after_retries_and_a_restart,
+    two_dispatchers_never_send_one_attempt_twice,
+    a_rotated_secret_keeps_signing_for_a_day,
+    an_endpoint_failing_for_three_days_is_disabled_and_its_deliveries_dead,
+    endpoints_are_managed_and_bad_input_is_named,
+);
