@@ -260,6 +260,12 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
 async fn send(state: &AppState, delivery: &Delivery, url: &str, secrets: &[String], body: String) -> DeliveryAttempt {
     let t = state.clock.now().unix_seconds();
     let started = Instant::now();
+    // An endpoint made while private targets were allowed is refused once they are not.
+    let refused = !state.config.webhook_private_targets
+        && reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| !public_host(h)))
+            .unwrap_or(true);
     let request = state
         .webhook_client
         .post(url)
@@ -267,7 +273,12 @@ async fn send(state: &AppState, delivery: &Delivery, url: &str, secrets: &[Strin
         .header(SIGNATURE_HEADER, signature_header(secrets, t, &body))
         .header(EVENT_ID_HEADER, delivery.event_id.as_str())
         .body(body);
-    let (status_code, response_body, error) = match request.send().await {
+    let outcome = if refused {
+        Err(None)
+    } else {
+        request.send().await.map_err(Some)
+    };
+    let (status_code, response_body, error) = match outcome {
         Ok(mut response) => {
             let code = i64::from(response.status().as_u16());
             let mut kept = Vec::new();
@@ -282,7 +293,8 @@ async fn send(state: &AppState, delivery: &Delivery, url: &str, secrets: &[Strin
             let error = (!(200..300).contains(&code)).then(|| "status".to_owned());
             (Some(code), Some(text), error)
         }
-        Err(e) => (None, None, Some(transport_error(&e))),
+        Err(Some(e)) => (None, None, Some(transport_error(&e))),
+        Err(None) => (None, None, Some("private_address_refused".to_owned())),
     };
     DeliveryAttempt {
         merchant_id: delivery.merchant_id.clone(),

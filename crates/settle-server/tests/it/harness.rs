@@ -167,8 +167,14 @@ impl TestApp {
     /// Shuts the app down (its writer drains, its tasks stop) and builds a new one on the same
     /// database, clock and vault key, as a restarted `settle` process would be.
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// [`TestApp::restart`] with the configuration adjusted by `tweak`.
+    pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut Config)) {
         let old = self.app.take().expect("app");
         let mut config = old.state.config.clone();
+        tweak(&mut config);
         // The router holds the state: it must go before shutdown can drain the writer.
         self.router = Router::new();
         old.shutdown().await;

@@ -542,6 +542,29 @@ async fn private_targets_are_refused_when_the_operator_says_so(engine: settle_st
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 }
 
+/// An endpoint made while private targets were allowed gets nothing once they are refused.
+async fn a_private_endpoint_is_not_called_once_refused(mut app: TestApp) {
+    let receiver = Receiver::start(0, Duration::ZERO).await;
+    let m = app.merchant_with_ab("shop").await;
+    let (endpoint, _) = app.endpoint(&m, &receiver.url, json!(["transfer_batch.created"])).await;
+    app.restart_with(|c| c.webhook_private_targets = false).await;
+    app.transfer(
+        &m,
+        json!({ "id": "t1", "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" }),
+    )
+    .await;
+    assert_eq!(app.dispatch().await, 1);
+    assert!(receiver.seen().is_empty());
+    let attempts = app
+        .get(&format!("/v1/webhook_endpoints/{endpoint}/deliveries"), &m.key)
+        .await;
+    assert_eq!(
+        attempts.json["data"][0]["error"], "private_address_refused",
+        "{}",
+        attempts.text
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_targets_are_refused_on_sqlite() {
     private_targets_are_refused_when_the_operator_says_so(settle_store::Engine::Sqlite).await;
@@ -558,4 +581,5 @@ crate::conformance!(
     a_rotated_secret_keeps_signing_for_a_day,
     an_endpoint_failing_for_three_days_is_disabled_and_its_deliveries_dead,
     endpoints_are_managed_and_bad_input_is_named,
+    a_private_endpoint_is_not_called_once_refused,
 );
