@@ -224,6 +224,41 @@ async fn a_failing_receiver_gets_every_event_signed_after_retries_and_a_restart(
     assert!(rows.iter().any(|a| a["attempt"] == 2 && a["status_code"] == 200));
 }
 
+/// A dispatcher killed mid-round (its deliveries leased, nothing recorded): nothing goes out
+/// while its lease lasts, and everything goes out once the lease has expired.
+async fn a_dead_dispatchers_leases_expire_and_nothing_is_lost(app: TestApp) {
+    let receiver = Receiver::start(0, Duration::ZERO).await;
+    let m = app.merchant_with_ab("shop").await;
+    app.endpoint(&m, &receiver.url, json!(["transfer_batch.created"])).await;
+    for i in 0..5 {
+        app.transfer(&m, json!({ "id": format!("t{i}"), "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" }))
+            .await;
+    }
+    dispatch::try_execute_outbox(app.state()).await.expect("fan-out");
+    let now = settle_server::clock::Clock::now(&app.clock);
+    let until = now.checked_add_seconds(dispatch::LEASE_SECONDS).expect("until");
+    let mut tx = app
+        .store
+        .begin(settle_store::Scope::System, settle_store::Mode::Write)
+        .await
+        .expect("begin");
+    assert_eq!(tx.lease_deliveries(now, until, 100).await.expect("lease").len(), 5);
+    tx.commit().await.expect("commit");
+    // The dead process's lease holds…
+    app.clock.advance_seconds(dispatch::LEASE_SECONDS - 1);
+    assert_eq!(app.dispatch().await, 0);
+    // …then expires, and every delivery goes out once.
+    app.clock.advance_seconds(2);
+    assert_eq!(app.dispatch().await, 5);
+    assert_eq!(receiver.seen().len(), 5);
+    assert_eq!(
+        webhooks::count(app.state(), DeliveryStatus::Delivered)
+            .await
+            .expect("count"),
+        5
+    );
+}
+
 async fn two_dispatchers_never_send_one_attempt_twice(app: TestApp) {
     let receiver = Receiver::start(0, Duration::from_millis(20)).await;
     let m = app.merchant_with_ab("shop").await;
@@ -578,6 +613,7 @@ async fn private_targets_are_refused_on_postgres() {
 crate::conformance!(
     a_failing_receiver_gets_every_event_signed_after_retries_and_a_restart,
     two_dispatchers_never_send_one_attempt_twice,
+    a_dead_dispatchers_leases_expire_and_nothing_is_lost,
     a_rotated_secret_keeps_signing_for_a_day,
     an_endpoint_failing_for_three_days_is_disabled_and_its_deliveries_dead,
     endpoints_are_managed_and_bad_input_is_named,
