@@ -9,6 +9,8 @@ pub const METADATA_KEYS_MAX: usize = 50;
 pub const METADATA_KEY_LEN_MAX: usize = 40;
 pub const METADATA_VALUE_LEN_MAX: usize = 500;
 pub const NAME_LEN_MAX: usize = 200;
+/// Longest email address (RFC 5321's path limit).
+pub const EMAIL_LEN_MAX: usize = 254;
 
 /// Stripe's metadata rules: an object of at most 50 string values, keys ≤ 40 and values ≤ 500
 /// characters.
@@ -88,5 +90,21 @@ pub fn positive_amount(value: i64, param: &str) -> Result<i64, ApiError> {
             param,
             format!("`{param}` must be a positive integer in minor units"),
         ))
+    }
+}
+
+/// An email address, trimmed and lower-cased: `local@domain.tld`, at most [`EMAIL_LEN_MAX`]
+/// characters, no spaces or control characters.
+pub fn email(value: &str, param: &str) -> Result<String, ApiError> {
+    let email = value.trim().to_lowercase();
+    let valid = email.len() <= EMAIL_LEN_MAX
+        && email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        && !email.chars().any(|ch| ch.is_whitespace() || ch.is_control());
+    if valid {
+        Ok(email)
+    } else {
+        Err(ApiError::invalid(param, format!("`{param}` must be an email address")))
     }
 }

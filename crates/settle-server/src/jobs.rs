@@ -18,6 +18,8 @@ pub const EXPIRY_BATCH_MAX: u32 = 1_000;
 pub const PRUNE_BATCH_MAX: u32 = 10_000;
 /// Most fan-out and delivery rounds one tick of the webhook dispatcher runs (each bounded too).
 pub const WEBHOOK_ROUNDS_MAX: usize = 50;
+/// Most invoice payment rounds one tick runs (while each finds a full round of work).
+pub const INVOICE_ROUNDS_PER_TICK_MAX: usize = 10;
 
 /// Releases pending transfers whose timeout has passed. Returns how many were released.
 pub async fn try_execute_expiry(state: &AppState) -> Result<usize, ApiError> {
@@ -109,6 +111,19 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
             }
             if let Err(e) = crate::payments::jobs::try_execute_authorization_expiry(&s).await {
                 tracing::warn!(error = ?e, "authorization expiry failed");
+            }
+        })),
+        tokio::spawn(every(payments, stop.clone(), state.clone(), |s| async move {
+            // Drain a backlog in bounded rounds.
+            for _ in 0..INVOICE_ROUNDS_PER_TICK_MAX {
+                match crate::invoices::try_execute_invoice_payments(&s).await {
+                    Ok(n) if n == crate::invoices::PAYMENT_EVENTS_PER_ROUND_MAX as usize => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = ?e, "invoice payments failed");
+                        break;
+                    }
+                }
             }
         })),
         tokio::spawn(every(expiry, stop.clone(), state.clone(), |s| async move {

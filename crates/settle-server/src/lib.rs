@@ -17,6 +17,7 @@ pub mod events;
 pub mod extract;
 pub mod fields;
 pub mod idempotency;
+pub mod invoices;
 pub mod jobs;
 pub mod ledger;
 pub mod metrics;
@@ -233,6 +234,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(events::router())
         .merge(webhooks::router())
+        .merge(invoices::router())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), auth::require_merchant));
     let admin = admin::router()

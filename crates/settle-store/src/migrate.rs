@@ -27,6 +27,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "events",
         sql: include_str!("../migrations/postgres/0004_events.sql"),
     },
+    Migration {
+        version: 5,
+        name: "invoices",
+        sql: include_str!("../migrations/postgres/0005_invoices.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -49,6 +54,11 @@ pub const SQLITE: &[Migration] = &[
         version: 4,
         name: "events",
         sql: include_str!("../migrations/sqlite/0004_events.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "invoices",
+        sql: include_str!("../migrations/sqlite/0005_invoices.sql"),
     },
 ];
 

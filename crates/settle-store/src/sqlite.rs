@@ -262,3 +262,4 @@ impl SqliteTx {
 shared_tx!(SqliteTx, SqliteRow, SqlitePool);
 payments_tx!(SqliteTx, SqliteRow);
 events_tx!(SqliteTx, SqliteRow, "");
+invoices_tx!(SqliteTx, SqliteRow);

@@ -19,6 +19,7 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use settle_domain::{
     event::NewEvent,
+    invoice::{Invoice, PaymentEvent},
     ledger::{Book, Key, TransferRequest, TransferResult},
     payment::{Attempt, Payment, Refund},
     tenancy::{AuditEntry, IdempotencyRecord},
@@ -66,8 +67,9 @@ pub struct TransferCommand {
 }
 
 /// A service's own rows, committed with its transfers: a payment step's new payment state,
-/// history and attempts, a refund's outcome. A group commit writes the rows of all its requests
-/// together (one statement per kind), so a busy writer does not pay a round trip per request.
+/// history and attempts, a refund's outcome, an invoice with the payment events applied to it.
+/// A group commit writes the rows of all its requests together (one statement per kind), so a
+/// busy writer does not pay a round trip per request.
 #[derive(Default)]
 pub struct Then {
     /// Each stored only at the version its claim read (compare-and-set).
@@ -79,6 +81,10 @@ pub struct Then {
     pub refunds: Vec<Refund>,
     /// Refund reservations given back (failed refunds): the refund's payment and amount.
     pub released: Vec<Refund>,
+    /// Each stored only at the version its writer read (compare-and-set).
+    pub invoices: Vec<(Invoice, i64)>,
+    /// Invoice payment events with their outcome, each stored only while still `received`.
+    pub invoice_payments: Vec<PaymentEvent>,
     pub audit: Vec<AuditEntry>,
     pub records: Vec<IdempotencyRecord>,
     /// Domain events besides those of the status changes.
@@ -92,6 +98,8 @@ impl Then {
         self.changes.extend(other.changes.iter().cloned());
         self.refunds.extend(other.refunds.iter().cloned());
         self.released.extend(other.released.iter().cloned());
+        self.invoices.extend(other.invoices.iter().cloned());
+        self.invoice_payments.extend(other.invoice_payments.iter().cloned());
         self.audit.extend(other.audit.iter().cloned());
         self.records.extend(other.records.iter().cloned());
         self.events.extend(other.events.iter().cloned());
@@ -102,6 +110,15 @@ impl Then {
         if tx.update_payments(&self.payments).await? != self.payments.len() {
             return Err(WriteError::Stale(
                 "a payment changed while claimed (its claim expired)".into(),
+            ));
+        }
+        // Before any event row: the invoice's row lock orders the writers of its events.
+        if tx.update_invoices(&self.invoices).await? != self.invoices.len() {
+            return Err(WriteError::Stale("an invoice changed since it was read".into()));
+        }
+        if tx.conclude_payment_events(&self.invoice_payments).await? != self.invoice_payments.len() {
+            return Err(WriteError::Stale(
+                "an invoice payment event was concluded by another worker".into(),
             ));
         }
         for refund in &self.refunds {

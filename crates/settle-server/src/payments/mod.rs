@@ -108,18 +108,7 @@ pub fn amount_limits(merchant: &Merchant, currency: Currency) -> (i64, i64) {
 
 fn customer(body: Option<CustomerBody>) -> Result<Option<Customer>, ApiError> {
     let Some(c) = body else { return Ok(None) };
-    let email = c.email.trim().to_lowercase();
-    let valid = email.len() <= 254
-        && email
-            .split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
-        && !email.chars().any(|ch| ch.is_whitespace() || ch.is_control());
-    if !valid {
-        return Err(ApiError::invalid(
-            "customer.email",
-            "`customer.email` must be an email address",
-        ));
-    }
+    let email = fields::email(&c.email, "customer.email")?;
     let phone = match c.phone {
         Some(p) if p.len() > 32 || !p.chars().all(|ch| ch.is_ascii_digit() || "+-() .".contains(ch)) => {
             return Err(ApiError::invalid(

@@ -22,7 +22,7 @@ use serde_json::json;
 use settle_connectors::{AuthorizeRequest, CardData, ConnectorError, ProviderStatus, Synced};
 use settle_domain::{
     event::{self, NewEvent},
-    ledger::{Account, Balances, Key, TransferRequest, TransferResult},
+    ledger::{Account, AccountFlags, Balances, Key, TransferRequest, TransferResult},
     payment::{
         self, Attempt, AuthorizationOutcome, CaptureMethod, Command, Decision, Payment, PaymentError, PaymentStatus,
         Plan, PlannedTry, Refusal, StatusChange,
@@ -415,10 +415,28 @@ pub async fn ensure_chart(
     currency: Currency,
 ) -> Result<(), ApiError> {
     let key = format!("{merchant_id}/{connector}/{}", currency.code());
-    if state.charts.lock().is_ok_and(|c| c.contains(&key)) {
+    ensure_accounts(
+        state,
+        merchant_id,
+        &key,
+        &postings::chart(connector, currency),
+        currency,
+    )
+    .await
+}
+
+/// Makes sure the system accounts of `chart` (ids and flags, all in `currency`) exist for the
+/// merchant; `key` names the chart in the process's cache of charts known to exist.
+pub async fn ensure_accounts(
+    state: &AppState,
+    merchant_id: &str,
+    key: &str,
+    chart: &[(String, AccountFlags)],
+    currency: Currency,
+) -> Result<(), ApiError> {
+    if state.charts.lock().is_ok_and(|c| c.contains(key)) {
         return Ok(());
     }
-    let chart = postings::chart(connector, currency);
     let keys: Vec<Key> = chart
         .iter()
         .map(|(id, _)| (merchant_id.to_owned(), id.clone()))
@@ -429,7 +447,7 @@ pub async fn ensure_chart(
         .await?;
     let existing = tx.get_accounts(&keys, false).await?;
     for (id, flags) in chart {
-        if existing.iter().any(|a| a.id == id) {
+        if existing.iter().any(|a| a.id == *id) {
             continue;
         }
         let account = Account {
@@ -438,7 +456,7 @@ pub async fn ensure_chart(
             currency,
             code: None,
             name: Some(format!("Settle {}", id.trim_start_matches(postings::SYSTEM_PREFIX))),
-            flags,
+            flags: *flags,
             metadata: json!({}),
             balances: Balances::default(),
             created_at: state.clock.now(),
@@ -447,7 +465,8 @@ pub async fn ensure_chart(
             Ok(()) => {}
             // Another process created it first: the transaction is unusable on PostgreSQL, so start over.
             Err(e) if e.is_conflict_on("ledger_accounts") => {
-                return Box::pin(ensure_chart(state, merchant_id, connector, currency)).await;
+                drop(tx);
+                return Box::pin(ensure_accounts(state, merchant_id, key, chart, currency)).await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -457,7 +476,7 @@ pub async fn ensure_chart(
         if charts.len() > 100_000 {
             charts.clear();
         }
-        charts.insert(key);
+        charts.insert(key.to_owned());
     }
     Ok(())
 }
