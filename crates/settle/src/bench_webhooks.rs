@@ -144,6 +144,8 @@ pub async fn run(a: &WebhooksArgs) -> Result<ExitCode, String> {
         .await
         .map_err(|e| format!("{e:?}"))?;
     let got = received.load(Ordering::Relaxed);
+    // The state holds the ledger writer, which must close before the server can stop.
+    drop(state);
     let verified = running.stop().await?;
     let engine = if a.database_url.is_some() { "postgres" } else { "sqlite" };
     println!(
