@@ -25,11 +25,14 @@ mod shared;
 pub mod payments;
 #[macro_use]
 pub mod events;
+#[macro_use]
+pub mod inbox;
 mod migrate;
 mod postgres;
 mod sqlite;
 
 pub use events::EventTx;
+pub use inbox::InboxTx;
 pub use payments::PaymentTx;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -198,7 +201,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// One database transaction. Dropping it without [`Tx::commit`] rolls it back.
 #[async_trait]
-pub trait Tx: PaymentTx + EventTx + Send {
+pub trait Tx: PaymentTx + EventTx + InboxTx + Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 
     async fn get_setting(&mut self, name: &str) -> Result<Option<String>>;

@@ -27,6 +27,12 @@ pub const POSTGRES: &[Migration] = &[
         name: "events",
         sql: include_str!("../migrations/postgres/0004_events.sql"),
     },
+    // Version 5 is the invoices migration of another branch.
+    Migration {
+        version: 6,
+        name: "webhook_inbox",
+        sql: include_str!("../migrations/postgres/0006_webhook_inbox.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -49,6 +55,12 @@ pub const SQLITE: &[Migration] = &[
         version: 4,
         name: "events",
         sql: include_str!("../migrations/sqlite/0004_events.sql"),
+    },
+    // Version 5 is the invoices migration of another branch.
+    Migration {
+        version: 6,
+        name: "webhook_inbox",
+        sql: include_str!("../migrations/sqlite/0006_webhook_inbox.sql"),
     },
 ];
 
