@@ -336,7 +336,11 @@ mod tests {
             currency: Currency::parse("USD").expect("USD"),
             capture_method: CaptureMethod::Manual,
             status,
-            amount_capturable: if status == PaymentStatus::RequiresCapture { 1000 } else { 0 },
+            amount_capturable: if status == PaymentStatus::RequiresCapture {
+                1000
+            } else {
+                0
+            },
             amount_captured: 0,
             amount_refunded: 0,
             payment_method_id: None,

@@ -73,7 +73,21 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
     let expiry = state.config.expiry_interval;
     let housekeeping = state.config.housekeeping_interval;
     let payments = state.config.payment_sync_interval;
+    let inbox = state.config.webhook_inbox_interval;
     vec![
+        tokio::spawn(every(inbox, stop.clone(), state.clone(), |s| async move {
+            // Drain a backlog in bounded rounds.
+            for _ in 0..50 {
+                match crate::inbound::worker::try_execute_webhook_inbox(&s).await {
+                    Ok(n) if n == crate::inbound::worker::ROUND_MAX as usize => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = ?e, "webhook inbox round failed");
+                        break;
+                    }
+                }
+            }
+        })),
         tokio::spawn(every(payments, stop.clone(), state.clone(), |s| async move {
             if let Err(e) = crate::payments::jobs::try_execute_payment_sync(&s).await {
                 tracing::warn!(error = ?e, "payment sync failed");

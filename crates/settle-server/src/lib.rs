@@ -17,6 +17,7 @@ pub mod events;
 pub mod extract;
 pub mod fields;
 pub mod idempotency;
+pub mod inbound;
 pub mod jobs;
 pub mod ledger;
 pub mod metrics;
@@ -79,6 +80,11 @@ pub struct Config {
     pub authorization_ttl: Duration,
     /// How often the payment jobs run; also the first backoff of a stuck payment's sync.
     pub payment_sync_interval: Duration,
+    /// How often the webhook inbox worker runs when it found nothing to do.
+    pub webhook_inbox_interval: Duration,
+    /// Settle's own base URL (`http://127.0.0.1:8080`): the sandbox posts its delayed outcomes
+    /// there as webhooks. `None`: it posts none (the sync job resolves them; tests post them).
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -98,6 +104,8 @@ impl Config {
             connector_timeout: Duration::from_secs(10),
             authorization_ttl: Duration::from_secs(7 * 24 * 3600),
             payment_sync_interval: Duration::from_secs(5),
+            webhook_inbox_interval: Duration::from_millis(200),
+            public_url: None,
         }
     }
 }
@@ -118,6 +126,8 @@ pub struct Inner {
     pub cvcs: payments::methods::CvcCache,
     /// `merchant/connector/currency` whose system ledger accounts are known to exist.
     pub charts: Mutex<HashSet<String>>,
+    /// Inbound webhooks: the inbox writer, the endpoint cache, the sandbox's sender.
+    pub inbound: inbound::Inbound,
 }
 
 #[derive(Clone)]
@@ -148,6 +158,8 @@ impl App {
             let mut tx = store.begin(Scope::System, Mode::Read).await?;
             tx.get_setting(auth::ADMIN_TOKEN_SETTING).await?
         };
+        let (inbox_writer, inbox_tasks) = inbound::writer::InboxWriter::start(store.clone());
+        tasks.extend(inbox_tasks);
         let vault = vault::Vault::new(config.vault_key.expose());
         let connector_timeout = config.connector_timeout;
         let state = AppState(Arc::new(Inner {
@@ -169,6 +181,7 @@ impl App {
             ),
             cvcs: payments::methods::CvcCache::default(),
             charts: Mutex::new(HashSet::new()),
+            inbound: inbound::Inbound::new(inbox_writer),
         }));
         let (shutdown, stop) = watch::channel(false);
         if state.config.run_jobs {
@@ -218,12 +231,14 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), auth::require_merchant));
     let admin = admin::router()
+        .merge(inbound::admin_router())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(inbound::router())
         .merge(merchant)
         .merge(admin)
         .fallback(|| async { ApiError::not_found("route", "").into_response() })

@@ -21,7 +21,7 @@ pub trait InboxTx: Send {
     /// duplicate (of a stored entry, or of an earlier entry of the same call).
     async fn insert_inbox(&mut self, entries: &[InboxEntry]) -> Result<Vec<bool>>;
     /// Leases up to `limit` entries due at `now` (status `received`, `next_attempt_at <= now`)
-    /// by setting their `next_attempt_at` to `until`; oldest first. Rows another worker is
+    /// by setting their `next_attempt_at` to `until`; in the order they were stored. Rows another worker is
     /// taking are skipped.
     async fn take_inbox(&mut self, now: Timestamp, until: Timestamp, limit: u32) -> Result<Vec<InboxEntry>>;
     /// Stores an entry's state after an attempt, if it is still under the lease it was taken
@@ -101,7 +101,7 @@ macro_rules! inbox_tx {
                 let sql = format!(
                     "UPDATE webhook_inbox SET next_attempt_at = $2 WHERE seq IN \
                      (SELECT seq FROM webhook_inbox WHERE status = 'received' AND next_attempt_at <= $1 \
-                     ORDER BY next_attempt_at, seq LIMIT $3{}) RETURNING {}",
+                     ORDER BY next_attempt_at, seq LIMIT $3{}) RETURNING seq, {}",
                     $skip_locked,
                     $crate::inbox::INBOX_COLS
                 );
@@ -111,9 +111,13 @@ macro_rules! inbox_tx {
                     .bind(i64::from(limit))
                     .fetch_all(&mut *self.tx)
                     .await?;
-                let mut entries = rows.iter().map(inbox_from).collect::<$crate::Result<Vec<_>>>()?;
-                entries.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-                Ok(entries)
+                // In the order they were stored (ids made in one millisecond do not sort so).
+                let mut entries = rows
+                    .iter()
+                    .map(|row| Ok((row.try_get::<i64, _>("seq")?, inbox_from(row)?)))
+                    .collect::<$crate::Result<Vec<_>>>()?;
+                entries.sort_by_key(|(seq, _)| *seq);
+                Ok(entries.into_iter().map(|(_, e)| e).collect())
             }
 
             async fn update_inbox(

@@ -78,6 +78,20 @@ pub struct ServeArgs {
     /// Hours after which an uncaptured authorization is voided and its payment canceled.
     #[arg(long, env = "SETTLE_AUTHORIZATION_TTL_HOURS", default_value_t = 168)]
     pub authorization_ttl_hours: u64,
+    /// Settle's own base URL, where the sandbox posts its webhooks (default: the listen
+    /// address, with 127.0.0.1 for an unspecified one).
+    #[arg(long, env = "SETTLE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+/// `http://<addr>`, with loopback for an unspecified address (`0.0.0.0`, `::`).
+pub fn own_url(addr: std::net::SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
 }
 
 impl ServeArgs {
