@@ -36,6 +36,8 @@ enum What {
     Suite(SuiteArgs),
     /// Payments: create + confirm + capture through the sandbox connector, then verify.
     Payments(crate::bench_payments::PaymentsArgs),
+    /// Inbound webhooks: signed posts accepted per second, then the inbox drained.
+    Webhooks(crate::bench_webhooks::WebhooksArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -108,6 +110,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
         }
         What::Suite(s) => suite(&s).await,
         What::Payments(p) => crate::bench_payments::run(&p).await,
+        What::Webhooks(w) => crate::bench_webhooks::run(&w).await,
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_payments;
+mod bench_webhooks;
 mod config;
 
 use std::{io::Write, process::ExitCode, sync::Arc};

@@ -567,7 +567,44 @@ async fn webhook_secrets_never_reach_the_logs(app: TestApp) {
     assert!(!String::from_utf8_lossy(&logs).contains(&account.secret));
 }
 
+async fn the_sandbox_posts_its_delayed_outcome_to_settle_over_http(app: TestApp) {
+    // A second app on the same database that knows its own URL, served on a loopback port,
+    // as `settle serve` is.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut config = settle_server::Config::for_engine(app.store.engine());
+    config.run_jobs = false;
+    config.vault_key = app.state().config.vault_key.clone();
+    config.public_url = Some(format!("http://{}", listener.local_addr().expect("addr")));
+    let served = settle_server::App::build(app.store.clone(), std::sync::Arc::new(app.clock.clone()), config)
+        .await
+        .expect("build");
+    let router = served.router.clone();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let m = app.merchant("shop").await;
+    app.sandbox_with_secret(&m).await;
+    let body =
+        json!({ "amount": 1500, "currency": "USD", "confirm": true, "payment_method": card(DELAYED) }).to_string();
+    let r = crate::harness::call(&served.router, Method::POST, "/v1/payments", &m.key, Some(&body), &[]).await;
+    assert_eq!(r.json["status"], "processing", "{}", r.text);
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    // `resolve_after_seconds` is 0: the webhook is on its way at once.
+    let mut waited = 0;
+    while app.inbox("").await.is_empty() {
+        waited += 1;
+        assert!(waited < 200, "the sandbox's webhook did not arrive");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let entry = &app.inbox("").await[0];
+    assert_eq!(entry["type"], "payment_intent.amount_capturable_updated");
+    assert_eq!(try_execute_webhook_inbox(&served.state).await.expect("round"), 1);
+    let now = app.status_of(&m, &id).await;
+    assert_eq!(now["status"], "succeeded", "{now}");
+    app.verify_ok().await;
+}
+
 crate::conformance!(
+    the_sandbox_posts_its_delayed_outcome_to_settle_over_http,
     a_delayed_sandbox_payment_is_resolved_by_its_signed_webhook,
     a_webhook_posted_three_times_is_stored_once_and_applied_once,
     late_events_never_move_a_payment_backwards,
