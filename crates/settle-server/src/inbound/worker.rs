@@ -2,7 +2,7 @@
 //!
 //! A round leases up to [`ROUND_MAX`] due entries (status `received`, due now; several
 //! processes share them: `FOR UPDATE SKIP LOCKED` on PostgreSQL, the lease on every engine) and
-//! handles them one after the other, oldest first:
+//! handles them one after the other, in the order they were stored:
 //! 1. read the event (`settle_domain::inbound::outcome`); a type Settle does not apply is
 //!    `ignored` (`unsupported_event_type`);
 //! 2. find the payment: by the provider's id (`provider_ref`), else by Settle's attempt
@@ -16,6 +16,10 @@
 //!    new status. The payment is stored only at the version it was read (compare-and-set) and
 //!    the entry only under its lease, so a concurrent change or a second worker rolls the
 //!    whole step back and the entry is tried again: an event is applied at most once.
+//!
+//! Entries that change no payment (ignored, rescheduled, parked) are written together at the
+//! end of the round, in one transaction, each under its lease; an applied entry is written with
+//! its payment step.
 //!
 //! Only an automatic-capture authorization calls a connector (the capture); it claims the
 //! payment first, as every connector call does.
@@ -49,59 +53,59 @@ pub async fn try_execute_webhook_inbox(state: &AppState) -> Result<usize, ApiErr
         tx.commit().await?;
         taken
     };
-    let mut handled = 0;
+    let count = taken.len();
+    // Entries concluded without touching their payment (ignored, rescheduled, parked) are
+    // written together at the end of the round: one commit instead of one per entry. Their
+    // decisions changed no payment, so writing them later changes nothing else.
+    let mut later = Vec::new();
     for entry in taken {
-        match handle(state, &entry, until).await {
-            Ok(()) => handled += 1,
-            Err(e) => {
-                tracing::warn!(entry = %entry.id, error = ?e, "applying a webhook failed; retried later");
-                if reschedule(state, &entry, until, None, "error").await.is_ok() {
-                    handled += 1;
-                }
-            }
+        if let Err(e) = handle(state, &entry, until, &mut later).await {
+            tracing::warn!(entry = %entry.id, error = ?e, "applying a webhook failed; retried later");
+            later.push(inbound::retry_later(&entry, "error", state.clock.now()));
         }
     }
-    state.metrics.job_changes("webhook_inbox", handled as u64);
-    Ok(handled)
+    for entry in later.iter().filter(|e| e.status == InboxStatus::Parked) {
+        tracing::warn!(entry = %entry.id, event = %entry.provider_event_id, reason = ?entry.reason, "webhook parked");
+    }
+    store_entries(state, &later, until).await?;
+    state.metrics.job_changes("webhook_inbox", count as u64);
+    Ok(count)
 }
 
-async fn handle(state: &AppState, entry: &InboxEntry, leased: Timestamp) -> Result<(), ApiError> {
+async fn handle(
+    state: &AppState,
+    entry: &InboxEntry,
+    leased: Timestamp,
+    later: &mut Vec<InboxEntry>,
+) -> Result<(), ApiError> {
     let now = state.clock.now();
     let event: Value = serde_json::from_str(&entry.payload).unwrap_or(Value::Null);
     let Some((outcome, subject)) = inbound::outcome(&entry.kind, &event) else {
-        return conclude(
-            state,
+        later.push(concluded(
             entry,
-            leased,
             None,
             InboxStatus::Ignored,
-            Some("unsupported_event_type"),
-        )
-        .await;
+            "unsupported_event_type",
+            now,
+        ));
+        return Ok(());
     };
     let Some(payment) = find(state, entry, &subject).await? else {
-        return reschedule(state, entry, leased, None, "payment_not_found").await;
+        later.push(retry(entry, None, "payment_not_found", now));
+        return Ok(());
     };
+    let id = Some(payment.id.as_str());
     match inbound::decide(&payment, &outcome, &subject, &entry.connector_account_id, now) {
-        Verdict::Ignore(reason) => {
-            conclude(
-                state,
-                entry,
-                leased,
-                Some(&payment.id),
-                InboxStatus::Ignored,
-                Some(reason),
-            )
-            .await
-        }
-        Verdict::Wait => reschedule(state, entry, leased, Some(&payment.id), "payment_in_progress").await,
+        Verdict::Ignore(reason) => later.push(concluded(entry, id, InboxStatus::Ignored, reason, now)),
+        Verdict::Wait => later.push(retry(entry, id, "payment_in_progress", now)),
         Verdict::Apply(step) => match apply(state, entry, leased, &payment, &subject, &outcome, step).await {
             Err(ApiError::Internal(why)) if why.starts_with(STALE) => {
-                reschedule(state, entry, leased, Some(&payment.id), "payment_changed").await
+                later.push(retry(entry, id, "payment_changed", state.clock.now()))
             }
-            other => other,
+            other => return other,
         },
     }
+    Ok(())
 }
 
 /// The payment an event names: by the provider's id, else by Settle's attempt reference.
@@ -119,45 +123,37 @@ async fn find(state: &AppState, entry: &InboxEntry, subject: &Subject) -> Result
     }
 }
 
-/// Marks the entry `status` (applied or ignored) on its own.
-async fn conclude(
-    state: &AppState,
+/// The entry concluded `status` (ignored) for `reason`.
+fn concluded(
     entry: &InboxEntry,
-    leased: Timestamp,
     payment_id: Option<&str>,
     status: InboxStatus,
-    reason: Option<&str>,
-) -> Result<(), ApiError> {
-    let mut next = inbound::concluded(entry, status, reason, state.clock.now());
-    next.payment_id = payment_id.map(str::to_owned).or(next.payment_id);
-    store_entry(state, &next, leased).await
-}
-
-/// Schedules the entry's next attempt (or parks it after the last one).
-async fn reschedule(
-    state: &AppState,
-    entry: &InboxEntry,
-    leased: Timestamp,
-    payment_id: Option<&str>,
     reason: &str,
-) -> Result<(), ApiError> {
-    let mut next = inbound::retry_later(entry, reason, state.clock.now());
+    now: Timestamp,
+) -> InboxEntry {
+    let mut next = inbound::concluded(entry, status, Some(reason), now);
     next.payment_id = payment_id.map(str::to_owned).or(next.payment_id);
-    if next.status == InboxStatus::Parked {
-        tracing::warn!(entry = %entry.id, event = %entry.provider_event_id, reason, "webhook parked");
-    }
-    store_entry(state, &next, leased).await
+    next
 }
 
-async fn store_entry(state: &AppState, next: &InboxEntry, leased: Timestamp) -> Result<(), ApiError> {
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(next.merchant_id.clone()), Mode::Write)
-        .await?;
-    if !tx.update_inbox(next, leased).await? {
-        // The lease expired and another worker took the entry: its word counts.
-        tracing::warn!(entry = %next.id, "inbox entry lease lost");
+/// The entry due again later (or parked after its last attempt).
+fn retry(entry: &InboxEntry, payment_id: Option<&str>, reason: &str, now: Timestamp) -> InboxEntry {
+    let mut next = inbound::retry_later(entry, reason, now);
+    next.payment_id = payment_id.map(str::to_owned).or(next.payment_id);
+    next
+}
+
+/// Stores entries' new states in one transaction, each only under the lease it was taken with.
+async fn store_entries(state: &AppState, entries: &[InboxEntry], leased: Timestamp) -> Result<(), ApiError> {
+    if entries.is_empty() {
         return Ok(());
+    }
+    let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
+    for entry in entries {
+        if !tx.update_inbox(entry, leased).await? {
+            // The lease expired and another worker took the entry: its word counts.
+            tracing::warn!(entry = %entry.id, "inbox entry lease lost");
+        }
     }
     tx.commit().await?;
     Ok(())
