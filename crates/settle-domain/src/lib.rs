@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod card;
 pub mod event;
 pub mod ids;
+pub mod inbound;
 pub mod invoice;
 pub mod ledger;
 pub mod money;

@@ -78,6 +78,7 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
     let housekeeping = state.config.housekeeping_interval;
     let payments = state.config.payment_sync_interval;
     let webhooks = state.config.webhook_interval;
+    let inbox = state.config.webhook_inbox_interval;
     vec![
         tokio::spawn(every(webhooks, stop.clone(), state.clone(), |s| async move {
             // Drain a backlog in bounded rounds.
@@ -96,6 +97,19 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
                     });
                 if fanned == 0 && sent == 0 {
                     break;
+                }
+            }
+        })),
+        tokio::spawn(every(inbox, stop.clone(), state.clone(), |s| async move {
+            // Drain a backlog in bounded rounds.
+            for _ in 0..50 {
+                match crate::inbound::worker::try_execute_webhook_inbox(&s).await {
+                    Ok(n) if n == crate::inbound::worker::ROUND_MAX as usize => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = ?e, "webhook inbox round failed");
+                        break;
+                    }
                 }
             }
         })),

@@ -17,6 +17,7 @@ pub mod events;
 pub mod extract;
 pub mod fields;
 pub mod idempotency;
+pub mod inbound;
 pub mod invoices;
 pub mod jobs;
 pub mod ledger;
@@ -88,6 +89,11 @@ pub struct Config {
     /// Whether webhook endpoints may be loopback or private addresses (refuse them in
     /// production so that an endpoint URL cannot reach into the operator's network).
     pub webhook_private_targets: bool,
+    /// How often the webhook inbox worker runs when it found nothing to do.
+    pub webhook_inbox_interval: Duration,
+    /// Settle's own base URL (`http://127.0.0.1:8080`): the sandbox posts its delayed outcomes
+    /// there as webhooks. `None`: it posts none (the sync job resolves them; tests post them).
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -112,6 +118,8 @@ impl Config {
             // The embedded default is for a laptop, where the receiver is on loopback;
             // PostgreSQL means production, where it is refused unless the operator says so.
             webhook_private_targets: engine == Engine::Sqlite,
+            webhook_inbox_interval: Duration::from_millis(200),
+            public_url: None,
         }
     }
 }
@@ -134,6 +142,8 @@ pub struct Inner {
     pub charts: Mutex<HashSet<String>>,
     /// The client webhooks go out with (see `webhooks::dispatch`).
     pub webhook_client: reqwest::Client,
+    /// Inbound webhooks: the inbox writer, the endpoint cache, the sandbox's sender.
+    pub inbound: inbound::Inbound,
 }
 
 #[derive(Clone)]
@@ -164,6 +174,8 @@ impl App {
             let mut tx = store.begin(Scope::System, Mode::Read).await?;
             tx.get_setting(auth::ADMIN_TOKEN_SETTING).await?
         };
+        let (inbox_writer, inbox_tasks) = inbound::writer::InboxWriter::start(store.clone());
+        tasks.extend(inbox_tasks);
         let vault = vault::Vault::new(config.vault_key.expose());
         let connector_timeout = config.connector_timeout;
         let webhook_client = webhooks::dispatch::client(config.webhook_timeout, config.webhook_private_targets);
@@ -187,6 +199,7 @@ impl App {
             cvcs: payments::methods::CvcCache::default(),
             charts: Mutex::new(HashSet::new()),
             webhook_client,
+            inbound: inbound::Inbound::new(inbox_writer),
         }));
         let (shutdown, stop) = watch::channel(false);
         if state.config.run_jobs {
@@ -238,12 +251,14 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), auth::require_merchant));
     let admin = admin::router()
+        .merge(inbound::admin_router())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(inbound::router())
         .merge(merchant)
         .merge(admin)
         .fallback(|| async { ApiError::not_found("route", "").into_response() })

@@ -27,11 +27,14 @@ pub mod payments;
 pub mod events;
 #[macro_use]
 pub mod invoices;
+#[macro_use]
+pub mod inbox;
 mod migrate;
 mod postgres;
 mod sqlite;
 
 pub use events::EventTx;
+pub use inbox::InboxTx;
 pub use invoices::InvoiceTx;
 pub use payments::PaymentTx;
 pub use postgres::PostgresStore;
@@ -201,7 +204,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// One database transaction. Dropping it without [`Tx::commit`] rolls it back.
 #[async_trait]
-pub trait Tx: PaymentTx + EventTx + InvoiceTx + Send {
+pub trait Tx: PaymentTx + EventTx + InvoiceTx + InboxTx + Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 
     async fn get_setting(&mut self, name: &str) -> Result<Option<String>>;

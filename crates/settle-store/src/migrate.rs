@@ -32,6 +32,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "invoices",
         sql: include_str!("../migrations/postgres/0005_invoices.sql"),
     },
+    Migration {
+        version: 6,
+        name: "webhook_inbox",
+        sql: include_str!("../migrations/postgres/0006_webhook_inbox.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -59,6 +64,11 @@ pub const SQLITE: &[Migration] = &[
         version: 5,
         name: "invoices",
         sql: include_str!("../migrations/sqlite/0005_invoices.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "webhook_inbox",
+        sql: include_str!("../migrations/sqlite/0006_webhook_inbox.sql"),
     },
 ];
 

@@ -202,6 +202,38 @@ impl PgTx {
         Ok(())
     }
 
+    /// Every entry in one statement; a stored event (or an earlier entry of the batch for the
+    /// same event) makes an entry a duplicate. The ids returned are those inserted.
+    async fn insert_inbox_bulk(&mut self, entries: &[settle_domain::inbound::InboxEntry]) -> Result<Vec<bool>> {
+        type E = settle_domain::inbound::InboxEntry;
+        let text = |f: fn(&E) -> &str| entries.iter().map(f).collect::<Vec<_>>();
+        let inserted: Vec<String> = sqlx::query_scalar(&format!(
+            "INSERT INTO webhook_inbox ({}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], \
+             $13::bigint[], $14::bigint[]) \
+             ON CONFLICT (merchant_id, connector, provider_event_id) DO NOTHING RETURNING id",
+            crate::inbox::INBOX_COLS
+        ))
+        .bind(text(|e| &e.merchant_id))
+        .bind(text(|e| &e.id))
+        .bind(text(|e| &e.connector))
+        .bind(text(|e| &e.connector_account_id))
+        .bind(text(|e| &e.provider_event_id))
+        .bind(text(|e| &e.kind))
+        .bind(text(|e| &e.payload))
+        .bind(text(|e| e.status.as_str()))
+        .bind(entries.iter().map(|e| e.attempts).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.next_attempt_at.0).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.reason.as_deref()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.payment_id.as_deref()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.created_at.0).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.updated_at.0).collect::<Vec<_>>())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        Ok(entries.iter().map(|e| inserted.contains(&e.id)).collect())
+    }
+
     async fn fetch_by_keys(
         &mut self,
         cols: &str,
@@ -332,3 +364,4 @@ shared_tx!(PgTx, PgRow, PgPool);
 payments_tx!(PgTx, PgRow);
 events_tx!(PgTx, PgRow, " FOR UPDATE SKIP LOCKED");
 invoices_tx!(PgTx, PgRow);
+inbox_tx!(PgTx, PgRow, " FOR UPDATE SKIP LOCKED");

@@ -152,6 +152,33 @@ impl SqliteTx {
         Ok(())
     }
 
+    /// One statement per entry (each sees the ones before it, so a repeated event in the batch
+    /// is a duplicate like a stored one).
+    async fn insert_inbox_bulk(&mut self, entries: &[settle_domain::inbound::InboxEntry]) -> Result<Vec<bool>> {
+        let mut inserted = Vec::with_capacity(entries.len());
+        for e in entries {
+            let done = sqlx::query(crate::inbox::INSERT_ONE)
+                .bind(&e.merchant_id)
+                .bind(&e.id)
+                .bind(&e.connector)
+                .bind(&e.connector_account_id)
+                .bind(&e.provider_event_id)
+                .bind(&e.kind)
+                .bind(&e.payload)
+                .bind(e.status.as_str())
+                .bind(e.attempts)
+                .bind(e.next_attempt_at.0)
+                .bind(&e.reason)
+                .bind(&e.payment_id)
+                .bind(e.created_at.0)
+                .bind(e.updated_at.0)
+                .execute(&mut *self.tx)
+                .await?;
+            inserted.push(done.rows_affected() == 1);
+        }
+        Ok(inserted)
+    }
+
     async fn fetch_by_keys(
         &mut self,
         cols: &str,
@@ -263,3 +290,4 @@ shared_tx!(SqliteTx, SqliteRow, SqlitePool);
 payments_tx!(SqliteTx, SqliteRow);
 events_tx!(SqliteTx, SqliteRow, "");
 invoices_tx!(SqliteTx, SqliteRow);
+inbox_tx!(SqliteTx, SqliteRow, "");

@@ -36,7 +36,7 @@ enum What {
     Suite(SuiteArgs),
     /// Payments: create + confirm + capture through the sandbox connector, then verify.
     Payments(crate::bench_payments::PaymentsArgs),
-    /// Webhooks: outbound deliveries per second to a local receiver.
+    /// Webhooks: inbound accepted/s and drain, outbound deliveries/s to a local receiver.
     Webhooks(crate::bench_webhooks::WebhooksArgs),
 }
 

@@ -117,7 +117,7 @@ pub async fn run(a: &PaymentsArgs) -> Result<ExitCode, String> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn pct(values: &mut [u32], p: f64) -> f64 {
+pub fn pct(values: &mut [u32], p: f64) -> f64 {
     values.sort_unstable();
     let i = ((values.len() as f64 * p) as usize).min(values.len().saturating_sub(1));
     values.get(i).copied().unwrap_or(0) as f64 / 1000.0

@@ -1,6 +1,7 @@
-//! `settle bench webhooks`: outbound deliveries per second to a local receiver.
+//! `settle bench webhooks`: inbound (signed provider webhooks accepted per second, then the
+//! inbox drained; see `bench_inbound`), then outbound deliveries per second to a local receiver.
 //!
-//! Starts Settle in-process on a fresh database (jobs off, so nothing is delivered early), a
+//! Outbound starts Settle in-process on a fresh database (jobs off, so nothing is delivered early), a
 //! receiver on 127.0.0.1 that answers 200 to every request, and one webhook endpoint for
 //! `transfer_batch.created`. It then posts `--events` single-transfer requests (each records
 //! one event), and measures the time the dispatcher (`--dispatchers` concurrent loops of the
@@ -28,22 +29,46 @@ use crate::bench::{post as api_post, setup, Running};
 pub struct WebhooksArgs {
     /// PostgreSQL URL; without it a temporary SQLite database is used.
     #[arg(long, env = "SETTLE_DATABASE_URL")]
-    database_url: Option<String>,
-    /// Events to deliver.
+    pub database_url: Option<String>,
+    /// Concurrent HTTP clients (posting webhooks; creating the outbound events).
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Inbound: measured seconds (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub duration_seconds: u64,
+    /// Inbound: stop after this many webhooks even if time remains.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub webhooks_max: u64,
+    /// Inbound: skip draining the backlog.
+    #[arg(long)]
+    pub no_drain: bool,
+    /// Outbound: events to deliver.
     #[arg(long, default_value_t = 10_000)]
-    events: u64,
-    /// Concurrent HTTP clients creating the events.
-    #[arg(long, default_value_t = 32)]
-    clients: usize,
-    /// Concurrent dispatcher loops.
+    pub events: u64,
+    /// Outbound: concurrent dispatcher loops.
     #[arg(long, default_value_t = 2)]
-    dispatchers: usize,
-    /// Give up after this long.
+    pub dispatchers: usize,
+    /// Outbound: give up after this long.
     #[arg(long, default_value_t = 300)]
-    timeout_seconds: u64,
+    pub timeout_seconds: u64,
+    /// Run only `inbound` or `outbound`.
+    #[arg(long, value_parser = ["inbound", "outbound"])]
+    pub only: Option<String>,
 }
 
 pub async fn run(a: &WebhooksArgs) -> Result<ExitCode, String> {
+    let mut ok = true;
+    if a.only.as_deref() != Some("outbound") {
+        ok &= crate::bench_inbound::run(a).await?;
+    }
+    if a.only.as_deref() != Some("inbound") {
+        ok &= outbound(a).await?;
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Returns whether every event was delivered and `verify` passed.
+async fn outbound(a: &WebhooksArgs) -> Result<bool, String> {
     let received = Arc::new(AtomicU64::new(0));
     let receiver = {
         let received = received.clone();
@@ -157,6 +182,5 @@ pub async fn run(a: &WebhooksArgs) -> Result<ExitCode, String> {
         a.events as f64 / making.max(0.001),
         if verified { "ok" } else { "FAILED" }
     );
-    let ok = verified && delivered == i64::try_from(a.events).unwrap_or(i64::MAX);
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(verified && delivered == i64::try_from(a.events).unwrap_or(i64::MAX))
 }

@@ -85,6 +85,20 @@ pub struct ServeArgs {
     /// Longest wait for a webhook receiver's answer, in seconds.
     #[arg(long, env = "SETTLE_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10)]
     pub webhook_timeout_seconds: u64,
+    /// Settle's own base URL, where the sandbox posts its webhooks (default: the listen
+    /// address, with 127.0.0.1 for an unspecified one).
+    #[arg(long, env = "SETTLE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+/// `http://<addr>`, with loopback for an unspecified address (`0.0.0.0`, `::`).
+pub fn own_url(addr: std::net::SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
 }
 
 impl ServeArgs {

@@ -1,6 +1,7 @@
 //! The `settle` binary: thin glue over the library crates.
 
 mod bench;
+mod bench_inbound;
 mod bench_payments;
 mod bench_webhooks;
 mod config;
@@ -72,18 +73,17 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     if store.bypasses_row_security().await.unwrap_or(false) {
         tracing::warn!("the database role is a superuser or has BYPASSRLS: row-level security is not enforced; connect as an ordinary role in production");
     }
-    let app = App::build(
-        store.clone(),
-        Arc::new(SystemClock),
-        args.server_config(store.engine())?,
-    )
-    .await
-    .map_err(|e| format!("cannot build the app: {e:?}"))?;
-    let token_note = config::ensure_admin_token(&app.state, &args).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut server_config = args.server_config(store.engine())?;
+    // Where the sandbox posts its webhooks: the given public URL, else this listener.
+    server_config.public_url = Some(args.public_url.clone().unwrap_or_else(|| config::own_url(addr)));
+    let app = App::build(store.clone(), Arc::new(SystemClock), server_config)
+        .await
+        .map_err(|e| format!("cannot build the app: {e:?}"))?;
+    let token_note = config::ensure_admin_token(&app.state, &args).await?;
     // Not `println!`: a closed stdout must not take the server down.
     let text = config::getting_started(addr, store.engine(), &args, token_note.as_deref());
     let _ = writeln!(std::io::stdout(), "{text}");

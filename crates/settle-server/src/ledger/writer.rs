@@ -19,10 +19,12 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use settle_domain::{
     event::NewEvent,
+    inbound::InboxEntry,
     invoice::{Invoice, PaymentEvent},
     ledger::{Book, Key, TransferRequest, TransferResult},
     payment::{Attempt, Payment, Refund},
     tenancy::{AuditEntry, IdempotencyRecord},
+    Timestamp,
 };
 use settle_store::{DuePending, Mode, Scope, Store, StoreError, Tx};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -89,6 +91,8 @@ pub struct Then {
     pub records: Vec<IdempotencyRecord>,
     /// Domain events besides those of the status changes.
     pub events: Vec<NewEvent>,
+    /// Inbox entries concluded by this step, each stored only under the lease it was taken with.
+    pub inbox: Vec<(InboxEntry, Timestamp)>,
 }
 
 impl Then {
@@ -103,6 +107,7 @@ impl Then {
         self.audit.extend(other.audit.iter().cloned());
         self.records.extend(other.records.iter().cloned());
         self.events.extend(other.events.iter().cloned());
+        self.inbox.extend(other.inbox.iter().cloned());
     }
 
     /// Writes every row in `tx`; a failed precondition fails it all.
@@ -138,6 +143,14 @@ impl Then {
                 return Err(WriteError::Stale(format!(
                     "refund {} reservation could not be released",
                     refund.id
+                )));
+            }
+        }
+        for (entry, leased) in &self.inbox {
+            if !tx.update_inbox(entry, *leased).await? {
+                return Err(WriteError::Stale(format!(
+                    "inbox entry {} was taken by another worker",
+                    entry.id
                 )));
             }
         }

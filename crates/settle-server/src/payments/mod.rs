@@ -378,6 +378,8 @@ async fn run_confirm(
         transfers,
     )
     .await?;
+    // A sandbox account sends the delayed outcome as a webhook (when Settle knows its own URL).
+    crate::inbound::sandbox::schedule(state, &next);
     Ok(reply.into_response())
 }
 

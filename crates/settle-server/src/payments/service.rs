@@ -278,18 +278,29 @@ pub async fn write_with(
     transfers: Vec<TransferRequest>,
     then: Then,
 ) -> Result<(), ApiError> {
+    try_write_with(state, merchant_id, transfers, then)
+        .await
+        .map_err(ApiError::from)
+}
+
+/// [`write_with`], keeping the error's kind: a lost compare-and-set is `Write(Stale)`.
+pub async fn try_write_with(
+    state: &AppState,
+    merchant_id: &str,
+    transfers: Vec<TransferRequest>,
+    then: Then,
+) -> Result<(), PostError> {
     if transfers.is_empty() {
         let mut tx = state
             .store
             .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Write)
-            .await?;
-        then.write(tx.as_mut()).await.map_err(write_error)?;
-        tx.commit().await?;
+            .await
+            .map_err(|e| PostError::Write(WriteError::Store(e)))?;
+        then.write(tx.as_mut()).await.map_err(PostError::Write)?;
+        tx.commit().await.map_err(|e| PostError::Write(WriteError::Store(e)))?;
         return Ok(());
     }
-    post(state, merchant_id, transfers, Some(then))
-        .await
-        .map_err(ApiError::from)
+    post(state, merchant_id, transfers, Some(then)).await
 }
 
 /// Claims a payment for a job without a command (the sync job on a `processing` payment).

@@ -50,10 +50,12 @@ async fn create(
             format!("`connector` must be one of {}", CONNECTORS.join(", ")),
         ));
     }
-    let credentials = body.credentials.unwrap_or_else(|| json!({}));
+    let mut credentials = body.credentials.unwrap_or_else(|| json!({}));
     if !credentials.is_object() {
         return Err(ApiError::invalid("credentials", "`credentials` must be an object"));
     }
+    // The webhook signing secret: checked, or generated for a sandbox account (shown once).
+    let generated = crate::inbound::prepare_secret(&state, &body.connector, &mut credentials)?;
     state.connectors.check_credentials(&body.connector, &credentials)?;
     let id = state.ids.make("mca");
     let account = ConnectorAccount {
@@ -90,7 +92,16 @@ async fn create(
         "connector_account",
         &id,
     );
-    ctx.commit(&state, tx, reply, &[audit]).await
+    // The stored reply (an idempotent replay) never holds the generated secret.
+    let response = ctx.commit(&state, tx, reply, &[audit]).await?;
+    match generated {
+        Some(secret) => {
+            let mut shown = data;
+            shown["webhook_secret"] = json!(secret);
+            Ok(Reply::json(StatusCode::CREATED, &shown)?.into_response())
+        }
+        None => Ok(response),
+    }
 }
 
 #[derive(Deserialize)]
@@ -173,6 +184,7 @@ fn account_json(state: &AppState, a: &ConnectorAccount) -> Value {
         "connector": a.connector,
         "label": a.label,
         "enabled": a.enabled,
+        "webhook_path": crate::inbound::webhook_path(&a.connector, &a.id),
         "circuit": state.connectors.breaker_state(&a.merchant_id, &a.id),
         "created": a.created_at.to_rfc3339(),
     })

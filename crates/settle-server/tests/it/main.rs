@@ -8,6 +8,7 @@ mod bad_input;
 mod concurrency;
 mod events;
 mod idempotency;
+mod inbound;
 mod invoices;
 mod ledger;
 mod ops;

@@ -1,0 +1,276 @@
+//! The inbox worker: applies accepted provider events to their payments.
+//!
+//! A round leases up to [`ROUND_MAX`] due entries (status `received`, due now; several
+//! processes share them: `FOR UPDATE SKIP LOCKED` on PostgreSQL, the lease on every engine) and
+//! handles them one after the other, in the order they were stored:
+//! 1. read the event (`settle_domain::inbound::outcome`); a type Settle does not apply is
+//!    `ignored` (`unsupported_event_type`);
+//! 2. find the payment: by the provider's id (`provider_ref`), else by Settle's attempt
+//!    reference in the event's `metadata.settle_reference`; none → tried again later with
+//!    backoff, and `parked` after `ATTEMPTS_MAX` attempts (`payment_not_found`);
+//! 3. decide (`settle_domain::inbound::decide`): apply, ignore with a reason (out of order,
+//!    already there, another attempt), or wait (another request or job holds the payment);
+//! 4. apply through the payment service: the same functions a confirm or the sync job use
+//!    (`after_authorization`, the ledger postings, `change` for history and events), written
+//!    by `service::write_with` — the ledger writer's transaction — together with the entry's
+//!    new status. The payment is stored only at the version it was read (compare-and-set) and
+//!    the entry only under its lease, so a concurrent change or a second worker rolls the
+//!    whole step back and the entry is tried again: an event is applied at most once.
+//!
+//! Entries that change no payment (ignored, rescheduled, parked) are written together at the
+//! end of the round, in one transaction, each under its lease; an applied entry is written with
+//! its payment step.
+//!
+//! Only an automatic-capture authorization calls a connector (the capture); it claims the
+//! payment first, as every connector call does.
+
+use serde_json::Value;
+use settle_domain::{
+    inbound::{self, InboxEntry, InboxStatus, Outcome, Step, Subject, Verdict},
+    payment::{self, AuthorizationOutcome, CaptureMethod, Payment, PaymentError},
+    postings, Timestamp,
+};
+use settle_store::{Mode, Scope};
+
+use crate::{
+    error::ApiError,
+    ledger::writer::{Then, WriteError},
+    payments::service::{self, Actor, Changed, PostError},
+    AppState,
+};
+
+/// Most entries one round takes.
+pub const ROUND_MAX: u32 = 100;
+
+/// Applies the due inbox entries (one bounded round). Returns how many it handled (applied,
+/// ignored, parked or rescheduled).
+pub async fn try_execute_webhook_inbox(state: &AppState) -> Result<usize, ApiError> {
+    let now = state.clock.now();
+    let until = service::claim_until(state, now);
+    let taken = {
+        let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
+        let taken = tx.take_inbox(now, until, ROUND_MAX).await?;
+        tx.commit().await?;
+        taken
+    };
+    let count = taken.len();
+    // Entries concluded without touching their payment (ignored, rescheduled, parked) are
+    // written together at the end of the round: one commit instead of one per entry. Their
+    // decisions changed no payment, so writing them later changes nothing else.
+    let mut later = Vec::new();
+    for entry in taken {
+        if let Err(e) = handle(state, &entry, until, &mut later).await {
+            tracing::warn!(entry = %entry.id, error = ?e, "applying a webhook failed; retried later");
+            later.push(inbound::retry_later(&entry, "error", state.clock.now()));
+        }
+    }
+    for entry in later.iter().filter(|e| e.status == InboxStatus::Parked) {
+        tracing::warn!(entry = %entry.id, event = %entry.provider_event_id, reason = ?entry.reason, "webhook parked");
+    }
+    store_entries(state, &later, until).await?;
+    state.metrics.job_changes("webhook_inbox", count as u64);
+    Ok(count)
+}
+
+async fn handle(
+    state: &AppState,
+    entry: &InboxEntry,
+    leased: Timestamp,
+    later: &mut Vec<InboxEntry>,
+) -> Result<(), ApiError> {
+    let now = state.clock.now();
+    let event: Value = serde_json::from_str(&entry.payload).unwrap_or(Value::Null);
+    let Some((outcome, subject)) = inbound::outcome(&entry.kind, &event) else {
+        later.push(concluded(
+            entry,
+            None,
+            InboxStatus::Ignored,
+            "unsupported_event_type",
+            now,
+        ));
+        return Ok(());
+    };
+    let Some(payment) = find(state, entry, &subject).await? else {
+        later.push(retry(entry, None, "payment_not_found", now));
+        return Ok(());
+    };
+    let id = Some(payment.id.as_str());
+    match inbound::decide(&payment, &outcome, &subject, &entry.connector_account_id, now) {
+        Verdict::Ignore(reason) => later.push(concluded(entry, id, InboxStatus::Ignored, reason, now)),
+        Verdict::Wait => later.push(retry(entry, id, "payment_in_progress", now)),
+        Verdict::Apply(step) => match apply(state, entry, leased, &payment, &subject, &outcome, step).await {
+            Err(ApiError::Internal(why)) if why.starts_with(STALE) => {
+                later.push(retry(entry, id, "payment_changed", state.clock.now()))
+            }
+            other => return other,
+        },
+    }
+    Ok(())
+}
+
+/// The payment an event names: by the provider's id, else by Settle's attempt reference.
+async fn find(state: &AppState, entry: &InboxEntry, subject: &Subject) -> Result<Option<Payment>, ApiError> {
+    let merchant = &entry.merchant_id;
+    let mut tx = state.store.begin(Scope::Merchant(merchant.clone()), Mode::Read).await?;
+    if let Some(provider_ref) = &subject.provider_ref {
+        if let Some(p) = tx.payment_by_provider_ref(merchant, provider_ref).await? {
+            return Ok(Some(p));
+        }
+    }
+    match &subject.reference {
+        Some(reference) => Ok(tx.payment_by_attempt(merchant, reference).await?),
+        None => Ok(None),
+    }
+}
+
+/// The entry concluded `status` (ignored) for `reason`.
+fn concluded(
+    entry: &InboxEntry,
+    payment_id: Option<&str>,
+    status: InboxStatus,
+    reason: &str,
+    now: Timestamp,
+) -> InboxEntry {
+    let mut next = inbound::concluded(entry, status, Some(reason), now);
+    next.payment_id = payment_id.map(str::to_owned).or(next.payment_id);
+    next
+}
+
+/// The entry due again later (or parked after its last attempt).
+fn retry(entry: &InboxEntry, payment_id: Option<&str>, reason: &str, now: Timestamp) -> InboxEntry {
+    let mut next = inbound::retry_later(entry, reason, now);
+    next.payment_id = payment_id.map(str::to_owned).or(next.payment_id);
+    next
+}
+
+/// Stores entries' new states in one transaction, each only under the lease it was taken with.
+async fn store_entries(state: &AppState, entries: &[InboxEntry], leased: Timestamp) -> Result<(), ApiError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
+    for entry in entries {
+        if !tx.update_inbox(entry, leased).await? {
+            // The lease expired and another worker took the entry: its word counts.
+            tracing::warn!(entry = %entry.id, "inbox entry lease lost");
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The prefix of the error a lost compare-and-set (payment or entry) comes back as.
+const STALE: &str = "stale: ";
+
+/// Applies `step` to `payment` and marks the entry applied, in one transaction.
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    state: &AppState,
+    entry: &InboxEntry,
+    leased: Timestamp,
+    payment: &Payment,
+    subject: &Subject,
+    outcome: &Outcome,
+    step: Step,
+) -> Result<(), ApiError> {
+    let now = state.clock.now();
+    let actor = Actor {
+        ctx: None,
+        reason: Some("webhook"),
+    };
+    let connector_name = payment
+        .connector_name
+        .clone()
+        .unwrap_or_else(|| entry.connector.clone());
+    let authorized = || AuthorizationOutcome::Authorized {
+        connector_account_id: entry.connector_account_id.clone(),
+        connector_name: connector_name.clone(),
+        provider_ref: subject.provider_ref.clone().unwrap_or_default(),
+    };
+    let mut attempts = Vec::new();
+    let (base, next, changes, transfers) = match step {
+        Step::Authorize => {
+            // An automatic capture calls the connector: claim the payment first.
+            let base = if payment.capture_method == CaptureMethod::Automatic {
+                match service::claim_as_is(state, payment).await? {
+                    Some(claimed) => claimed,
+                    None => return Err(ApiError::Internal(format!("{STALE}payment changed before its claim"))),
+                }
+            } else {
+                payment.clone()
+            };
+            let (next, changes, transfers) =
+                service::after_authorization(state, &base, &authorized(), &actor, &mut attempts, None).await?;
+            (base, next, changes, transfers)
+        }
+        Step::AuthorizeCaptured { amount } => {
+            let held = payment::authorization_ended(payment, &authorized(), now);
+            service::ensure_chart(state, &payment.merchant_id, &connector_name, payment.currency).await?;
+            let mut transfers = vec![postings::authorization(&held, &connector_name)];
+            transfers.extend(capture_batch(&held, amount)?);
+            let captured = payment::captured(&held, amount, now);
+            let changes = vec![
+                service::change(state, Some(payment), &held, &actor, None),
+                service::change(state, Some(&held), &captured, &actor, None),
+            ];
+            (payment.clone(), captured, changes, transfers)
+        }
+        Step::Capture { amount } => {
+            let transfers = capture_batch(payment, amount)?;
+            let captured = payment::captured(payment, amount, now);
+            let changes = vec![service::change(state, Some(payment), &captured, &actor, None)];
+            (payment.clone(), captured, changes, transfers)
+        }
+        Step::Fail { code, message } => {
+            let declined = AuthorizationOutcome::Declined(PaymentError {
+                code,
+                message,
+                connector: Some(connector_name.clone()),
+            });
+            let (next, changes, transfers) =
+                service::after_authorization(state, payment, &declined, &actor, &mut attempts, None).await?;
+            (payment.clone(), next, changes, transfers)
+        }
+        Step::Void => {
+            let canceled = payment::canceled(payment, Some("canceled_at_provider".into()), now);
+            let changes = vec![service::change(state, Some(payment), &canceled, &actor, None)];
+            (payment.clone(), canceled, changes, vec![postings::void(payment)])
+        }
+    };
+    let mut done = inbound::concluded(entry, InboxStatus::Applied, None, now);
+    done.payment_id = Some(payment.id.clone());
+    tracing::info!(payment = %payment.id, event = %entry.provider_event_id, kind = %entry.kind,
+        outcome = ?std::mem::discriminant(outcome), status = next.status.as_str(), "webhook applied");
+    write(state, &base, next, changes, attempts, transfers, done, leased).await
+}
+
+fn capture_batch(payment: &Payment, amount: i64) -> Result<Vec<settle_domain::ledger::TransferRequest>, ApiError> {
+    postings::capture(payment, amount).ok_or_else(|| ApiError::Internal("capture shares do not allocate".into()))
+}
+
+/// The step's payment, history, attempts and the entry's new status, with its transfers, in
+/// the ledger writer's transaction (`service::write_with`).
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    state: &AppState,
+    base: &Payment,
+    next: Payment,
+    changes: Vec<Changed>,
+    attempts: Vec<settle_domain::payment::Attempt>,
+    transfers: Vec<settle_domain::ledger::TransferRequest>,
+    done: InboxEntry,
+    leased: Timestamp,
+) -> Result<(), ApiError> {
+    let then = Then {
+        payments: vec![(next, base.version)],
+        attempts,
+        changes,
+        inbox: vec![(done, leased)],
+        ..Then::default()
+    };
+    match service::try_write_with(state, &base.merchant_id, transfers, then).await {
+        Ok(()) => Ok(()),
+        Err(PostError::Write(WriteError::Stale(why))) => Err(ApiError::Internal(format!("{STALE}{why}"))),
+        Err(e) => Err(e.into()),
+    }
+}
