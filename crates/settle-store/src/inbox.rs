@@ -27,6 +27,9 @@ pub trait InboxTx: Send {
     /// Stores an entry's state after an attempt, if it is still under the lease it was taken
     /// with (`leased_until`); `false` when the lease expired and another worker took it.
     async fn update_inbox(&mut self, entry: &InboxEntry, leased_until: Timestamp) -> Result<bool>;
+    /// [`InboxTx::update_inbox`] for many entries, in one statement where the engine can;
+    /// returns how many were stored (fewer: some leases were lost).
+    async fn update_inbox_entries(&mut self, entries: &[(InboxEntry, Timestamp)]) -> Result<usize>;
     /// Entries of every merchant (the operator's view), newest first.
     async fn list_inbox(
         &mut self,
@@ -142,6 +145,17 @@ macro_rules! inbox_tx {
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn update_inbox_entries(
+                &mut self,
+                entries: &[(settle_domain::inbound::InboxEntry, settle_domain::Timestamp)],
+            ) -> $crate::Result<usize> {
+                match entries {
+                    [] => Ok(0),
+                    [(e, leased)] => Ok(usize::from($crate::inbox::InboxTx::update_inbox(self, e, *leased).await?)),
+                    many => self.update_inbox_bulk(many).await,
+                }
             }
 
             async fn list_inbox(

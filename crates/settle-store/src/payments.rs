@@ -105,6 +105,9 @@ pub const STATUS_CHANGE_COLS: &str =
 pub const REFUND_COLS: &str = "merchant_id, id, payment_id, amount, currency, status, reason, metadata, parts, \
     connector_account_id, provider_ref, failure_code, created_at, updated_at";
 
+pub const INSERT_STATUS_CHANGE: &str = "INSERT INTO payment_events (merchant_id, id, payment_id, from_status, \
+    to_status, reason, connector, error_code, request_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
 pub fn status(s: &str) -> Result<PaymentStatus> {
     PaymentStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("payment status {s}")))
 }
@@ -303,6 +306,24 @@ macro_rules! payments_tx {
         }
 
         impl $tx {
+            /// One status history row.
+            async fn insert_status_change(&mut self, c: &settle_domain::payment::StatusChange) -> $crate::Result<()> {
+                sqlx::query(pay::INSERT_STATUS_CHANGE)
+                    .bind(&c.merchant_id)
+                    .bind(&c.id)
+                    .bind(&c.payment_id)
+                    .bind(c.from_status.map(|s| s.as_str()))
+                    .bind(c.to_status.as_str())
+                    .bind(&c.reason)
+                    .bind(&c.connector)
+                    .bind(&c.error_code)
+                    .bind(&c.request_id)
+                    .bind(c.created_at.0)
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(())
+            }
+
             /// One payment's rows of `table`, oldest first (at most `PER_PAYMENT_ROWS_MAX`).
             async fn of_payment<T>(
                 &mut self,
@@ -680,26 +701,11 @@ macro_rules! payments_tx {
                 &mut self,
                 changes: &[settle_domain::payment::StatusChange],
             ) -> $crate::Result<()> {
-                let sql = format!(
-                    "INSERT INTO payment_events ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    pay::STATUS_CHANGE_COLS
-                );
-                for c in changes {
-                    sqlx::query(&sql)
-                        .bind(&c.merchant_id)
-                        .bind(&c.id)
-                        .bind(&c.payment_id)
-                        .bind(c.from_status.map(|s| s.as_str()))
-                        .bind(c.to_status.as_str())
-                        .bind(&c.reason)
-                        .bind(&c.connector)
-                        .bind(&c.error_code)
-                        .bind(&c.request_id)
-                        .bind(c.created_at.0)
-                        .execute(&mut *self.tx)
-                        .await?;
+                match changes {
+                    [] => Ok(()),
+                    [one] => self.insert_status_change(one).await,
+                    many => self.insert_status_changes_bulk(many).await,
                 }
-                Ok(())
             }
 
             async fn list_status_changes(

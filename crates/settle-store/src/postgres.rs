@@ -234,6 +234,63 @@ impl PgTx {
         Ok(entries.iter().map(|e| inserted.contains(&e.id)).collect())
     }
 
+    /// Every status history row in one `INSERT … SELECT FROM UNNEST`.
+    async fn insert_status_changes_bulk(&mut self, changes: &[settle_domain::payment::StatusChange]) -> Result<()> {
+        type Change = settle_domain::payment::StatusChange;
+        let text = |f: fn(&Change) -> &str| changes.iter().map(f).collect::<Vec<_>>();
+        let optional = |f: fn(&Change) -> Option<&str>| changes.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(&format!(
+            "INSERT INTO payment_events ({}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[])",
+            crate::payments::STATUS_CHANGE_COLS
+        ))
+        .bind(text(|c| &c.merchant_id))
+        .bind(text(|c| &c.id))
+        .bind(text(|c| &c.payment_id))
+        .bind(optional(|c| c.from_status.map(|s| s.as_str())))
+        .bind(text(|c| c.to_status.as_str()))
+        .bind(optional(|c| c.reason.as_deref()))
+        .bind(optional(|c| c.connector.as_deref()))
+        .bind(optional(|c| c.error_code.as_deref()))
+        .bind(optional(|c| c.request_id.as_deref()))
+        .bind(changes.iter().map(|c| c.created_at.0).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// One `UPDATE … FROM UNNEST(…)` for every entry, each under its lease.
+    async fn update_inbox_bulk(
+        &mut self,
+        entries: &[(settle_domain::inbound::InboxEntry, settle_domain::Timestamp)],
+    ) -> Result<usize> {
+        type Entry = settle_domain::inbound::InboxEntry;
+        let text = |f: fn(&Entry) -> &str| entries.iter().map(|(e, _)| f(e)).collect::<Vec<_>>();
+        let optional = |f: fn(&Entry) -> Option<&str>| entries.iter().map(|(e, _)| f(e)).collect::<Vec<_>>();
+        let number = |f: fn(&Entry) -> i64| entries.iter().map(|(e, _)| f(e)).collect::<Vec<_>>();
+        let done = sqlx::query(
+            "UPDATE webhook_inbox AS w SET status = u.status, attempts = u.attempts, \
+             next_attempt_at = u.next_attempt_at, reason = u.reason, payment_id = u.payment_id, \
+             updated_at = u.updated_at \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], \
+             $8::bigint[], $9::bigint[]) \
+             AS u(m, id, status, attempts, next_attempt_at, reason, payment_id, updated_at, leased) \
+             WHERE w.merchant_id = u.m AND w.id = u.id AND w.status = 'received' AND w.next_attempt_at = u.leased",
+        )
+        .bind(text(|e| &e.merchant_id))
+        .bind(text(|e| &e.id))
+        .bind(text(|e| e.status.as_str()))
+        .bind(number(|e| e.attempts))
+        .bind(number(|e| e.next_attempt_at.0))
+        .bind(optional(|e| e.reason.as_deref()))
+        .bind(optional(|e| e.payment_id.as_deref()))
+        .bind(number(|e| e.updated_at.0))
+        .bind(entries.iter().map(|(_, leased)| leased.0).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+    }
+
     async fn fetch_by_keys(
         &mut self,
         cols: &str,

@@ -179,6 +179,25 @@ impl SqliteTx {
         Ok(inserted)
     }
 
+    /// SQLite runs in process: one statement per row costs no round trip.
+    async fn insert_status_changes_bulk(&mut self, changes: &[settle_domain::payment::StatusChange]) -> Result<()> {
+        for c in changes {
+            self.insert_status_change(c).await?;
+        }
+        Ok(())
+    }
+
+    async fn update_inbox_bulk(
+        &mut self,
+        entries: &[(settle_domain::inbound::InboxEntry, settle_domain::Timestamp)],
+    ) -> Result<usize> {
+        let mut stored = 0;
+        for (e, leased) in entries {
+            stored += usize::from(crate::inbox::InboxTx::update_inbox(self, e, *leased).await?);
+        }
+        Ok(stored)
+    }
+
     async fn fetch_by_keys(
         &mut self,
         cols: &str,

@@ -306,6 +306,14 @@ pub async fn post(http: &reqwest::Client, url: &str, token: &str, body: &Value) 
     }
 }
 
+/// Takes `n` units of a run's budget; `false` once it is spent (it never wraps below zero).
+pub fn take(budget: &std::sync::atomic::AtomicU64, n: u64) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    budget
+        .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(n))
+        .is_ok()
+}
+
 /// Creates the merchant, its key and the accounts; returns the key.
 pub async fn setup(http: &reqwest::Client, base: &str, admin: &str, accounts: usize) -> Result<String, String> {
     let m = post(
@@ -359,7 +367,7 @@ async fn drive(http: &reqwest::Client, base: &str, key: &str, a: &LedgerArgs) ->
             let (mut transfers, mut requests, mut errors, mut latencies) = (0_u64, 0_u64, 0_u64, Vec::new());
             let mut seq = 0_u64;
             while Instant::now() < deadline {
-                if budget.fetch_sub(batch as u64, std::sync::atomic::Ordering::Relaxed) < batch as u64 {
+                if !take(&budget, batch as u64) {
                     break;
                 }
                 // The body is written directly (no JSON value tree): the load generator shares

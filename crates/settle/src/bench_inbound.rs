@@ -41,30 +41,24 @@ pub async fn run(a: &WebhooksArgs) -> Result<bool, String> {
                  "card": { "number": "4000000000000077", "exp_month": 12, "exp_year": 2099, "cvc": "123" } } }),
     )
     .await?;
-    let pi = {
-        let id = payment["id"].as_str().ok_or("payment id")?;
+    let merchant_id = {
         let mut tx = running
             .store
             .begin(Scope::System, Mode::Read)
             .await
             .map_err(|e| e.to_string())?;
-        let merchant_id = tx
-            .list_merchants(&settle_store::PageRequest {
-                limit: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .items
-            .first()
-            .map(|m| m.id.clone())
-            .ok_or("merchant")?;
-        tx.get_payment(&merchant_id, id)
-            .await
-            .map_err(|e| e.to_string())?
-            .and_then(|p| p.provider_ref)
-            .ok_or("the delayed payment has no provider ref")?
+        tx.list_merchants(&settle_store::PageRequest {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .first()
+        .map(|m| m.id.clone())
+        .ok_or("merchant")?
     };
+    let pi = provider_ref(&running, &merchant_id, payment["id"].as_str().ok_or("payment id")?).await?;
 
     let warmup = Duration::from_secs(1);
     let started = Instant::now();
@@ -78,7 +72,7 @@ pub async fn run(a: &WebhooksArgs) -> Result<bool, String> {
             let (mut latencies, mut errors, mut sent_total) = (Vec::new(), 0u64, 0u64);
             let mut n = 0u64;
             while Instant::now() < deadline {
-                if budget.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                if !crate::bench::take(&budget, 1) {
                     break;
                 }
                 n += 1;
@@ -163,6 +157,132 @@ pub async fn run(a: &WebhooksArgs) -> Result<bool, String> {
         );
         ok &= left == 0;
     }
+    if a.applied > 0 {
+        ok &= applied(a, &running, &merchant_id, &key, &url, &secret).await?;
+    }
     let verified = running.stop().await?;
     Ok(ok && verified)
+}
+
+async fn provider_ref(running: &Running, merchant_id: &str, payment_id: &str) -> Result<String, String> {
+    let mut tx = running
+        .store
+        .begin(Scope::System, Mode::Read)
+        .await
+        .map_err(|e| e.to_string())?;
+    tx.get_payment(merchant_id, payment_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|p| p.provider_ref)
+        .ok_or_else(|| format!("the delayed payment {payment_id} has no provider ref"))
+}
+
+/// The drain of webhooks that move money: `--applied` delayed (`processing`) payments with
+/// manual capture, one signed `payment_intent.amount_capturable_updated` each; the worker
+/// authorizes each payment (its ledger hold, history and events in one commit).
+async fn applied(
+    a: &WebhooksArgs,
+    running: &Running,
+    merchant_id: &str,
+    key: &str,
+    url: &str,
+    secret: &str,
+) -> Result<bool, String> {
+    let (http, base) = (&running.http, &running.base);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(a.applied));
+    let mut tasks = Vec::new();
+    for _ in 0..a.clients.max(1) {
+        let (http, base, key, next) = (http.clone(), base.clone(), key.to_owned(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while crate::bench::take(&next, 1) {
+                let p = post(
+                    &http,
+                    &format!("{base}/v1/payments"),
+                    &key,
+                    &json!({ "amount": 1000, "currency": "USD", "confirm": true, "capture_method": "manual",
+                             "payment_method": { "type": "card", "card": { "number": "4000000000000077",
+                             "exp_month": 12, "exp_year": 2099, "cvc": "123" } } }),
+                )
+                .await?;
+                ids.push(p["id"].as_str().ok_or("payment id")?.to_owned());
+            }
+            Ok::<_, String>(ids)
+        }));
+    }
+    let mut refs = Vec::new();
+    for t in tasks {
+        for id in t.await.map_err(|e| e.to_string())?? {
+            refs.push(provider_ref(running, merchant_id, &id).await?);
+        }
+    }
+    let refs = std::sync::Arc::new(refs);
+    let cursor = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut posts = Vec::new();
+    for _ in 0..a.clients.max(1) {
+        let (http, url, secret, refs, cursor) = (
+            http.clone(),
+            url.to_owned(),
+            secret.to_owned(),
+            refs.clone(),
+            cursor.clone(),
+        );
+        posts.push(tokio::spawn(async move {
+            loop {
+                let i = cursor.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(pi) = refs.get(i) else {
+                    return Ok::<(), String>(());
+                };
+                let body = json!({ "id": format!("evt_applied_{i}"), "object": "event",
+                    "type": "payment_intent.amount_capturable_updated", "created": 0,
+                    "data": { "object": { "id": pi, "object": "payment_intent", "status": "requires_capture" } } })
+                .to_string();
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                let r = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header(
+                        "stripe-signature",
+                        signature::header(secret.as_bytes(), t, body.as_bytes()),
+                    )
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !r.status().is_success() {
+                    return Err(format!("webhook answered {}", r.status()));
+                }
+            }
+        }));
+    }
+    for p in posts {
+        p.await.map_err(|e| e.to_string())??;
+    }
+    let started = Instant::now();
+    let mut rounds = 0u64;
+    while worker::try_execute_webhook_inbox(&running.app.state)
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        > 0
+        && rounds < 1_000_000
+    {
+        rounds += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64().max(0.001);
+    let mut tx = running
+        .store
+        .begin(Scope::System, Mode::Read)
+        .await
+        .map_err(|e| e.to_string())?;
+    let applied = tx.count_inbox(InboxStatus::Applied).await.map_err(|e| e.to_string())?;
+    let engine = if a.database_url.is_some() { "postgres" } else { "sqlite" };
+    println!(
+        "webhooks drain, applied ({engine}): {applied} events in {seconds:.1}s = {:.0} events/s \
+         (each authorized a processing payment: ledger hold, history, events)",
+        applied as f64 / seconds
+    );
+    Ok(applied == i64::try_from(refs.len()).unwrap_or(i64::MAX))
 }

@@ -54,7 +54,7 @@ pub async fn run(a: &PaymentsArgs) -> Result<ExitCode, String> {
             let (mut samples, mut errors) = (Vec::new(), 0u64);
             let mut n = 0u64;
             while Instant::now() < deadline {
-                if budget.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                if !crate::bench::take(&budget, 1) {
                     break;
                 }
                 n += 1;

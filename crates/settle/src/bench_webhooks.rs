@@ -42,6 +42,9 @@ pub struct WebhooksArgs {
     /// Inbound: skip draining the backlog.
     #[arg(long)]
     pub no_drain: bool,
+    /// Inbound: then drain this many webhooks that each authorize a processing payment.
+    #[arg(long, default_value_t = 2_000)]
+    pub applied: u64,
     /// Outbound: events to deliver.
     #[arg(long, default_value_t = 10_000)]
     pub events: u64,

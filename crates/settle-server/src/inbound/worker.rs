@@ -1,8 +1,9 @@
 //! The inbox worker: applies accepted provider events to their payments.
 //!
 //! A round leases up to [`ROUND_MAX`] due entries (status `received`, due now; several
-//! processes share them: `FOR UPDATE SKIP LOCKED` on PostgreSQL, the lease on every engine) and
-//! handles them one after the other, in the order they were stored:
+//! processes share them: `FOR UPDATE SKIP LOCKED` on PostgreSQL, the lease on every engine),
+//! groups them by the payment they name, and handles each group in the order its entries were
+//! stored (groups run concurrently; each reads its payment once and again after a change):
 //! 1. read the event (`settle_domain::inbound::outcome`); a type Settle does not apply is
 //!    `ignored` (`unsupported_event_type`);
 //! 2. find the payment: by the provider's id (`provider_ref`), else by Settle's attempt
@@ -24,6 +25,8 @@
 //! Only an automatic-capture authorization calls a connector (the capture); it claims the
 //! payment first, as every connector call does.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use settle_domain::{
     inbound::{self, InboxEntry, InboxStatus, Outcome, Step, Subject, Verdict},
@@ -31,6 +34,7 @@ use settle_domain::{
     postings, Timestamp,
 };
 use settle_store::{Mode, Scope};
+use tokio::{sync::Semaphore, task::JoinSet};
 
 use crate::{
     error::ApiError,
@@ -40,10 +44,17 @@ use crate::{
 };
 
 /// Most entries one round takes.
-pub const ROUND_MAX: u32 = 100;
+pub const ROUND_MAX: u32 = 500;
+/// Most payments' entries handled at once in one round.
+pub const GROUPS_IN_FLIGHT: usize = 64;
 
 /// Applies the due inbox entries (one bounded round). Returns how many it handled (applied,
 /// ignored, parked or rescheduled).
+///
+/// The round's entries are grouped by the payment they name (merchant and subject). A group is
+/// handled in stored order, reading its payment once and again only after a step changed it;
+/// different groups run concurrently (at most [`GROUPS_IN_FLIGHT`]), since they touch
+/// different payments.
 pub async fn try_execute_webhook_inbox(state: &AppState) -> Result<usize, ApiError> {
     let now = state.clock.now();
     let until = service::claim_until(state, now);
@@ -58,10 +69,51 @@ pub async fn try_execute_webhook_inbox(state: &AppState) -> Result<usize, ApiErr
     // written together at the end of the round: one commit instead of one per entry. Their
     // decisions changed no payment, so writing them later changes nothing else.
     let mut later = Vec::new();
+    let mut groups: Vec<(GroupKey, Vec<Member>)> = Vec::new();
     for entry in taken {
-        if let Err(e) = handle(state, &entry, until, &mut later).await {
-            tracing::warn!(entry = %entry.id, error = ?e, "applying a webhook failed; retried later");
-            later.push(inbound::retry_later(&entry, "error", state.clock.now()));
+        let event: Value = serde_json::from_str(&entry.payload).unwrap_or(Value::Null);
+        let Some((outcome, subject)) = inbound::outcome(&entry.kind, &event) else {
+            later.push(concluded(
+                &entry,
+                None,
+                InboxStatus::Ignored,
+                "unsupported_event_type",
+                now,
+            ));
+            continue;
+        };
+        let key = (
+            entry.merchant_id.clone(),
+            subject.provider_ref.clone(),
+            subject.reference.clone(),
+        );
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push((entry, outcome, subject)),
+            None => groups.push((key, vec![(entry, outcome, subject)])),
+        }
+    }
+    let limit = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
+    let mut running = JoinSet::new();
+    for (_, members) in groups {
+        let (state, limit) = (state.clone(), limit.clone());
+        running.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let mut later = Vec::new();
+            let mut payment = None;
+            for (entry, outcome, subject) in members {
+                if let Err(e) = handle(&state, &entry, &outcome, &subject, until, &mut payment, &mut later).await {
+                    tracing::warn!(entry = %entry.id, error = ?e, "applying a webhook failed; retried later");
+                    later.push(inbound::retry_later(&entry, "error", state.clock.now()));
+                    payment = None;
+                }
+            }
+            later
+        });
+    }
+    while let Some(done) = running.join_next().await {
+        match done {
+            Ok(entries) => later.extend(entries),
+            Err(e) => tracing::error!(error = %e, "an inbox group task failed; its leases will expire"),
         }
     }
     for entry in later.iter().filter(|e| e.status == InboxStatus::Parked) {
@@ -72,38 +124,45 @@ pub async fn try_execute_webhook_inbox(state: &AppState) -> Result<usize, ApiErr
     Ok(count)
 }
 
+/// The payment an inbox entry names: its merchant, the provider's id, Settle's reference.
+type GroupKey = (String, Option<String>, Option<String>);
+/// An entry with what its event says.
+type Member = (InboxEntry, Outcome, Subject);
+
+/// Handles one entry. `payment` caches the group's payment as last read (`None`: read it);
+/// a step that changed the payment, or failed to, clears it.
 async fn handle(
     state: &AppState,
     entry: &InboxEntry,
+    outcome: &Outcome,
+    subject: &Subject,
     leased: Timestamp,
+    payment: &mut Option<Option<Payment>>,
     later: &mut Vec<InboxEntry>,
 ) -> Result<(), ApiError> {
     let now = state.clock.now();
-    let event: Value = serde_json::from_str(&entry.payload).unwrap_or(Value::Null);
-    let Some((outcome, subject)) = inbound::outcome(&entry.kind, &event) else {
-        later.push(concluded(
-            entry,
-            None,
-            InboxStatus::Ignored,
-            "unsupported_event_type",
-            now,
-        ));
-        return Ok(());
-    };
-    let Some(payment) = find(state, entry, &subject).await? else {
+    if payment.is_none() {
+        *payment = Some(find(state, entry, subject).await?);
+    }
+    let Some(Some(current)) = payment.as_ref() else {
         later.push(retry(entry, None, "payment_not_found", now));
         return Ok(());
     };
-    let id = Some(payment.id.as_str());
-    match inbound::decide(&payment, &outcome, &subject, &entry.connector_account_id, now) {
+    let id = Some(current.id.as_str());
+    match inbound::decide(current, outcome, subject, &entry.connector_account_id, now) {
         Verdict::Ignore(reason) => later.push(concluded(entry, id, InboxStatus::Ignored, reason, now)),
         Verdict::Wait => later.push(retry(entry, id, "payment_in_progress", now)),
-        Verdict::Apply(step) => match apply(state, entry, leased, &payment, &subject, &outcome, step).await {
-            Err(ApiError::Internal(why)) if why.starts_with(STALE) => {
-                later.push(retry(entry, id, "payment_changed", state.clock.now()))
+        Verdict::Apply(step) => {
+            let result = apply(state, entry, leased, current, subject, outcome, step).await;
+            let id = current.id.clone();
+            *payment = None;
+            match result {
+                Err(ApiError::Internal(why)) if why.starts_with(STALE) => {
+                    later.push(retry(entry, Some(&id), "payment_changed", state.clock.now()))
+                }
+                other => return other,
             }
-            other => return other,
-        },
+        }
     }
     Ok(())
 }
@@ -148,12 +207,12 @@ async fn store_entries(state: &AppState, entries: &[InboxEntry], leased: Timesta
     if entries.is_empty() {
         return Ok(());
     }
+    let leased: Vec<(InboxEntry, Timestamp)> = entries.iter().map(|e| (e.clone(), leased)).collect();
     let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
-    for entry in entries {
-        if !tx.update_inbox(entry, leased).await? {
-            // The lease expired and another worker took the entry: its word counts.
-            tracing::warn!(entry = %entry.id, "inbox entry lease lost");
-        }
+    let stored = tx.update_inbox_entries(&leased).await?;
+    if stored < entries.len() {
+        // Leases expired and another worker took those entries: its word counts.
+        tracing::warn!(lost = entries.len() - stored, "inbox entry leases lost");
     }
     tx.commit().await?;
     Ok(())

@@ -146,13 +146,8 @@ impl Then {
                 )));
             }
         }
-        for (entry, leased) in &self.inbox {
-            if !tx.update_inbox(entry, *leased).await? {
-                return Err(WriteError::Stale(format!(
-                    "inbox entry {} was taken by another worker",
-                    entry.id
-                )));
-            }
+        if tx.update_inbox_entries(&self.inbox).await? != self.inbox.len() {
+            return Err(WriteError::Stale("an inbox entry was taken by another worker".into()));
         }
         tx.insert_attempts(&self.attempts).await?;
         crate::payments::service::record(tx, &self.changes).await?;
