@@ -218,6 +218,8 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
     let limit = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let mut flights = JoinSet::new();
     let mut dropped = Vec::new();
+    // Each endpoint's secrets, opened once per round.
+    let mut opened: HashMap<Key, Arc<Vec<String>>> = HashMap::new();
     for delivery in leased {
         let event = events.get(&(delivery.merchant_id.clone(), delivery.event_id.clone()));
         let endpoint = endpoints.get(&(delivery.merchant_id.clone(), delivery.endpoint_id.clone()));
@@ -232,8 +234,20 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
             dropped.push((delivery, why));
             continue;
         };
+        let key = (endpoint.merchant_id.clone(), endpoint.id.clone());
+        let secrets = match opened.get(&key) {
+            Some(secrets) => secrets.clone(),
+            None => match secrets(state, endpoint, now) {
+                Ok(found) => opened.entry(key).or_insert(Arc::new(found)).clone(),
+                Err(e) => {
+                    // One endpoint's broken secret must not stall the others: its delivery
+                    // waits for its lease to expire and is tried again.
+                    tracing::error!(endpoint = %endpoint.id, error = ?e, "webhook secret unreadable; delivery skipped");
+                    continue;
+                }
+            },
+        };
         let body = event_json(event).to_string();
-        let secrets = secrets(state, endpoint, now)?;
         let url = endpoint.url.clone();
         let state = state.clone();
         let limit = limit.clone();

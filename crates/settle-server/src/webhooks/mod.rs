@@ -153,8 +153,12 @@ fn check_patterns(patterns: Vec<String>) -> Result<Vec<String>, ApiError> {
             ));
         }
     }
-    let mut unique = patterns;
-    unique.dedup();
+    let mut unique: Vec<String> = Vec::with_capacity(patterns.len());
+    for p in patterns {
+        if !unique.contains(&p) {
+            unique.push(p);
+        }
+    }
     Ok(unique)
 }
 
