@@ -45,6 +45,8 @@ pub struct Event {
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
     pub kind: Option<String>,
+    /// Any of these types (none: every type).
+    pub kinds: Vec<String>,
     pub aggregate_id: Option<String>,
     pub created_gte: Option<Timestamp>,
     pub created_lt: Option<Timestamp>,
@@ -53,6 +55,7 @@ pub struct EventFilter {
 /// Every event type Settle records.
 pub const TYPES: &[&str] = &[
     "payment.created",
+    "payment.updated",
     "payment.method_attached",
     "payment.processing",
     "payment.authorized",
@@ -77,6 +80,44 @@ pub const TYPES: &[&str] = &[
     "webhook_endpoint.deleted",
     "webhook_endpoint.disabled",
 ];
+
+/// Settle's event types and the Stripe event types they go out as in the Stripe-compatible
+/// API (events without a Stripe counterpart are not shown there).
+pub const STRIPE_TYPES: &[(&str, &str)] = &[
+    ("payment.created", "payment_intent.created"),
+    ("payment.processing", "payment_intent.processing"),
+    ("payment.authorized", "payment_intent.amount_capturable_updated"),
+    ("payment.captured", "payment_intent.succeeded"),
+    ("payment.failed", "payment_intent.payment_failed"),
+    ("payment.canceled", "payment_intent.canceled"),
+    ("refund.created", "refund.created"),
+    ("refund.succeeded", "refund.updated"),
+    ("refund.failed", "refund.failed"),
+];
+
+/// The Stripe type of a Settle event type, if it has one.
+pub fn stripe_type(kind: &str) -> Option<&'static str> {
+    STRIPE_TYPES.iter().find(|(k, _)| *k == kind).map(|(_, s)| *s)
+}
+
+/// The Settle event type of a Stripe type.
+pub fn settle_type(stripe: &str) -> Option<&'static str> {
+    STRIPE_TYPES.iter().find(|(_, s)| *s == stripe).map(|(k, _)| *k)
+}
+
+/// Whether `pattern` is a valid Stripe `enabled_events` entry: `*`, a type Settle sends, or
+/// `<object>.*` for an object that has such types.
+pub fn is_valid_stripe_pattern(pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(prefix) = pattern.strip_suffix(".*") {
+        return STRIPE_TYPES
+            .iter()
+            .any(|(_, t)| t.rsplit_once('.').is_some_and(|(a, _)| a == prefix));
+    }
+    STRIPE_TYPES.iter().any(|(_, t)| *t == pattern)
+}
 
 /// The event type of a payment's status change (`from` is `None` when it was created).
 pub fn payment_event(from: Option<PaymentStatus>, to: PaymentStatus) -> &'static str {
@@ -180,6 +221,22 @@ mod tests {
                 assert!(TYPES.contains(&payment_event(Some(from), to)));
             }
         }
+    }
+
+    #[test]
+    fn stripe_types_map_known_types_both_ways() {
+        for (kind, stripe) in STRIPE_TYPES {
+            assert!(TYPES.contains(kind), "{kind}");
+            assert_eq!(stripe_type(kind), Some(*stripe));
+            assert_eq!(settle_type(stripe), Some(*kind));
+            assert!(is_valid_stripe_pattern(stripe));
+        }
+        assert!(is_valid_stripe_pattern("payment_intent.*"));
+        assert!(is_valid_stripe_pattern("*"));
+        for bad in ["charge.nope", "payment.*", "payment.captured", "nope.*", ""] {
+            assert!(!is_valid_stripe_pattern(bad), "{bad}");
+        }
+        assert_eq!(stripe_type("invoice.paid"), None);
     }
 
     #[test]

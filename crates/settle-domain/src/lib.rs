@@ -11,6 +11,7 @@
 
 pub mod breaker;
 pub mod card;
+pub mod customer;
 pub mod event;
 pub mod ids;
 pub mod inbound;

@@ -122,7 +122,12 @@ pub struct Payment {
     /// Sum of refunds that have not failed (pending ones included).
     pub amount_refunded: i64,
     pub payment_method_id: Option<String>,
+    /// The customer object (`cus_…`) the payment is for, if any.
+    pub customer_id: Option<String>,
+    /// The contact details the payment was made with.
     pub customer: Option<Customer>,
+    /// Where the receipt goes (Stripe's `receipt_email`).
+    pub receipt_email: Option<String>,
     pub description: Option<String>,
     pub metadata: Value,
     pub splits: Vec<Split>,
@@ -524,6 +529,8 @@ pub struct PaymentMethod {
     pub fingerprint: String,
     /// Nonce and ciphertext of the card number (AES-256-GCM).
     pub number_sealed: Vec<u8>,
+    /// The customer the method is saved for (attached), if any.
+    pub customer_id: Option<String>,
     pub created_at: Timestamp,
 }
 
@@ -542,6 +549,7 @@ pub struct ConnectorAccount {
 /// Filters of the payment list.
 #[derive(Clone, Debug, Default)]
 pub struct PaymentFilter {
+    pub customer_id: Option<String>,
     pub status: Option<PaymentStatus>,
     pub customer_email: Option<String>,
     pub created_gte: Option<Timestamp>,

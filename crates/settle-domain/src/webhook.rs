@@ -35,14 +35,54 @@ pub struct Endpoint {
     /// Since when every attempt has failed (`None` after a success).
     pub failing_since: Option<Timestamp>,
     pub disabled_reason: Option<String>,
+    /// Which API the endpoint was made with, hence how its events look and are signed.
+    pub api: Api,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
 
+/// The API an endpoint speaks: Settle's events (`Settle-Signature`), or Stripe-shaped events
+/// (`Stripe-Signature`, Stripe's type names) for endpoints made under `/stripe/v1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    Settle,
+    Stripe,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Settle => "settle",
+            Api::Stripe => "stripe",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Api> {
+        match s {
+            "settle" => Some(Api::Settle),
+            "stripe" => Some(Api::Stripe),
+            _ => None,
+        }
+    }
+}
+
 impl Endpoint {
-    /// Whether the endpoint wants events of `kind`.
+    /// The type an event of `kind` goes out as to this endpoint (`None`: it has no
+    /// counterpart in the endpoint's API).
+    pub fn type_of(&self, kind: &str) -> Option<&'static str> {
+        match self.api {
+            Api::Settle => crate::event::TYPES.iter().copied().find(|t| *t == kind),
+            Api::Stripe => crate::event::stripe_type(kind),
+        }
+    }
+
+    /// Whether the endpoint wants events of `kind` (a Settle type; a Stripe endpoint selects
+    /// by the Stripe type it maps to).
     pub fn wants(&self, kind: &str) -> bool {
-        self.enabled && self.enabled_events.iter().any(|p| crate::event::selects(p, kind))
+        self.enabled
+            && self
+                .type_of(kind)
+                .is_some_and(|t| self.enabled_events.iter().any(|p| crate::event::selects(p, t)))
     }
 
     /// The sealed secrets that sign at `now`: the current one, and the previous one while it lasts.
@@ -346,6 +386,7 @@ mod tests {
             previous_secret_expires_at: Some(Timestamp(10)),
             failing_since: None,
             disabled_reason: None,
+            api: Api::Settle,
             created_at: Timestamp(0),
             updated_at: Timestamp(0),
         };

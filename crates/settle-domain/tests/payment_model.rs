@@ -49,7 +49,9 @@ fn new_payment(amount: i64, split: i64, fee: i64) -> Payment {
         amount_captured: 0,
         amount_refunded: 0,
         payment_method_id: Some("pm_1".into()),
+        customer_id: None,
         customer: None,
+        receipt_email: None,
         description: None,
         metadata: json!({}),
         splits: vec![Split {

@@ -1,4 +1,4 @@
-//! Bearer authentication: the operator's admin token and merchants' API keys.
+//! Bearer authentication (and HTTP Basic for API keys): the operator's admin token and merchants' API keys.
 //!
 //! Secrets are compared as SHA-256 digests in constant time. Verified keys are cached for a
 //! short time (`auth_cache_ttl`) so that a request costs no database read; revoking a key or
@@ -105,6 +105,23 @@ fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The API key of a request: `Bearer <key>`, or HTTP Basic with the key as user name (as
+/// Stripe accepts it; the password is ignored).
+fn api_key(req: &Request) -> Option<String> {
+    if let Some(token) = bearer(req) {
+        return Some(token.to_owned());
+    }
+    use base64::Engine as _;
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(text.split_once(':').map_or(text.as_str(), |(user, _)| user).to_owned())
+}
+
 /// Looks a merchant API key up (cache first) and checks it is live.
 pub async fn verify_api_key(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     if token.len() != API_KEY_LEN || !token.starts_with(API_KEY_PREFIX) || !token.is_ascii() {
@@ -138,8 +155,8 @@ pub async fn verify_api_key(state: &AppState, token: &str) -> Result<Principal, 
 
 /// Middleware for `/v1`: a live API key with `read` (GET) or `write` (anything else) scope.
 pub async fn require_merchant(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let principal = match bearer(&req) {
-        Some(token) => verify_api_key(&state, token).await,
+    let principal = match api_key(&req) {
+        Some(token) => verify_api_key(&state, &token).await,
         None => Err(ApiError::Unauthenticated),
     };
     let principal = match principal {

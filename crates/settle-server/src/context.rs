@@ -132,15 +132,19 @@ impl Ctx {
     /// The idempotency record to store with a successful reply, if the call carried a key.
     pub fn idempotency_record(&self, reply: &Reply, now: Timestamp) -> Option<IdempotencyRecord> {
         let draft = self.idempotency.as_ref()?;
-        reply.status.is_success().then(|| IdempotencyRecord {
-            merchant_id: self.merchant_id().to_owned(),
-            key: draft.key.clone(),
-            fingerprint: draft.fingerprint.clone(),
-            method: draft.method.clone(),
-            path: draft.path.clone(),
-            status_code: reply.status.as_u16(),
-            response_body: reply.body.clone(),
-            created_at: now,
+        // A declined card (402 in the Stripe-compatible API) changed the payment: its reply is
+        // kept like a success, so that a retry replays the decline.
+        (reply.status.is_success() || reply.status == axum::http::StatusCode::PAYMENT_REQUIRED).then(|| {
+            IdempotencyRecord {
+                merchant_id: self.merchant_id().to_owned(),
+                key: draft.key.clone(),
+                fingerprint: draft.fingerprint.clone(),
+                method: draft.method.clone(),
+                path: draft.path.clone(),
+                status_code: reply.status.as_u16(),
+                response_body: reply.body.clone(),
+                created_at: now,
+            }
         })
     }
 

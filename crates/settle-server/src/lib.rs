@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod context;
+pub mod customers;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -24,6 +25,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod observe;
 pub mod payments;
+pub mod stripe;
 pub mod vault;
 pub mod verify;
 pub mod webhooks;
@@ -228,6 +230,16 @@ impl App {
     }
 }
 
+impl AppState {
+    /// A read transaction scoped to one merchant.
+    pub async fn reader(&self, merchant_id: &str) -> Result<Box<dyn settle_store::Tx>, ApiError> {
+        Ok(self
+            .store
+            .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Read)
+            .await?)
+    }
+}
+
 /// Sets the admin token (stores its digest) and makes it effective in this process.
 pub async fn set_admin_token(state: &AppState, token: &str) -> Result<(), ApiError> {
     let digest = auth::sha256_hex(token);
@@ -244,6 +256,7 @@ pub fn router(state: AppState) -> Router {
     let merchant = Router::new()
         .merge(ledger::router())
         .merge(payments::router())
+        .merge(customers::router())
         .merge(audit::router())
         .merge(events::router())
         .merge(webhooks::router())
@@ -259,6 +272,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(inbound::router())
+        .merge(stripe::router(state.clone()))
         .merge(merchant)
         .merge(admin)
         .fallback(|| async { ApiError::not_found("route", "").into_response() })

@@ -67,7 +67,7 @@ pub trait EventTx: Send {
 
 pub const EVENT_COLS: &str = "merchant_id, id, type, aggregate_type, aggregate_id, sequence, data, created_at";
 pub const ENDPOINT_COLS: &str = "merchant_id, id, url, description, enabled_events, enabled, secret_sealed, \
-    previous_secret_sealed, previous_secret_expires_at, failing_since, disabled_reason, created_at, updated_at";
+    previous_secret_sealed, previous_secret_expires_at, failing_since, disabled_reason, created_at, updated_at, api";
 pub const DELIVERY_COLS: &str = "merchant_id, id, endpoint_id, event_id, status, attempts, next_attempt_at, \
     lease_until, last_status_code, last_error, created_at, updated_at";
 pub const ATTEMPT_COLS: &str = "merchant_id, id, delivery_id, endpoint_id, event_id, attempt, status_code, \
@@ -80,6 +80,10 @@ pub const INSERT_EVENT: &str = "INSERT INTO events (merchant_id, id, type, aggre
 
 pub fn delivery_status(s: &str) -> Result<DeliveryStatus> {
     DeliveryStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("delivery status {s}")))
+}
+
+pub fn api(text: &str) -> Result<settle_domain::webhook::Api> {
+    settle_domain::webhook::Api::parse(text).ok_or_else(|| StoreError::Corrupt(format!("endpoint api {text}")))
 }
 
 pub fn patterns(text: &str) -> Result<Vec<String>> {
@@ -116,6 +120,7 @@ macro_rules! events_tx {
                 previous_secret_expires_at: sh::ts(row.try_get("previous_secret_expires_at")?),
                 failing_since: sh::ts(row.try_get("failing_since")?),
                 disabled_reason: row.try_get("disabled_reason")?,
+                api: ev::api(row.try_get("api")?)?,
                 created_at: settle_domain::Timestamp(row.try_get("created_at")?),
                 updated_at: settle_domain::Timestamp(row.try_get("updated_at")?),
             })
@@ -181,6 +186,14 @@ macro_rules! events_tx {
             ) -> $crate::Result<$crate::Listing<settle_domain::event::Event>> {
                 let mut sql = String::from("merchant_id = $1");
                 let mut binds: Vec<String> = vec![merchant_id.to_owned()];
+                if !filter.kinds.is_empty() {
+                    let mut marks = Vec::with_capacity(filter.kinds.len());
+                    for kind in &filter.kinds {
+                        binds.push(kind.clone());
+                        marks.push(format!("${}", binds.len()));
+                    }
+                    sql.push_str(&format!(" AND type IN ({})", marks.join(", ")));
+                }
                 let mut add = |clause: &str, value: String| {
                     binds.push(value);
                     sql.push_str(&format!(" AND {}", clause.replace('?', &format!("${}", binds.len()))));
@@ -225,7 +238,7 @@ macro_rules! events_tx {
 
             async fn insert_endpoint(&mut self, e: &settle_domain::webhook::Endpoint) -> $crate::Result<()> {
                 let sql = format!(
-                    "INSERT INTO webhook_endpoints ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    "INSERT INTO webhook_endpoints ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                     ev::ENDPOINT_COLS
                 );
                 sqlx::query(&sql)
@@ -242,6 +255,7 @@ macro_rules! events_tx {
                     .bind(&e.disabled_reason)
                     .bind(e.created_at.0)
                     .bind(e.updated_at.0)
+                    .bind(e.api.as_str())
                     .execute(&mut *self.tx)
                     .await?;
                 Ok(())

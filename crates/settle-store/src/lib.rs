@@ -24,6 +24,8 @@ mod shared;
 #[macro_use]
 pub mod payments;
 #[macro_use]
+pub mod customers;
+#[macro_use]
 pub mod events;
 #[macro_use]
 pub mod invoices;
@@ -33,6 +35,7 @@ mod migrate;
 mod postgres;
 mod sqlite;
 
+pub use customers::CustomerTx;
 pub use events::EventTx;
 pub use inbox::InboxTx;
 pub use invoices::InvoiceTx;
@@ -204,7 +207,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// One database transaction. Dropping it without [`Tx::commit`] rolls it back.
 #[async_trait]
-pub trait Tx: PaymentTx + EventTx + InvoiceTx + InboxTx + Send {
+pub trait Tx: PaymentTx + CustomerTx + EventTx + InvoiceTx + InboxTx + Send {
     async fn commit(self: Box<Self>) -> Result<()>;
 
     async fn get_setting(&mut self, name: &str) -> Result<Option<String>>;

@@ -37,6 +37,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "webhook_inbox",
         sql: include_str!("../migrations/postgres/0006_webhook_inbox.sql"),
     },
+    Migration {
+        version: 7,
+        name: "customers",
+        sql: include_str!("../migrations/postgres/0007_customers.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -69,6 +74,11 @@ pub const SQLITE: &[Migration] = &[
         version: 6,
         name: "webhook_inbox",
         sql: include_str!("../migrations/sqlite/0006_webhook_inbox.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "customers",
+        sql: include_str!("../migrations/sqlite/0007_customers.sql"),
     },
 ];
 

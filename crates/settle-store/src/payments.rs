@@ -94,9 +94,9 @@ pub const PAYMENT_COLS: &str = "merchant_id, id, amount, currency, capture_metho
     amount_captured, amount_refunded, payment_method_id, customer_email, customer_name, customer_phone, description, \
     metadata, splits, application_fee_amount, connector, connector_account_id, connector_name, provider_ref, \
     last_payment_error, cancellation_reason, authorized_at, claimed_until, version, created_at, updated_at, \
-    claim_plan, idempotency_key";
+    claim_plan, idempotency_key, customer_id, receipt_email";
 pub const PAYMENT_METHOD_COLS: &str =
-    "merchant_id, id, brand, last4, exp_month, exp_year, fingerprint, number_sealed, created_at";
+    "merchant_id, id, brand, last4, exp_month, exp_year, fingerprint, number_sealed, created_at, customer_id";
 pub const CONNECTOR_ACCOUNT_COLS: &str = "merchant_id, id, connector, label, credentials_sealed, enabled, created_at";
 pub const ATTEMPT_COLS: &str = "merchant_id, id, payment_id, operation, connector_account_id, connector, outcome, \
     error_code, provider_ref, request_id, latency_ms, created_at";
@@ -199,6 +199,8 @@ macro_rules! payments_tx {
                 amount_captured: row.try_get("amount_captured")?,
                 amount_refunded: row.try_get("amount_refunded")?,
                 payment_method_id: row.try_get("payment_method_id")?,
+                customer_id: row.try_get("customer_id")?,
+                receipt_email: row.try_get("receipt_email")?,
                 customer: match email {
                     None => None,
                     Some(email) => Some(settle_domain::payment::Customer {
@@ -237,6 +239,7 @@ macro_rules! payments_tx {
                 exp_year: pay::month(row.try_get("exp_year")?)?,
                 fingerprint: row.try_get("fingerprint")?,
                 number_sealed: row.try_get("number_sealed")?,
+                customer_id: row.try_get("customer_id")?,
                 created_at: settle_domain::Timestamp(row.try_get("created_at")?),
             })
         }
@@ -346,7 +349,7 @@ macro_rules! payments_tx {
         impl $crate::payments::PaymentTx for $tx {
             async fn insert_payment_method(&mut self, m: &settle_domain::payment::PaymentMethod) -> $crate::Result<()> {
                 sqlx::query(&format!(
-                    "INSERT INTO payment_methods ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    "INSERT INTO payment_methods ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                     pay::PAYMENT_METHOD_COLS
                 ))
                 .bind(&m.merchant_id)
@@ -358,6 +361,7 @@ macro_rules! payments_tx {
                 .bind(&m.fingerprint)
                 .bind(&m.number_sealed)
                 .bind(m.created_at.0)
+                .bind(&m.customer_id)
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(())
@@ -466,7 +470,7 @@ macro_rules! payments_tx {
             async fn insert_payment(&mut self, p: &settle_domain::payment::Payment) -> $crate::Result<()> {
                 let sql = format!(
                     "INSERT INTO payments ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                     $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)",
+                     $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)",
                     pay::PAYMENT_COLS
                 );
                 let customer = p.customer.as_ref();
@@ -501,6 +505,8 @@ macro_rules! payments_tx {
                     .bind(p.updated_at.0)
                     .bind(pay::plan_text(&p.plan)?)
                     .bind(&p.idempotency_key)
+                    .bind(&p.customer_id)
+                    .bind(&p.receipt_email)
                     .execute(&mut *self.tx)
                     .await?;
                 Ok(())
@@ -630,6 +636,9 @@ macro_rules! payments_tx {
                 }
                 if let Some(e) = &filter.customer_email {
                     add("customer_email = ?", e.clone());
+                }
+                if let Some(c) = &filter.customer_id {
+                    add("customer_id = ?", c.clone());
                 }
                 if let Some(t) = filter.created_gte {
                     add("created_at >= CAST(? AS BIGINT)", t.0.to_string());

@@ -421,4 +421,5 @@ shared_tx!(PgTx, PgRow, PgPool);
 payments_tx!(PgTx, PgRow);
 events_tx!(PgTx, PgRow, " FOR UPDATE SKIP LOCKED");
 invoices_tx!(PgTx, PgRow);
+customers_tx!(PgTx, PgRow);
 inbox_tx!(PgTx, PgRow, " FOR UPDATE SKIP LOCKED");

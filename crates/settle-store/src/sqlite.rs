@@ -309,4 +309,5 @@ shared_tx!(SqliteTx, SqliteRow, SqlitePool);
 payments_tx!(SqliteTx, SqliteRow);
 events_tx!(SqliteTx, SqliteRow, "");
 invoices_tx!(SqliteTx, SqliteRow);
+customers_tx!(SqliteTx, SqliteRow);
 inbox_tx!(SqliteTx, SqliteRow, "");

@@ -33,7 +33,7 @@ use crate::{
     context::{Ctx, Reply},
     error::ApiError,
     extract::{from_value, JsonBody},
-    payments::connectors::sealing_context,
+    payments::{connectors::sealing_context, Render},
     AppState,
 };
 
@@ -41,6 +41,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/payment_methods", post(create))
         .route("/v1/payment_methods/{id}", get(retrieve))
+        .route("/v1/payment_methods/{id}/attach", post(attach))
+        .route("/v1/payment_methods/{id}/detach", post(detach))
 }
 
 /// How long a CVC waits in memory for its authorization.
@@ -103,6 +105,17 @@ pub struct CardInputOwned {
 }
 
 impl MethodInput {
+    /// A card given field by field; `param` names the card object in errors.
+    pub fn card(number: String, exp_month: i64, exp_year: i64, cvc: Option<String>, param: &str) -> MethodInput {
+        MethodInput::Card(Box::new(CardInputOwned {
+            number: Secret::new(number),
+            exp_month,
+            exp_year,
+            cvc: cvc.map(Secret::new),
+            param: param.to_owned(),
+        }))
+    }
+
     /// `value` is a payment method id or `{"type": "card", "card": {…}}`.
     pub fn parse(value: Option<Value>, param: &str) -> Result<Option<MethodInput>, ApiError> {
         match value {
@@ -211,6 +224,7 @@ async fn vault(
         number_sealed: state
             .vault
             .seal(valid.number.as_bytes(), &sealing_context(merchant_id, &id)),
+        customer_id: None,
         created_at: now,
     };
     tx.insert_payment_method(&method).await?;
@@ -265,25 +279,96 @@ async fn create(
     ctx: Ctx,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    let merchant_id = ctx.merchant_id().to_owned();
     let body: MethodBody = from_value(body)?;
-    let MethodInput::Card(card) = card_input(body, "")? else {
-        return Err(ApiError::Internal("card_input returned an id".into()));
+    let render = |m: &PaymentMethod| Reply::json(StatusCode::CREATED, &method_json(m));
+    create_method(&state, &ctx, card_input(body, "")?, &render).await
+}
+
+/// Vaults a card as a payment method.
+pub async fn create_method(
+    state: &AppState,
+    ctx: &Ctx,
+    card: MethodInput,
+    render: Render<'_, PaymentMethod>,
+) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let MethodInput::Card(card) = card else {
+        return Err(ApiError::Internal("create_method was given an id".into()));
     };
     let mut tx = state
         .store
         .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
         .await?;
-    let method = vault(&state, tx.as_mut(), &merchant_id, *card).await?;
-    let reply = Reply::json(StatusCode::CREATED, &method_json(&method))?;
+    let method = vault(state, tx.as_mut(), &merchant_id, *card).await?;
+    let reply = render(&method)?;
     let audit = ctx.audit(
-        &state,
+        state,
         &merchant_id,
         "payment_method.create",
         "payment_method",
         &method.id,
     );
-    ctx.commit(&state, tx, reply, &[audit]).await
+    ctx.commit(state, tx, reply, &[audit]).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachBody {
+    customer: String,
+}
+
+async fn attach(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<AttachBody>,
+) -> Result<Response, ApiError> {
+    let render = |m: &PaymentMethod| Reply::json(StatusCode::OK, &method_json(m));
+    attach_method(&state, &ctx, &id, Some(&body.customer), &render).await
+}
+
+async fn detach(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let render = |m: &PaymentMethod| Reply::json(StatusCode::OK, &method_json(m));
+    attach_method(&state, &ctx, &id, None, &render).await
+}
+
+/// Attaches a payment method to a customer (`Some`) or detaches it from its customer (`None`).
+pub async fn attach_method(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    customer: Option<&str>,
+    render: Render<'_, PaymentMethod>,
+) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+        .await?;
+    let mut method = tx
+        .get_payment_method(&merchant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment method", id))?;
+    if let Some(c) = customer {
+        if tx.get_customer(&merchant_id, c).await?.is_none() {
+            return Err(ApiError::invalid("customer", format!("no such customer: '{c}'")));
+        }
+    } else if method.customer_id.is_none() {
+        return Err(ApiError::Conflict {
+            code: "payment_method_unexpected_state",
+            message: "the payment method is not attached to a customer".into(),
+            param: None,
+        });
+    }
+    tx.set_payment_method_customer(&merchant_id, id, customer).await?;
+    method.customer_id = customer.map(str::to_owned);
+    let action = if customer.is_some() {
+        "payment_method.attach"
+    } else {
+        "payment_method.detach"
+    };
+    let audit = ctx.audit(state, &merchant_id, action, "payment_method", id);
+    ctx.commit(state, tx, render(&method)?, &[audit]).await
 }
 
 async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -311,6 +396,7 @@ pub fn method_json(m: &PaymentMethod) -> Value {
             "exp_year": m.exp_year,
             "fingerprint": m.fingerprint,
         },
+        "customer": m.customer_id,
         "created": m.created_at.to_rfc3339(),
     })
 }

@@ -46,7 +46,7 @@ use service::Actor;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/payments", post(create).get(list))
-        .route("/v1/payments/{id}", get(retrieve))
+        .route("/v1/payments/{id}", get(retrieve).post(update))
         .route("/v1/payments/{id}/confirm", post(confirm))
         .route("/v1/payments/{id}/capture", post(capture))
         .route("/v1/payments/{id}/cancel", post(cancel))
@@ -87,7 +87,9 @@ struct CreateBody {
     #[serde(default)]
     confirm: bool,
     payment_method: Option<Value>,
-    customer: Option<CustomerBody>,
+    /// A customer id (`cus_…`), or the customer's contact details.
+    customer: Option<Value>,
+    receipt_email: Option<String>,
     description: Option<String>,
     metadata: Option<Value>,
     splits: Option<Vec<SplitBody>>,
@@ -214,8 +216,6 @@ async fn create(
     ctx: Ctx,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let merchant_id = ctx.merchant_id().to_owned();
-    let now = state.clock.now();
     let currency = fields::currency(&body.currency, "currency")?;
     fields::positive_amount(body.amount, "amount")?;
     let capture_method = match body.capture_method.as_deref() {
@@ -241,10 +241,48 @@ async fn create(
         }
     }
     let method = MethodInput::parse(body.payment_method, "payment_method")?;
-    let mut payment = Payment {
-        merchant_id: merchant_id.clone(),
+    let mut payment = new_payment(&state, &ctx, body.amount, currency, capture_method);
+    match body.customer {
+        None => {}
+        Some(Value::String(id)) => payment.customer_id = Some(fields::client_id(&id, "customer")?),
+        Some(other) => {
+            let body: CustomerBody = crate::extract::from_value(other).map_err(|e| match e {
+                ApiError::Invalid { code, message, param } => ApiError::Invalid {
+                    code,
+                    message,
+                    param: Some(param.map_or_else(|| "customer".into(), |p| format!("customer.{p}"))),
+                },
+                other => other,
+            })?;
+            payment.customer = customer(Some(body))?;
+        }
+    }
+    payment.receipt_email = body
+        .receipt_email
+        .map(|e| fields::email(&e, "receipt_email"))
+        .transpose()?;
+    payment.description = description(body.description)?;
+    payment.metadata = fields::metadata(body.metadata, "metadata")?.unwrap_or_else(|| json!({}));
+    payment.splits = splits(body.splits, body.amount, body.application_fee_amount)?;
+    payment.application_fee_amount = body.application_fee_amount.filter(|f| *f > 0);
+    payment.connector = body.connector;
+    let render = |p: &Payment| Reply::json(StatusCode::CREATED, &payment_json(p));
+    create_payment(&state, &ctx, payment, method, body.confirm, &render).await
+}
+
+/// A new payment of `amount` in `currency`, before any of its optional details are set.
+pub fn new_payment(
+    state: &AppState,
+    ctx: &Ctx,
+    amount: i64,
+    currency: Currency,
+    capture_method: CaptureMethod,
+) -> Payment {
+    let now = state.clock.now();
+    Payment {
+        merchant_id: ctx.merchant_id().to_owned(),
         id: state.ids.make("pay"),
-        amount: body.amount,
+        amount,
         currency,
         capture_method,
         status: PaymentStatus::RequiresPaymentMethod,
@@ -252,12 +290,14 @@ async fn create(
         amount_captured: 0,
         amount_refunded: 0,
         payment_method_id: None,
-        customer: customer(body.customer)?,
-        description: description(body.description)?,
-        metadata: fields::metadata(body.metadata, "metadata")?.unwrap_or_else(|| json!({})),
-        splits: splits(body.splits, body.amount, body.application_fee_amount)?,
-        application_fee_amount: body.application_fee_amount.filter(|f| *f > 0),
-        connector: body.connector,
+        customer_id: None,
+        customer: None,
+        receipt_email: None,
+        description: None,
+        metadata: json!({}),
+        splits: Vec::new(),
+        application_fee_amount: None,
+        connector: None,
         connector_account_id: None,
         connector_name: None,
         provider_ref: None,
@@ -270,8 +310,24 @@ async fn create(
         version: 1,
         created_at: now,
         updated_at: now,
-    };
-    if body.confirm && method.is_none() {
+    }
+}
+
+/// How a payment is answered: the native API's JSON, or the Stripe-compatible layer's.
+pub type Render<'a, T> = &'a (dyn Fn(&T) -> Result<Reply, ApiError> + Sync);
+
+/// Creates a payment (parsed and checked field by field), confirming it at once if asked.
+pub async fn create_payment(
+    state: &AppState,
+    ctx: &Ctx,
+    mut payment: Payment,
+    method: Option<MethodInput>,
+    confirm: bool,
+    render: Render<'_, Payment>,
+) -> Result<Response, ApiError> {
+    let merchant_id = payment.merchant_id.clone();
+    let currency = payment.currency;
+    if confirm && method.is_none() {
         return Err(ApiError::missing("payment_method"));
     }
     let mut tx = state
@@ -286,7 +342,16 @@ async fn create(
             {
                 return Err(ApiError::IdempotencyReused { mismatch: "body" });
             }
-            return Ok(Reply::json(StatusCode::CREATED, &payment_json(&existing))?.into_response());
+            return Ok(render(&existing)?.into_response());
+        }
+    }
+    if let Some(id) = &payment.customer_id {
+        let found = tx
+            .get_customer(&merchant_id, id)
+            .await?
+            .ok_or_else(|| ApiError::invalid("customer", format!("no such customer: '{id}'")))?;
+        if payment.customer.is_none() {
+            payment.customer = found.contact();
         }
     }
     let merchant = tx.get_merchant(&merchant_id).await?.ok_or(ApiError::Unauthenticated)?;
@@ -305,24 +370,24 @@ async fn create(
     if let Some(method) = method {
         payment.payment_method_id = Some(
             method
-                .resolve(&state, tx.as_mut(), &merchant_id, "payment_method")
+                .resolve(state, tx.as_mut(), &merchant_id, "payment_method")
                 .await?,
         );
         payment.status = PaymentStatus::RequiresConfirmation;
     }
     let actor = Actor {
-        ctx: Some(&ctx),
+        ctx: Some(ctx),
         reason: None,
     };
-    let mut changes = vec![service::change(&state, None, &payment, &actor, None)];
-    let audit = [ctx.audit(&state, &merchant_id, "payment.create", "payment", &payment.id)];
+    let mut changes = vec![service::change(state, None, &payment, &actor, None)];
+    let audit = [ctx.audit(state, &merchant_id, "payment.create", "payment", &payment.id)];
     let authorize = payment::Decision::Authorize;
-    let prepared = if body.confirm {
-        let prepared = service::prepare(&state, tx.as_mut(), &payment, &authorize).await?;
+    let prepared = if confirm {
+        let prepared = service::prepare(state, tx.as_mut(), &payment, &authorize).await?;
         let created = payment.clone();
-        payment = service::claimed(&state, &payment, &authorize, None, &prepared);
+        payment = service::claimed(state, &payment, &authorize, None, &prepared);
         payment.version = created.version;
-        changes.push(service::change(&state, Some(&created), &payment, &actor, None));
+        changes.push(service::change(state, Some(&created), &payment, &actor, None));
         Some(prepared)
     } else {
         None
@@ -337,12 +402,11 @@ async fn create(
     }
     service::record(tx.as_mut(), &changes).await?;
     let Some(prepared) = prepared else {
-        let reply = Reply::json(StatusCode::CREATED, &payment_json(&payment))?;
-        return ctx.commit(&state, tx, reply, &audit).await;
+        return ctx.commit(state, tx, render(&payment)?, &audit).await;
     };
     tx.insert_audit(&audit).await?;
     tx.commit().await?;
-    run_confirm(&state, &payment, prepared, &actor, StatusCode::CREATED).await
+    run_confirm(state, &payment, prepared, &actor, render).await
 }
 
 /// Authorizes a claimed (`processing`) payment and stores the outcome.
@@ -351,7 +415,7 @@ async fn run_confirm(
     claimed: &Payment,
     prepared: service::Prepared,
     actor: &Actor<'_>,
-    status: StatusCode,
+    render: Render<'_, Payment>,
 ) -> Result<Response, ApiError> {
     let service::Prepared::Authorize { mut card, candidates } = prepared else {
         return Err(ApiError::Internal("a confirm was prepared without its card".into()));
@@ -365,7 +429,7 @@ async fn run_confirm(
         .find(|c| matches!(&outcome, AuthorizationOutcome::Authorized { connector_account_id, .. } if *connector_account_id == c.account_id));
     let (next, changes, transfers) =
         service::after_authorization(state, claimed, &outcome, actor, &mut attempts, holder).await?;
-    let reply = Reply::json(status, &payment_json(&next))?;
+    let reply = render(&next)?;
     service::finish(
         state,
         claimed,
@@ -395,15 +459,28 @@ async fn confirm(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ConfirmBody>,
 ) -> Result<Response, ApiError> {
+    let method = MethodInput::parse(body.payment_method, "payment_method")?;
+    let render = |p: &Payment| Reply::json(StatusCode::OK, &payment_json(p));
+    confirm_payment(&state, &ctx, &id, method, &render).await
+}
+
+/// Confirms a payment, with a new payment method if one is given.
+pub async fn confirm_payment(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    method: Option<MethodInput>,
+    render: Render<'_, Payment>,
+) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let new_method = match MethodInput::parse(body.payment_method, "payment_method")? {
+    let new_method = match method {
         Some(method) => {
             let mut tx = state
                 .store
                 .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
                 .await?;
             let id = method
-                .resolve(&state, tx.as_mut(), &merchant_id, "payment_method")
+                .resolve(state, tx.as_mut(), &merchant_id, "payment_method")
                 .await?;
             tx.commit().await?;
             Some(id)
@@ -411,15 +488,15 @@ async fn confirm(
         None => None,
     };
     let actor = Actor {
-        ctx: Some(&ctx),
+        ctx: Some(ctx),
         reason: None,
     };
-    let audit = [ctx.audit(&state, &merchant_id, "payment.confirm", "payment", &id)];
+    let audit = [ctx.audit(state, &merchant_id, "payment.confirm", "payment", id)];
     let confirm = Command::Confirm;
     let (claimed, _, prepared) = service::claim(
-        &state,
+        state,
         &merchant_id,
-        &id,
+        id,
         &confirm,
         new_method.as_deref(),
         None,
@@ -427,7 +504,128 @@ async fn confirm(
         &audit,
     )
     .await?;
-    run_confirm(&state, &claimed, prepared, &actor, StatusCode::OK).await
+    run_confirm(state, &claimed, prepared, &actor, render).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    amount: Option<i64>,
+    description: Option<String>,
+    metadata: Option<Value>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateBody>,
+) -> Result<Response, ApiError> {
+    let changes = PaymentUpdate {
+        amount: body.amount,
+        description: body.description.map(|d| description(Some(d))).transpose()?,
+        metadata: fields::metadata(body.metadata, "metadata")?,
+    };
+    let render = |p: &Payment| Reply::json(StatusCode::OK, &payment_json(p));
+    update_payment(&state, &ctx, &id, changes, &render).await
+}
+
+/// What an update may change, before the payment is confirmed.
+#[derive(Default)]
+pub struct PaymentUpdate {
+    pub amount: Option<i64>,
+    /// `Some(None)` clears the description.
+    pub description: Option<Option<String>>,
+    /// Merged into the stored metadata; a key with an empty value is removed (Stripe's rule).
+    pub metadata: Option<Value>,
+}
+
+/// Changes the amount, description or metadata of a payment not yet confirmed (metadata and
+/// description also later). Records `payment.updated`.
+pub async fn update_payment(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    update: PaymentUpdate,
+    render: Render<'_, Payment>,
+) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+        .await?;
+    let stored = tx
+        .get_payment(&merchant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment", id))?;
+    let mut next = stored.clone();
+    let now = state.clock.now();
+    if let Some(amount) = update.amount {
+        fields::positive_amount(amount, "amount")?;
+        let open = matches!(
+            stored.status,
+            PaymentStatus::RequiresPaymentMethod | PaymentStatus::RequiresConfirmation
+        );
+        if !open || stored.claimed_until.is_some_and(|t| t > now) {
+            return Err(ApiError::Conflict {
+                code: "payment_unexpected_state",
+                message: format!(
+                    "the amount can change only before the payment is confirmed (current status: {})",
+                    stored.status.as_str()
+                ),
+                param: Some("amount".into()),
+            });
+        }
+        let merchant = tx.get_merchant(&merchant_id).await?.ok_or(ApiError::Unauthenticated)?;
+        let (min, max) = amount_limits(&merchant, stored.currency);
+        if amount < min || amount > max {
+            return Err(ApiError::Unprocessable {
+                code: "amount_out_of_range",
+                message: format!("`amount` must be between {min} and {max} minor units for this merchant"),
+                param: Some("amount".into()),
+            });
+        }
+        let taken: i64 =
+            stored.splits.iter().map(|s| s.amount).sum::<i64>() + stored.application_fee_amount.unwrap_or(0);
+        if taken > amount {
+            return Err(ApiError::invalid(
+                "amount",
+                "the splits and fee of this payment exceed the new `amount`",
+            ));
+        }
+        next.amount = amount;
+    }
+    if let Some(d) = update.description {
+        next.description = d;
+    }
+    if let Some(Value::Object(changes)) = update.metadata {
+        let mut merged = next.metadata.as_object().cloned().unwrap_or_default();
+        for (k, v) in changes {
+            if v.as_str() == Some("") {
+                merged.remove(&k);
+            } else {
+                merged.insert(k, v);
+            }
+        }
+        next.metadata = Value::Object(merged);
+        fields::metadata(Some(next.metadata.clone()), "metadata")?;
+    }
+    next.version += 1;
+    next.updated_at = now;
+    if !tx.update_payment(&next, stored.version).await? {
+        return Err(service::refusal(payment::Refusal::InProgress(stored.status)));
+    }
+    tx.insert_events(&[crate::events::new_event(
+        state,
+        &merchant_id,
+        "payment.updated",
+        "payment",
+        &next.id,
+        payment_json(&next),
+    )])
+    .await?;
+    let audit = [ctx.audit(state, &merchant_id, "payment.update", "payment", id)];
+    ctx.commit(state, tx, render(&next)?, &audit).await
 }
 
 #[derive(Deserialize, Default)]
@@ -446,7 +644,8 @@ async fn capture(
         fields::positive_amount(a, "amount")?;
     }
     let command = Command::Capture { amount: body.amount };
-    claim_and_settle(&state, &ctx, &id, &command, None, "payment.capture").await
+    let render = |p: &Payment| Reply::json(StatusCode::OK, &payment_json(p));
+    claim_and_settle(&state, &ctx, &id, &command, None, &render).await
 }
 
 #[derive(Deserialize, Default)]
@@ -470,17 +669,23 @@ async fn cancel(
         }
     }
     let reason = Some(body.reason.unwrap_or_else(|| "requested_by_customer".into()));
-    claim_and_settle(&state, &ctx, &id, &Command::Cancel, reason, "payment.cancel").await
+    let render = |p: &Payment| Reply::json(StatusCode::OK, &payment_json(p));
+    claim_and_settle(&state, &ctx, &id, &Command::Cancel, reason, &render).await
 }
 
-async fn claim_and_settle(
+/// Captures or cancels a payment (`command`), answering with `render`.
+pub async fn claim_and_settle(
     state: &AppState,
     ctx: &Ctx,
     id: &str,
     command: &Command,
     reason: Option<String>,
-    action: &str,
+    render: Render<'_, Payment>,
 ) -> Result<Response, ApiError> {
+    let action = match command {
+        Command::Capture { .. } => "payment.capture",
+        _ => "payment.cancel",
+    };
     let merchant_id = ctx.merchant_id().to_owned();
     let actor = Actor {
         ctx: Some(ctx),
@@ -498,12 +703,11 @@ async fn claim_and_settle(
         &audit,
     )
     .await?;
-    let render = |p: &Payment| Reply::json(StatusCode::OK, &payment_json(p));
-    let (_, reply) = service::settle_claim(state, &claimed, &decision, &prepared, reason, &actor, &render, &[]).await?;
+    let (_, reply) = service::settle_claim(state, &claimed, &decision, &prepared, reason, &actor, render, &[]).await?;
     Ok(reply.into_response())
 }
 
-async fn load(state: &AppState, merchant_id: &str, id: &str) -> Result<Payment, ApiError> {
+pub async fn load(state: &AppState, merchant_id: &str, id: &str) -> Result<Payment, ApiError> {
     let mut tx = state
         .store
         .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Read)
@@ -617,6 +821,8 @@ pub fn payment_json(p: &Payment) -> Value {
         "refund_status": p.refund_status(),
         "payment_method": p.payment_method_id,
         "customer": p.customer.as_ref().map(|c| json!({ "email": c.email, "name": c.name, "phone": c.phone })),
+        "customer_id": p.customer_id,
+        "receipt_email": p.receipt_email,
         "description": p.description,
         "metadata": p.metadata,
         "splits": p.splits.iter().map(|s| json!({ "payee_account_id": s.payee_account_id, "amount": s.amount })).collect::<Vec<_>>(),

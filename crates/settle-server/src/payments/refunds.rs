@@ -56,11 +56,11 @@ pub const REFUND_REASONS: &[&str] = &["duplicate", "fraudulent", "requested_by_c
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
-    payment_id: String,
-    amount: Option<i64>,
-    reason: Option<String>,
-    metadata: Option<Value>,
+pub struct CreateBody {
+    pub payment_id: String,
+    pub amount: Option<i64>,
+    pub reason: Option<String>,
+    pub metadata: Option<Value>,
 }
 
 fn refusal(r: RefundRefusal) -> ApiError {
@@ -150,12 +150,11 @@ async fn conclude(
     state: &AppState,
     ctx: Option<&Ctx>,
     refund: &Refund,
-    status: StatusCode,
+    reply: Reply,
     transfers: Vec<TransferRequest>,
 ) -> Result<Reply, ApiError> {
-    let reply = Reply::json(status, &refund_json(refund))?;
     let record = ctx
-        .filter(|_| status.is_success())
+        .filter(|_| reply.status.is_success())
         .and_then(|ctx| ctx.idempotency_record(&reply, state.clock.now()));
     let rows = Then {
         events: [refund]
@@ -180,6 +179,17 @@ async fn create(
     ctx: Ctx,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
+    let render = |r: &Refund| Reply::json(StatusCode::OK, &refund_json(r));
+    create_refund(&state, &ctx, body, &render).await
+}
+
+/// Refunds (part of) a captured payment through the connector that captured it.
+pub async fn create_refund(
+    state: &AppState,
+    ctx: &Ctx,
+    body: CreateBody,
+    render: crate::payments::Render<'_, Refund>,
+) -> Result<Response, ApiError> {
     fields::client_id(&body.payment_id, "payment_id")?;
     if let Some(a) = body.amount {
         fields::positive_amount(a, "amount")?;
@@ -193,11 +203,11 @@ async fn create(
         }
     }
     fields::metadata(body.metadata.clone(), "metadata")?;
-    let (payment, mut refund, candidate) = reserve(&state, &ctx, body).await?;
+    let (payment, mut refund, candidate) = reserve(state, ctx, body).await?;
     let connector = payment.connector_name.clone().unwrap_or_default();
     let legs = postings::refund_legs(&payment, &refund.id, &refund.parts);
     match service::post(
-        &state,
+        state,
         &payment.merchant_id,
         postings::refund_holds(&legs, &connector, payment.currency),
         None,
@@ -209,14 +219,8 @@ async fn create(
             refund.status = RefundStatus::Failed;
             refund.failure_code = Some(code.clone());
             refund.updated_at = state.clock.now();
-            conclude(
-                &state,
-                Some(&ctx),
-                &refund,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Vec::new(),
-            )
-            .await?;
+            let reply = Reply::json(StatusCode::UNPROCESSABLE_ENTITY, &refund_json(&refund))?;
+            conclude(state, Some(ctx), &refund, reply, Vec::new()).await?;
             return Err(ApiError::Unprocessable {
                 code: "refund_failed",
                 message: format!(
@@ -241,7 +245,7 @@ async fn create(
     tracing::debug!(refund = %refund.id, latency_ms = started.elapsed().as_millis() as u64, "connector refund answered");
     apply(&mut refund, answer, state.clock.now());
     let transfers = settling(&refund, &legs);
-    Ok(conclude(&state, Some(&ctx), &refund, StatusCode::OK, transfers)
+    Ok(conclude(state, Some(ctx), &refund, render(&refund)?, transfers)
         .await?
         .into_response())
 }
@@ -334,7 +338,8 @@ async fn sync_refund(state: &AppState, mut refund: Refund) -> Result<bool, ApiEr
         refund.status = RefundStatus::Failed;
         refund.failure_code = Some(code);
         refund.updated_at = state.clock.now();
-        conclude(state, None, &refund, StatusCode::OK, Vec::new()).await?;
+        let reply = Reply::json(StatusCode::OK, &refund_json(&refund))?;
+        conclude(state, None, &refund, reply, Vec::new()).await?;
         return Ok(true);
     }
     let payment_ref = payment.provider_ref.clone().unwrap_or_default();
@@ -354,7 +359,8 @@ async fn sync_refund(state: &AppState, mut refund: Refund) -> Result<bool, ApiEr
     };
     apply(&mut refund, answer, state.clock.now());
     let transfers = settling(&refund, &legs);
-    conclude(state, None, &refund, StatusCode::OK, transfers).await?;
+    let reply = Reply::json(StatusCode::OK, &refund_json(&refund))?;
+    conclude(state, None, &refund, reply, transfers).await?;
     Ok(refund.status != RefundStatus::Pending)
 }
 

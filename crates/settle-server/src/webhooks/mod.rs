@@ -241,6 +241,7 @@ async fn create(
         previous_secret_expires_at: None,
         failing_since: None,
         disabled_reason: None,
+        api: webhook::Api::Settle,
         created_at: now,
         updated_at: now,
     };

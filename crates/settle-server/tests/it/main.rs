@@ -6,6 +6,7 @@ mod harness;
 mod admin;
 mod bad_input;
 mod concurrency;
+mod customers;
 mod events;
 mod idempotency;
 mod inbound;

@@ -1,0 +1,226 @@
+//! Customers and the Stripe-compatible layer's edges: the native `/v1/customers` resource,
+//! payments and saved cards that name a customer, payment updates before confirmation, and
+//! `/stripe/v1` answering hostile or foreign input in Stripe's error shape.
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::harness::TestApp;
+
+const FORM: &[(&str, &str)] = &[("content-type", "application/x-www-form-urlencoded")];
+
+async fn customers_own_payments_and_cards(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let c = app
+        .post(
+            "/v1/customers",
+            &m.key,
+            json!({ "email": "Ann@Example.test", "name": "Ann", "metadata": { "tier": "gold" } }),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.text);
+    let cus = c.json["id"].as_str().expect("id").to_owned();
+    assert!(cus.starts_with("cus_"));
+    assert_eq!(c.json["email"], "ann@example.test");
+
+    let pm = app
+        .post(
+            "/v1/payment_methods",
+            &m.key,
+            json!({ "type": "card", "card": { "number": "4242424242424242", "exp_month": 12, "exp_year": 2099 } }),
+        )
+        .await;
+    let pm = pm.json["id"].as_str().expect("pm").to_owned();
+    let attached = app
+        .post(
+            &format!("/v1/payment_methods/{pm}/attach"),
+            &m.key,
+            json!({ "customer": cus }),
+        )
+        .await;
+    assert_eq!(attached.json["customer"], cus.as_str(), "{}", attached.text);
+    let listed = app.get(&format!("/v1/customers/{cus}/payment_methods"), &m.key).await;
+    assert_eq!(listed.json["data"][0]["id"], pm.as_str(), "{}", listed.text);
+
+    // A payment for the customer keeps its id and a copy of its contact details.
+    let p = app
+        .post(
+            "/v1/payments",
+            &m.key,
+            json!({ "amount": 500, "currency": "USD", "customer": cus, "payment_method": pm }),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::CREATED, "{}", p.text);
+    assert_eq!(p.json["customer_id"], cus.as_str());
+    assert_eq!(p.json["customer"]["email"], "ann@example.test");
+    let unknown = app
+        .post(
+            "/v1/payments",
+            &m.key,
+            json!({ "amount": 500, "currency": "USD", "customer": "cus_nope" }),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert_eq!(unknown.json["error"]["param"], "customer");
+
+    // Updates before confirmation: amount, description, metadata merged (empty value removes).
+    let id = p.json["id"].as_str().expect("id");
+    let u = app
+        .post(
+            &format!("/v1/payments/{id}"),
+            &m.key,
+            json!({ "amount": 700, "description": "two tickets", "metadata": { "order": "42" } }),
+        )
+        .await;
+    assert_eq!(u.status, StatusCode::OK, "{}", u.text);
+    assert_eq!(
+        (u.json["amount"].as_i64(), u.json["metadata"]["order"].as_str()),
+        (Some(700), Some("42"))
+    );
+    let u = app
+        .post(
+            &format!("/v1/payments/{id}"),
+            &m.key,
+            json!({ "metadata": { "order": "" } }),
+        )
+        .await;
+    assert_eq!(u.json["metadata"], json!({}), "{}", u.text);
+    let confirmed = app.post(&format!("/v1/payments/{id}/confirm"), &m.key, json!({})).await;
+    assert_eq!(confirmed.json["status"], "succeeded", "{}", confirmed.text);
+    assert_eq!(confirmed.json["amount_captured"], 700);
+    let late = app
+        .post(&format!("/v1/payments/{id}"), &m.key, json!({ "amount": 900 }))
+        .await;
+    assert_eq!(late.status, StatusCode::CONFLICT, "{}", late.text);
+
+    // The same payment through the Stripe-compatible API.
+    let pi = id.replacen("pay_", "pi_", 1);
+    let s = app.get(&format!("/stripe/v1/payment_intents/{pi}"), &m.key).await;
+    assert_eq!(s.json["amount_received"], 700, "{}", s.text);
+    assert_eq!(s.json["customer"], cus.as_str());
+
+    // Deleting the customer detaches its cards; the payment keeps what it was made with.
+    let d = app
+        .call(Method::DELETE, &format!("/v1/customers/{cus}"), &m.key, None, &[])
+        .await;
+    assert_eq!(d.json["deleted"], true, "{}", d.text);
+    assert_eq!(
+        app.get(&format!("/v1/customers/{cus}"), &m.key).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let method = app.get(&format!("/v1/payment_methods/{pm}"), &m.key).await;
+    assert_eq!(method.json["customer"], serde_json::Value::Null);
+    let kept = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+    assert_eq!(kept.json["customer"]["email"], "ann@example.test");
+
+    // Another merchant sees none of it.
+    let other = app.merchant("other").await;
+    let c2 = app.post("/v1/customers", &m.key, json!({ "name": "Bo" })).await;
+    let c2 = c2.json["id"].as_str().expect("id");
+    assert_eq!(
+        app.get(&format!("/v1/customers/{c2}"), &other.key).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get(&format!("/stripe/v1/customers/{c2}"), &other.key).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get(&format!("/stripe/v1/payment_intents/{pi}"), &other.key)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    app.verify_ok().await;
+}
+
+async fn the_stripe_layer_answers_bad_input_in_stripes_shape(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let post = |path: &'static str, body: &'static str| {
+        let app = &app;
+        let key = m.key.clone();
+        async move { app.call(Method::POST, path, &key, Some(body), FORM).await }
+    };
+    for (body, param) in [
+        ("currency=usd", "amount"),
+        ("amount=12x&currency=usd", "amount"),
+        ("amount=100&currency=zzz", "currency"),
+        (
+            "amount=100&currency=usd&transfer_data[destination]=acct_1",
+            "transfer_data",
+        ),
+        ("amount=100&currency=usd&capture_method=later", "capture_method"),
+        ("amount=100&currency=usd&confirm=yes", "confirm"),
+        ("amount=100&currency=usd&metadata[k]=1&metadata[k]=2", "metadata[k]"),
+        ("amount=100&currency=usd&payment_method=pm_card_nope", "payment_method"),
+        (
+            "amount=100&currency=usd&payment_method_types[]=sepa_debit",
+            "payment_method_types",
+        ),
+        ("amount=-5&currency=usd", "amount"),
+        ("amount=100&currency=usd&a[b][c][d][e][f]=1", "a[b][c][d][e][f]"),
+    ] {
+        let r = post("/stripe/v1/payment_intents", body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        assert_eq!(r.json["error"]["type"], "invalid_request_error", "{body}: {}", r.text);
+        assert_eq!(r.json["error"]["param"], param, "{body}: {}", r.text);
+    }
+    let r = post(
+        "/stripe/v1/payment_methods",
+        "type=card&card[number]=4242424242424241&card[exp_month]=12&card[exp_year]=2099",
+    )
+    .await;
+    assert_eq!(r.json["error"]["param"], "card[number]", "{}", r.text);
+    let r = post("/stripe/v1/payment_intents/pi_missing/confirm", "").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let r = app.get("/stripe/v1/payment_intents?limit=500", &m.key).await;
+    assert_eq!(
+        (r.status, r.json["error"]["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("limit"))
+    );
+    let r = app.get("/stripe/v1/payment_intents?expand[]=nothing", &m.key).await;
+    assert_eq!(r.json["error"]["param"], "expand", "{}", r.text);
+    let r = app.get("/stripe/v1/payment_intents", "sk_test_wrong").await;
+    assert_eq!(
+        (r.status, r.json["error"]["type"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("authentication_error"))
+    );
+
+    // A capture of a payment that is not authorized: Stripe's unexpected-state error.
+    let created = post("/stripe/v1/payment_intents", "amount=100&currency=usd").await;
+    let pi = created.json["id"].as_str().expect("id").to_owned();
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/stripe/v1/payment_intents/{pi}/capture"),
+            &m.key,
+            Some(""),
+            FORM,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(r.json["error"]["code"], "payment_intent_unexpected_state");
+
+    // A decline is a 402 card error, and a retry with the same key replays it.
+    let body = "amount=100&currency=usd&confirm=true&payment_method=pm_card_chargeDeclined";
+    let mut headers = FORM.to_vec();
+    headers.push(("idempotency-key", "decline-1"));
+    let first = app
+        .call(Method::POST, "/stripe/v1/payment_intents", &m.key, Some(body), &headers)
+        .await;
+    assert_eq!(first.status, StatusCode::PAYMENT_REQUIRED, "{}", first.text);
+    assert_eq!(first.json["error"]["type"], "card_error");
+    assert_eq!(first.json["error"]["decline_code"], "generic_decline");
+    let again = app
+        .call(Method::POST, "/stripe/v1/payment_intents", &m.key, Some(body), &headers)
+        .await;
+    assert_eq!((again.status, &again.text), (first.status, &first.text));
+    let listed = app.get("/stripe/v1/payment_intents?limit=100", &m.key).await;
+    assert_eq!(listed.json["data"].as_array().map(Vec::len), Some(2), "{}", listed.text);
+    app.verify_ok().await;
+}
+
+crate::conformance!(
+    customers_own_payments_and_cards,
+    the_stripe_layer_answers_bad_input_in_stripes_shape,
+);

@@ -1,0 +1,275 @@
+//! The Stripe-compatible API (`/stripe/v1`) as Stripe's official Python SDK sees it: a fresh
+//! `settle serve` (on SQLite, and on PostgreSQL), a merchant and an API key made through the
+//! admin API, then `tests/stripe_sdk/suite.py` (stdlib `unittest` + the `stripe` package) run
+//! against it with `SETTLE_STRIPE_BASE` and `SETTLE_STRIPE_KEY`; it must exit 0.
+//!
+//! Without a `python3` that can `import stripe` (`pip install stripe`) the tests are skipped
+//! with a loud message, unless `CI=true`, where that is a failure. PostgreSQL comes from
+//! `SETTLE_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`), with the
+//! same convention when it cannot be reached.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+
+/// Longest run of the whole Python suite (each of its waits is bounded much lower).
+const SUITE_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// Whether `python3` can import `stripe`. Otherwise: a failure under `CI=true`, else a loud
+/// skip message and `false`.
+fn python_sdk_available() -> bool {
+    let probe = Command::new("python3")
+        .args(["-c", "import stripe"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    let problem = match probe {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or("no output")
+            .to_owned(),
+        Err(e) => format!("cannot run python3: {e}"),
+    };
+    assert!(
+        !ci(),
+        "the Stripe SDK suite needs python3 with the stripe package (pip install stripe): {problem}"
+    );
+    eprintln!(
+        "\n!!! SKIPPING the Stripe SDK suite: python3 cannot import stripe ({problem}). \
+         Install it with `pip install stripe`.\n"
+    );
+    false
+}
+
+/// A running `settle serve`, killed when dropped (also when the test panics). Its log (text
+/// format, stderr) goes to a file in the test's directory.
+struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `settle serve` on `127.0.0.1:port` with its data directory under `dir` and waits for
+/// its getting-started text. Webhook endpoints on loopback are allowed (the suite's receiver).
+fn serve(dir: &Path, port: u16, extra: &[&str]) -> Server {
+    let log = dir.join("serve.log");
+    let stderr = std::fs::File::create(&log).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_settle"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "text",
+        ])
+        .args(extra)
+        .env("SETTLE_DATA_DIR", dir.join("settle-data"))
+        .env("SETTLE_WEBHOOK_PRIVATE_TARGETS", "allow")
+        .env("NO_COLOR", "1")
+        .env_remove("SETTLE_DATABASE_URL")
+        .env_remove("SETTLE_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn settle serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let server = Server { child, log };
+    let mut lines = BufReader::new(stdout).lines();
+    let mut text = String::new();
+    let mut ready = false;
+    for line in lines.by_ref().map_while(Result::ok) {
+        text.push_str(&line);
+        text.push('\n');
+        if line.contains("curl") {
+            ready = true;
+            break;
+        }
+    }
+    // Keep draining stdout so that the server never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    assert!(
+        ready,
+        "settle serve did not start:\n{text}\n--- log ---\n{}",
+        server.log_tail(40)
+    );
+    server
+}
+
+async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Value {
+    let r = http
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    assert!(status.is_success(), "POST {url}: {status} {text}");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// A merchant and an API key (`sk_test_…`) for it, through the admin API.
+async fn merchant_key(base: &str, admin: &str) -> String {
+    let http = reqwest::Client::builder().no_proxy().build().expect("http client");
+    let merchant = post(
+        &http,
+        &format!("{base}/admin/v1/merchants"),
+        admin,
+        json!({ "name": "Stripe SDK suite", "email": "stripe-sdk@settle.test" }),
+    )
+    .await;
+    let id = merchant["id"].as_str().expect("merchant id");
+    let key = post(
+        &http,
+        &format!("{base}/admin/v1/merchants/{id}/api_keys"),
+        admin,
+        json!({}),
+    )
+    .await;
+    key["secret"].as_str().expect("secret").to_owned()
+}
+
+/// Runs suite.py against `base` (Settle's root URL); `Err` carries its output.
+async fn run_suite(base: &str, key: &str) -> Result<(), String> {
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stripe_sdk/suite.py");
+    let child = tokio::process::Command::new("python3")
+        .arg(&suite)
+        .env("SETTLE_STRIPE_BASE", format!("{base}/stripe"))
+        .env("SETTLE_STRIPE_KEY", key)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start python3 {}: {e}", suite.display()))?;
+    let out = match tokio::time::timeout(SUITE_TIMEOUT, child.wait_with_output()).await {
+        Err(_) => return Err(format!("suite.py did not finish within {SUITE_TIMEOUT:?} (killed)")),
+        Ok(Err(e)) => return Err(format!("waiting for suite.py: {e}")),
+        Ok(Ok(out)) => out,
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        eprintln!("{stderr}");
+        Ok(())
+    } else {
+        Err(format!(
+            "suite.py failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+            out.status
+        ))
+    }
+}
+
+fn admin_token(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("settle-data/admin-token"))
+        .expect("admin token file")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_python_sdk_suite_on_sqlite() {
+    if !python_sdk_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let server = serve(dir.path(), port, &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    let key = merchant_key(&base, &admin_token(dir.path())).await;
+    let outcome = run_suite(&base, &key).await;
+    let log = server.log_tail(80);
+    drop(server);
+    if let Err(report) = outcome {
+        panic!("{report}\n--- settle serve (last lines) ---\n{log}");
+    }
+}
+
+/// A fresh PostgreSQL database for one test; `None` (after a loud message) when PostgreSQL
+/// cannot be reached, which fails the test under `CI=true`.
+async fn fresh_database() -> Option<(sqlx::PgPool, String, String)> {
+    let url = std::env::var("SETTLE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = match sqlx::PgPool::connect(&url).await {
+        Ok(pool) => pool,
+        Err(e) if ci() => panic!("PostgreSQL unreachable at {url}: {e}"),
+        Err(e) => {
+            eprintln!("\n!!! SKIPPING a PostgreSQL test: cannot reach {url} ({e}).\n");
+            return None;
+        }
+    };
+    let name = format!("settle_sdk_{}_{}", std::process::id(), rand::random::<u32>());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let (prefix, _) = url.rsplit_once('/').expect("database URL with a database name");
+    Some((admin, name.clone(), format!("{prefix}/{name}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_python_sdk_suite_on_postgres() {
+    if !python_sdk_available() {
+        return;
+    }
+    let Some((pg, name, db_url)) = fresh_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault_key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let port = free_port();
+    let server = serve(
+        dir.path(),
+        port,
+        &["--database-url", db_url.as_str(), "--vault-key", vault_key.as_str()],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let key = merchant_key(&base, &admin_token(dir.path())).await;
+    let outcome = run_suite(&base, &key).await;
+    let log = server.log_tail(80);
+    drop(server);
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&pg)
+        .await
+        .expect("drop database");
+    if let Err(report) = outcome {
+        panic!("{report}\n--- settle serve (last lines) ---\n{log}");
+    }
+}
