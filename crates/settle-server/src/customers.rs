@@ -10,7 +10,7 @@ use axum::{
     Router,
 };
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use settle_domain::customer::{Customer, CustomerFilter};
 use settle_store::{Listing, Mode, Scope};
 
@@ -58,32 +58,13 @@ impl CustomerBody {
             customer.name = fields::name(name, "name")?;
         }
         if let Some(phone) = cleared(self.phone) {
-            if phone
-                .as_ref()
-                .is_some_and(|p| p.len() > 32 || !p.chars().all(|c| c.is_ascii_digit() || "+-() .".contains(c)))
-            {
-                return Err(ApiError::invalid(
-                    "phone",
-                    "`phone` must be a phone number (digits, + - ( ) . and spaces, at most 32)",
-                ));
-            }
-            customer.phone = phone;
+            customer.phone = fields::phone(phone, "phone")?;
         }
         if let Some(d) = cleared(self.description) {
             customer.description = description(d)?;
         }
-        if let Some(Value::Object(changes)) = self.metadata {
-            let mut merged: Map<String, Value> = customer.metadata.as_object().cloned().unwrap_or_default();
-            for (k, v) in changes {
-                if v.as_str() == Some("") {
-                    merged.remove(&k);
-                } else {
-                    merged.insert(k, v);
-                }
-            }
-            customer.metadata = fields::metadata(Some(Value::Object(merged)), "metadata")?.unwrap_or_default();
-        } else if let Some(other) = self.metadata {
-            fields::metadata(Some(other), "metadata")?;
+        if let Some(changes) = self.metadata {
+            customer.metadata = fields::merge_metadata(&customer.metadata, changes, "metadata")?;
         }
         Ok(())
     }

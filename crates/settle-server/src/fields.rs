@@ -52,6 +52,39 @@ pub fn metadata(value: Option<Value>, param: &str) -> Result<Option<Value>, ApiE
     Ok(Some(value))
 }
 
+/// Merges metadata `changes` into `current` (Stripe's rule: a key whose new value is the empty
+/// string is removed) and checks the result.
+pub fn merge_metadata(current: &Value, changes: Value, param: &str) -> Result<Value, ApiError> {
+    let Value::Object(changes) = changes else {
+        return Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be an object of string values"),
+        ));
+    };
+    let mut merged = current.as_object().cloned().unwrap_or_default();
+    for (k, v) in changes {
+        if v.as_str() == Some("") {
+            merged.remove(&k);
+        } else {
+            merged.insert(k, v);
+        }
+    }
+    Ok(metadata(Some(Value::Object(merged)), param)?.unwrap_or_default())
+}
+
+/// A phone number: digits, `+ - ( ) .` and spaces, at most 32 characters.
+pub fn phone(value: Option<String>, param: &str) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(p) if p.len() > 32 || !p.chars().all(|ch| ch.is_ascii_digit() || "+-() .".contains(ch)) => {
+            Err(ApiError::invalid(
+                param,
+                format!("`{param}` must be a phone number (digits, + - ( ) . and spaces, at most 32)"),
+            ))
+        }
+        other => Ok(other),
+    }
+}
+
 pub fn client_id(value: &str, param: &str) -> Result<String, ApiError> {
     if validate::is_client_id(value) {
         Ok(value.to_owned())

@@ -111,15 +111,7 @@ pub fn amount_limits(merchant: &Merchant, currency: Currency) -> (i64, i64) {
 fn customer(body: Option<CustomerBody>) -> Result<Option<Customer>, ApiError> {
     let Some(c) = body else { return Ok(None) };
     let email = fields::email(&c.email, "customer.email")?;
-    let phone = match c.phone {
-        Some(p) if p.len() > 32 || !p.chars().all(|ch| ch.is_ascii_digit() || "+-() .".contains(ch)) => {
-            return Err(ApiError::invalid(
-                "customer.phone",
-                "`customer.phone` must be a phone number (digits, + - ( ) . and spaces, at most 32)",
-            ))
-        }
-        other => other,
-    };
+    let phone = fields::phone(c.phone, "customer.phone")?;
     Ok(Some(Customer {
         email,
         name: fields::name(c.name, "customer.name")?,
@@ -598,17 +590,8 @@ pub async fn update_payment(
     if let Some(d) = update.description {
         next.description = d;
     }
-    if let Some(Value::Object(changes)) = update.metadata {
-        let mut merged = next.metadata.as_object().cloned().unwrap_or_default();
-        for (k, v) in changes {
-            if v.as_str() == Some("") {
-                merged.remove(&k);
-            } else {
-                merged.insert(k, v);
-            }
-        }
-        next.metadata = Value::Object(merged);
-        fields::metadata(Some(next.metadata.clone()), "metadata")?;
+    if let Some(changes) = update.metadata {
+        next.metadata = fields::merge_metadata(&next.metadata, changes, "metadata")?;
     }
     next.version += 1;
     next.updated_at = now;

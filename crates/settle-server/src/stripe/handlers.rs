@@ -396,7 +396,7 @@ async fn retrieve_charge(
     let payment = payments::load(&state, ctx.merchant_id(), &payment_id(&id, "charge")?)
         .await
         .map_err(|_| ApiError::not_found("charge", &id))?;
-    if !shapes::has_charge_now(&payment) {
+    if !shapes::has_charge(&payment) {
         return Err(ApiError::not_found("charge", &id));
     }
     Ok(Reply::json(StatusCode::OK, &charge_of(&state, ctx.merchant_id(), &payment).await?)?.into_response())
@@ -410,7 +410,7 @@ async fn list_charges(
 ) -> Result<Response, ApiError> {
     let listing = payments_page(&state, &ctx, query).await?;
     let mut data = Vec::new();
-    for payment in listing.items.iter().filter(|p| shapes::has_charge_now(p)) {
+    for payment in listing.items.iter().filter(|p| shapes::has_charge(p)) {
         data.push(charge_of(&state, ctx.merchant_id(), payment).await?);
     }
     list("charges", data, listing.has_more)

@@ -55,9 +55,9 @@ pub fn decline(code: &str) -> (&str, Option<&'static str>) {
     }
 }
 
-fn has_charge(p: &Value) -> bool {
-    matches!(p["status"].as_str(), Some("requires_capture" | "succeeded"))
-        || p["amount_captured"].as_i64().unwrap_or(0) > 0
+/// Whether a payment in `status` with `amount_captured` has a charge: once authorized.
+fn charged(status: &str, amount_captured: i64) -> bool {
+    matches!(status, "requires_capture" | "succeeded") || amount_captured > 0
 }
 
 /// A PaymentIntent from a payment's native JSON.
@@ -89,7 +89,8 @@ pub fn payment_intent(p: &Value) -> Value {
         "customer": p["customer_id"],
         "description": p["description"],
         "last_payment_error": last_payment_error,
-        "latest_charge": has_charge(p).then(|| charge_id(id)),
+        "latest_charge": charged(p["status"].as_str().unwrap_or_default(), p["amount_captured"].as_i64().unwrap_or(0))
+            .then(|| charge_id(id)),
         "livemode": false,
         "metadata": p["metadata"],
         "payment_method": p["payment_method"],
@@ -139,8 +140,8 @@ pub fn charge(p: &Payment, method: Option<&PaymentMethod>) -> Value {
     })
 }
 
-pub fn has_charge_now(p: &Payment) -> bool {
-    has_charge(&json!({ "status": p.status.as_str(), "amount_captured": p.amount_captured }))
+pub fn has_charge(p: &Payment) -> bool {
+    charged(p.status.as_str(), p.amount_captured)
 }
 
 /// A refund from its native JSON.
