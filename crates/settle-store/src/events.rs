@@ -36,7 +36,13 @@ pub trait EventTx: Send {
     async fn insert_endpoint(&mut self, endpoint: &Endpoint) -> Result<()>;
     async fn get_endpoint(&mut self, merchant_id: &str, id: &str) -> Result<Option<Endpoint>>;
     async fn get_endpoints(&mut self, keys: &[Key]) -> Result<Vec<Endpoint>>;
-    async fn list_endpoints(&mut self, merchant_id: &str, page: &PageRequest) -> Result<Listing<Endpoint>>;
+    /// A merchant's endpoints, all of them or only those of one API.
+    async fn list_endpoints(
+        &mut self,
+        merchant_id: &str,
+        api: Option<settle_domain::webhook::Api>,
+        page: &PageRequest,
+    ) -> Result<Listing<Endpoint>>;
     /// A merchant's enabled endpoints (at most [`ENDPOINTS_MAX`]).
     async fn enabled_endpoints(&mut self, merchant_id: &str) -> Result<Vec<Endpoint>>;
     async fn count_endpoints(&mut self, merchant_id: &str) -> Result<i64>;
@@ -285,9 +291,14 @@ macro_rules! events_tx {
             async fn list_endpoints(
                 &mut self,
                 merchant_id: &str,
+                api: Option<settle_domain::webhook::Api>,
                 page: &$crate::PageRequest,
             ) -> $crate::Result<$crate::Listing<settle_domain::webhook::Endpoint>> {
-                self.page(ev::ENDPOINT_COLS, "webhook_endpoints", "merchant_id = $1", &[merchant_id], page, endpoint_from)
+                let (filter, binds) = match api {
+                    None => ("merchant_id = $1", vec![merchant_id]),
+                    Some(api) => ("merchant_id = $1 AND api = $2", vec![merchant_id, api.as_str()]),
+                };
+                self.page(ev::ENDPOINT_COLS, "webhook_endpoints", filter, &binds, page, endpoint_from)
                     .await
             }
 

@@ -814,6 +814,7 @@ pub fn payment_json(p: &Payment) -> Value {
         "connector_account_id": p.connector_account_id,
         "last_payment_error": p.last_payment_error.as_ref().map(|e| json!({ "code": e.code, "message": e.message, "connector": e.connector })),
         "cancellation_reason": p.cancellation_reason,
+        "authorized": p.authorized_at.map(|t| t.to_rfc3339()),
         "created": p.created_at.to_rfc3339(),
         "updated": p.updated_at.to_rfc3339(),
     })

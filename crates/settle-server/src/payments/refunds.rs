@@ -136,7 +136,16 @@ async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<(Payme
         updated_at: now,
     };
     tx.insert_refund(&refund).await?;
-    tx.insert_events(&[refund_event(state, &refund)]).await?;
+    // The payment's own event: its refunded amount grew (Stripe's `charge.refunded`).
+    let refunded = events::new_event(
+        state,
+        &merchant_id,
+        "payment.refunded",
+        "payment",
+        &payment.id,
+        crate::payments::payment_json(&payment),
+    );
+    tx.insert_events(&[refund_event(state, &refund), refunded]).await?;
     tx.insert_audit(&[ctx.audit(state, &merchant_id, "refund.create", "refund", &refund.id)])
         .await?;
     let holder = service::holder(state, tx.as_mut(), &payment).await?;

@@ -17,6 +17,7 @@ use settle_domain::{
     ledger::Key,
     payment::{CaptureMethod, Command, Payment, PaymentFilter, PaymentStatus},
     postings::merchant_pending_account,
+    webhook::{Api, Endpoint},
     Currency,
 };
 
@@ -31,7 +32,7 @@ use crate::{
         self, claim_and_settle, confirm_payment, create_payment, methods::MethodInput, new_payment, refunds,
         update_payment, PaymentUpdate, CANCELLATION_REASONS,
     },
-    AppState,
+    webhooks, AppState,
 };
 
 pub fn router() -> Router<AppState> {
@@ -61,6 +62,16 @@ pub fn router() -> Router<AppState> {
         .route("/stripe/v1/events", get(list_events))
         .route("/stripe/v1/events/{id}", get(retrieve_event))
         .route("/stripe/v1/balance", get(balance))
+        .route(
+            "/stripe/v1/webhook_endpoints",
+            post(create_webhook_endpoint).get(list_webhook_endpoints),
+        )
+        .route(
+            "/stripe/v1/webhook_endpoints/{id}",
+            get(retrieve_webhook_endpoint)
+                .post(update_webhook_endpoint)
+                .delete(delete_webhook_endpoint),
+        )
 }
 
 /// Stripe's test payment methods, mapped onto the sandbox connector's test cards.
@@ -383,7 +394,7 @@ async fn charge_of(state: &AppState, merchant_id: &str, payment: &Payment) -> Re
         }
         None => None,
     };
-    Ok(shapes::charge(payment, method.as_ref()))
+    Ok(shapes::charge(&payments::payment_json(payment), method.as_ref()))
 }
 
 async fn retrieve_charge(
@@ -748,6 +759,85 @@ async fn balance(State(state): State<AppState>, ctx: Ctx) -> Result<Response, Ap
     let available: Vec<Value> = accounts.iter().map(|a| entry(0, a.currency)).collect();
     let body = json!({ "object": "balance", "available": available, "pending": pending, "livemode": false });
     Ok(Reply::json(StatusCode::OK, &body)?.into_response())
+}
+
+/// `api_version` is accepted and answered with [`shapes::API_VERSION`]: events are rendered in
+/// one version only.
+fn webhook_api_version(p: &mut Params) -> Result<(), ApiError> {
+    p.string("api_version").map(drop)
+}
+
+async fn create_webhook_endpoint(State(state): State<AppState>, ctx: Ctx, body: String) -> Result<Response, ApiError> {
+    let mut p = Params::parse(&body)?;
+    let input = webhooks::EndpointInput {
+        url: p.string("url")?.ok_or_else(|| ApiError::missing("url"))?,
+        enabled_events: p
+            .strings("enabled_events")?
+            .ok_or_else(|| ApiError::missing("enabled_events"))?,
+        description: p.string("description")?,
+    };
+    webhook_api_version(&mut p)?;
+    p.finish()?;
+    webhooks::create_endpoint(
+        &state,
+        &ctx,
+        Api::Stripe,
+        input,
+        StatusCode::OK,
+        shapes::webhook_endpoint,
+    )
+    .await
+}
+
+async fn retrieve_webhook_endpoint(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let endpoint = webhooks::load_endpoint(&state, ctx.merchant_id(), &id, Some(Api::Stripe)).await?;
+    Ok(Reply::json(StatusCode::OK, &shapes::webhook_endpoint(&endpoint))?.into_response())
+}
+
+async fn update_webhook_endpoint(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    body: String,
+) -> Result<Response, ApiError> {
+    let mut p = Params::parse(&body)?;
+    let changes = webhooks::EndpointChanges {
+        url: p.string("url")?,
+        enabled_events: p.strings("enabled_events")?,
+        description: p.string("description")?,
+        enabled: p.boolean("disabled")?.map(|disabled| !disabled),
+    };
+    p.finish()?;
+    webhooks::update_endpoint(&state, &ctx, &id, Some(Api::Stripe), changes, shapes::webhook_endpoint).await
+}
+
+async fn delete_webhook_endpoint(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let shape = |e: &Endpoint| json!({ "id": e.id, "object": "webhook_endpoint", "deleted": true });
+    webhooks::delete_endpoint(&state, &ctx, &id, Some(Api::Stripe), shape).await
+}
+
+async fn list_webhook_endpoints(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut p = Params::parse(query.as_deref().unwrap_or(""))?;
+    let page = p.page(str::to_owned)?;
+    p.finish()?;
+    let listing = webhooks::list_endpoints(&state, ctx.merchant_id(), Some(Api::Stripe), &page).await?;
+    list(
+        "webhook_endpoints",
+        listing.items.iter().map(shapes::webhook_endpoint).collect(),
+        listing.has_more,
+    )
 }
 
 /// The `expand[]` layer: reads the list from the query or form body, lets the request run,

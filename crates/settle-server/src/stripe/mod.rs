@@ -86,6 +86,23 @@ impl Params {
         }
     }
 
+    /// A list of strings (`name[]=a&name[]=b` or `name[0]=a&name[1]=b`).
+    pub fn strings(&mut self, name: &str) -> Result<Option<Vec<String>>, ApiError> {
+        let not_list = || ApiError::invalid(name, format!("`{name}` must be a list of strings"));
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    _ => Err(not_list()),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(not_list()),
+        }
+    }
+
     /// Metadata: an object of strings; an empty string (`metadata=`) means no change.
     pub fn metadata(&mut self) -> Result<Option<Value>, ApiError> {
         match self.take("metadata") {

@@ -7,6 +7,7 @@ use settle_domain::{
     customer::Customer,
     event::{stripe_type, Event},
     payment::{Payment, PaymentMethod},
+    webhook::Endpoint,
     Timestamp,
 };
 
@@ -115,27 +116,36 @@ fn card(m: &PaymentMethod) -> Value {
     })
 }
 
-/// A payment's charge (it has one once authorized), with its card when known.
-pub fn charge(p: &Payment, method: Option<&PaymentMethod>) -> Value {
+/// A payment's charge (it has one once authorized) from the payment's native JSON, with its
+/// card when known.
+pub fn charge(p: &Value, method: Option<&PaymentMethod>) -> Value {
+    let id = p["id"].as_str().unwrap_or_default();
+    let captured = p["amount_captured"].as_i64().unwrap_or(0);
+    let refunded = p["amount_refunded"].as_i64().unwrap_or(0);
+    let created = if p["authorized"].is_null() {
+        &p["created"]
+    } else {
+        &p["authorized"]
+    };
     json!({
-        "id": charge_id(&p.id),
+        "id": charge_id(id),
         "object": "charge",
-        "amount": p.amount,
-        "amount_captured": p.amount_captured,
-        "amount_refunded": p.amount_refunded,
-        "captured": p.amount_captured > 0,
-        "created": p.authorized_at.unwrap_or(p.created_at).0.div_euclid(1_000_000),
-        "currency": p.currency.code().to_lowercase(),
-        "customer": p.customer_id,
-        "description": p.description,
+        "amount": p["amount"],
+        "amount_captured": captured,
+        "amount_refunded": refunded,
+        "captured": captured > 0,
+        "created": unix(created),
+        "currency": lower(&p["currency"]),
+        "customer": p["customer_id"],
+        "description": p["description"],
         "livemode": false,
-        "metadata": p.metadata,
+        "metadata": p["metadata"],
         "paid": true,
-        "payment_intent": intent_id(&p.id),
-        "payment_method": p.payment_method_id,
+        "payment_intent": intent_id(id),
+        "payment_method": p["payment_method"],
         "payment_method_details": method.map(|m| json!({ "type": "card", "card": card(m) })),
-        "receipt_email": p.receipt_email,
-        "refunded": p.amount_refunded > 0 && p.amount_refunded == p.amount_captured,
+        "receipt_email": p["receipt_email"],
+        "refunded": refunded > 0 && refunded == captured,
         "status": "succeeded",
     })
 }
@@ -190,10 +200,28 @@ pub fn customer(c: &Customer) -> Value {
     })
 }
 
+/// A webhook endpoint (`metadata` is not kept: always empty).
+pub fn webhook_endpoint(e: &Endpoint) -> Value {
+    json!({
+        "id": e.id,
+        "object": "webhook_endpoint",
+        "api_version": API_VERSION,
+        "application": Value::Null,
+        "created": e.created_at.0.div_euclid(1_000_000),
+        "description": e.description,
+        "enabled_events": e.enabled_events,
+        "livemode": false,
+        "metadata": {},
+        "status": if e.enabled { "enabled" } else { "disabled" },
+        "url": e.url,
+    })
+}
+
 /// A Settle event as a Stripe event (`None`: it has no Stripe counterpart).
 pub fn event(e: &Event) -> Option<Value> {
     let kind = stripe_type(&e.kind)?;
     let object = match e.aggregate_type.as_str() {
+        "payment" if kind.starts_with("charge.") => charge(&e.data, None),
         "payment" => payment_intent(&e.data),
         "refund" => refund(&e.data),
         _ => return None,

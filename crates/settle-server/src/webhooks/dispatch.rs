@@ -15,10 +15,11 @@
 //!
 //! Requests: `POST` of the event's JSON, `Settle-Signature: t=<unix>,v1=<hex>` with one `v1`
 //! per signing secret (HMAC-SHA256 of `"<t>.<body>"`, Stripe's scheme), `Settle-Event-Id`, a
-//! 10 s timeout, no redirects followed, no proxy. 2xx is delivered; anything else is retried
-//! (see `settle_domain::webhook`). When private targets are refused, the client's resolver
-//! drops loopback and private addresses, so a public name that resolves into the operator's
-//! network is refused too.
+//! 10 s timeout; endpoints made through `/stripe/v1` get the Stripe-shaped event and the same
+//! signature in `Stripe-Signature`, so Stripe's SDKs verify it. No redirects are followed and
+//! no proxy is used. 2xx is delivered; anything else is retried (see `settle_domain::webhook`).
+//! When private targets are refused, the client's resolver drops loopback and private
+//! addresses, so a public name that resolves into the operator's network is refused too.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -33,14 +34,14 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use settle_domain::{
     event::Event,
     ledger::Key,
-    webhook::{self, is_public_ip, Delivery, DeliveryAttempt, DeliveryStatus, Endpoint},
+    webhook::{self, is_public_ip, Api, Delivery, DeliveryAttempt, DeliveryStatus, Endpoint},
     Timestamp,
 };
 use settle_store::{Mode, Scope};
 use sha2::Sha256;
 use tokio::{sync::Semaphore, task::JoinSet};
 
-use crate::{error::ApiError, events::event_json, webhooks::secrets, AppState};
+use crate::{error::ApiError, events::event_json, stripe::shapes, webhooks::secrets, AppState};
 
 /// How long a delivery round owns the deliveries it leased.
 pub const LEASE_SECONDS: i64 = 60;
@@ -53,6 +54,8 @@ pub const IN_FLIGHT_MAX: usize = 128;
 /// How much of a response body an attempt keeps.
 pub const RESPONSE_KEPT_BYTES: usize = 1_024;
 pub const SIGNATURE_HEADER: &str = "Settle-Signature";
+/// The signature header of deliveries to endpoints made through `/stripe/v1`.
+pub const STRIPE_SIGNATURE_HEADER: &str = "Stripe-Signature";
 pub const EVENT_ID_HEADER: &str = "Settle-Event-Id";
 
 /// Whether a URL host (as `Url::host_str` gives it) may be a webhook target when private
@@ -171,6 +174,16 @@ pub async fn try_execute_outbox(state: &AppState) -> Result<usize, ApiError> {
     Ok(events.len())
 }
 
+/// The body an endpoint gets for an event, and the header its signature goes in: Settle's
+/// event, or the Stripe-shaped event for an endpoint made through `/stripe/v1` (`None` when the
+/// event has no Stripe counterpart).
+fn payload(endpoint: &Endpoint, event: &Event) -> Option<(String, &'static str)> {
+    match endpoint.api {
+        Api::Settle => Some((event_json(event).to_string(), SIGNATURE_HEADER)),
+        Api::Stripe => shapes::event(event).map(|e| (e.to_string(), STRIPE_SIGNATURE_HEADER)),
+    }
+}
+
 /// What one attempt produced, before it is recorded.
 struct Sent {
     delivery: Delivery,
@@ -247,13 +260,16 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
                 }
             },
         };
-        let body = event_json(event).to_string();
+        let Some((body, header)) = payload(endpoint, event) else {
+            dropped.push((delivery, "event_not_in_api"));
+            continue;
+        };
         let url = endpoint.url.clone();
         let state = state.clone();
         let limit = limit.clone();
         flights.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let attempt = send(&state, &delivery, &url, &secrets, body).await;
+            let attempt = send(&state, &delivery, &url, header, &secrets, body).await;
             Sent { delivery, attempt }
         });
     }
@@ -271,7 +287,14 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
 }
 
 /// One attempt: the request, and what came back (status, latency, the first KiB of the body).
-async fn send(state: &AppState, delivery: &Delivery, url: &str, secrets: &[String], body: String) -> DeliveryAttempt {
+async fn send(
+    state: &AppState,
+    delivery: &Delivery,
+    url: &str,
+    signature: &'static str,
+    secrets: &[String],
+    body: String,
+) -> DeliveryAttempt {
     let t = state.clock.now().unix_seconds();
     let started = Instant::now();
     // An endpoint made while private targets were allowed is refused once they are not.
@@ -284,7 +307,7 @@ async fn send(state: &AppState, delivery: &Delivery, url: &str, secrets: &[Strin
         .webhook_client
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(SIGNATURE_HEADER, signature_header(secrets, t, &body))
+        .header(signature, signature_header(secrets, t, &body))
         .header(EVENT_ID_HEADER, delivery.event_id.as_str())
         .body(body);
     let outcome = if refused {

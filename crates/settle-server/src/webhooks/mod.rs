@@ -19,15 +19,15 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use settle_domain::{
     event,
-    webhook::{self, Delivery, DeliveryAttempt, DeliveryStatus, Endpoint},
+    webhook::{self, Api, Delivery, DeliveryAttempt, DeliveryStatus, Endpoint},
 };
-use settle_store::{events::ENDPOINTS_MAX, Mode, Scope, Tx};
+use settle_store::{events::ENDPOINTS_MAX, Listing, Mode, Scope, Tx};
 
 use crate::{
     context::{Ctx, Reply},
     error::ApiError,
     events::{load as load_event, new_event},
-    extract::{page_and_filters, JsonBody},
+    extract::{page_and_filters, JsonBody, Page},
     fields,
     ledger::{cursor_error, list_reply},
     AppState,
@@ -76,6 +76,7 @@ pub fn endpoint_json(e: &Endpoint) -> Value {
         "description": e.description,
         "enabled_events": e.enabled_events,
         "status": if e.enabled { "enabled" } else { "disabled" },
+        "api": e.api.as_str(),
         "disabled_reason": e.disabled_reason,
         "failing_since": e.failing_since.map(|t| t.to_rfc3339()),
         "previous_secret_expires_at": e.previous_secret_expires_at.map(|t| t.to_rfc3339()),
@@ -138,18 +139,24 @@ pub fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
     Ok(parsed.to_string())
 }
 
-fn check_patterns(patterns: Vec<String>) -> Result<Vec<String>, ApiError> {
+/// Checks `enabled_events` against the endpoint's API: Settle's types and patterns, or the
+/// Stripe types Settle sends (see `event::STRIPE_TYPES`). Each pattern is kept once.
+fn check_patterns(api: Api, patterns: Vec<String>) -> Result<Vec<String>, ApiError> {
     if patterns.is_empty() || patterns.len() > PATTERNS_MAX {
         return Err(ApiError::invalid(
             "enabled_events",
             format!("`enabled_events` must list 1 to {PATTERNS_MAX} event types"),
         ));
     }
+    let (valid, what): (fn(&str) -> bool, &str) = match api {
+        Api::Settle => (event::is_valid_pattern, "an event type"),
+        Api::Stripe => (event::is_valid_stripe_pattern, "a Stripe event type Settle sends"),
+    };
     for (i, p) in patterns.iter().enumerate() {
-        if !event::is_valid_pattern(p) {
+        if !valid(p) {
             return Err(ApiError::invalid(
                 format!("enabled_events[{i}]"),
-                format!("`{p}` is not an event type, `<object>.*` or `*`"),
+                format!("`{p}` is not {what}, `<object>.*` or `*`"),
             ));
         }
     }
@@ -171,61 +178,84 @@ fn description(value: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// How an API shows an endpoint.
+pub type Shape = fn(&Endpoint) -> Value;
+
+/// A new endpoint's fields.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
-    url: String,
-    enabled_events: Vec<String>,
-    description: Option<String>,
+pub struct EndpointInput {
+    pub url: String,
+    pub enabled_events: Vec<String>,
+    pub description: Option<String>,
 }
 
-/// Writes the endpoint's event and replies with it; `secret` is shown once and left out of the
-/// stored idempotent reply.
-#[allow(clippy::too_many_arguments)]
+/// Changes to an endpoint; an absent field is kept.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointChanges {
+    pub url: Option<String>,
+    pub enabled_events: Option<Vec<String>>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+/// What a change to an endpoint records and answers.
+struct Change<'a> {
+    kind: &'static str,
+    action: &'static str,
+    status: StatusCode,
+    /// A new signing secret, shown in this answer only.
+    secret: Option<&'a str>,
+}
+
+/// Writes the endpoint's event and replies with it; the secret is left out of the stored
+/// idempotent reply.
 async fn finish(
     state: &AppState,
     ctx: &Ctx,
     mut tx: Box<dyn Tx>,
     endpoint: &Endpoint,
-    kind: &str,
-    status: StatusCode,
-    secret: Option<&str>,
-    action: &str,
+    change: Change<'_>,
+    shape: Shape,
 ) -> Result<Response, ApiError> {
-    let data = endpoint_json(endpoint);
     let merchant_id = &endpoint.merchant_id;
     tx.insert_events(&[new_event(
         state,
         merchant_id,
-        kind,
+        change.kind,
         "webhook_endpoint",
         &endpoint.id,
-        data.clone(),
+        endpoint_json(endpoint),
     )])
     .await?;
-    let mut shown = data.clone();
-    let mut kept = data;
-    if let Some(secret) = secret {
+    let mut shown = shape(endpoint);
+    let mut kept = shown.clone();
+    if let Some(secret) = change.secret {
         shown["secret"] = json!(secret);
         kept["secret"] = json!(format!(
             "{SECRET_PREFIX}… (shown once; rotate the secret for a new one)"
         ));
     }
-    let audit = ctx.audit(state, merchant_id, action, "webhook_endpoint", &endpoint.id);
-    let reply = Reply::json(status, &shown)?;
-    let kept = Reply::json(status, &kept)?;
+    let audit = ctx.audit(state, merchant_id, change.action, "webhook_endpoint", &endpoint.id);
+    let reply = Reply::json(change.status, &shown)?;
+    let kept = Reply::json(change.status, &kept)?;
     ctx.commit_keeping(state, tx, reply, &kept, &[audit]).await
 }
 
-async fn create(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    JsonBody(body): JsonBody<CreateBody>,
+/// Creates an endpoint speaking `api`, with a new signing secret shown once.
+pub async fn create_endpoint(
+    state: &AppState,
+    ctx: &Ctx,
+    api: Api,
+    input: EndpointInput,
+    status: StatusCode,
+    shape: Shape,
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let url = check_url(&state, &body.url)?;
-    let enabled_events = check_patterns(body.enabled_events)?;
-    let description = description(body.description)?;
+    let url = check_url(state, &input.url)?;
+    let enabled_events = check_patterns(api, input.enabled_events)?;
+    let description = description(input.description)?;
     let id = state.ids.make("we");
     let secret = state.ids.secret(SECRET_PREFIX);
     let now = state.clock.now();
@@ -241,7 +271,7 @@ async fn create(
         previous_secret_expires_at: None,
         failing_since: None,
         disabled_reason: None,
-        api: webhook::Api::Settle,
+        api,
         created_at: now,
         updated_at: now,
     };
@@ -257,87 +287,73 @@ async fn create(
         });
     }
     tx.insert_endpoint(&endpoint).await?;
-    finish(
-        &state,
-        &ctx,
-        tx,
-        &endpoint,
-        "webhook_endpoint.created",
-        StatusCode::CREATED,
-        Some(&secret),
-        "webhook_endpoint.create",
-    )
-    .await
+    let change = Change {
+        kind: "webhook_endpoint.created",
+        action: "webhook_endpoint.create",
+        status,
+        secret: Some(&secret),
+    };
+    finish(state, ctx, tx, &endpoint, change, shape).await
 }
 
-async fn load(tx: &mut dyn Tx, merchant_id: &str, id: &str) -> Result<Endpoint, ApiError> {
+/// The endpoint `id` of the merchant; with `api`, only if it speaks that API (the Stripe layer
+/// sees only the endpoints made through it; the native API sees all).
+async fn load(tx: &mut dyn Tx, merchant_id: &str, id: &str, api: Option<Api>) -> Result<Endpoint, ApiError> {
     tx.get_endpoint(merchant_id, id)
         .await?
+        .filter(|e| api.is_none_or(|a| a == e.api))
         .ok_or_else(|| ApiError::not_found("webhook endpoint", id))
 }
 
-async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
-    let endpoint = load(tx.as_mut(), &merchant_id, &id).await?;
-    Ok(Reply::json(StatusCode::OK, &endpoint_json(&endpoint))?.into_response())
+pub async fn load_endpoint(
+    state: &AppState,
+    merchant_id: &str,
+    id: &str,
+    api: Option<Api>,
+) -> Result<Endpoint, ApiError> {
+    let mut tx = state.reader(merchant_id).await?;
+    load(tx.as_mut(), merchant_id, id, api).await
 }
 
-async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
-    let (page, _) = page_and_filters(query.as_deref().unwrap_or(""), &[])?;
-    let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
-    let listing = tx
-        .list_endpoints(&merchant_id, &page.0)
+pub async fn list_endpoints(
+    state: &AppState,
+    merchant_id: &str,
+    api: Option<Api>,
+    page: &Page,
+) -> Result<Listing<Endpoint>, ApiError> {
+    let mut tx = state.reader(merchant_id).await?;
+    tx.list_endpoints(merchant_id, api, &page.0)
         .await
-        .map_err(|e| cursor_error(e, &page))?;
-    list_reply(
-        "/v1/webhook_endpoints",
-        listing.items.iter().map(endpoint_json).collect(),
-        listing.has_more,
-    )
+        .map_err(|e| cursor_error(e, page))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpdateBody {
-    url: Option<String>,
-    enabled_events: Option<Vec<String>>,
-    description: Option<String>,
-    enabled: Option<bool>,
-}
-
-async fn update(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    Path(id): Path<String>,
-    JsonBody(body): JsonBody<UpdateBody>,
+/// Applies `changes` to the endpoint `id` (of `api`, when given).
+pub async fn update_endpoint(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    api: Option<Api>,
+    changes: EndpointChanges,
+    shape: Shape,
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let url = body.url.map(|u| check_url(&state, &u)).transpose()?;
-    let patterns = body.enabled_events.map(check_patterns).transpose()?;
-    let description = description(body.description)?;
+    let url = changes.url.map(|u| check_url(state, &u)).transpose()?;
+    let description = description(changes.description)?;
     let mut tx = state
         .store
         .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
         .await?;
-    let mut endpoint = load(tx.as_mut(), &merchant_id, &id).await?;
+    let mut endpoint = load(tx.as_mut(), &merchant_id, id, api).await?;
+    if let Some(patterns) = changes.enabled_events {
+        endpoint.enabled_events = check_patterns(endpoint.api, patterns)?;
+    }
     if let Some(url) = url {
         endpoint.url = url;
-    }
-    if let Some(patterns) = patterns {
-        endpoint.enabled_events = patterns;
     }
     if description.is_some() {
         endpoint.description = description;
     }
-    if let Some(enabled) = body.enabled {
+    if let Some(enabled) = changes.enabled {
         if enabled && !endpoint.enabled {
             endpoint.failing_since = None;
             endpoint.disabled_reason = None;
@@ -349,17 +365,77 @@ async fn update(
     }
     endpoint.updated_at = state.clock.now();
     tx.update_endpoint(&endpoint).await?;
-    finish(
-        &state,
-        &ctx,
-        tx,
-        &endpoint,
-        "webhook_endpoint.updated",
-        StatusCode::OK,
-        None,
-        "webhook_endpoint.update",
+    let change = Change {
+        kind: "webhook_endpoint.updated",
+        action: "webhook_endpoint.update",
+        status: StatusCode::OK,
+        secret: None,
+    };
+    finish(state, ctx, tx, &endpoint, change, shape).await
+}
+
+/// Deletes the endpoint `id` (of `api`, when given); its pending deliveries die at their next
+/// round. `shape` renders the deleted endpoint.
+pub async fn delete_endpoint(
+    state: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    api: Option<Api>,
+    shape: Shape,
+) -> Result<Response, ApiError> {
+    let merchant_id = ctx.merchant_id().to_owned();
+    let mut tx = state
+        .store
+        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
+        .await?;
+    let endpoint = load(tx.as_mut(), &merchant_id, id, api).await?;
+    tx.delete_endpoint(&merchant_id, id).await?;
+    let mut data = endpoint_json(&endpoint);
+    data["deleted"] = json!(true);
+    let event = new_event(
+        state,
+        &merchant_id,
+        "webhook_endpoint.deleted",
+        "webhook_endpoint",
+        id,
+        data,
+    );
+    tx.insert_events(&[event]).await?;
+    let audit = ctx.audit(state, &merchant_id, "webhook_endpoint.delete", "webhook_endpoint", id);
+    ctx.commit(state, tx, Reply::json(StatusCode::OK, &shape(&endpoint))?, &[audit])
+        .await
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    JsonBody(body): JsonBody<EndpointInput>,
+) -> Result<Response, ApiError> {
+    create_endpoint(&state, &ctx, Api::Settle, body, StatusCode::CREATED, endpoint_json).await
+}
+
+async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let endpoint = load_endpoint(&state, ctx.merchant_id(), &id, None).await?;
+    Ok(Reply::json(StatusCode::OK, &endpoint_json(&endpoint))?.into_response())
+}
+
+async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let (page, _) = page_and_filters(query.as_deref().unwrap_or(""), &[])?;
+    let listing = list_endpoints(&state, ctx.merchant_id(), None, &page).await?;
+    list_reply(
+        "/v1/webhook_endpoints",
+        listing.items.iter().map(endpoint_json).collect(),
+        listing.has_more,
     )
-    .await
+}
+
+async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<EndpointChanges>,
+) -> Result<Response, ApiError> {
+    update_endpoint(&state, &ctx, &id, None, body, endpoint_json).await
 }
 
 async fn rotate(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -368,7 +444,7 @@ async fn rotate(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>)
         .store
         .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
         .await?;
-    let mut endpoint = load(tx.as_mut(), &merchant_id, &id).await?;
+    let mut endpoint = load(tx.as_mut(), &merchant_id, &id, None).await?;
     let now = state.clock.now();
     let secret = state.ids.secret(SECRET_PREFIX);
     endpoint.previous_secret_sealed = Some(std::mem::replace(
@@ -378,41 +454,22 @@ async fn rotate(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>)
     endpoint.previous_secret_expires_at = now.checked_add_seconds(webhook::PREVIOUS_SECRET_SECONDS);
     endpoint.updated_at = now;
     tx.update_endpoint(&endpoint).await?;
-    finish(
-        &state,
-        &ctx,
-        tx,
-        &endpoint,
-        "webhook_endpoint.updated",
-        StatusCode::OK,
-        Some(&secret),
-        "webhook_endpoint.rotate_secret",
-    )
-    .await
+    let change = Change {
+        kind: "webhook_endpoint.updated",
+        action: "webhook_endpoint.rotate_secret",
+        status: StatusCode::OK,
+        secret: Some(&secret),
+    };
+    finish(&state, &ctx, tx, &endpoint, change, endpoint_json).await
 }
 
 async fn delete(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
-    let endpoint = load(tx.as_mut(), &merchant_id, &id).await?;
-    tx.delete_endpoint(&merchant_id, &id).await?;
-    let mut data = endpoint_json(&endpoint);
-    data["deleted"] = json!(true);
-    let event = new_event(
-        &state,
-        &merchant_id,
-        "webhook_endpoint.deleted",
-        "webhook_endpoint",
-        &id,
-        data.clone(),
-    );
-    tx.insert_events(&[event]).await?;
-    let audit = ctx.audit(&state, &merchant_id, "webhook_endpoint.delete", "webhook_endpoint", &id);
-    ctx.commit(&state, tx, Reply::json(StatusCode::OK, &data)?, &[audit])
-        .await
+    let shape = |e: &Endpoint| {
+        let mut data = endpoint_json(e);
+        data["deleted"] = json!(true);
+        data
+    };
+    delete_endpoint(&state, &ctx, &id, None, shape).await
 }
 
 async fn deliveries(
@@ -427,7 +484,7 @@ async fn deliveries(
         .store
         .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
         .await?;
-    load(tx.as_mut(), &merchant_id, &id).await?;
+    load(tx.as_mut(), &merchant_id, &id, None).await?;
     let listing = tx
         .list_delivery_attempts(&merchant_id, &id, &page.0)
         .await
@@ -473,6 +530,16 @@ async fn redeliver(
                     message: "the webhook endpoint is disabled; enable it first".into(),
                     param: Some("endpoint_id".into()),
                 });
+            }
+            if endpoint.type_of(&event.kind).is_none() {
+                return Err(ApiError::invalid(
+                    "endpoint_id",
+                    format!(
+                        "the endpoint speaks the {} API, which has no `{}` events",
+                        endpoint.api.as_str(),
+                        event.kind
+                    ),
+                ));
             }
             vec![endpoint]
         }

@@ -171,6 +171,30 @@ async fn the_stripe_layer_answers_bad_input_in_stripes_shape(app: TestApp) {
     )
     .await;
     assert_eq!(r.json["error"]["param"], "card[number]", "{}", r.text);
+    for (body, param) in [
+        ("enabled_events[]=*", "url"),
+        ("url=https%3A%2F%2Fexample.com%2Fh", "enabled_events"),
+        ("url=https%3A%2F%2Fexample.com%2Fh&enabled_events=*", "enabled_events"),
+        (
+            "url=https%3A%2F%2Fexample.com%2Fh&enabled_events[]=payment.captured",
+            "enabled_events[0]",
+        ),
+        (
+            "url=https%3A%2F%2Fexample.com%2Fh&enabled_events[0][x]=*",
+            "enabled_events",
+        ),
+        ("url=javascript%3Aalert(1)&enabled_events[]=*", "url"),
+        (
+            "url=https%3A%2F%2Fexample.com%2Fh&enabled_events[]=*&metadata[a]=b",
+            "metadata",
+        ),
+    ] {
+        let r = post("/stripe/v1/webhook_endpoints", body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        assert_eq!(r.json["error"]["param"], param, "{body}: {}", r.text);
+    }
+    let r = post("/stripe/v1/webhook_endpoints/we_missing", "disabled=maybe").await;
+    assert_eq!(r.json["error"]["param"], "disabled", "{}", r.text);
     let r = post("/stripe/v1/payment_intents/pi_missing/confirm", "").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
     let r = app.get("/stripe/v1/payment_intents?limit=500", &m.key).await;

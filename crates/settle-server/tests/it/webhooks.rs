@@ -14,7 +14,7 @@ use std::{
 use axum::{
     body::Bytes,
     extract::State,
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, Method, StatusCode},
     routing::post,
     Router,
 };
@@ -29,7 +29,10 @@ use crate::harness::{Merchant, TestApp};
 /// What the receiver saw of one request.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// The value of whichever signature header came (`Settle-Signature` or `Stripe-Signature`).
     pub signature: String,
+    /// `settle-signature` or `stripe-signature`.
+    pub signature_header: &'static str,
     pub event_id: String,
     pub body: String,
     pub answered: u16,
@@ -87,8 +90,14 @@ async fn receive(State(state): State<ReceiverState>, headers: HeaderMap, body: B
             .unwrap_or_default()
             .to_owned()
     };
+    let signature_header = if headers.contains_key("stripe-signature") {
+        "stripe-signature"
+    } else {
+        "settle-signature"
+    };
     state.seen.lock().expect("lock").push(Received {
-        signature: header("settle-signature"),
+        signature: header(signature_header),
+        signature_header,
         event_id: header("settle-event-id"),
         body: String::from_utf8_lossy(&body).into_owned(),
         answered: status.as_u16(),
@@ -610,7 +619,177 @@ async fn private_targets_are_refused_on_postgres() {
     private_targets_are_refused_when_the_operator_says_so(settle_store::Engine::Postgres).await;
 }
 
+const FORM: &[(&str, &str)] = &[("content-type", "application/x-www-form-urlencoded")];
+
+/// Endpoints made through `/stripe/v1` get Stripe-shaped events of the Stripe types they chose,
+/// signed in `Stripe-Signature`; each API manages its own endpoints (the native API sees all).
+async fn stripe_endpoints_get_stripe_shaped_events_signed_for_stripe(app: TestApp) {
+    let receiver = Receiver::start(0, Duration::ZERO).await;
+    let m = app.merchant("shop").await;
+    let url = receiver.url.replace(':', "%3A").replace('/', "%2F");
+    let created = app
+        .call(
+            Method::POST,
+            "/stripe/v1/webhook_endpoints",
+            &m.key,
+            Some(&format!(
+                "url={url}&enabled_events[]=payment_intent.succeeded&enabled_events[]=refund.updated&api_version=2024-06-20"
+            )),
+            FORM,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.text);
+    assert_eq!(created.json["object"], "webhook_endpoint");
+    assert_eq!(created.json["status"], "enabled");
+    assert_eq!(
+        created.json["enabled_events"],
+        json!(["payment_intent.succeeded", "refund.updated"])
+    );
+    let stripe_ep = created.json["id"].as_str().expect("id").to_owned();
+    assert!(stripe_ep.starts_with("we_"));
+    let secret = created.json["secret"].as_str().expect("secret").to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let (native_ep, native_secret) = app.endpoint(&m, &receiver.url, json!(["payment.*"])).await;
+
+    // Each API's view.
+    let listed = app.get("/stripe/v1/webhook_endpoints", &m.key).await;
+    assert_eq!(listed.json["url"], "/v1/webhook_endpoints");
+    let ids: Vec<&Value> = listed.json["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|e| &e["id"])
+        .collect();
+    assert_eq!(ids, vec![&json!(stripe_ep)], "{}", listed.text);
+    assert_eq!(
+        app.get(&format!("/stripe/v1/webhook_endpoints/{native_ep}"), &m.key)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let native = app.get(&format!("/v1/webhook_endpoints/{stripe_ep}"), &m.key).await;
+    assert_eq!(native.json["api"], "stripe", "{}", native.text);
+    assert_eq!(
+        app.get("/v1/webhook_endpoints", &m.key).await.json["data"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    // A Stripe endpoint takes Stripe types only, whichever API changes it.
+    let bad = app
+        .post(
+            &format!("/v1/webhook_endpoints/{stripe_ep}"),
+            &m.key,
+            json!({ "enabled_events": ["payment.*"] }),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    assert_eq!(bad.json["error"]["param"], "enabled_events[0]");
+    let replay = app
+        .call(
+            Method::POST,
+            &format!("/stripe/v1/webhook_endpoints/{stripe_ep}"),
+            &m.key,
+            Some("description=orders&disabled=false"),
+            FORM,
+        )
+        .await;
+    assert_eq!(replay.json["description"], "orders", "{}", replay.text);
+    assert!(replay.json.get("secret").is_none());
+
+    let pay = app.sandbox_payment(&m).await;
+    let refund = app
+        .post("/v1/refunds", &m.key, json!({ "payment_id": pay, "amount": 200 }))
+        .await;
+    assert!(refund.status.is_success(), "{}", refund.text);
+    app.dispatch().await;
+    let seen = receiver.seen();
+    let stripe_seen: Vec<&Received> = seen
+        .iter()
+        .filter(|r| r.signature_header == "stripe-signature")
+        .collect();
+    let types: Vec<Value> = stripe_seen
+        .iter()
+        .map(|r| serde_json::from_str::<Value>(&r.body).expect("json")["type"].clone())
+        .collect();
+    assert_eq!(types.len(), 2, "{types:?}");
+    assert!(
+        types.contains(&json!("payment_intent.succeeded")) && types.contains(&json!("refund.updated")),
+        "{types:?}"
+    );
+    for r in &stripe_seen {
+        assert!(verifies(r, &secret), "{r:?}");
+        assert!(!verifies(r, &native_secret));
+        let event: Value = serde_json::from_str(&r.body).expect("json");
+        assert_eq!(event["object"], "event");
+        assert!(event["id"].as_str().is_some_and(|id| id.starts_with("evt_")));
+        let object = &event["data"]["object"];
+        let pi = format!("pi_{}", pay.strip_prefix("pay_").expect("pay_"));
+        match event["type"].as_str() {
+            Some("payment_intent.succeeded") => {
+                assert_eq!(object["id"], pi.as_str());
+                assert_eq!(object["amount_received"], 500);
+            }
+            _ => {
+                assert_eq!(object["object"], "refund");
+                assert_eq!(object["payment_intent"], pi.as_str());
+                assert_eq!(object["status"], "succeeded");
+            }
+        }
+    }
+    // The native endpoint got Settle's events in Settle's header.
+    let native_seen: Vec<&Received> = seen
+        .iter()
+        .filter(|r| r.signature_header == "settle-signature")
+        .collect();
+    assert!(!native_seen.is_empty());
+    assert!(native_seen
+        .iter()
+        .all(|r| verifies(r, &native_secret) && r.body.contains("\"payment.")));
+
+    // The refund is also the charge's event.
+    let charge_events = app.get("/stripe/v1/events?type=charge.refunded", &m.key).await;
+    let charge = &charge_events.json["data"][0]["data"]["object"];
+    assert_eq!(charge["object"], "charge", "{}", charge_events.text);
+    assert_eq!(charge["amount_refunded"], 200);
+    assert_eq!(charge["refunded"], false);
+
+    // An event with no Stripe counterpart cannot be redelivered to a Stripe endpoint.
+    let events = app.get("/v1/events?type=webhook_endpoint.created", &m.key).await;
+    let event_id = events.json["data"][0]["id"].as_str().expect("event").to_owned();
+    let refused = app
+        .post(
+            &format!("/v1/events/{event_id}/redeliver"),
+            &m.key,
+            json!({ "endpoint_id": stripe_ep }),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.text);
+    assert_eq!(refused.json["error"]["param"], "endpoint_id");
+
+    let deleted = app
+        .call(
+            Method::DELETE,
+            &format!("/stripe/v1/webhook_endpoints/{stripe_ep}"),
+            &m.key,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        deleted.json,
+        json!({ "id": stripe_ep, "object": "webhook_endpoint", "deleted": true })
+    );
+    assert_eq!(
+        app.get(&format!("/v1/webhook_endpoints/{stripe_ep}"), &m.key)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
 crate::conformance!(
+    stripe_endpoints_get_stripe_shaped_events_signed_for_stripe,
     a_failing_receiver_gets_every_event_signed_after_retries_and_a_restart,
     two_dispatchers_never_send_one_attempt_twice,
     a_dead_dispatchers_leases_expire_and_nothing_is_lost,

@@ -709,11 +709,8 @@ class EventTests(SettleTestCase):
 
 
 class WebhookEndpointTests(SettleTestCase):
-    ENABLED = ["payment_intent.succeeded", "refund.updated"]
+    ENABLED = ["payment_intent.succeeded", "refund.updated", "charge.refunded"]
 
-    # Not served yet: Stripe-shaped webhook endpoints (and deliveries signed with
-    # `Stripe-Signature`) are the next increment of the Stripe-compatible API.
-    @unittest.skip("/stripe/v1/webhook_endpoints is not served yet (see docs/stripe-compatibility.md)")
     def test_deliveries_verify_with_the_sdk(self):
         with WebhookReceiver() as receiver:
             ep = stripe.WebhookEndpoint.create(url=receiver.url, enabled_events=self.ENABLED)
@@ -778,9 +775,58 @@ class WebhookEndpointTests(SettleTestCase):
         with self.assertRaises(stripe.SignatureVerificationError):
             stripe.Webhook.construct_event(tampered, signature, secret)
 
+        stripe.Refund.create(payment_intent=pi.id, amount=300)
+
+        def delivered(event_type):
+            """The verified delivery of `event_type` about this payment, once it came."""
+
+            def find_it():
+                for raw, sig, _ in receiver.received():
+                    event = stripe.Webhook.construct_event(raw, sig, secret)
+                    if event.type == event_type and event["data"]["object"]["payment_intent"] == pi.id:
+                        return event
+                return None
+
+            event = poll(find_it, WEBHOOK_WAIT_SECONDS)
+            self.assertIsNotNone(event, "a verifiable %s for %s" % (event_type, pi.id))
+            return event
+
+        refund_event = delivered("refund.updated")
+        self.assertEqual(refund_event["data"]["object"]["amount"], 300)
+        self.assertEqual(refund_event["data"]["object"]["status"], "succeeded")
+
+        charge_event = delivered("charge.refunded")
+        charge = charge_event["data"]["object"]
+        self.assertEqual(charge["object"], "charge")
+        self.assertEqual(charge["id"], pi.latest_charge)
+        self.assertEqual(charge["amount_refunded"], 300)
+        self.assertFalse(charge["refunded"], "a partial refund")
+
+        paused = stripe.WebhookEndpoint.modify(ep.id, disabled=True)
+        self.assertEqual(paused.status, "disabled")
+        self.assertEqual(stripe.WebhookEndpoint.modify(ep.id, disabled=False).status, "enabled")
+
         deleted = stripe.WebhookEndpoint.delete(ep.id)
         self.assertEqual(deleted.id, ep.id)
         self.assertTrue(deleted.deleted)
+        with self.assertRaises(stripe.InvalidRequestError) as caught:
+            stripe.WebhookEndpoint.retrieve(ep.id)
+        self.assert_status(caught.exception, 404)
+
+    def test_enabled_events_must_be_stripe_types_settle_sends(self):
+        for bad in ["payment.captured", "charge.dispute.created", "nope.*"]:
+            with self.assertRaises(stripe.InvalidRequestError) as caught:
+                stripe.WebhookEndpoint.create(
+                    url="https://example.com/hooks", enabled_events=["payment_intent.succeeded", bad]
+                )
+            self.assert_status(caught.exception, 400)
+            self.assertEqual(caught.exception.param, "enabled_events[1]", bad)
+        with self.assertRaises(stripe.InvalidRequestError) as caught:
+            stripe.WebhookEndpoint.create(url="ftp://example.com/hooks", enabled_events=["*"])
+        self.assertEqual(caught.exception.param, "url")
+        with self.assertRaises(stripe.InvalidRequestError) as caught:
+            stripe.WebhookEndpoint.create(url="https://example.com/hooks", enabled_events=["*"], connect=True)
+        self.assertEqual(caught.exception.param, "connect")
 
 
 class AuthenticationTests(SettleTestCase):
