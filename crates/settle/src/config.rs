@@ -89,6 +89,10 @@ pub struct ServeArgs {
     /// address, with 127.0.0.1 for an unspecified one).
     #[arg(long, env = "SETTLE_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// A second address that serves the Stripe-compatible API at its root (`/v1/…` there is
+    /// `/stripe/v1/…`), for Stripe SDKs that take only a host and a port (stripe-node).
+    #[arg(long, env = "SETTLE_STRIPE_LISTEN")]
+    pub stripe_listen: Option<String>,
 }
 
 /// `http://<addr>`, with loopback for an unspecified address (`0.0.0.0`, `::`).
@@ -204,7 +208,13 @@ fn write_private(path: &std::path::Path, contents: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-pub fn getting_started(addr: SocketAddr, engine: Engine, args: &ServeArgs, new_token: Option<&str>) -> String {
+pub fn getting_started(
+    addr: SocketAddr,
+    stripe_addr: Option<SocketAddr>,
+    engine: Engine,
+    args: &ServeArgs,
+    new_token: Option<&str>,
+) -> String {
     let token_line = match new_token {
         Some(path) => format!("A new admin token was written to {path} (mode 0600); it is shown nowhere else."),
         None => match &args.admin_token {
@@ -216,8 +226,12 @@ pub fn getting_started(addr: SocketAddr, engine: Engine, args: &ServeArgs, new_t
         },
     };
     let token_file = args.common.data_dir.join("admin-token");
+    let stripe_line = match stripe_addr {
+        Some(s) => format!("Stripe SDKs: api_base http://{addr}/stripe, or host and port {s} (the API at its root)."),
+        None => format!("Stripe SDKs: api_base http://{addr}/stripe."),
+    };
     format!(
-        "Settle is listening on http://{addr} ({engine}).\n{token_line}\n\nCreate a merchant:\n  curl -s http://{addr}/admin/v1/merchants -H \"Authorization: Bearer $(cat {file})\" -d '{{\"name\": \"Acme\", \"email\": \"ops@acme.test\"}}'\n",
+        "Settle is listening on http://{addr} ({engine}).\n{token_line}\n{stripe_line}\n\nCreate a merchant:\n  curl -s http://{addr}/admin/v1/merchants -H \"Authorization: Bearer $(cat {file})\" -d '{{\"name\": \"Acme\", \"email\": \"ops@acme.test\"}}'\n",
         engine = engine.as_str(),
         file = token_file.display(),
     )

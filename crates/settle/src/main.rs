@@ -77,6 +77,18 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let stripe_listener = match &args.stripe_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot listen on {a} (--stripe-listen): {e}"))?,
+        ),
+        None => None,
+    };
+    let stripe_addr = stripe_listener
+        .as_ref()
+        .map(|l| l.local_addr().map_err(|e| e.to_string()))
+        .transpose()?;
     let mut server_config = args.server_config(store.engine())?;
     // Where the sandbox posts its webhooks: the given public URL, else this listener.
     server_config.public_url = Some(args.public_url.clone().unwrap_or_else(|| config::own_url(addr)));
@@ -85,16 +97,38 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot build the app: {e:?}"))?;
     let token_note = config::ensure_admin_token(&app.state, &args).await?;
     // Not `println!`: a closed stdout must not take the server down.
-    let text = config::getting_started(addr, store.engine(), &args, token_note.as_deref());
+    let text = config::getting_started(addr, stripe_addr, store.engine(), &args, token_note.as_deref());
     let _ = writeln!(std::io::stdout(), "{text}");
-    tracing::info!(%addr, engine = store.engine().as_str(), "listening");
-    let service = app
-        .router
-        .clone()
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, service)
-        .with_graceful_shutdown(config::shutdown_signal())
-        .await;
+    tracing::info!(%addr, stripe = ?stripe_addr, engine = store.engine().as_str(), "listening");
+    // One signal stops both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        config::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let main = axum::serve(
+        listener,
+        app.router
+            .clone()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(until_stopped(stopped.clone()));
+    let stripe = async {
+        match stripe_listener {
+            Some(l) => {
+                let rooted = settle_server::stripe::rooted(app.router.clone());
+                axum::serve(l, rooted.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                    .with_graceful_shutdown(until_stopped(stopped.clone()))
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let (served, stripe_served) = tokio::join!(main, stripe);
+    let served = served.and(stripe_served);
     tracing::info!("shutting down: in-flight requests done; draining the ledger writer and jobs");
     app.shutdown().await;
     store.close().await;

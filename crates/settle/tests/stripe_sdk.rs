@@ -1,12 +1,18 @@
-//! The Stripe-compatible API (`/stripe/v1`) as Stripe's official Python SDK sees it: a fresh
-//! `settle serve` (on SQLite, and on PostgreSQL), a merchant and an API key made through the
-//! admin API, then `tests/stripe_sdk/suite.py` (stdlib `unittest` + the `stripe` package) run
-//! against it with `SETTLE_STRIPE_BASE` and `SETTLE_STRIPE_KEY`; it must exit 0.
+//! The Stripe-compatible API as Stripe's official SDKs see it: a fresh `settle serve` (on
+//! SQLite, and on PostgreSQL) with `--stripe-listen`, a merchant and an API key made through the
+//! admin API, then
+//! - `tests/stripe_sdk/suite.py` (stdlib `unittest` + the `stripe` Python package), pointed at
+//!   the Stripe listener's root on SQLite and at `/stripe` on the main listener on PostgreSQL;
+//! - `tests/stripe_sdk/node_suite.js` (stripe-node, which takes only a host and a port), pointed
+//!   at the Stripe listener.
 //!
-//! Without a `python3` that can `import stripe` (`pip install stripe`) the tests are skipped
-//! with a loud message, unless `CI=true`, where that is a failure. PostgreSQL comes from
-//! `SETTLE_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`), with the
-//! same convention when it cannot be reached.
+//! Each must exit 0. Without a `python3` that can `import stripe` (`pip install stripe`), or
+//! without `node` and stripe-node in `SETTLE_STRIPE_NODE_MODULES` (default
+//! `~/.cache/settle/stripe-node/node_modules`; `npm install --prefix ~/.cache/settle/stripe-node
+//! stripe@16.12.0`), that suite is skipped with a loud message, unless `CI=true`, where that is a
+//! failure. PostgreSQL comes from `SETTLE_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), with the same convention when it cannot be
+//! reached.
 
 use std::{
     io::{BufRead, BufReader},
@@ -17,7 +23,7 @@ use std::{
 
 use serde_json::{json, Value};
 
-/// Longest run of the whole Python suite (each of its waits is bounded much lower).
+/// Longest run of one SDK suite (each of its waits is bounded much lower).
 const SUITE_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn ci() -> bool {
@@ -31,8 +37,45 @@ fn free_port() -> u16 {
         .expect("port")
 }
 
-/// Whether `python3` can import `stripe`. Otherwise: a failure under `CI=true`, else a loud
-/// skip message and `false`.
+/// `false` after a loud skip message (a failure under `CI=true`) saying what is missing.
+fn missing(what: &str, problem: &str, install: &str) -> bool {
+    assert!(!ci(), "the {what} suite cannot run ({install}): {problem}");
+    eprintln!("\n!!! SKIPPING the {what} suite: {problem}. Install it with `{install}`.\n");
+    false
+}
+
+/// Where stripe-node is installed (the `node_modules` directory).
+fn node_modules() -> PathBuf {
+    match std::env::var_os("SETTLE_STRIPE_NODE_MODULES") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/settle/stripe-node/node_modules")
+        }
+    }
+}
+
+/// Whether `node` runs and can load stripe-node from [`node_modules`].
+fn node_sdk_available() -> bool {
+    let probe = Command::new("node")
+        .args(["-e", "require('stripe')"])
+        .env("NODE_PATH", node_modules())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    let problem = match probe {
+        Ok(out) if out.status.success() => return true,
+        Ok(_) => format!("node cannot load stripe from {}", node_modules().display()),
+        Err(e) => format!("cannot run node: {e}"),
+    };
+    missing(
+        "stripe-node",
+        &problem,
+        "npm install --prefix ~/.cache/settle/stripe-node stripe@16.12.0",
+    )
+}
+
+/// Whether `python3` can import `stripe`.
 fn python_sdk_available() -> bool {
     let probe = Command::new("python3")
         .args(["-c", "import stripe"])
@@ -49,15 +92,11 @@ fn python_sdk_available() -> bool {
             .to_owned(),
         Err(e) => format!("cannot run python3: {e}"),
     };
-    assert!(
-        !ci(),
-        "the Stripe SDK suite needs python3 with the stripe package (pip install stripe): {problem}"
-    );
-    eprintln!(
-        "\n!!! SKIPPING the Stripe SDK suite: python3 cannot import stripe ({problem}). \
-         Install it with `pip install stripe`.\n"
-    );
-    false
+    missing(
+        "Stripe Python SDK",
+        &format!("python3 cannot import stripe ({problem})"),
+        "pip install stripe==16.1.0",
+    )
 }
 
 /// A running `settle serve`, killed when dropped (also when the test panics). Its log (text
@@ -82,9 +121,10 @@ impl Drop for Server {
     }
 }
 
-/// Starts `settle serve` on `127.0.0.1:port` with its data directory under `dir` and waits for
-/// its getting-started text. Webhook endpoints on loopback are allowed (the suite's receiver).
-fn serve(dir: &Path, port: u16, extra: &[&str]) -> Server {
+/// Starts `settle serve` on `127.0.0.1:port` (and the Stripe listener on `stripe_port`) with its
+/// data directory under `dir` and waits for its getting-started text. Webhook endpoints on
+/// loopback are allowed (the suites' receivers).
+fn serve(dir: &Path, port: u16, stripe_port: u16, extra: &[&str]) -> Server {
     let log = dir.join("serve.log");
     let stderr = std::fs::File::create(&log).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_settle"))
@@ -92,6 +132,8 @@ fn serve(dir: &Path, port: u16, extra: &[&str]) -> Server {
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--stripe-listen",
+            &format!("127.0.0.1:{stripe_port}"),
             "--log-format",
             "text",
         ])
@@ -164,13 +206,11 @@ async fn merchant_key(base: &str, admin: &str) -> String {
     key["secret"].as_str().expect("secret").to_owned()
 }
 
-/// Runs suite.py against `base` (Settle's root URL); `Err` carries its output.
-async fn run_suite(base: &str, key: &str) -> Result<(), String> {
-    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stripe_sdk/suite.py");
-    let child = tokio::process::Command::new("python3")
-        .arg(&suite)
-        .env("SETTLE_STRIPE_BASE", format!("{base}/stripe"))
-        .env("SETTLE_STRIPE_KEY", key)
+/// Runs one suite (`program` with `args` and `env`); `Err` carries its output.
+async fn run_suite(program: &str, args: &[PathBuf], env: &[(&str, String)]) -> Result<(), String> {
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
@@ -178,10 +218,10 @@ async fn run_suite(base: &str, key: &str) -> Result<(), String> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start python3 {}: {e}", suite.display()))?;
+        .map_err(|e| format!("cannot start {program} {args:?}: {e}"))?;
     let out = match tokio::time::timeout(SUITE_TIMEOUT, child.wait_with_output()).await {
-        Err(_) => return Err(format!("suite.py did not finish within {SUITE_TIMEOUT:?} (killed)")),
-        Ok(Err(e)) => return Err(format!("waiting for suite.py: {e}")),
+        Err(_) => return Err(format!("{args:?} did not finish within {SUITE_TIMEOUT:?} (killed)")),
+        Ok(Err(e)) => return Err(format!("waiting for {args:?}: {e}")),
         Ok(Ok(out)) => out,
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -191,10 +231,38 @@ async fn run_suite(base: &str, key: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "suite.py failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+            "{args:?} failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
             out.status
         ))
     }
+}
+
+fn suite_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/stripe_sdk")
+        .join(name)
+}
+
+/// Runs the SDK suites that can run here against a started server: Python against
+/// `python_base`, stripe-node against the Stripe listener on `stripe_port`.
+async fn run_suites(python_base: &str, stripe_port: u16, key: &str) -> Result<(), String> {
+    if python_sdk_available() {
+        let env = [
+            ("SETTLE_STRIPE_BASE", python_base.to_owned()),
+            ("SETTLE_STRIPE_KEY", key.to_owned()),
+        ];
+        run_suite("python3", &[suite_file("suite.py")], &env).await?;
+    }
+    if node_sdk_available() {
+        let env = [
+            ("SETTLE_STRIPE_HOST", "127.0.0.1".to_owned()),
+            ("SETTLE_STRIPE_PORT", stripe_port.to_string()),
+            ("SETTLE_STRIPE_KEY", key.to_owned()),
+            ("NODE_PATH", node_modules().display().to_string()),
+        ];
+        run_suite("node", &[suite_file("node_suite.js")], &env).await?;
+    }
+    Ok(())
 }
 
 fn admin_token(dir: &Path) -> String {
@@ -205,16 +273,14 @@ fn admin_token(dir: &Path) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stripe_python_sdk_suite_on_sqlite() {
-    if !python_sdk_available() {
-        return;
-    }
+async fn stripe_sdk_suites_on_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let server = serve(dir.path(), port, &[]);
+    let (port, stripe_port) = (free_port(), free_port());
+    let server = serve(dir.path(), port, stripe_port, &[]);
     let base = format!("http://127.0.0.1:{port}");
     let key = merchant_key(&base, &admin_token(dir.path())).await;
-    let outcome = run_suite(&base, &key).await;
+    // The Python SDK at the Stripe listener's root, as stripe-node.
+    let outcome = run_suites(&format!("http://127.0.0.1:{stripe_port}"), stripe_port, &key).await;
     let log = server.log_tail(80);
     drop(server);
     if let Err(report) = outcome {
@@ -245,24 +311,23 @@ async fn fresh_database() -> Option<(sqlx::PgPool, String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stripe_python_sdk_suite_on_postgres() {
-    if !python_sdk_available() {
-        return;
-    }
+async fn stripe_sdk_suites_on_postgres() {
     let Some((pg, name, db_url)) = fresh_database().await else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let vault_key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-    let port = free_port();
+    let (port, stripe_port) = (free_port(), free_port());
     let server = serve(
         dir.path(),
         port,
+        stripe_port,
         &["--database-url", db_url.as_str(), "--vault-key", vault_key.as_str()],
     );
     let base = format!("http://127.0.0.1:{port}");
     let key = merchant_key(&base, &admin_token(dir.path())).await;
-    let outcome = run_suite(&base, &key).await;
+    // The Python SDK at `/stripe` on the main listener.
+    let outcome = run_suites(&format!("{base}/stripe"), stripe_port, &key).await;
     let log = server.log_tail(80);
     drop(server);
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))

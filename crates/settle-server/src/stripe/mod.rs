@@ -41,6 +41,23 @@ pub fn router(state: AppState) -> Router<AppState> {
         .layer(from_fn(errors))
 }
 
+/// The app as served at the root of the Stripe listener (`--stripe-listen`): `/v1/…` there is
+/// `/stripe/v1/…` here, for SDKs that take only a host and a port (stripe-node); other paths
+/// (`/healthz`, …) are served as on the main listener.
+pub fn rooted(app: Router) -> Router {
+    let prefixed = tower::ServiceExt::map_request(app, |mut req: Request| {
+        let path = req.uri().path();
+        if path == "/v1" || path.starts_with("/v1/") {
+            let target = req.uri().path_and_query().map_or(path, |p| p.as_str());
+            if let Ok(uri) = format!("/stripe{target}").parse() {
+                *req.uri_mut() = uri;
+            }
+        }
+        req
+    });
+    Router::new().fallback_service(prefixed)
+}
+
 /// A request's parameters (form body or query string), taken one by one; whatever is left
 /// at the end is refused.
 pub struct Params(Map<String, Value>);
