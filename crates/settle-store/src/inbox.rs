@@ -44,6 +44,10 @@ pub trait InboxTx: Send {
     async fn find_connector_account(&mut self, id: &str) -> Result<Option<ConnectorAccount>>;
     /// The merchant's payment that holds `provider_ref` at its provider.
     async fn payment_by_provider_ref(&mut self, merchant_id: &str, provider_ref: &str) -> Result<Option<Payment>>;
+    /// [`InboxTx::payment_by_provider_ref`] for many references in one statement: the
+    /// merchant's payments holding any of them, oldest first (for a reference held twice, the
+    /// last one is the one `payment_by_provider_ref` answers).
+    async fn payments_by_provider_refs(&mut self, merchant_id: &str, provider_refs: &[String]) -> Result<Vec<Payment>>;
     /// The merchant's payment one of whose attempts has the id `attempt_id` (an authorization's
     /// attempt id is the reference its provider saw).
     async fn payment_by_attempt(&mut self, merchant_id: &str, attempt_id: &str) -> Result<Option<Payment>>;
@@ -216,6 +220,28 @@ macro_rules! inbox_tx {
                     .fetch_optional(&mut *self.tx)
                     .await?;
                 row.as_ref().map(payment_from).transpose()
+            }
+
+            async fn payments_by_provider_refs(
+                &mut self,
+                merchant_id: &str,
+                provider_refs: &[String],
+            ) -> $crate::Result<Vec<settle_domain::payment::Payment>> {
+                if provider_refs.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let marks: Vec<String> = (2..provider_refs.len() + 2).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "SELECT {} FROM payments WHERE merchant_id = $1 AND provider_ref IN ({}) ORDER BY seq",
+                    $crate::payments::PAYMENT_COLS,
+                    marks.join(", ")
+                );
+                let mut query = sqlx::query(&sql).bind(merchant_id);
+                for r in provider_refs {
+                    query = query.bind(r);
+                }
+                let rows = query.fetch_all(&mut *self.tx).await?;
+                rows.iter().map(payment_from).collect()
             }
 
             async fn payment_by_attempt(

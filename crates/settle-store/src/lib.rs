@@ -202,6 +202,12 @@ pub trait Store: Send + Sync + 'static {
     /// log into the database file (a passive checkpoint, which never blocks the writer); on
     /// PostgreSQL the server does this itself.
     async fn checkpoint(&self) -> Result<()>;
+    /// Refreshes the query planner's statistics of Settle's tables (PostgreSQL: `ANALYZE` of
+    /// the tables in the current schema; SQLite's planner uses none for Settle's queries).
+    /// PostgreSQL plans a session's foreign-key checks once: planned over empty tables, a check
+    /// may scan a merchant's every payment until autovacuum's first `ANALYZE` (within about a
+    /// minute of the first traffic) makes it plan again. Benchmarks call this after warming up.
+    async fn refresh_statistics(&self) -> Result<()>;
     async fn close(&self);
 }
 

@@ -103,6 +103,21 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn refresh_statistics(&self) -> Result<()> {
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = current_schema() \
+             ORDER BY tablename",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        if !tables.is_empty() {
+            sqlx::query(&format!("ANALYZE {}", tables.join(", ")))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }

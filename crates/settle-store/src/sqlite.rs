@@ -106,6 +106,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn refresh_statistics(&self) -> Result<()> {
+        Ok(())
+    }
+
     async fn close(&self) {
         self.writer.close().await;
         self.readers.close().await;

@@ -21,7 +21,7 @@ pub struct PaymentsArgs {
     /// Concurrent HTTP clients.
     #[arg(long, default_value_t = 32)]
     clients: usize,
-    /// Measured seconds (after one second of warm-up).
+    /// Measured seconds (after the warm-up, `bench::WARMUP`).
     #[arg(long, default_value_t = 10)]
     duration_seconds: u64,
     /// Stop after this many payments even if time remains.
@@ -42,7 +42,8 @@ pub async fn run(a: &PaymentsArgs) -> Result<ExitCode, String> {
     let key = setup(&running.http, &running.base, &running.admin, 0).await?;
     // One payment first so the system accounts exist before the clients start.
     one_payment(&running.http, &running.base, &key, 0).await?;
-    let warmup = Duration::from_secs(1);
+    let stats = crate::bench::refresh_statistics_midway(&running.store);
+    let warmup = crate::bench::WARMUP;
     let started = Instant::now();
     let measure_from = started + warmup;
     let deadline = measure_from + Duration::from_secs(a.duration_seconds.max(1));
@@ -74,6 +75,7 @@ pub async fn run(a: &PaymentsArgs) -> Result<ExitCode, String> {
             (samples, errors)
         }));
     }
+    let _ = stats.await;
     let (mut samples, mut errors) = (Vec::new(), 0);
     for t in tasks {
         let (s, e) = t.await.map_err(|e| e.to_string())?;

@@ -33,7 +33,7 @@ pub struct WebhooksArgs {
     /// Concurrent HTTP clients (posting webhooks; creating the outbound events).
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    /// Inbound: measured seconds (after one second of warm-up).
+    /// Inbound: measured seconds (after the warm-up, `bench::WARMUP`).
     #[arg(long, default_value_t = 10)]
     pub duration_seconds: u64,
     /// Inbound: stop after this many webhooks even if time remains.
@@ -43,7 +43,7 @@ pub struct WebhooksArgs {
     #[arg(long)]
     pub no_drain: bool,
     /// Inbound: then drain this many webhooks that each authorize a processing payment.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 5_000)]
     pub applied: u64,
     /// Outbound: events to deliver.
     #[arg(long, default_value_t = 10_000)]

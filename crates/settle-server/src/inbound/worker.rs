@@ -2,8 +2,9 @@
 //!
 //! A round leases up to [`ROUND_MAX`] due entries (status `received`, due now; several
 //! processes share them: `FOR UPDATE SKIP LOCKED` on PostgreSQL, the lease on every engine),
-//! groups them by the payment they name, and handles each group in the order its entries were
-//! stored (groups run concurrently; each reads its payment once and again after a change):
+//! groups them by the payment they name, reads the round's payments by their providers' ids in
+//! one statement per merchant, and handles each group in the order its entries were stored
+//! (groups run concurrently; a group reads its payment again only after a change):
 //! 1. read the event (`settle_domain::inbound::outcome`); a type Settle does not apply is
 //!    `ignored` (`unsupported_event_type`);
 //! 2. find the payment: by the provider's id (`provider_ref`), else by Settle's attempt
@@ -25,7 +26,10 @@
 //! Only an automatic-capture authorization calls a connector (the capture); it claims the
 //! payment first, as every connector call does.
 
-use std::sync::Arc;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use serde_json::Value;
 use settle_domain::{
@@ -92,14 +96,17 @@ pub async fn try_execute_webhook_inbox(state: &AppState) -> Result<usize, ApiErr
             None => groups.push((key, vec![(entry, outcome, subject)])),
         }
     }
+    let mut found = prefetch(state, &groups).await?;
     let limit = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     let mut running = JoinSet::new();
-    for (_, members) in groups {
+    for (key, members) in groups {
         let (state, limit) = (state.clone(), limit.clone());
+        // Found by the provider's id: the group starts from it; otherwise `find` looks again
+        // (also by Settle's reference).
+        let mut payment = found.remove(&key).map(Some);
         running.spawn(async move {
             let _permit = limit.acquire_owned().await;
             let mut later = Vec::new();
-            let mut payment = None;
             for (entry, outcome, subject) in members {
                 if let Err(e) = handle(&state, &entry, &outcome, &subject, until, &mut payment, &mut later).await {
                     tracing::warn!(entry = %entry.id, error = ?e, "applying a webhook failed; retried later");
@@ -126,6 +133,42 @@ pub async fn try_execute_webhook_inbox(state: &AppState) -> Result<usize, ApiErr
 
 /// The payment an inbox entry names: its merchant, the provider's id, Settle's reference.
 type GroupKey = (String, Option<String>, Option<String>);
+
+/// Reads the round's payments by their providers' ids: one statement per merchant (per
+/// [`ROUND_MAX`] ids) instead of one read per group. A payment read here may change before its
+/// group runs; a step on it is written only at the version read (compare-and-set), so a stale
+/// read costs a retry, never a wrong write.
+async fn prefetch(
+    state: &AppState,
+    groups: &[(GroupKey, Vec<Member>)],
+) -> Result<HashMap<GroupKey, Payment>, ApiError> {
+    let mut refs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for ((merchant, provider_ref, _), _) in groups {
+        if let Some(r) = provider_ref {
+            refs.entry(merchant.as_str()).or_default().push(r.clone());
+        }
+    }
+    let mut by_ref: HashMap<(String, String), Payment> = HashMap::new();
+    for (merchant, refs) in refs {
+        let mut tx = state.reader(merchant).await?;
+        for chunk in refs.chunks(ROUND_MAX as usize) {
+            // Oldest first: a reference held twice ends with the newest payment, as `find` reads.
+            for p in tx.payments_by_provider_refs(merchant, chunk).await? {
+                if let Some(r) = p.provider_ref.clone() {
+                    by_ref.insert((merchant.to_owned(), r), p);
+                }
+            }
+        }
+    }
+    Ok(groups
+        .iter()
+        .filter_map(|(key, _)| {
+            let (merchant, provider_ref, _) = key;
+            let p = by_ref.get(&(merchant.clone(), provider_ref.clone()?))?;
+            Some((key.clone(), p.clone()))
+        })
+        .collect())
+}
 /// An entry with what its event says.
 type Member = (InboxEntry, Outcome, Subject);
 
