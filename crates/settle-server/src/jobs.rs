@@ -68,9 +68,10 @@ pub async fn try_execute_key_usage(state: &AppState) -> Result<usize, ApiError> 
     Ok(used.len())
 }
 
-/// Store upkeep off the writer's path (SQLite: a passive WAL checkpoint).
-pub async fn try_execute_checkpoint(state: &AppState) -> Result<(), ApiError> {
-    Ok(state.store.checkpoint().await?)
+/// Store upkeep off the writer's path (SQLite: a passive WAL checkpoint; PostgreSQL: the first
+/// statistics of a table that has filled; see `Store::upkeep`).
+pub async fn try_execute_upkeep(state: &AppState) -> Result<(), ApiError> {
+    Ok(state.store.upkeep().await?)
 }
 
 pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
@@ -141,8 +142,8 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
             }
         })),
         tokio::spawn(every(expiry, stop.clone(), state.clone(), |s| async move {
-            if let Err(e) = try_execute_checkpoint(&s).await {
-                tracing::warn!(error = ?e, "checkpoint failed");
+            if let Err(e) = try_execute_upkeep(&s).await {
+                tracing::warn!(error = ?e, "store upkeep failed");
             }
             // Drain a backlog in bounded rounds.
             for _ in 0..10 {

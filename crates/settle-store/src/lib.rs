@@ -186,6 +186,10 @@ pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>
     }
 }
 
+/// Changed rows after which [`Store::upkeep`] gives a never-analyzed PostgreSQL table its first
+/// statistics.
+pub const FIRST_ANALYZE_ROWS: i64 = 200;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     fn engine(&self) -> Engine;
@@ -198,15 +202,16 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the database would let this process bypass row-level security (superuser or
     /// BYPASSRLS on PostgreSQL; always false on SQLite, which has none).
     async fn bypasses_row_security(&self) -> Result<bool>;
-    /// Background upkeep that must stay off the writer's path: on SQLite, copies the write-ahead
-    /// log into the database file (a passive checkpoint, which never blocks the writer); on
-    /// PostgreSQL the server does this itself.
-    async fn checkpoint(&self) -> Result<()>;
-    /// Refreshes the query planner's statistics of Settle's tables (PostgreSQL: `ANALYZE` of
-    /// the tables in the current schema; SQLite's planner uses none for Settle's queries).
-    /// PostgreSQL plans a session's foreign-key checks once: planned over empty tables, a check
-    /// may scan a merchant's every payment until autovacuum's first `ANALYZE` (within about a
-    /// minute of the first traffic) makes it plan again. Benchmarks call this after warming up.
+    /// Background upkeep that must stay off the writer's path (a job runs it every second). On
+    /// SQLite: copies the write-ahead log into the database file (a passive checkpoint, which
+    /// never blocks the writer). On PostgreSQL: the first `ANALYZE` of each of Settle's tables
+    /// once it holds [`FIRST_ANALYZE_ROWS`] changed rows — PostgreSQL plans a session's
+    /// foreign-key checks once, and planned over empty tables a check may read every payment of
+    /// the merchant until autovacuum's first `ANALYZE`, which can come a minute or more later.
+    async fn upkeep(&self) -> Result<()>;
+    /// Refreshes the query planner's statistics of every Settle table now (PostgreSQL: `ANALYZE`
+    /// of the tables in the current schema; SQLite's planner uses none for Settle's queries).
+    /// Benchmarks call it during their warm-up.
     async fn refresh_statistics(&self) -> Result<()>;
     async fn close(&self);
 }

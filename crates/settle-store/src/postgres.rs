@@ -21,6 +21,16 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// `ANALYZE` of `tables` (qualified and quoted names), in one statement.
+    async fn analyze(&self, tables: &[String]) -> Result<()> {
+        if !tables.is_empty() {
+            sqlx::query(&format!("ANALYZE {}", tables.join(", ")))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
         let connect: PgConnectOptions = url.parse()?;
         Self::connect_with(connect, options).await
@@ -99,8 +109,19 @@ impl Store for PostgresStore {
         )
     }
 
-    async fn checkpoint(&self) -> Result<()> {
-        Ok(())
+    async fn upkeep(&self) -> Result<()> {
+        // Tables this role may analyze (else ANALYZE only warns, and they would stay listed).
+        let fresh: Vec<String> = sqlx::query_scalar(
+            "SELECT format('%I.%I', s.schemaname, s.relname) FROM pg_stat_user_tables s \
+             JOIN pg_class c ON c.oid = s.relid \
+             WHERE s.schemaname = current_schema() AND s.last_analyze IS NULL AND s.last_autoanalyze IS NULL \
+             AND s.n_mod_since_analyze >= $1 AND pg_has_role(current_user, c.relowner, 'MEMBER') \
+             ORDER BY s.relname",
+        )
+        .bind(crate::FIRST_ANALYZE_ROWS)
+        .fetch_all(&self.pool)
+        .await?;
+        self.analyze(&fresh).await
     }
 
     async fn refresh_statistics(&self) -> Result<()> {
@@ -110,12 +131,7 @@ impl Store for PostgresStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        if !tables.is_empty() {
-            sqlx::query(&format!("ANALYZE {}", tables.join(", ")))
-                .execute(&self.pool)
-                .await?;
-        }
-        Ok(())
+        self.analyze(&tables).await
     }
 
     async fn close(&self) {

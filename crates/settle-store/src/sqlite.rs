@@ -99,7 +99,7 @@ impl Store for SqliteStore {
         Ok(false)
     }
 
-    async fn checkpoint(&self) -> Result<()> {
+    async fn upkeep(&self) -> Result<()> {
         sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&self.checkpointer)
             .await?;
@@ -113,7 +113,7 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.writer.close().await;
         self.readers.close().await;
-        let _ = self.checkpoint().await;
+        let _ = self.upkeep().await;
         self.checkpointer.close().await;
     }
 }

@@ -161,6 +161,47 @@ async fn row_level_security_hides_other_merchants_rows_on_postgres() {
     );
 }
 
+/// A table that fills gets its first statistics from the store's upkeep, not a minute later
+/// from autovacuum (foreign-key checks planned over empty tables would otherwise stay slow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filled_table_gets_its_first_statistics_from_upkeep_on_postgres() {
+    let Some(app) = TestApp::spawn(settle_store::Engine::Postgres).await else {
+        return;
+    };
+    let m = app.merchant("stats").await;
+    let rows = settle_store::FIRST_ANALYZE_ROWS + 50;
+    let inserted = app
+        .try_exec(&format!(
+            "INSERT INTO customers (merchant_id, id, metadata, created_at, updated_at) \
+             SELECT '{}', 'cus_stats_' || g, '{{}}', 0, 0 FROM generate_series(1, {rows}) g",
+            m.id
+        ))
+        .await
+        .expect("insert");
+    assert_eq!(inserted, u64::try_from(rows).expect("rows"));
+    // Autovacuum may, rarely, get there first within the wait (`last_autoanalyze`); on its own
+    // it would take up to a minute, longer than this bounded wait.
+    let analyzed = "SELECT 1 FROM pg_stat_user_tables WHERE schemaname = current_schema() \
+                    AND relname = 'customers' AND (last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL)";
+    // The insert's counts reach the statistics views within about a second; bounded wait.
+    let mut done = false;
+    for _ in 0..100 {
+        settle_server::jobs::try_execute_upkeep(app.state())
+            .await
+            .expect("upkeep");
+        if app.try_exec(analyzed).await.expect("stats") == 1 {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(done, "customers analyzed after {rows} rows");
+    // Tables that stayed small are left to autovacuum.
+    let small = "SELECT 1 FROM pg_stat_user_tables WHERE schemaname = current_schema() \
+                 AND relname = 'refunds' AND last_analyze IS NOT NULL";
+    assert_eq!(app.try_exec(small).await.expect("stats"), 0);
+}
+
 conformance!(
     health_readiness_metrics_and_request_ids,
     every_mutating_call_leaves_an_audit_row,
