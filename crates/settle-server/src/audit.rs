@@ -2,7 +2,6 @@
 
 use axum::{extract::State, response::Response, routing::get, Router};
 use serde_json::json;
-use settle_store::{Mode, Scope};
 
 use crate::{context::Ctx, error::ApiError, extract::Page, ledger, AppState};
 
@@ -12,10 +11,7 @@ pub fn router() -> Router<AppState> {
 
 async fn list_audit_logs(State(state): State<AppState>, ctx: Ctx, page: Page) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let listing = tx
         .list_audit(&merchant_id, &page.0)
         .await

@@ -12,7 +12,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 use settle_domain::customer::{Customer, CustomerFilter};
-use settle_store::{Listing, Mode, Scope};
+use settle_store::Listing;
 
 use crate::{
     context::{Ctx, Reply},
@@ -104,10 +104,7 @@ pub async fn create_customer(
         updated_at: now,
     };
     body.apply(&mut customer)?;
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     tx.insert_customer(&customer).await?;
     let audit = ctx.audit(state, &merchant_id, "customer.create", "customer", &customer.id);
     ctx.commit(state, tx, render(&customer)?, &[audit]).await
@@ -128,10 +125,7 @@ pub async fn update_customer(
     render: Render<'_, Customer>,
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     let mut customer = tx
         .get_customer(&merchant_id, id)
         .await?
@@ -152,10 +146,7 @@ pub async fn delete_customer(
     render: Render<'_, str>,
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     if !tx.delete_customer(&merchant_id, id).await? {
         return Err(ApiError::not_found("customer", id));
     }

@@ -10,7 +10,6 @@ use axum::{
 };
 use serde_json::{json, Value};
 use settle_domain::event::{self, Event, EventFilter, NewEvent};
-use settle_store::{Mode, Scope};
 
 use crate::{
     context::{Ctx, Reply},
@@ -68,10 +67,7 @@ async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String
 }
 
 pub async fn load(state: &AppState, merchant_id: &str, id: &str) -> Result<Event, ApiError> {
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(merchant_id).await?;
     tx.get_event(merchant_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("event", id))
@@ -100,10 +96,7 @@ async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery
         }
     }
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let listing = tx
         .list_events(&merchant_id, &filter, &page.0)
         .await

@@ -155,10 +155,7 @@ async fn create(
     let due_date = due_date(body.due_date)?;
     let description = payments::description(body.description)?;
     let metadata = fields::metadata(body.metadata, "metadata")?.unwrap_or_else(|| json!({}));
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     let (min, max) = limits(tx.as_mut(), &merchant_id, currency).await?;
     if body.amount_due < min || body.amount_due > max {
         return Err(out_of_range("amount_due", min, max, currency));
@@ -218,10 +215,7 @@ async fn void(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -
 /// that applied a payment meanwhile makes it read again), record the event.
 async fn command(state: &AppState, ctx: &Ctx, id: &str, command: Command) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     for _ in 0..COMMAND_RETRIES_MAX {
         let invoice = tx
             .get_invoice(&merchant_id, id)
@@ -253,10 +247,7 @@ async fn command(state: &AppState, ctx: &Ctx, id: &str, command: Command) -> Res
 }
 
 async fn load(state: &AppState, merchant_id: &str, id: &str) -> Result<Invoice, ApiError> {
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(merchant_id).await?;
     tx.get_invoice(merchant_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("invoice", id))
@@ -281,10 +272,7 @@ async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery
         }
     }
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let listing = tx
         .list_invoices(&merchant_id, &filter, &page.0)
         .await
@@ -304,10 +292,7 @@ async fn payments_of(
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     load(&state, &merchant_id, &id).await?;
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let listing = tx
         .list_payment_events(&merchant_id, &id, &page.0)
         .await
@@ -334,10 +319,7 @@ async fn receive(
     }
     let invoice_id = fields::client_id(&body.invoice_id, "invoice_id")?;
     fields::positive_amount(body.amount_cents, "amount_cents")?;
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     let invoice = tx
         .get_invoice(&merchant_id, &invoice_id)
         .await?

@@ -238,6 +238,14 @@ impl AppState {
             .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Read)
             .await?)
     }
+
+    /// A write transaction in `merchant_id`'s scope.
+    pub async fn begin_write(&self, merchant_id: &str) -> Result<Box<dyn settle_store::Tx>, ApiError> {
+        Ok(self
+            .store
+            .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Write)
+            .await?)
+    }
 }
 
 /// Sets the admin token (stores its digest) and makes it effective in this process.

@@ -11,15 +11,11 @@ use std::{
 
 use serde_json::{json, Value};
 
+mod common;
+use common::{free_port, fresh_database, vault_key};
+
 fn settle() -> Command {
     Command::new(env!("CARGO_BIN_EXE_settle"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 /// Starts `settle serve` and waits for its getting-started text.
@@ -497,35 +493,13 @@ async fn kill_9_mid_payment_flows_leaves_nothing_stuck_or_doubled() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
-/// A fresh PostgreSQL database for one test, dropped at the end; `None` (after a loud message)
-/// when PostgreSQL cannot be reached, which fails the test under `CI=true`.
-async fn fresh_database() -> Option<(sqlx::PgPool, String, String)> {
-    let url = std::env::var("SETTLE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let admin = match sqlx::PgPool::connect(&url).await {
-        Ok(pool) => pool,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("PostgreSQL unreachable at {url}: {e}"),
-        Err(e) => {
-            eprintln!("\n!!! SKIPPING a PostgreSQL test: cannot reach {url} ({e}).\n");
-            return None;
-        }
-    };
-    let name = format!("settle_cli_{}_{}", std::process::id(), rand::random::<u32>());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("create database");
-    let (prefix, _) = url.rsplit_once('/').expect("database URL with a database name");
-    Some((admin, name.clone(), format!("{prefix}/{name}")))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_on_postgres_the_survivor_recovers_what_the_killed_one_left() {
-    let Some((pg, name, db_url)) = fresh_database().await else {
+    let Some((pg, name, db_url)) = fresh_database("settle_cli").await else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let vault_key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let vault_key = vault_key();
     let admin = format!("sat_{}", rand::random::<u64>());
     let flags = [
         "--database-url",

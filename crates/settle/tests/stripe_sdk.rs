@@ -23,19 +23,11 @@ use std::{
 
 use serde_json::{json, Value};
 
+mod common;
+use common::{ci, free_port, fresh_database, vault_key};
+
 /// Longest run of one SDK suite (each of its waits is bounded much lower).
 const SUITE_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
 
 /// `false` after a loud skip message (a failure under `CI=true`) saying what is missing.
 fn missing(what: &str, problem: &str, install: &str) -> bool {
@@ -288,35 +280,13 @@ async fn stripe_sdk_suites_on_sqlite() {
     }
 }
 
-/// A fresh PostgreSQL database for one test; `None` (after a loud message) when PostgreSQL
-/// cannot be reached, which fails the test under `CI=true`.
-async fn fresh_database() -> Option<(sqlx::PgPool, String, String)> {
-    let url = std::env::var("SETTLE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let admin = match sqlx::PgPool::connect(&url).await {
-        Ok(pool) => pool,
-        Err(e) if ci() => panic!("PostgreSQL unreachable at {url}: {e}"),
-        Err(e) => {
-            eprintln!("\n!!! SKIPPING a PostgreSQL test: cannot reach {url} ({e}).\n");
-            return None;
-        }
-    };
-    let name = format!("settle_sdk_{}_{}", std::process::id(), rand::random::<u32>());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("create database");
-    let (prefix, _) = url.rsplit_once('/').expect("database URL with a database name");
-    Some((admin, name.clone(), format!("{prefix}/{name}")))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stripe_sdk_suites_on_postgres() {
-    let Some((pg, name, db_url)) = fresh_database().await else {
+    let Some((pg, name, db_url)) = fresh_database("settle_sdk").await else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let vault_key: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let vault_key = vault_key();
     let (port, stripe_port) = (free_port(), free_port());
     let server = serve(
         dir.path(),

@@ -19,7 +19,6 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use serde_json::{json, Value};
 use settle_domain::payment::{Payment, PaymentStatus};
-use settle_store::{Mode, Scope};
 
 use crate::{error::ApiError, inbound, AppState};
 
@@ -128,7 +127,7 @@ pub async fn webhook_for(
     let account_id = payment.connector_account_id.as_deref().ok_or_else(not_sandbox)?;
     let merchant = &payment.merchant_id;
     let (account, attempts) = {
-        let mut tx = state.store.begin(Scope::Merchant(merchant.clone()), Mode::Read).await?;
+        let mut tx = state.reader(merchant).await?;
         (
             tx.get_connector_account(merchant, account_id).await?,
             tx.list_attempts(merchant, &payment.id).await?,
@@ -184,7 +183,7 @@ async fn send_later(state: &AppState, payment: &Payment, base: &str) -> Result<(
     let resolve_after = {
         let merchant = &payment.merchant_id;
         let account_id = payment.connector_account_id.as_deref().unwrap_or_default();
-        let mut tx = state.store.begin(Scope::Merchant(merchant.clone()), Mode::Read).await?;
+        let mut tx = state.reader(merchant).await?;
         match tx.get_connector_account(merchant, account_id).await? {
             Some(account) => inbound::credentials_of(state, &account)?["resolve_after_seconds"]
                 .as_u64()

@@ -213,7 +213,7 @@ async fn handle(
 /// The payment an event names: by the provider's id, else by Settle's attempt reference.
 async fn find(state: &AppState, entry: &InboxEntry, subject: &Subject) -> Result<Option<Payment>, ApiError> {
     let merchant = &entry.merchant_id;
-    let mut tx = state.store.begin(Scope::Merchant(merchant.clone()), Mode::Read).await?;
+    let mut tx = state.reader(merchant).await?;
     if let Some(provider_ref) = &subject.provider_ref {
         if let Some(p) = tx.payment_by_provider_ref(merchant, provider_ref).await? {
             return Ok(Some(p));

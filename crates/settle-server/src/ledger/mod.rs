@@ -119,10 +119,7 @@ async fn create_account(
     // Two attempts: a concurrent create of the same id (another process) makes the first
     // insert fail; the second attempt then sees the row and answers as for any existing id.
     for attempt in 0..2 {
-        let mut tx = state
-            .store
-            .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-            .await?;
+        let mut tx = state.begin_write(&merchant_id).await?;
         let existing = tx.get_accounts(std::slice::from_ref(&key), false).await?.pop();
         match decide_account_creation(existing.as_ref(), &account) {
             AccountCreation::Exists => {
@@ -160,10 +157,7 @@ async fn create_account(
 }
 
 async fn load_account(state: &AppState, merchant_id: &str, id: &str) -> Result<Account, ApiError> {
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(merchant_id).await?;
     tx.get_accounts(&[(merchant_id.to_owned(), id.to_owned())], false)
         .await?
         .pop()
@@ -177,10 +171,7 @@ async fn get_account(State(state): State<AppState>, ctx: Ctx, Path(id): Path<Str
 
 async fn list_accounts(State(state): State<AppState>, ctx: Ctx, page: Page) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let listing = tx
         .list_accounts(&merchant_id, &page.0)
         .await
@@ -197,10 +188,7 @@ async fn list_entries(
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let account = load_account(&state, &merchant_id, &id).await?;
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let listing = tx
         .list_entries(&merchant_id, &id, &page.0)
         .await

@@ -102,10 +102,7 @@ pub async fn try_execute_payment_sync(state: &AppState) -> Result<usize, ApiErro
 
 async fn sync_one(state: &AppState, p: Payment, base: i64, now: Timestamp) -> Result<bool, ApiError> {
     let attempts = {
-        let mut tx = state
-            .store
-            .begin(Scope::Merchant(p.merchant_id.clone()), Mode::Read)
-            .await?;
+        let mut tx = state.reader(&p.merchant_id).await?;
         tx.list_attempts(&p.merchant_id, &p.id).await?
     };
     let syncs = attempts.iter().filter(|a| a.operation == "sync").count();
@@ -178,10 +175,7 @@ async fn sync_one(state: &AppState, p: Payment, base: i64, now: Timestamp) -> Re
 }
 
 async fn account_of(state: &AppState, payment: &Payment, account_id: &str) -> Result<Candidate, ApiError> {
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(payment.merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&payment.merchant_id).await?;
     service::account(state, tx.as_mut(), &payment.merchant_id, account_id).await
 }
 

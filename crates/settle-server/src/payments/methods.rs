@@ -27,7 +27,7 @@ use settle_domain::{
     payment::{Payment, PaymentMethod},
     Secret,
 };
-use settle_store::{Mode, Scope, Tx};
+use settle_store::Tx;
 
 use crate::{
     context::{Ctx, Reply},
@@ -295,10 +295,7 @@ pub async fn create_method(
     let MethodInput::Card(card) = card else {
         return Err(ApiError::Internal("create_method was given an id".into()));
     };
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     let method = vault(state, tx.as_mut(), &merchant_id, *card).await?;
     let reply = render(&method)?;
     let audit = ctx.audit(
@@ -341,10 +338,7 @@ pub async fn attach_method(
     render: Render<'_, PaymentMethod>,
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     let mut method = tx
         .get_payment_method(&merchant_id, id)
         .await?
@@ -373,10 +367,7 @@ pub async fn attach_method(
 
 async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let method = tx
         .get_payment_method(&merchant_id, &id)
         .await?

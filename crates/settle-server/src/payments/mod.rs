@@ -30,7 +30,6 @@ use settle_domain::{
     tenancy::Merchant,
     Currency, Timestamp,
 };
-use settle_store::{Mode, Scope};
 
 use crate::{
     context::{Ctx, Reply},
@@ -322,10 +321,7 @@ pub async fn create_payment(
     if confirm && method.is_none() {
         return Err(ApiError::missing("payment_method"));
     }
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     if let Some(key) = &payment.idempotency_key {
         // A retry of a request whose process died before storing its idempotency record.
         if let Some(existing) = tx.payment_by_idempotency_key(&merchant_id, key).await? {
@@ -467,10 +463,7 @@ pub async fn confirm_payment(
     let merchant_id = ctx.merchant_id().to_owned();
     let new_method = match method {
         Some(method) => {
-            let mut tx = state
-                .store
-                .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-                .await?;
+            let mut tx = state.begin_write(&merchant_id).await?;
             let id = method
                 .resolve(state, tx.as_mut(), &merchant_id, "payment_method")
                 .await?;
@@ -542,10 +535,7 @@ pub async fn update_payment(
     render: Render<'_, Payment>,
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     let stored = tx
         .get_payment(&merchant_id, id)
         .await?
@@ -691,10 +681,7 @@ pub async fn claim_and_settle(
 }
 
 pub async fn load(state: &AppState, merchant_id: &str, id: &str) -> Result<Payment, ApiError> {
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(merchant_id).await?;
     tx.get_payment(merchant_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("payment", id))
@@ -731,10 +718,7 @@ async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery
         }
     }
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let listing = tx
         .list_payments(&merchant_id, &filter, &page.0)
         .await
@@ -749,10 +733,7 @@ async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery
 async fn events(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     load(&state, &merchant_id, &id).await?;
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let rows = tx.list_status_changes(&merchant_id, &id).await?;
     let data = rows
         .iter()
@@ -771,10 +752,7 @@ async fn events(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>)
 async fn attempts(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     load(&state, &merchant_id, &id).await?;
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let rows = tx.list_attempts(&merchant_id, &id).await?;
     let data = rows
         .iter()

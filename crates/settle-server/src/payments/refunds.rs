@@ -85,10 +85,7 @@ fn refusal(r: RefundRefusal) -> ApiError {
 async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<(Payment, Refund, Candidate), ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let now = state.clock.now();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     let payment = tx
         .get_payment(&merchant_id, &body.payment_id)
         .await?
@@ -320,10 +317,7 @@ pub async fn try_execute_refund_sync(state: &AppState) -> Result<usize, ApiError
 async fn sync_refund(state: &AppState, mut refund: Refund) -> Result<bool, ApiError> {
     let merchant_id = refund.merchant_id.clone();
     let (payment, holder) = {
-        let mut tx = state
-            .store
-            .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-            .await?;
+        let mut tx = state.reader(&merchant_id).await?;
         let payment = tx
             .get_payment(&merchant_id, &refund.payment_id)
             .await?
@@ -375,10 +369,7 @@ async fn sync_refund(state: &AppState, mut refund: Refund) -> Result<bool, ApiEr
 
 async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let refund = tx
         .get_refund(&merchant_id, &id)
         .await?
@@ -390,10 +381,7 @@ async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery
     let (page, filters) = page_and_filters(query.as_deref().unwrap_or(""), &["payment_id"])?;
     let payment_id = filters.into_iter().next().map(|(_, v)| v);
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let listing = tx
         .list_refunds(&merchant_id, payment_id.as_deref(), &page.0)
         .await

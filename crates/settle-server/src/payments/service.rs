@@ -186,10 +186,7 @@ pub async fn claim(
     audit: &[AuditEntry],
 ) -> Result<(Payment, Decision, Prepared), ApiError> {
     let now = state.clock.now();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(merchant_id).await?;
     let mut payment = tx
         .get_payment(merchant_id, id)
         .await?
@@ -311,10 +308,7 @@ pub async fn claim_as_is(state: &AppState, payment: &Payment) -> Result<Option<P
     claimed.claimed_until = Some(claim_until(state, now));
     claimed.version += 1;
     claimed.updated_at = now;
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(payment.merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&payment.merchant_id).await?;
     if !tx.update_payment(&claimed, payment.version).await? {
         return Ok(None);
     }
@@ -452,10 +446,7 @@ pub async fn ensure_accounts(
         .iter()
         .map(|(id, _)| (merchant_id.to_owned(), id.clone()))
         .collect();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(merchant_id).await?;
     let existing = tx.get_accounts(&keys, false).await?;
     for (id, flags) in chart {
         if existing.iter().any(|a| a.id == *id) {
@@ -825,10 +816,7 @@ pub async fn after_authorization(
             let holder = match holder {
                 Some(h) if Some(&h.account_id) == next.connector_account_id.as_ref() => h.clone(),
                 _ => {
-                    let mut tx = state
-                        .store
-                        .begin(Scope::Merchant(next.merchant_id.clone()), Mode::Read)
-                        .await?;
+                    let mut tx = state.reader(&next.merchant_id).await?;
                     self::holder(state, tx.as_mut(), &next).await?
                 }
             };

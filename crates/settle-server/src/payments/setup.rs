@@ -11,7 +11,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use settle_connectors::CONNECTORS;
 use settle_domain::payment::ConnectorAccount;
-use settle_store::{Mode, Scope};
 
 use crate::{
     context::{Ctx, Reply},
@@ -69,10 +68,7 @@ async fn create(
         enabled: true,
         created_at: state.clock.now(),
     };
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     tx.insert_connector_account(&account).await?;
     let data = account_json(&state, &account);
     let event = new_event(
@@ -117,10 +113,7 @@ async fn update(
     JsonBody(body): JsonBody<UpdateBody>,
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     if !tx
         .set_connector_account_enabled(&merchant_id, &id, body.enabled)
         .await?
@@ -154,10 +147,7 @@ async fn update(
 
 async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let account = tx
         .get_connector_account(&merchant_id, &id)
         .await?
@@ -167,10 +157,7 @@ async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String
 
 async fn list(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let accounts = tx.list_connector_accounts(&merchant_id).await?;
     let data: Vec<Value> = accounts.iter().map(|a| account_json(&state, a)).collect();
     crate::ledger::list_reply("/v1/connector_accounts", data, false)
@@ -203,10 +190,7 @@ async fn put_routing(
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let rules = routing_rules(&body.rules)?;
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     for (i, rule) in rules.iter().enumerate() {
         let known = tx
             .get_connector_account(&merchant_id, &rule.connector_account_id)
@@ -238,10 +222,7 @@ async fn put_routing(
 
 async fn get_routing(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     let rules = tx.get_routing(&merchant_id).await?.unwrap_or_else(|| json!([]));
     Ok(Reply::json(StatusCode::OK, &json!({ "object": "routing", "rules": rules }))?.into_response())
 }

@@ -275,10 +275,7 @@ pub async fn create_endpoint(
         created_at: now,
         updated_at: now,
     };
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     if tx.count_endpoints(&merchant_id).await? >= i64::from(ENDPOINTS_MAX) {
         return Err(ApiError::Unprocessable {
             code: "too_many_endpoints",
@@ -339,10 +336,7 @@ pub async fn update_endpoint(
     let merchant_id = ctx.merchant_id().to_owned();
     let url = changes.url.map(|u| check_url(state, &u)).transpose()?;
     let description = description(changes.description)?;
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     let mut endpoint = load(tx.as_mut(), &merchant_id, id, api).await?;
     if let Some(patterns) = changes.enabled_events {
         endpoint.enabled_events = check_patterns(endpoint.api, patterns)?;
@@ -384,10 +378,7 @@ pub async fn delete_endpoint(
     shape: Shape,
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     let endpoint = load(tx.as_mut(), &merchant_id, id, api).await?;
     tx.delete_endpoint(&merchant_id, id).await?;
     let mut data = endpoint_json(&endpoint);
@@ -440,10 +431,7 @@ async fn update(
 
 async fn rotate(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     let mut endpoint = load(tx.as_mut(), &merchant_id, &id, None).await?;
     let now = state.clock.now();
     let secret = state.ids.secret(SECRET_PREFIX);
@@ -480,10 +468,7 @@ async fn deliveries(
 ) -> Result<Response, ApiError> {
     let (page, _) = page_and_filters(query.as_deref().unwrap_or(""), &[])?;
     let merchant_id = ctx.merchant_id().to_owned();
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Read)
-        .await?;
+    let mut tx = state.reader(&merchant_id).await?;
     load(tx.as_mut(), &merchant_id, &id, None).await?;
     let listing = tx
         .list_delivery_attempts(&merchant_id, &id, &page.0)
@@ -515,10 +500,7 @@ async fn redeliver(
         fields::client_id(e, "endpoint_id")?;
     }
     let event = load_event(&state, &merchant_id, &id).await?;
-    let mut tx = state
-        .store
-        .begin(Scope::Merchant(merchant_id.clone()), Mode::Write)
-        .await?;
+    let mut tx = state.begin_write(&merchant_id).await?;
     let targets: Vec<Endpoint> = match &body.endpoint_id {
         Some(endpoint_id) => {
             let endpoint = tx.get_endpoint(&merchant_id, endpoint_id).await?.ok_or_else(|| {
