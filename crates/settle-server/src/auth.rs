@@ -5,11 +5,7 @@
 //! deactivating a merchant clears this process's cache at once, other processes within the TTL.
 //! `last_used_at` is collected in memory and written by a background job, not per request.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, sync::Mutex};
 
 use axum::{
     extract::{Request, State},
@@ -18,14 +14,14 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use settle_domain::{
-    tenancy::{MerchantStatus, Scopes},
+    tenancy::{Merchant, MerchantStatus, Scopes},
     Timestamp,
 };
 use settle_store::{Mode, Scope};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{error::ApiError, AppState};
+use crate::{cache::TtlCache, error::ApiError, AppState};
 
 pub const API_KEY_PREFIX: &str = "sk_test_";
 /// `sk_test_` plus 43 base62 characters.
@@ -34,7 +30,6 @@ pub const API_KEY_LEN: usize = API_KEY_PREFIX.len() + 43;
 pub const API_KEY_LOOKUP_LEN: usize = API_KEY_PREFIX.len() + 8;
 /// Settings row holding the admin token's digest.
 pub const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
-const CACHE_ENTRIES_MAX: usize = 10_000;
 
 /// An authenticated merchant API key.
 #[derive(Clone, Debug)]
@@ -43,6 +38,8 @@ pub struct Principal {
     pub key_id: String,
     pub key_prefix: String,
     pub scopes: Scopes,
+    /// The key's merchant as it was read with the key (its amount limits never change).
+    pub merchant: Arc<Merchant>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,30 +58,13 @@ fn same_digest(a: &str, b: &str) -> bool {
 
 #[derive(Default)]
 pub struct AuthCache {
-    keys: Mutex<HashMap<String, (Principal, Instant)>>,
+    keys: TtlCache<String, Principal>,
     used: Mutex<HashMap<String, Timestamp>>,
 }
 
 impl AuthCache {
     pub fn clear(&self) {
-        if let Ok(mut keys) = self.keys.lock() {
-            keys.clear();
-        }
-    }
-
-    fn get(&self, digest: &str, ttl: Duration) -> Option<Principal> {
-        let keys = self.keys.lock().ok()?;
-        let (principal, at) = keys.get(digest)?;
-        (at.elapsed() < ttl).then(|| principal.clone())
-    }
-
-    fn put(&self, digest: String, principal: Principal) {
-        if let Ok(mut keys) = self.keys.lock() {
-            if keys.len() >= CACHE_ENTRIES_MAX {
-                keys.clear();
-            }
-            keys.insert(digest, (principal, Instant::now()));
-        }
+        self.keys.clear();
     }
 
     fn mark_used(&self, key_id: &str, at: Timestamp) {
@@ -128,7 +108,7 @@ pub async fn verify_api_key(state: &AppState, token: &str) -> Result<Principal, 
         return Err(ApiError::Unauthenticated);
     }
     let digest = sha256_hex(token);
-    if let Some(principal) = state.auth.get(&digest, state.config.auth_cache_ttl) {
+    if let Some(principal) = state.auth.keys.get(&digest, state.config.auth_cache_ttl) {
         return Ok(principal);
     }
     let prefix = &token[..API_KEY_LOOKUP_LEN];
@@ -144,12 +124,13 @@ pub async fn verify_api_key(state: &AppState, token: &str) -> Result<Principal, 
         return Err(ApiError::Unauthenticated);
     }
     let principal = Principal {
-        merchant_id: merchant.id,
+        merchant_id: merchant.id.clone(),
         key_id: key.id,
         key_prefix: key.prefix,
         scopes: key.scopes,
+        merchant: Arc::new(merchant),
     };
-    state.auth.put(digest, principal.clone());
+    state.auth.keys.put(digest, principal.clone());
     Ok(principal)
 }
 

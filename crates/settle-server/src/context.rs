@@ -8,7 +8,7 @@ use axum::{
 };
 use serde::Serialize;
 use settle_domain::{
-    tenancy::{AuditEntry, IdempotencyRecord, ADMIN_SCOPE},
+    tenancy::{AuditEntry, IdempotencyRecord, Merchant, ADMIN_SCOPE},
     Timestamp,
 };
 use settle_store::Tx;
@@ -96,6 +96,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
 }
 
 impl Ctx {
+    /// The calling merchant's record as read with its API key (none for the operator).
+    pub fn merchant(&self) -> Option<&Merchant> {
+        match &self.caller {
+            Caller::Merchant(p) => Some(&p.merchant),
+            Caller::Admin => None,
+        }
+    }
+
     /// The merchant the call acts for (404 for the operator, who has none).
     pub fn merchant_id(&self) -> &str {
         match &self.caller {

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod context;
 pub mod customers;
@@ -70,6 +71,9 @@ pub struct Config {
     pub housekeeping_interval: Duration,
     /// How long a verified API key is trusted without a database read.
     pub auth_cache_ttl: Duration,
+    /// How long a merchant's connector accounts and routing rules are trusted without a
+    /// database read (changes made through this process are seen at once).
+    pub settings_cache_ttl: Duration,
     /// Ledger writer tasks (group committers) in this process.
     pub ledger_writers: usize,
     /// Longest time one request may take.
@@ -105,6 +109,7 @@ impl Config {
             expiry_interval: Duration::from_secs(1),
             housekeeping_interval: Duration::from_secs(10),
             auth_cache_ttl: Duration::from_secs(2),
+            settings_cache_ttl: Duration::from_secs(2),
             ledger_writers: match engine {
                 Engine::Sqlite => 1,
                 Engine::Postgres => 1,
@@ -180,6 +185,7 @@ impl App {
         tasks.extend(inbox_tasks);
         let vault = vault::Vault::new(config.vault_key.expose());
         let connector_timeout = config.connector_timeout;
+        let settings_cache_ttl = config.settings_cache_ttl;
         let webhook_client = webhooks::dispatch::client(config.webhook_timeout, config.webhook_private_targets);
         let state = AppState(Arc::new(Inner {
             ids: Ids::new(clock.clone()),
@@ -197,6 +203,7 @@ impl App {
                     timeout: connector_timeout,
                 },
                 BreakerPolicy::default(),
+                settings_cache_ttl,
             ),
             cvcs: payments::methods::CvcCache::default(),
             charts: Mutex::new(HashSet::new()),
@@ -239,12 +246,38 @@ impl AppState {
             .await?)
     }
 
+    /// A read transaction in `merchant_id`'s scope, begun on first use.
+    pub fn lazy_reader<'a>(&'a self, merchant_id: &'a str) -> LazyReader<'a> {
+        LazyReader {
+            state: self,
+            merchant_id,
+            tx: None,
+        }
+    }
+
     /// A write transaction in `merchant_id`'s scope.
     pub async fn begin_write(&self, merchant_id: &str) -> Result<Box<dyn settle_store::Tx>, ApiError> {
         Ok(self
             .store
             .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Write)
             .await?)
+    }
+}
+
+/// A read transaction that costs nothing until a statement needs it.
+pub struct LazyReader<'a> {
+    state: &'a AppState,
+    merchant_id: &'a str,
+    tx: Option<Box<dyn settle_store::Tx>>,
+}
+
+impl LazyReader<'_> {
+    pub async fn tx(&mut self) -> Result<&mut dyn settle_store::Tx, ApiError> {
+        let tx = match self.tx.take() {
+            Some(tx) => tx,
+            None => self.state.reader(self.merchant_id).await?,
+        };
+        Ok(self.tx.insert(tx).as_mut())
     }
 }
 

@@ -22,6 +22,8 @@ pub const CONNECTOR_ACCOUNTS_MAX: u32 = 100;
 #[async_trait]
 pub trait PaymentTx: Send {
     async fn insert_payment_method(&mut self, method: &PaymentMethod) -> Result<()>;
+    /// Several in one statement where the engine gains by it.
+    async fn insert_payment_methods(&mut self, methods: &[PaymentMethod]) -> Result<()>;
     async fn get_payment_method(&mut self, merchant_id: &str, id: &str) -> Result<Option<PaymentMethod>>;
 
     async fn insert_connector_account(&mut self, account: &ConnectorAccount) -> Result<()>;
@@ -33,6 +35,8 @@ pub trait PaymentTx: Send {
     async fn put_routing(&mut self, merchant_id: &str, rules: &Value, at: Timestamp) -> Result<()>;
 
     async fn insert_payment(&mut self, payment: &Payment) -> Result<()>;
+    /// Several in one statement where the engine gains by it.
+    async fn insert_payments(&mut self, payments: &[Payment]) -> Result<()>;
     async fn get_payment(&mut self, merchant_id: &str, id: &str) -> Result<Option<Payment>>;
     /// The payment a request with this `Idempotency-Key` created.
     async fn payment_by_idempotency_key(&mut self, merchant_id: &str, key: &str) -> Result<Option<Payment>>;
@@ -309,6 +313,29 @@ macro_rules! payments_tx {
         }
 
         impl $tx {
+            /// One attempt row.
+            async fn insert_attempt(&mut self, a: &settle_domain::payment::Attempt) -> $crate::Result<()> {
+                sqlx::query(&format!(
+                    "INSERT INTO payment_attempts ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    pay::ATTEMPT_COLS
+                ))
+                .bind(&a.merchant_id)
+                .bind(&a.id)
+                .bind(&a.payment_id)
+                .bind(&a.operation)
+                .bind(&a.connector_account_id)
+                .bind(&a.connector)
+                .bind(&a.outcome)
+                .bind(&a.error_code)
+                .bind(&a.provider_ref)
+                .bind(&a.request_id)
+                .bind(a.latency_ms)
+                .bind(a.created_at.0)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(())
+            }
+
             /// One status history row.
             async fn insert_status_change(&mut self, c: &settle_domain::payment::StatusChange) -> $crate::Result<()> {
                 sqlx::query(pay::INSERT_STATUS_CHANGE)
@@ -365,6 +392,17 @@ macro_rules! payments_tx {
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(())
+            }
+
+            async fn insert_payment_methods(
+                &mut self,
+                methods: &[settle_domain::payment::PaymentMethod],
+            ) -> $crate::Result<()> {
+                match methods {
+                    [] => Ok(()),
+                    [one] => self.insert_payment_method(one).await,
+                    many => self.insert_payment_methods_bulk(many).await,
+                }
             }
 
             async fn get_payment_method(
@@ -510,6 +548,14 @@ macro_rules! payments_tx {
                     .execute(&mut *self.tx)
                     .await?;
                 Ok(())
+            }
+
+            async fn insert_payments(&mut self, payments: &[settle_domain::payment::Payment]) -> $crate::Result<()> {
+                match payments {
+                    [] => Ok(()),
+                    [one] => self.insert_payment(one).await,
+                    many => self.insert_payments_bulk(many).await,
+                }
             }
 
             async fn payment_by_idempotency_key(
@@ -674,28 +720,11 @@ macro_rules! payments_tx {
             }
 
             async fn insert_attempts(&mut self, attempts: &[settle_domain::payment::Attempt]) -> $crate::Result<()> {
-                let sql = format!(
-                    "INSERT INTO payment_attempts ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                    pay::ATTEMPT_COLS
-                );
-                for a in attempts {
-                    sqlx::query(&sql)
-                        .bind(&a.merchant_id)
-                        .bind(&a.id)
-                        .bind(&a.payment_id)
-                        .bind(&a.operation)
-                        .bind(&a.connector_account_id)
-                        .bind(&a.connector)
-                        .bind(&a.outcome)
-                        .bind(&a.error_code)
-                        .bind(&a.provider_ref)
-                        .bind(&a.request_id)
-                        .bind(a.latency_ms)
-                        .bind(a.created_at.0)
-                        .execute(&mut *self.tx)
-                        .await?;
+                match attempts {
+                    [] => Ok(()),
+                    [one] => self.insert_attempt(one).await,
+                    many => self.insert_attempts_bulk(many).await,
                 }
-                Ok(())
             }
 
             async fn list_attempts(

@@ -143,13 +143,29 @@ pub struct PgTx {
     tx: sqlx::Transaction<'static, Postgres>,
 }
 
+/// `rows` (`UNNEST(…) AS u(m, id, …)`) with each row's `tid`: the `ctid` of `table`'s row of
+/// that merchant and id, found by one index lookup per row. A bulk `UPDATE` joins on `ctid`
+/// (a TID scan per row) because joined on its key the prepared statement's generic plan
+/// hash-joins against a scan of the whole table, which grows with it. A row another
+/// transaction changes meanwhile has a new `ctid` and is not updated, like a lost
+/// compare-and-set.
+fn by_key(table: &str, rows: &str) -> String {
+    format!(
+        "(SELECT u.*, k.tid FROM {rows} CROSS JOIN LATERAL (SELECT ctid AS tid FROM {table} \
+         WHERE merchant_id = u.m AND id = u.id LIMIT 1) AS k) AS u"
+    )
+}
+
 fn split_keys(keys: &[Key]) -> (Vec<&str>, Vec<&str>) {
     keys.iter().map(|(m, id)| (m.as_str(), id.as_str())).unzip()
 }
 
 impl PgTx {
     /// One `UPDATE … FROM UNNEST(…)` for every payment, each at its expected version.
+    /// Rows are updated (and locked) in key order, so concurrent group commits cannot deadlock.
     async fn update_payments_bulk(&mut self, payments: &[(settle_domain::payment::Payment, i64)]) -> Result<usize> {
+        let mut payments: Vec<&(settle_domain::payment::Payment, i64)> = payments.iter().collect();
+        payments.sort_by(|(a, _), (b, _)| (&a.merchant_id, &a.id).cmp(&(&b.merchant_id, &b.id)));
         let texts = |f: &dyn Fn(&settle_domain::payment::Payment) -> String| -> Vec<String> {
             payments.iter().map(|(p, _)| f(p)).collect()
         };
@@ -166,21 +182,24 @@ impl PgTx {
             .iter()
             .map(|(p, _)| crate::payments::plan_text(&p.plan))
             .collect::<Result<Vec<_>>>()?;
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "UPDATE payments AS p SET status = u.status, amount_capturable = u.capturable, \
              amount_captured = u.captured, amount_refunded = u.refunded, payment_method_id = u.method, \
              connector_account_id = u.account, connector_name = u.connector_name, provider_ref = u.provider_ref, \
              last_payment_error = u.error, cancellation_reason = u.reason, authorized_at = u.authorized_at, \
              claimed_until = u.claimed_until, version = u.version, updated_at = u.updated_at, amount = u.amount, \
              description = u.description, metadata = u.metadata, claim_plan = u.plan \
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], \
-             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[], $15::bigint[], \
-             $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::text[], $21::text[]) \
-             AS u(m, id, expected, status, capturable, captured, refunded, method, account, connector_name, \
-             provider_ref, error, reason, authorized_at, claimed_until, version, updated_at, amount, description, \
-             metadata, plan) \
-             WHERE p.merchant_id = u.m AND p.id = u.id AND p.version = u.expected",
-        )
+             FROM {} WHERE p.ctid = u.tid AND p.version = u.expected",
+            by_key(
+                "payments",
+                "UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], \
+                 $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[], \
+                 $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::text[], $20::text[], $21::text[]) \
+                 AS u(m, id, expected, status, capturable, captured, refunded, method, account, connector_name, \
+                 provider_ref, error, reason, authorized_at, claimed_until, version, updated_at, amount, \
+                 description, metadata, plan)"
+            )
+        ))
         .bind(texts(&|p| p.merchant_id.clone()))
         .bind(texts(&|p| p.id.clone()))
         .bind(payments.iter().map(|(_, expected)| *expected).collect::<Vec<i64>>())
@@ -265,6 +284,113 @@ impl PgTx {
         Ok(entries.iter().map(|e| inserted.contains(&e.id)).collect())
     }
 
+    /// Every payment in one `INSERT … SELECT FROM UNNEST`.
+    async fn insert_payments_bulk(&mut self, payments: &[settle_domain::payment::Payment]) -> Result<()> {
+        type P = settle_domain::payment::Payment;
+        let text = |f: &dyn Fn(&P) -> String| payments.iter().map(f).collect::<Vec<_>>();
+        let optional = |f: &dyn Fn(&P) -> Option<String>| payments.iter().map(f).collect::<Vec<_>>();
+        let number = |f: &dyn Fn(&P) -> i64| payments.iter().map(f).collect::<Vec<_>>();
+        let optional_number = |f: &dyn Fn(&P) -> Option<i64>| payments.iter().map(f).collect::<Vec<_>>();
+        let plans = payments
+            .iter()
+            .map(|p| crate::payments::plan_text(&p.plan))
+            .collect::<Result<Vec<_>>>()?;
+        sqlx::query(&format!(
+            "INSERT INTO payments ({}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], \
+             $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[], \
+             $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::text[], $19::text[], $20::text[], \
+             $21::text[], $22::text[], $23::text[], $24::bigint[], $25::bigint[], $26::bigint[], $27::bigint[], \
+             $28::bigint[], $29::text[], $30::text[], $31::text[], $32::text[])",
+            crate::payments::PAYMENT_COLS
+        ))
+        .bind(text(&|p| p.merchant_id.clone()))
+        .bind(text(&|p| p.id.clone()))
+        .bind(number(&|p| p.amount))
+        .bind(text(&|p| p.currency.code().to_owned()))
+        .bind(text(&|p| p.capture_method.as_str().to_owned()))
+        .bind(text(&|p| p.status.as_str().to_owned()))
+        .bind(number(&|p| p.amount_capturable))
+        .bind(number(&|p| p.amount_captured))
+        .bind(number(&|p| p.amount_refunded))
+        .bind(optional(&|p| p.payment_method_id.clone()))
+        .bind(optional(&|p| p.customer.as_ref().map(|c| c.email.clone())))
+        .bind(optional(&|p| p.customer.as_ref().and_then(|c| c.name.clone())))
+        .bind(optional(&|p| p.customer.as_ref().and_then(|c| c.phone.clone())))
+        .bind(optional(&|p| p.description.clone()))
+        .bind(text(&|p| p.metadata.to_string()))
+        .bind(text(&|p| crate::payments::splits_text(&p.splits)))
+        .bind(optional_number(&|p| p.application_fee_amount))
+        .bind(optional(&|p| p.connector.clone()))
+        .bind(optional(&|p| p.connector_account_id.clone()))
+        .bind(optional(&|p| p.connector_name.clone()))
+        .bind(optional(&|p| p.provider_ref.clone()))
+        .bind(optional(&|p| crate::payments::error_text(&p.last_payment_error)))
+        .bind(optional(&|p| p.cancellation_reason.clone()))
+        .bind(optional_number(&|p| p.authorized_at.map(|t| t.0)))
+        .bind(optional_number(&|p| p.claimed_until.map(|t| t.0)))
+        .bind(number(&|p| p.version))
+        .bind(number(&|p| p.created_at.0))
+        .bind(number(&|p| p.updated_at.0))
+        .bind(plans)
+        .bind(optional(&|p| p.idempotency_key.clone()))
+        .bind(optional(&|p| p.customer_id.clone()))
+        .bind(optional(&|p| p.receipt_email.clone()))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Every payment method in one `INSERT … SELECT FROM UNNEST`.
+    async fn insert_payment_methods_bulk(&mut self, methods: &[settle_domain::payment::PaymentMethod]) -> Result<()> {
+        type M = settle_domain::payment::PaymentMethod;
+        let text = |f: fn(&M) -> &str| methods.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(&format!(
+            "INSERT INTO payment_methods ({}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+             $5::bigint[], $6::bigint[], $7::text[], $8::bytea[], $9::bigint[], $10::text[])",
+            crate::payments::PAYMENT_METHOD_COLS
+        ))
+        .bind(text(|m| &m.merchant_id))
+        .bind(text(|m| &m.id))
+        .bind(text(|m| &m.brand))
+        .bind(text(|m| &m.last4))
+        .bind(methods.iter().map(|m| i64::from(m.exp_month)).collect::<Vec<_>>())
+        .bind(methods.iter().map(|m| i64::from(m.exp_year)).collect::<Vec<_>>())
+        .bind(text(|m| &m.fingerprint))
+        .bind(methods.iter().map(|m| m.number_sealed.clone()).collect::<Vec<_>>())
+        .bind(methods.iter().map(|m| m.created_at.0).collect::<Vec<_>>())
+        .bind(methods.iter().map(|m| m.customer_id.as_deref()).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Every attempt in one `INSERT … SELECT FROM UNNEST`.
+    async fn insert_attempts_bulk(&mut self, attempts: &[settle_domain::payment::Attempt]) -> Result<()> {
+        type A = settle_domain::payment::Attempt;
+        let text = |f: fn(&A) -> &str| attempts.iter().map(f).collect::<Vec<_>>();
+        let optional = |f: fn(&A) -> Option<&str>| attempts.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(&format!(
+            "INSERT INTO payment_attempts ({}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[])",
+            crate::payments::ATTEMPT_COLS
+        ))
+        .bind(text(|a| &a.merchant_id))
+        .bind(text(|a| &a.id))
+        .bind(text(|a| &a.payment_id))
+        .bind(text(|a| &a.operation))
+        .bind(text(|a| &a.connector_account_id))
+        .bind(text(|a| &a.connector))
+        .bind(text(|a| &a.outcome))
+        .bind(optional(|a| a.error_code.as_deref()))
+        .bind(optional(|a| a.provider_ref.as_deref()))
+        .bind(optional(|a| a.request_id.as_deref()))
+        .bind(attempts.iter().map(|a| a.latency_ms).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.created_at.0).collect::<Vec<_>>())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     /// Every status history row in one `INSERT … SELECT FROM UNNEST`.
     async fn insert_status_changes_bulk(&mut self, changes: &[settle_domain::payment::StatusChange]) -> Result<()> {
         type Change = settle_domain::payment::StatusChange;
@@ -299,15 +425,18 @@ impl PgTx {
         let text = |f: fn(&Entry) -> &str| entries.iter().map(|(e, _)| f(e)).collect::<Vec<_>>();
         let optional = |f: fn(&Entry) -> Option<&str>| entries.iter().map(|(e, _)| f(e)).collect::<Vec<_>>();
         let number = |f: fn(&Entry) -> i64| entries.iter().map(|(e, _)| f(e)).collect::<Vec<_>>();
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "UPDATE webhook_inbox AS w SET status = u.status, attempts = u.attempts, \
              next_attempt_at = u.next_attempt_at, reason = u.reason, payment_id = u.payment_id, \
              updated_at = u.updated_at \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], \
-             $8::bigint[], $9::bigint[]) \
-             AS u(m, id, status, attempts, next_attempt_at, reason, payment_id, updated_at, leased) \
-             WHERE w.merchant_id = u.m AND w.id = u.id AND w.status = 'received' AND w.next_attempt_at = u.leased",
-        )
+             FROM {} WHERE w.ctid = u.tid AND w.status = 'received' AND w.next_attempt_at = u.leased",
+            by_key(
+                "webhook_inbox",
+                "UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], \
+                 $8::bigint[], $9::bigint[]) \
+                 AS u(m, id, status, attempts, next_attempt_at, reason, payment_id, updated_at, leased)"
+            )
+        ))
         .bind(text(|e| &e.merchant_id))
         .bind(text(|e| &e.id))
         .bind(text(|e| e.status.as_str()))
@@ -379,13 +508,15 @@ impl PgTx {
     async fn write_effects(&mut self, effects: &Effects) -> Result<()> {
         if !effects.accounts.is_empty() {
             let a = &effects.accounts;
-            sqlx::query(
+            sqlx::query(&format!(
                 "UPDATE ledger_accounts AS a SET debits_pending = u.dp, debits_posted = u.dpo, \
-                 credits_pending = u.cp, credits_posted = u.cpo \
-                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) \
-                 AS u(merchant_id, id, dp, dpo, cp, cpo) \
-                 WHERE a.merchant_id = u.merchant_id AND a.id = u.id",
-            )
+                 credits_pending = u.cp, credits_posted = u.cpo FROM {} WHERE a.ctid = u.tid",
+                by_key(
+                    "ledger_accounts",
+                    "UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) \
+                     AS u(m, id, dp, dpo, cp, cpo)"
+                )
+            ))
             .bind(a.iter().map(|x| x.merchant_id.as_str()).collect::<Vec<_>>())
             .bind(a.iter().map(|x| x.id.as_str()).collect::<Vec<_>>())
             .bind(a.iter().map(|x| x.balances.debits_pending).collect::<Vec<_>>())

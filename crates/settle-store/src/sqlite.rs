@@ -184,6 +184,27 @@ impl SqliteTx {
     }
 
     /// SQLite runs in process: one statement per row costs no round trip.
+    async fn insert_payments_bulk(&mut self, payments: &[settle_domain::payment::Payment]) -> Result<()> {
+        for p in payments {
+            crate::payments::PaymentTx::insert_payment(self, p).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_payment_methods_bulk(&mut self, methods: &[settle_domain::payment::PaymentMethod]) -> Result<()> {
+        for m in methods {
+            crate::payments::PaymentTx::insert_payment_method(self, m).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_attempts_bulk(&mut self, attempts: &[settle_domain::payment::Attempt]) -> Result<()> {
+        for a in attempts {
+            self.insert_attempt(a).await?;
+        }
+        Ok(())
+    }
+
     async fn insert_status_changes_bulk(&mut self, changes: &[settle_domain::payment::StatusChange]) -> Result<()> {
         for c in changes {
             self.insert_status_change(c).await?;

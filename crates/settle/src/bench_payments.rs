@@ -27,6 +27,9 @@ pub struct PaymentsArgs {
     /// Stop after this many payments even if time remains.
     #[arg(long, default_value_t = 1_000_000)]
     payments_max: u64,
+    /// Ledger writer tasks (default: the server's default for the engine).
+    #[arg(long)]
+    writers: Option<usize>,
     /// Also run pgbench (TPC-B-like) against the same PostgreSQL and print the ratio.
     #[arg(long)]
     pgbench: bool,
@@ -38,7 +41,13 @@ struct Sample {
 }
 
 pub async fn run(a: &PaymentsArgs) -> Result<ExitCode, String> {
-    let running = Running::start(a.database_url.as_deref(), a.clients, |config| config.run_jobs = false).await?;
+    let running = Running::start(a.database_url.as_deref(), a.clients, |config| {
+        config.run_jobs = false;
+        if let Some(w) = a.writers {
+            config.ledger_writers = w;
+        }
+    })
+    .await?;
     let key = setup(&running.http, &running.base, &running.admin, 0).await?;
     // One payment first so the system accounts exist before the clients start.
     one_payment(&running.http, &running.base, &key, 0).await?;

@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// Seconds a verified API key is trusted without a database read.
     #[arg(long, env = "SETTLE_AUTH_CACHE_SECONDS", default_value_t = 2)]
     pub auth_cache_seconds: u64,
+    /// Seconds a merchant's connector accounts and routing rules are trusted without a
+    /// database read (a change through this process is seen at once).
+    #[arg(long, env = "SETTLE_SETTINGS_CACHE_SECONDS", default_value_t = 2)]
+    pub settings_cache_seconds: u64,
     /// Longest time one request may take, in seconds.
     #[arg(long, env = "SETTLE_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
     pub request_timeout_seconds: u64,
@@ -116,6 +120,7 @@ impl ServeArgs {
         }
         config.idempotency_retention = Duration::from_secs(self.idempotency_retention_hours.saturating_mul(3600));
         config.auth_cache_ttl = Duration::from_secs(self.auth_cache_seconds);
+        config.settings_cache_ttl = Duration::from_secs(self.settings_cache_seconds);
         config.request_timeout = Duration::from_secs(self.request_timeout_seconds.max(1));
         config.run_jobs = !self.no_jobs;
         if let Some(choice) = &self.webhook_private_targets {

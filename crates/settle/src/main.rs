@@ -54,7 +54,13 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Migrate(common) => migrate(common).await,
             Command::Verify(common) => verify(common).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => {
+                // Quiet unless asked for (`SETTLE_LOG=settle_server::ledger::writer=debug`, say).
+                if std::env::var_os("SETTLE_LOG").is_some() {
+                    config::init_logging("text");
+                }
+                bench::run(args).await
+            }
         }
     });
     match outcome {

@@ -30,9 +30,8 @@ pub mod worker;
 pub mod writer;
 
 use std::{
-    collections::HashMap,
-    sync::{atomic::AtomicUsize, Arc, Mutex},
-    time::{Duration, Instant},
+    sync::{atomic::AtomicUsize, Arc},
+    time::Duration,
 };
 
 use axum::{
@@ -52,6 +51,7 @@ use settle_domain::{
 use settle_store::{Mode, Scope};
 
 use crate::{
+    cache::TtlCache,
     context::Reply,
     error::ApiError,
     extract::{page_and_filters, read_body},
@@ -63,8 +63,6 @@ use writer::InboxWriter;
 
 /// How long a verified endpoint (account, merchant, secret) is trusted without a database read.
 pub const ENDPOINT_CACHE_TTL: Duration = Duration::from_secs(60);
-/// Most endpoints cached; beyond it the cache starts over.
-const ENDPOINT_CACHE_MAX: usize = 10_000;
 /// The credentials field holding an account's signing secret.
 pub const SECRET_FIELD: &str = "webhook_secret";
 /// The prefix of signing secrets (Stripe's, and the ones Settle generates).
@@ -82,7 +80,7 @@ pub struct Endpoint {
 /// The inbound side's share of the application state.
 pub struct Inbound {
     pub writer: InboxWriter,
-    endpoints: Mutex<HashMap<String, (Arc<Endpoint>, Instant)>>,
+    endpoints: TtlCache<String, Arc<Endpoint>>,
     /// For the sandbox's own webhooks to this process.
     pub http: reqwest::Client,
     /// Sandbox webhooks scheduled and not yet sent (bounded by `sandbox::SCHEDULED_MAX`).
@@ -93,7 +91,7 @@ impl Inbound {
     pub fn new(writer: InboxWriter) -> Inbound {
         Inbound {
             writer,
-            endpoints: Mutex::new(HashMap::new()),
+            endpoints: TtlCache::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -101,26 +99,11 @@ impl Inbound {
             scheduled: AtomicUsize::new(0),
         }
     }
-
-    fn cached(&self, account_id: &str) -> Option<Arc<Endpoint>> {
-        let endpoints = self.endpoints.lock().ok()?;
-        let (endpoint, at) = endpoints.get(account_id)?;
-        (at.elapsed() < ENDPOINT_CACHE_TTL).then(|| endpoint.clone())
-    }
-
-    fn remember(&self, endpoint: Arc<Endpoint>) {
-        if let Ok(mut endpoints) = self.endpoints.lock() {
-            if endpoints.len() >= ENDPOINT_CACHE_MAX {
-                endpoints.clear();
-            }
-            endpoints.insert(endpoint.account_id.clone(), (endpoint, Instant::now()));
-        }
-    }
 }
 
 /// The endpoint of connector account `account_id`, whichever merchant owns it.
 pub async fn endpoint(state: &AppState, account_id: &str) -> Result<Option<Arc<Endpoint>>, ApiError> {
-    if let Some(endpoint) = state.inbound.cached(account_id) {
+    if let Some(endpoint) = state.inbound.endpoints.get(account_id, ENDPOINT_CACHE_TTL) {
         return Ok(Some(endpoint));
     }
     let account = {
@@ -136,7 +119,10 @@ pub async fn endpoint(state: &AppState, account_id: &str) -> Result<Option<Arc<E
         account_id: account.id,
         connector: account.connector,
     });
-    state.inbound.remember(endpoint.clone());
+    state
+        .inbound
+        .endpoints
+        .put(endpoint.account_id.clone(), endpoint.clone());
     Ok(Some(endpoint))
 }
 

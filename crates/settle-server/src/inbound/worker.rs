@@ -370,7 +370,7 @@ async fn write(
         inbox: vec![(done, leased)],
         ..Then::default()
     };
-    match service::try_write_with(state, &base.merchant_id, transfers, then).await {
+    match service::post(state, &base.merchant_id, transfers, Some(then)).await {
         Ok(()) => Ok(()),
         Err(PostError::Write(WriteError::Stale(why))) => Err(ApiError::Internal(format!("{STALE}{why}"))),
         Err(e) => Err(e.into()),

@@ -12,6 +12,10 @@
 //! transaction when all its transfers were created or already existed, so the money and the
 //! record of why it moved commit together.
 //!
+//! Commands that post no transfers (a payment's claim, a new payment: rows only) have a queue
+//! and a writer task of their own. They lock no ledger account, so their groups commit beside
+//! the ledger's; both update payments in key order, so the two cannot deadlock.
+//!
 //! If a group's transaction fails (a unique race with another process, say), each of its
 //! requests is retried alone, so one request's failure never fails another's.
 
@@ -22,7 +26,7 @@ use settle_domain::{
     inbound::InboxEntry,
     invoice::{Invoice, PaymentEvent},
     ledger::{Book, Key, TransferRequest, TransferResult},
-    payment::{Attempt, Payment, Refund},
+    payment::{Attempt, Payment, PaymentMethod, Refund},
     tenancy::{AuditEntry, IdempotencyRecord},
     Timestamp,
 };
@@ -74,6 +78,10 @@ pub struct TransferCommand {
 /// busy writer does not pay a round trip per request.
 #[derive(Default)]
 pub struct Then {
+    /// New payment methods (a card given inline with a new payment), stored before the payments.
+    pub new_methods: Vec<PaymentMethod>,
+    /// New payments.
+    pub new_payments: Vec<Payment>,
     /// Each stored only at the version its claim read (compare-and-set).
     pub payments: Vec<(Payment, i64)>,
     pub attempts: Vec<Attempt>,
@@ -97,6 +105,8 @@ pub struct Then {
 
 impl Then {
     fn absorb(&mut self, other: &Then) {
+        self.new_methods.extend(other.new_methods.iter().cloned());
+        self.new_payments.extend(other.new_payments.iter().cloned());
         self.payments.extend(other.payments.iter().cloned());
         self.attempts.extend(other.attempts.iter().cloned());
         self.changes.extend(other.changes.iter().cloned());
@@ -112,6 +122,8 @@ impl Then {
 
     /// Writes every row in `tx`; a failed precondition fails it all.
     pub async fn write(&self, tx: &mut dyn Tx) -> Result<(), WriteError> {
+        tx.insert_payment_methods(&self.new_methods).await?;
+        tx.insert_payments(&self.new_payments).await?;
         if tx.update_payments(&self.payments).await? != self.payments.len() {
             return Err(WriteError::Stale(
                 "a payment changed while claimed (its claim expired)".into(),
@@ -197,34 +209,42 @@ impl From<StoreError> for WriteError {
 #[derive(Clone)]
 pub struct LedgerWriter {
     queue: mpsc::Sender<Command>,
+    /// Commands that post no transfers (a payment's claim, a new payment): they lock no
+    /// account, so their groups commit beside the ledger's instead of waiting behind them.
+    rows: mpsc::Sender<Command>,
 }
 
 impl LedgerWriter {
-    /// Starts `writers` tasks sharing one queue. They stop when every `LedgerWriter` clone is
-    /// dropped and the queue is drained.
+    /// Starts `writers` tasks sharing the ledger queue and one task for commands without
+    /// transfers. They stop when every `LedgerWriter` clone is dropped and the queues are drained.
     pub fn start(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         writers: usize,
     ) -> (LedgerWriter, Vec<tokio::task::JoinHandle<()>>) {
-        let (queue, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
-        let rx = Arc::new(Mutex::new(rx));
-        let handles = (0..writers.max(1))
-            .map(|_| {
-                let worker = Worker {
-                    store: store.clone(),
-                    clock: clock.clone(),
-                    metrics: metrics.clone(),
-                };
-                tokio::spawn(worker.run(rx.clone()))
-            })
-            .collect();
-        (LedgerWriter { queue }, handles)
+        let worker = Worker { store, clock, metrics };
+        let worker = Arc::new(worker);
+        let spawn = |count: usize| {
+            let (queue, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
+            let rx = Arc::new(Mutex::new(rx));
+            let handles: Vec<_> = (0..count)
+                .map(|_| tokio::spawn(worker.clone().run(rx.clone())))
+                .collect();
+            (queue, handles)
+        };
+        let (queue, mut handles) = spawn(writers.max(1));
+        let (rows, rows_handles) = spawn(1);
+        handles.extend(rows_handles);
+        (LedgerWriter { queue, rows }, handles)
     }
 
     pub async fn submit(&self, command: Command) -> Result<(), WriteError> {
-        self.queue.send(command).await.map_err(|_| WriteError::Closed)
+        let queue = match &command {
+            Command::Transfers(t) if t.requests.is_empty() => &self.rows,
+            _ => &self.queue,
+        };
+        queue.send(command).await.map_err(|_| WriteError::Closed)
     }
 
     /// Posts transfers for a service (payments, refunds): one group-committed request with no
@@ -276,7 +296,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(self, rx: Arc<Mutex<mpsc::Receiver<Command>>>) {
+    async fn run(self: Arc<Self>, rx: Arc<Mutex<mpsc::Receiver<Command>>>) {
         loop {
             let group = {
                 let mut rx = rx.lock().await;

@@ -6,10 +6,15 @@
 //! connector account at all uses the built-in sandbox (account id `sandbox`). A circuit
 //! breaker per connector account (per process) skips an account that keeps failing and lets
 //! one trial through after a cool-down.
+//!
+//! A merchant's accounts and rules are cached per process for `settings_cache_ttl` (two
+//! seconds by default): a change made through this process is seen at once, one made through
+//! another process within that time.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -21,7 +26,7 @@ use settle_domain::{
     Secret, Timestamp,
 };
 
-use crate::{error::ApiError, vault::Vault};
+use crate::{cache::TtlCache, error::ApiError, vault::Vault};
 
 /// The built-in sandbox's account id, usable by every merchant without configuration.
 pub const BUILTIN_SANDBOX: &str = "sandbox";
@@ -38,8 +43,16 @@ pub struct Candidate {
     pub connector: Arc<dyn Connector>,
 }
 
+/// A merchant's connector accounts (enabled or not, in creation order) and routing rules.
+pub struct Routing {
+    pub accounts: Vec<ConnectorAccount>,
+    pub rules: Option<Vec<Rule>>,
+}
+
 pub struct Connectors {
     http: reqwest::Client,
+    routing: TtlCache<String, Arc<Routing>>,
+    routing_ttl: Duration,
     settings: ConnectorSettings,
     policy: BreakerPolicy,
     breakers: Mutex<HashMap<String, Breaker>>,
@@ -47,7 +60,7 @@ pub struct Connectors {
 }
 
 impl Connectors {
-    pub fn new(settings: ConnectorSettings, policy: BreakerPolicy) -> Connectors {
+    pub fn new(settings: ConnectorSettings, policy: BreakerPolicy, routing_ttl: Duration) -> Connectors {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .build()
@@ -55,11 +68,27 @@ impl Connectors {
         let builtin = Arc::new(Sandbox::default().with_settings(&settings));
         Connectors {
             http,
+            routing: TtlCache::default(),
+            routing_ttl,
             settings,
             policy,
             breakers: Mutex::new(HashMap::new()),
             builtin,
         }
+    }
+
+    /// The merchant's routing as cached, if still fresh.
+    pub fn cached_routing(&self, merchant_id: &str) -> Option<Arc<Routing>> {
+        self.routing.get(merchant_id, self.routing_ttl)
+    }
+
+    pub fn remember_routing(&self, merchant_id: &str, routing: Arc<Routing>) {
+        self.routing.put(merchant_id.to_owned(), routing);
+    }
+
+    /// Called once a change to the merchant's accounts or rules has committed.
+    pub fn forget_routing(&self, merchant_id: &str) {
+        self.routing.forget(merchant_id);
     }
 
     fn builtin(&self) -> Candidate {

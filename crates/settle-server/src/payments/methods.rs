@@ -34,7 +34,7 @@ use crate::{
     error::ApiError,
     extract::{from_value, JsonBody},
     payments::{connectors::sealing_context, Render},
-    AppState,
+    AppState, LazyReader,
 };
 
 pub fn router() -> Router<AppState> {
@@ -140,14 +140,36 @@ impl MethodInput {
         merchant_id: &str,
         param: &str,
     ) -> Result<String, ApiError> {
+        let (method, new) = match self {
+            MethodInput::Id(id) => (find(tx, merchant_id, &id, param).await?, false),
+            MethodInput::Card(card) => (seal(state, merchant_id, *card)?, true),
+        };
+        if new {
+            tx.insert_payment_method(&method).await?;
+        }
+        Ok(method.id)
+    }
+
+    /// The payment method named by id, or a card sealed into a new one that is not stored yet
+    /// (`true`: the caller stores it with the rest of its write).
+    pub async fn find_or_seal(
+        self,
+        state: &AppState,
+        reader: &mut LazyReader<'_>,
+        merchant_id: &str,
+        param: &str,
+    ) -> Result<(PaymentMethod, bool), ApiError> {
         match self {
-            MethodInput::Id(id) => match tx.get_payment_method(merchant_id, &id).await? {
-                Some(_) => Ok(id),
-                None => Err(ApiError::invalid(param, format!("no such payment method: '{id}'"))),
-            },
-            MethodInput::Card(card) => Ok(vault(state, tx, merchant_id, *card).await?.id),
+            MethodInput::Id(id) => Ok((find(reader.tx().await?, merchant_id, &id, param).await?, false)),
+            MethodInput::Card(card) => Ok((seal(state, merchant_id, *card)?, true)),
         }
     }
+}
+
+async fn find(tx: &mut dyn Tx, merchant_id: &str, id: &str, param: &str) -> Result<PaymentMethod, ApiError> {
+    tx.get_payment_method(merchant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::invalid(param, format!("no such payment method: '{id}'")))
 }
 
 /// Names errors of a nested card object after its place in the request.
@@ -193,13 +215,8 @@ fn card_input(body: MethodBody, param: &str) -> Result<MethodInput, ApiError> {
     })))
 }
 
-/// Validates, seals and stores a card; keeps its CVC in memory.
-async fn vault(
-    state: &AppState,
-    tx: &mut dyn Tx,
-    merchant_id: &str,
-    card: CardInputOwned,
-) -> Result<PaymentMethod, ApiError> {
+/// Validates and seals a card into a payment method (not stored yet); keeps its CVC in memory.
+fn seal(state: &AppState, merchant_id: &str, card: CardInputOwned) -> Result<PaymentMethod, ApiError> {
     let now = state.clock.now();
     let input = CardInput {
         number: card.number.expose(),
@@ -227,7 +244,6 @@ async fn vault(
         customer_id: None,
         created_at: now,
     };
-    tx.insert_payment_method(&method).await?;
     if let Some(cvc) = card.cvc {
         state.cvcs.put(sealing_context(merchant_id, &id), cvc);
     }
@@ -235,20 +251,24 @@ async fn vault(
 }
 
 /// The card of a payment, opened for its authorization, without its CVC ([`take_cvc`] takes
-/// that once the claim has committed).
+/// that once the claim has committed). `known` is the payment's method when the caller holds it.
 pub async fn card_for(
     state: &AppState,
     tx: &mut dyn Tx,
     payment: &Payment,
+    known: Option<&PaymentMethod>,
 ) -> Result<(CardData, Option<CardBrand>), ApiError> {
     let id = payment
         .payment_method_id
         .as_deref()
         .ok_or_else(|| ApiError::missing("payment_method"))?;
-    let method = tx
-        .get_payment_method(&payment.merchant_id, id)
-        .await?
-        .ok_or_else(|| ApiError::invalid("payment_method", format!("no such payment method: '{id}'")))?;
+    let method = match known.filter(|m| m.id == id) {
+        Some(method) => method.clone(),
+        None => tx
+            .get_payment_method(&payment.merchant_id, id)
+            .await?
+            .ok_or_else(|| ApiError::invalid("payment_method", format!("no such payment method: '{id}'")))?,
+    };
     let context = sealing_context(&method.merchant_id, &method.id);
     let number = state.vault.open(&method.number_sealed, &context).map_err(|_| {
         ApiError::Internal(format!(
@@ -296,7 +316,8 @@ pub async fn create_method(
         return Err(ApiError::Internal("create_method was given an id".into()));
     };
     let mut tx = state.begin_write(&merchant_id).await?;
-    let method = vault(state, tx.as_mut(), &merchant_id, *card).await?;
+    let method = seal(state, &merchant_id, *card)?;
+    tx.insert_payment_method(&method).await?;
     let reply = render(&method)?;
     let audit = ctx.audit(
         state,

@@ -36,11 +36,14 @@ use crate::{
     error::ApiError,
     extract::{page_and_filters, JsonBody},
     fields,
-    ledger::{cursor_error, list_reply},
+    ledger::{
+        cursor_error, list_reply,
+        writer::{Then, WriteError},
+    },
     AppState,
 };
 use methods::MethodInput;
-use service::Actor;
+use service::{Actor, PostError};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -321,10 +324,12 @@ pub async fn create_payment(
     if confirm && method.is_none() {
         return Err(ApiError::missing("payment_method"));
     }
-    let mut tx = state.begin_write(&merchant_id).await?;
+    // Everything the payment needs is read first (most creates read nothing); its rows are
+    // then written in one of the ledger writer's group commits.
+    let mut reader = state.lazy_reader(&merchant_id);
     if let Some(key) = &payment.idempotency_key {
         // A retry of a request whose process died before storing its idempotency record.
-        if let Some(existing) = tx.payment_by_idempotency_key(&merchant_id, key).await? {
+        if let Some(existing) = reader.tx().await?.payment_by_idempotency_key(&merchant_id, key).await? {
             if (existing.amount, existing.currency, existing.capture_method)
                 != (payment.amount, payment.currency, payment.capture_method)
             {
@@ -334,7 +339,9 @@ pub async fn create_payment(
         }
     }
     if let Some(id) = &payment.customer_id {
-        let found = tx
+        let found = reader
+            .tx()
+            .await?
             .get_customer(&merchant_id, id)
             .await?
             .ok_or_else(|| ApiError::invalid("customer", format!("no such customer: '{id}'")))?;
@@ -342,8 +349,10 @@ pub async fn create_payment(
             payment.customer = found.contact();
         }
     }
-    let merchant = tx.get_merchant(&merchant_id).await?.ok_or(ApiError::Unauthenticated)?;
-    let (min, max) = amount_limits(&merchant, currency);
+    let (min, max) = match ctx.merchant() {
+        Some(merchant) => amount_limits(merchant, currency),
+        None => return Err(ApiError::Unauthenticated),
+    };
     if payment.amount < min || payment.amount > max {
         return Err(ApiError::Unprocessable {
             code: "amount_out_of_range",
@@ -354,24 +363,31 @@ pub async fn create_payment(
             param: Some("amount".into()),
         });
     }
-    check_payees(tx.as_mut(), &merchant_id, &payment).await?;
+    if !payment.splits.is_empty() {
+        check_payees(reader.tx().await?, &merchant_id, &payment).await?;
+    }
+    let mut known = None;
+    let mut new_methods = Vec::new();
     if let Some(method) = method {
-        payment.payment_method_id = Some(
-            method
-                .resolve(state, tx.as_mut(), &merchant_id, "payment_method")
-                .await?,
-        );
+        let (method, new) = method
+            .find_or_seal(state, &mut reader, &merchant_id, "payment_method")
+            .await?;
+        payment.payment_method_id = Some(method.id.clone());
         payment.status = PaymentStatus::RequiresConfirmation;
+        if new {
+            new_methods.push(method.clone());
+        }
+        known = Some(method);
     }
     let actor = Actor {
         ctx: Some(ctx),
         reason: None,
     };
     let mut changes = vec![service::change(state, None, &payment, &actor, None)];
-    let audit = [ctx.audit(state, &merchant_id, "payment.create", "payment", &payment.id)];
+    let audit = vec![ctx.audit(state, &merchant_id, "payment.create", "payment", &payment.id)];
     let authorize = payment::Decision::Authorize;
     let prepared = if confirm {
-        let prepared = service::prepare(state, tx.as_mut(), &payment, &authorize).await?;
+        let prepared = service::prepare(state, reader.tx().await?, &payment, &authorize, known.as_ref()).await?;
         let created = payment.clone();
         payment = service::claimed(state, &payment, &authorize, None, &prepared);
         payment.version = created.version;
@@ -380,21 +396,39 @@ pub async fn create_payment(
     } else {
         None
     };
-    if let Err(e) = tx.insert_payment(&payment).await {
-        return Err(if e.is_conflict_on("payments") && payment.idempotency_key.is_some() {
-            // Another process is creating the payment of this key right now.
-            ApiError::IdempotencyRaceLost
-        } else {
-            e.into()
-        });
-    }
-    service::record(tx.as_mut(), &changes).await?;
-    let Some(prepared) = prepared else {
-        return ctx.commit(state, tx, render(&payment)?, &audit).await;
+    drop(reader);
+    let reply = if prepared.is_none() {
+        Some(render(&payment)?)
+    } else {
+        None
     };
-    tx.insert_audit(&audit).await?;
-    tx.commit().await?;
-    run_confirm(state, &payment, prepared, &actor, render).await
+    let records = match &reply {
+        Some(reply) => ctx.idempotency_record(reply, state.clock.now()).into_iter().collect(),
+        None => Vec::new(),
+    };
+    let rows = Then {
+        new_methods,
+        new_payments: vec![payment.clone()],
+        changes,
+        audit,
+        records,
+        ..Then::default()
+    };
+    match service::post(state, &merchant_id, Vec::new(), Some(rows)).await {
+        Ok(()) => {}
+        Err(PostError::Write(WriteError::Store(e)))
+            if e.is_conflict_on("payments") && payment.idempotency_key.is_some() =>
+        {
+            // Another process is creating the payment of this key right now.
+            return Err(ApiError::IdempotencyRaceLost);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    match (prepared, reply) {
+        (Some(prepared), _) => run_confirm(state, &payment, prepared, &actor, render).await,
+        (None, Some(reply)) => Ok(reply.into_response()),
+        (None, None) => Err(ApiError::Internal("a created payment has no reply".into())),
+    }
 }
 
 /// Authorizes a claimed (`processing`) payment and stores the outcome.

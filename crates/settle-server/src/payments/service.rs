@@ -16,7 +16,7 @@
 //! A crash between 1 and 3 leaves a claim that expires; the recovery job then resolves the
 //! payment with its connector (see `jobs`).
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use serde_json::json;
 use settle_connectors::{AuthorizeRequest, CardData, ConnectorError, ProviderStatus, Synced};
@@ -24,15 +24,15 @@ use settle_domain::{
     event::{self, NewEvent},
     ledger::{Account, AccountFlags, Balances, Key, TransferRequest, TransferResult},
     payment::{
-        self, Attempt, AuthorizationOutcome, CaptureMethod, Command, Decision, Payment, PaymentError, PaymentStatus,
-        Plan, PlannedTry, Refusal, StatusChange,
+        self, Attempt, AuthorizationOutcome, CaptureMethod, Command, Decision, Payment, PaymentError, PaymentMethod,
+        PaymentStatus, Plan, PlannedTry, Refusal, StatusChange,
     },
     postings,
-    routing::{RouteInput, Rule},
+    routing::RouteInput,
     tenancy::AuditEntry,
     Currency, Timestamp,
 };
-use settle_store::{Mode, Scope, StoreError, Tx};
+use settle_store::{StoreError, Tx};
 
 use crate::{
     context::{Ctx, Reply},
@@ -43,7 +43,7 @@ use crate::{
         writer::{Then, WriteError},
     },
     payments::{
-        connectors::{Candidate, FAILOVER_CANDIDATES_MAX},
+        connectors::{Candidate, Routing, BUILTIN_SANDBOX, FAILOVER_CANDIDATES_MAX},
         methods, payment_json,
     },
     AppState,
@@ -151,16 +151,18 @@ pub enum Prepared {
     Nothing,
 }
 
-/// Reads what `decision` needs; an error aborts the claim, so nothing is half-written.
+/// Reads what `decision` needs (`known_method`: the payment's method, when the caller holds
+/// it); an error aborts the claim, so nothing is half-written.
 pub async fn prepare(
     state: &AppState,
     tx: &mut dyn Tx,
     payment: &Payment,
     decision: &Decision,
+    known_method: Option<&PaymentMethod>,
 ) -> Result<Prepared, ApiError> {
     match decision {
         Decision::Authorize => {
-            let (card, brand) = methods::card_for(state, tx, payment).await?;
+            let (card, brand) = methods::card_for(state, tx, payment, known_method).await?;
             let candidates = candidates_for(state, tx, payment, brand).await?;
             Ok(Prepared::Authorize { card, candidates })
         }
@@ -186,7 +188,7 @@ pub async fn claim(
     audit: &[AuditEntry],
 ) -> Result<(Payment, Decision, Prepared), ApiError> {
     let now = state.clock.now();
-    let mut tx = state.begin_write(merchant_id).await?;
+    let mut tx = state.reader(merchant_id).await?;
     let mut payment = tx
         .get_payment(merchant_id, id)
         .await?
@@ -196,21 +198,33 @@ pub async fn claim(
     if let Some(method) = new_method {
         payment.payment_method_id = Some(method.to_owned());
     }
-    let prepared = prepare(state, tx.as_mut(), &payment, &decision).await?;
+    let prepared = prepare(state, tx.as_mut(), &payment, &decision, None).await?;
+    drop(tx);
     let claimed = claimed(state, &payment, &decision, reason, &prepared);
-    if !tx.update_payment(&claimed, before.version).await? {
-        let current = tx
-            .get_payment(merchant_id, id)
-            .await?
-            .map_or(before.status, |p| p.status);
-        return Err(refusal(Refusal::InProgress(current)));
+    let changes = if claimed.status == before.status {
+        Vec::new()
+    } else {
+        vec![change(state, Some(&before), &claimed, actor, None)]
+    };
+    let rows = Then {
+        payments: vec![(claimed.clone(), before.version)],
+        changes,
+        audit: audit.to_vec(),
+        ..Then::default()
+    };
+    match post(state, merchant_id, Vec::new(), Some(rows)).await {
+        Ok(()) => Ok((claimed, decision, prepared)),
+        Err(PostError::Write(WriteError::Stale(_))) => {
+            let current = load_status(state, merchant_id, id).await?.unwrap_or(before.status);
+            Err(refusal(Refusal::InProgress(current)))
+        }
+        Err(e) => Err(e.into()),
     }
-    if claimed.status != before.status {
-        record(tx.as_mut(), &[change(state, Some(&before), &claimed, actor, None)]).await?;
-    }
-    tx.insert_audit(audit).await?;
-    tx.commit().await?;
-    Ok((claimed, decision, prepared))
+}
+
+async fn load_status(state: &AppState, merchant_id: &str, id: &str) -> Result<Option<PaymentStatus>, ApiError> {
+    let mut tx = state.reader(merchant_id).await?;
+    Ok(tx.get_payment(merchant_id, id).await?.map(|p| p.status))
 }
 
 /// `payment` claimed for `decision`, with its plan: for an authorization, one attempt
@@ -267,37 +281,17 @@ pub async fn finish(
     write_with(state, &claimed.merchant_id, transfers, rows).await
 }
 
-/// Posts `transfers` and writes `then` in one transaction (the ledger writer's, or without
-/// transfers an ordinary one).
+/// Posts `transfers` and writes `then` in one of the ledger writer's group commits (with no
+/// transfers, `then` alone still shares the group's transaction).
 pub async fn write_with(
     state: &AppState,
     merchant_id: &str,
     transfers: Vec<TransferRequest>,
     then: Then,
 ) -> Result<(), ApiError> {
-    try_write_with(state, merchant_id, transfers, then)
+    post(state, merchant_id, transfers, Some(then))
         .await
         .map_err(ApiError::from)
-}
-
-/// [`write_with`], keeping the error's kind: a lost compare-and-set is `Write(Stale)`.
-pub async fn try_write_with(
-    state: &AppState,
-    merchant_id: &str,
-    transfers: Vec<TransferRequest>,
-    then: Then,
-) -> Result<(), PostError> {
-    if transfers.is_empty() {
-        let mut tx = state
-            .store
-            .begin(Scope::Merchant(merchant_id.to_owned()), Mode::Write)
-            .await
-            .map_err(|e| PostError::Write(WriteError::Store(e)))?;
-        then.write(tx.as_mut()).await.map_err(PostError::Write)?;
-        tx.commit().await.map_err(|e| PostError::Write(WriteError::Store(e)))?;
-        return Ok(());
-    }
-    post(state, merchant_id, transfers, Some(then)).await
 }
 
 /// Claims a payment for a job without a command (the sync job on a `processing` payment).
@@ -308,12 +302,15 @@ pub async fn claim_as_is(state: &AppState, payment: &Payment) -> Result<Option<P
     claimed.claimed_until = Some(claim_until(state, now));
     claimed.version += 1;
     claimed.updated_at = now;
-    let mut tx = state.begin_write(&payment.merchant_id).await?;
-    if !tx.update_payment(&claimed, payment.version).await? {
-        return Ok(None);
+    let rows = Then {
+        payments: vec![(claimed.clone(), payment.version)],
+        ..Then::default()
+    };
+    match post(state, &payment.merchant_id, Vec::new(), Some(rows)).await {
+        Ok(()) => Ok(Some(claimed)),
+        Err(PostError::Write(WriteError::Stale(_))) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    tx.commit().await?;
-    Ok(Some(claimed))
 }
 
 /// Asks the connector about an earlier authorization attempt (by the provider's id when
@@ -771,14 +768,7 @@ pub async fn candidates_for(
     payment: &Payment,
     brand: Option<settle_domain::card::CardBrand>,
 ) -> Result<Vec<Candidate>, ApiError> {
-    let accounts = tx.list_connector_accounts(&payment.merchant_id).await?;
-    let rules: Option<Vec<Rule>> = match tx.get_routing(&payment.merchant_id).await? {
-        Some(v) => Some(
-            crate::payments::routing_rules(&v)
-                .map_err(|e| ApiError::Internal(format!("stored routing rules: {e:?}")))?,
-        ),
-        None => None,
-    };
+    let routing = routing_of(state, tx, &payment.merchant_id).await?;
     let input = RouteInput {
         currency: payment.currency,
         amount: payment.amount,
@@ -786,8 +776,8 @@ pub async fn candidates_for(
     };
     state.connectors.candidates(
         &state.vault,
-        &accounts,
-        rules.as_deref(),
+        &routing.accounts,
+        routing.rules.as_deref(),
         payment.connector.as_deref(),
         &input,
     )
@@ -934,8 +924,32 @@ pub async fn account(
     merchant_id: &str,
     account_id: &str,
 ) -> Result<Candidate, ApiError> {
-    let account = tx.get_connector_account(merchant_id, account_id).await?;
+    let routing = routing_of(state, tx, merchant_id).await?;
+    let account = match routing.accounts.iter().find(|a| a.id == account_id) {
+        Some(account) => Some(account.clone()),
+        None if account_id == BUILTIN_SANDBOX => None,
+        // Created through another process since the routing was cached.
+        None => tx.get_connector_account(merchant_id, account_id).await?,
+    };
     state.connectors.for_account(&state.vault, account_id, account.as_ref())
+}
+
+/// The merchant's connector accounts and routing rules (cached; see `connectors`).
+pub async fn routing_of(state: &AppState, tx: &mut dyn Tx, merchant_id: &str) -> Result<Arc<Routing>, ApiError> {
+    if let Some(routing) = state.connectors.cached_routing(merchant_id) {
+        return Ok(routing);
+    }
+    let accounts = tx.list_connector_accounts(merchant_id).await?;
+    let rules = match tx.get_routing(merchant_id).await? {
+        Some(v) => Some(
+            crate::payments::routing_rules(&v)
+                .map_err(|e| ApiError::Internal(format!("stored routing rules: {e:?}")))?,
+        ),
+        None => None,
+    };
+    let routing = Arc::new(Routing { accounts, rules });
+    state.connectors.remember_routing(merchant_id, routing.clone());
+    Ok(routing)
 }
 
 /// Capture or cancel of a claimed payment (steps 2 and 3); returns the stored payment.

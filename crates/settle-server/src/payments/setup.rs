@@ -90,6 +90,7 @@ async fn create(
     );
     // The stored reply (an idempotent replay) never holds the generated secret.
     let response = ctx.commit(&state, tx, reply, &[audit]).await?;
+    state.connectors.forget_routing(&merchant_id);
     match generated {
         Some(secret) => {
             let mut shown = data;
@@ -142,7 +143,9 @@ async fn update(
         "connector_account",
         &id,
     );
-    ctx.commit(&state, tx, reply, &[audit]).await
+    let response = ctx.commit(&state, tx, reply, &[audit]).await?;
+    state.connectors.forget_routing(&merchant_id);
+    Ok(response)
 }
 
 async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -217,7 +220,9 @@ async fn put_routing(
     tx.insert_events(&[event]).await?;
     let reply = Reply::json(StatusCode::OK, &data)?;
     let audit = ctx.audit(&state, &merchant_id, "routing.update", "routing", &merchant_id);
-    ctx.commit(&state, tx, reply, &[audit]).await
+    let response = ctx.commit(&state, tx, reply, &[audit]).await?;
+    state.connectors.forget_routing(&merchant_id);
+    Ok(response)
 }
 
 async fn get_routing(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {

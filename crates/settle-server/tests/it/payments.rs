@@ -763,6 +763,82 @@ async fn a_refund_whose_process_died_is_finished_by_the_sync_job(app: TestApp) {
     app.verify_ok().await;
 }
 
+/// Many flows at once: their creates, claims and finishes share group commits (the rows
+/// writer's and the ledger writer's, side by side), written in bulk; every row of every
+/// payment is stored once and the books balance.
+async fn concurrent_flows_share_group_commits_and_lose_nothing(app: TestApp) {
+    const FLOWS: usize = 24;
+    let m = app.merchant("shop").await;
+    let tasks: Vec<_> = (0..FLOWS)
+        .map(|i| {
+            let (router, key) = (app.router.clone(), m.key.clone());
+            tokio::spawn(async move {
+                let call = |path: String, body: Value| {
+                    let (router, key) = (router.clone(), key.clone());
+                    async move {
+                        let body = body.to_string();
+                        crate::harness::call(&router, axum::http::Method::POST, &path, &key, Some(&body), &[]).await
+                    }
+                };
+                let amount = 1000 + i64::try_from(i).expect("small");
+                let created = call(
+                    "/v1/payments".into(),
+                    json!({ "amount": amount, "currency": "USD", "capture_method": "manual",
+                            "payment_method": card(VISA), "metadata": { "flow": i.to_string() } }),
+                )
+                .await;
+                assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+                let id = created.json["id"].as_str().expect("id").to_owned();
+                let confirmed = call(format!("/v1/payments/{id}/confirm"), json!({})).await;
+                assert_eq!(confirmed.json["status"], "requires_capture", "{}", confirmed.text);
+                let captured = call(format!("/v1/payments/{id}/capture"), json!({ "amount": amount - 100 })).await;
+                assert_eq!(captured.json["status"], "succeeded", "{}", captured.text);
+                (id, amount)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        let (id, amount) = task.await.expect("flow");
+        total += amount - 100;
+        let p = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+        assert_eq!(p.json["amount_captured"], amount - 100, "{}", p.text);
+        assert_eq!(p.json["amount_capturable"], 0, "{}", p.text);
+        let history = app.get(&format!("/v1/payments/{id}/events"), &m.key).await;
+        let statuses: Vec<&str> = history.json["data"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .filter_map(|e| e["to"].as_str())
+            .collect();
+        assert_eq!(
+            statuses,
+            ["requires_confirmation", "processing", "requires_capture", "succeeded"],
+            "{}",
+            history.text
+        );
+        let attempts = app.get(&format!("/v1/payments/{id}/attempts"), &m.key).await;
+        let operations: Vec<&str> = attempts.json["data"]
+            .as_array()
+            .expect("attempts")
+            .iter()
+            .filter_map(|a| a["operation"].as_str())
+            .collect();
+        assert_eq!(operations, ["authorize", "capture"], "{}", attempts.text);
+        let events = app.get(&format!("/v1/events?aggregate_id={id}"), &m.key).await;
+        let mut sequences: Vec<i64> = events.json["data"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter_map(|e| e["sequence"].as_i64())
+            .collect();
+        sequences.sort_unstable();
+        assert_eq!(sequences, [1, 2, 3, 4], "{}", events.text);
+    }
+    assert_eq!(app.ledger_balance(&m, "settle:merchant_pending:USD").await, total);
+    app.verify_ok().await;
+}
+
 crate::conformance!(
     automatic_capture_moves_the_money_and_keeps_a_history,
     partial_capture_releases_the_rest,
@@ -771,6 +847,7 @@ crate::conformance!(
     splits_and_fee_are_allocated_to_the_cent,
     partial_refunds_never_exceed_the_capture,
     concurrent_commands_on_one_payment_have_one_winner,
+    concurrent_flows_share_group_commits_and_lose_nothing,
     failover_tries_the_next_connector_after_a_failure,
     a_failing_connector_is_skipped_once_its_circuit_opens,
     card_numbers_and_cvcs_are_never_at_rest,
