@@ -223,20 +223,18 @@ impl LedgerWriter {
         metrics: Arc<Metrics>,
         writers: usize,
     ) -> (LedgerWriter, Vec<tokio::task::JoinHandle<()>>) {
-        let worker = Worker { store, clock, metrics };
-        let worker = Arc::new(worker);
-        let spawn = |count: usize| {
+        let worker = Arc::new(Worker { store, clock, metrics });
+        let mut tasks = Vec::new();
+        let mut queue = |count: usize| {
             let (queue, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
             let rx = Arc::new(Mutex::new(rx));
-            let handles: Vec<_> = (0..count)
-                .map(|_| tokio::spawn(worker.clone().run(rx.clone())))
-                .collect();
-            (queue, handles)
+            tasks.extend((0..count).map(|_| worker.clone().run(rx.clone())));
+            queue
         };
-        let (queue, mut handles) = spawn(writers.max(1));
-        let (rows, rows_handles) = spawn(1);
-        handles.extend(rows_handles);
-        (LedgerWriter { queue, rows }, handles)
+        let ledger = queue(writers.max(1));
+        let rows = queue(1);
+        let handles = tasks.into_iter().map(tokio::spawn).collect();
+        (LedgerWriter { queue: ledger, rows }, handles)
     }
 
     pub async fn submit(&self, command: Command) -> Result<(), WriteError> {
@@ -376,6 +374,7 @@ impl Worker {
         let now = self.clock.now();
         let started = std::time::Instant::now();
         let mut tx = self.store.begin(Scope::System, Mode::Write).await?;
+        let begun = started.elapsed();
         let mut book = load_book(tx.as_mut(), commands, lookup).await?;
         let loaded = started.elapsed();
         let mut replies = Vec::with_capacity(commands.len());
@@ -433,6 +432,7 @@ impl Worker {
         tracing::debug!(
             requests = commands.len(),
             created,
+            begin_us = begun.as_micros() as u64,
             load_us = loaded.as_micros() as u64,
             decide_us = (decided - loaded).as_micros() as u64,
             write_us = (written - decided).as_micros() as u64,
