@@ -145,6 +145,7 @@ pub struct Inner {
     pub vault: vault::Vault,
     pub connectors: payments::connectors::Connectors,
     pub cvcs: payments::methods::CvcCache,
+    pub recent: payments::service::Recent,
     /// `merchant/connector/currency` whose system ledger accounts are known to exist.
     pub charts: Mutex<HashSet<String>>,
     /// The client webhooks go out with (see `webhooks::dispatch`).
@@ -206,6 +207,7 @@ impl App {
                 settings_cache_ttl,
             ),
             cvcs: payments::methods::CvcCache::default(),
+            recent: payments::service::Recent::default(),
             charts: Mutex::new(HashSet::new()),
             webhook_client,
             inbound: inbound::Inbound::new(inbox_writer),
@@ -248,11 +250,11 @@ impl AppState {
 
     /// A read transaction in `merchant_id`'s scope, begun on first use.
     pub fn lazy_reader<'a>(&'a self, merchant_id: &'a str) -> LazyReader<'a> {
-        LazyReader {
+        LazyReader(Source::Later {
             state: self,
             merchant_id,
             tx: None,
-        }
+        })
     }
 
     /// A write transaction in `merchant_id`'s scope.
@@ -264,20 +266,35 @@ impl AppState {
     }
 }
 
-/// A read transaction that costs nothing until a statement needs it.
-pub struct LazyReader<'a> {
-    state: &'a AppState,
-    merchant_id: &'a str,
-    tx: Option<Box<dyn settle_store::Tx>>,
+/// A read transaction that costs nothing until a statement needs it (or one already open).
+pub struct LazyReader<'a>(Source<'a>);
+
+enum Source<'a> {
+    Later {
+        state: &'a AppState,
+        merchant_id: &'a str,
+        tx: Option<Box<dyn settle_store::Tx>>,
+    },
+    Open(&'a mut dyn settle_store::Tx),
 }
 
-impl LazyReader<'_> {
-    pub async fn tx(&mut self) -> Result<&mut dyn settle_store::Tx, ApiError> {
-        let tx = match self.tx.take() {
-            Some(tx) => tx,
-            None => self.state.reader(self.merchant_id).await?,
-        };
-        Ok(self.tx.insert(tx).as_mut())
+impl<'a> LazyReader<'a> {
+    /// Reads through a transaction the caller already holds.
+    pub fn over(tx: &'a mut dyn settle_store::Tx) -> Self {
+        LazyReader(Source::Open(tx))
+    }
+
+    pub async fn tx(&mut self) -> Result<&mut (dyn settle_store::Tx + 'a), ApiError> {
+        match &mut self.0 {
+            Source::Open(tx) => Ok(&mut **tx),
+            Source::Later { state, merchant_id, tx } => {
+                let open = match tx.take() {
+                    Some(open) => open,
+                    None => state.reader(merchant_id).await?,
+                };
+                Ok(tx.insert(open).as_mut())
+            }
+        }
     }
 }
 

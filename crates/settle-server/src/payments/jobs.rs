@@ -175,8 +175,13 @@ async fn sync_one(state: &AppState, p: Payment, base: i64, now: Timestamp) -> Re
 }
 
 async fn account_of(state: &AppState, payment: &Payment, account_id: &str) -> Result<Candidate, ApiError> {
-    let mut tx = state.reader(&payment.merchant_id).await?;
-    service::account(state, tx.as_mut(), &payment.merchant_id, account_id).await
+    service::account(
+        state,
+        &mut state.lazy_reader(&payment.merchant_id),
+        &payment.merchant_id,
+        account_id,
+    )
+    .await
 }
 
 /// Syncs the attempt references a dead claim planned, in order. The first the provider holds

@@ -254,7 +254,7 @@ fn seal(state: &AppState, merchant_id: &str, card: CardInputOwned) -> Result<Pay
 /// that once the claim has committed). `known` is the payment's method when the caller holds it.
 pub async fn card_for(
     state: &AppState,
-    tx: &mut dyn Tx,
+    reader: &mut LazyReader<'_>,
     payment: &Payment,
     known: Option<&PaymentMethod>,
 ) -> Result<(CardData, Option<CardBrand>), ApiError> {
@@ -262,12 +262,17 @@ pub async fn card_for(
         .payment_method_id
         .as_deref()
         .ok_or_else(|| ApiError::missing("payment_method"))?;
-    let method = match known.filter(|m| m.id == id) {
-        Some(method) => method.clone(),
-        None => tx
-            .get_payment_method(&payment.merchant_id, id)
-            .await?
-            .ok_or_else(|| ApiError::invalid("payment_method", format!("no such payment method: '{id}'")))?,
+    let merchant_id = &payment.merchant_id;
+    let method = match known.filter(|m| m.id == id).cloned() {
+        Some(method) => method,
+        None => match state.recent.method(merchant_id, id) {
+            Some(method) => method,
+            None => {
+                let method = find(reader.tx().await?, merchant_id, id, "payment_method").await?;
+                state.recent.remember_method(&method);
+                method
+            }
+        },
     };
     let context = sealing_context(&method.merchant_id, &method.id);
     let number = state.vault.open(&method.number_sealed, &context).map_err(|_| {

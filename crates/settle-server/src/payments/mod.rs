@@ -387,7 +387,7 @@ pub async fn create_payment(
     let audit = vec![ctx.audit(state, &merchant_id, "payment.create", "payment", &payment.id)];
     let authorize = payment::Decision::Authorize;
     let prepared = if confirm {
-        let prepared = service::prepare(state, reader.tx().await?, &payment, &authorize, known.as_ref()).await?;
+        let prepared = service::prepare(state, &mut reader, &payment, &authorize, known.as_ref()).await?;
         let created = payment.clone();
         payment = service::claimed(state, &payment, &authorize, None, &prepared);
         payment.version = created.version;
@@ -415,7 +415,12 @@ pub async fn create_payment(
         ..Then::default()
     };
     match service::post(state, &merchant_id, Vec::new(), Some(rows)).await {
-        Ok(()) => {}
+        Ok(()) => {
+            state.recent.remember_payment(&payment);
+            if let Some(method) = &known {
+                state.recent.remember_method(method);
+            }
+        }
         Err(PostError::Write(WriteError::Store(e)))
             if e.is_conflict_on("payments") && payment.idempotency_key.is_some() =>
         {

@@ -43,7 +43,7 @@ use crate::{
         jobs,
         service::{self, PostError},
     },
-    AppState,
+    AppState, LazyReader,
 };
 
 pub fn router() -> Router<AppState> {
@@ -145,7 +145,7 @@ async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<(Payme
     tx.insert_events(&[refund_event(state, &refund), refunded]).await?;
     tx.insert_audit(&[ctx.audit(state, &merchant_id, "refund.create", "refund", &refund.id)])
         .await?;
-    let holder = service::holder(state, tx.as_mut(), &payment).await?;
+    let holder = service::holder(state, &mut LazyReader::over(tx.as_mut()), &payment).await?;
     tx.commit().await?;
     Ok((payment, refund, holder))
 }
@@ -327,7 +327,7 @@ async fn sync_refund(state: &AppState, mut refund: Refund) -> Result<bool, ApiEr
             .clone()
             .or(payment.connector_account_id.clone())
             .unwrap_or_default();
-        let holder = service::account(state, tx.as_mut(), &merchant_id, &account_id).await?;
+        let holder = service::account(state, &mut LazyReader::over(tx.as_mut()), &merchant_id, &account_id).await?;
         (payment, holder)
     };
     let legs = postings::refund_legs(&payment, &refund.id, &refund.parts);

@@ -35,6 +35,7 @@ use settle_domain::{
 use settle_store::{StoreError, Tx};
 
 use crate::{
+    cache::TtlCache,
     context::{Ctx, Reply},
     error::ApiError,
     events,
@@ -46,7 +47,7 @@ use crate::{
         connectors::{Candidate, Routing, BUILTIN_SANDBOX, FAILOVER_CANDIDATES_MAX},
         methods, payment_json,
     },
-    AppState,
+    AppState, LazyReader,
 };
 
 /// How many connector timeouts a claim lasts: longer than the slowest failover (each of
@@ -59,6 +60,43 @@ pub fn claim_until(state: &AppState, now: Timestamp) -> Timestamp {
     let seconds = state.config.connector_timeout.as_secs().max(1) * u64::from(CLAIM_TIMEOUTS);
     now.checked_add_seconds(i64::try_from(seconds).unwrap_or(i64::MAX))
         .unwrap_or(now)
+}
+
+/// How long this process trusts its last copy of a payment or payment method before reading it.
+pub const RECENT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The payments and payment methods this process last wrote or read. A claim decides on the
+/// remembered payment and stores it only at that version (every change of a payment's stored
+/// fields moves its version), so a copy gone stale costs one read, never a wrong write. A card's
+/// vaulted fields never change.
+#[derive(Default)]
+pub struct Recent {
+    payments: TtlCache<String, Payment>,
+    methods: TtlCache<String, PaymentMethod>,
+}
+
+impl Recent {
+    fn key(merchant_id: &str, id: &str) -> String {
+        format!("{merchant_id}/{id}")
+    }
+
+    pub fn payment(&self, merchant_id: &str, id: &str) -> Option<Payment> {
+        self.payments.get(&Self::key(merchant_id, id), RECENT_TTL)
+    }
+
+    pub fn remember_payment(&self, payment: &Payment) {
+        self.payments
+            .put(Self::key(&payment.merchant_id, &payment.id), payment.clone());
+    }
+
+    pub fn method(&self, merchant_id: &str, id: &str) -> Option<PaymentMethod> {
+        self.methods.get(&Self::key(merchant_id, id), RECENT_TTL)
+    }
+
+    pub fn remember_method(&self, method: &PaymentMethod) {
+        self.methods
+            .put(Self::key(&method.merchant_id, &method.id), method.clone());
+    }
 }
 
 /// Who asked: a client request (with its context) or a job.
@@ -155,19 +193,19 @@ pub enum Prepared {
 /// it); an error aborts the claim, so nothing is half-written.
 pub async fn prepare(
     state: &AppState,
-    tx: &mut dyn Tx,
+    reader: &mut LazyReader<'_>,
     payment: &Payment,
     decision: &Decision,
     known_method: Option<&PaymentMethod>,
 ) -> Result<Prepared, ApiError> {
     match decision {
         Decision::Authorize => {
-            let (card, brand) = methods::card_for(state, tx, payment, known_method).await?;
-            let candidates = candidates_for(state, tx, payment, brand).await?;
+            let (card, brand) = methods::card_for(state, reader, payment, known_method).await?;
+            let candidates = candidates_for(state, reader, payment, brand).await?;
             Ok(Prepared::Authorize { card, candidates })
         }
         Decision::Capture { .. } | Decision::Cancel { void: true } => {
-            Ok(Prepared::Holder(holder(state, tx, payment).await?))
+            Ok(Prepared::Holder(holder(state, reader, payment).await?))
         }
         Decision::Cancel { void: false } | Decision::MethodAttached => Ok(Prepared::Nothing),
     }
@@ -187,19 +225,69 @@ pub async fn claim(
     actor: &Actor<'_>,
     audit: &[AuditEntry],
 ) -> Result<(Payment, Decision, Prepared), ApiError> {
-    let now = state.clock.now();
-    let mut tx = state.reader(merchant_id).await?;
-    let mut payment = tx
+    let attempt = |payment: Payment| try_claim(state, payment, command, new_method, reason, actor, audit);
+    // This process's last copy first: it is stored only at its version, so a stale copy (or a
+    // refusal decided on one) costs a read of the stored row, never a wrong write.
+    if let Some(recent) = state.recent.payment(merchant_id, id) {
+        match attempt(recent).await {
+            Err(Unclaimed::Refused(_) | Unclaimed::Stale) => {}
+            Err(Unclaimed::Failed(e)) => return Err(e),
+            Ok(done) => return Ok(done),
+        }
+    }
+    let stored = state
+        .reader(merchant_id)
+        .await?
         .get_payment(merchant_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("payment", id))?;
+    match attempt(stored.clone()).await {
+        Ok(done) => Ok(done),
+        Err(Unclaimed::Refused(r)) => Err(refusal(r)),
+        Err(Unclaimed::Stale) => {
+            let current = load_status(state, merchant_id, id).await?.unwrap_or(stored.status);
+            Err(refusal(Refusal::InProgress(current)))
+        }
+        Err(Unclaimed::Failed(e)) => Err(e),
+    }
+}
+
+/// Why [`try_claim`] claimed nothing.
+enum Unclaimed {
+    Refused(Refusal),
+    /// The payment changed since `payment` was read.
+    Stale,
+    Failed(ApiError),
+}
+
+impl From<ApiError> for Unclaimed {
+    fn from(e: ApiError) -> Self {
+        Unclaimed::Failed(e)
+    }
+}
+
+/// Claims `payment` as read (see [`claim`]).
+#[allow(clippy::too_many_arguments)]
+async fn try_claim(
+    state: &AppState,
+    mut payment: Payment,
+    command: &Command,
+    new_method: Option<&str>,
+    reason: Option<&str>,
+    actor: &Actor<'_>,
+    audit: &[AuditEntry],
+) -> Result<(Payment, Decision, Prepared), Unclaimed> {
+    let now = state.clock.now();
     let before = payment.clone();
-    let decision = payment::decide(&payment, command, new_method.is_some(), now).map_err(refusal)?;
+    let decision = payment::decide(&payment, command, new_method.is_some(), now).map_err(Unclaimed::Refused)?;
     if let Some(method) = new_method {
         payment.payment_method_id = Some(method.to_owned());
     }
-    let prepared = prepare(state, tx.as_mut(), &payment, &decision, None).await?;
-    drop(tx);
+    let merchant_id = payment.merchant_id.clone();
+    let prepared = {
+        let mut reader = state.lazy_reader(&merchant_id);
+        prepare(state, &mut reader, &payment, &decision, None).await?
+    };
     let claimed = claimed(state, &payment, &decision, reason, &prepared);
     let changes = if claimed.status == before.status {
         Vec::new()
@@ -212,13 +300,13 @@ pub async fn claim(
         audit: audit.to_vec(),
         ..Then::default()
     };
-    match post(state, merchant_id, Vec::new(), Some(rows)).await {
-        Ok(()) => Ok((claimed, decision, prepared)),
-        Err(PostError::Write(WriteError::Stale(_))) => {
-            let current = load_status(state, merchant_id, id).await?.unwrap_or(before.status);
-            Err(refusal(Refusal::InProgress(current)))
+    match post(state, &merchant_id, Vec::new(), Some(rows)).await {
+        Ok(()) => {
+            state.recent.remember_payment(&claimed);
+            Ok((claimed, decision, prepared))
         }
-        Err(e) => Err(e.into()),
+        Err(PostError::Write(WriteError::Stale(_))) => Err(Unclaimed::Stale),
+        Err(e) => Err(Unclaimed::Failed(e.into())),
     }
 }
 
@@ -278,7 +366,9 @@ pub async fn finish(
         records: record.into_iter().collect(),
         ..Then::default()
     };
-    write_with(state, &claimed.merchant_id, transfers, rows).await
+    write_with(state, &claimed.merchant_id, transfers, rows).await?;
+    state.recent.remember_payment(next);
+    Ok(())
 }
 
 /// Posts `transfers` and writes `then` in one of the ledger writer's group commits (with no
@@ -764,11 +854,11 @@ async fn resolve_unknown(
 /// The routing input and candidates for a payment.
 pub async fn candidates_for(
     state: &AppState,
-    tx: &mut dyn Tx,
+    reader: &mut LazyReader<'_>,
     payment: &Payment,
     brand: Option<settle_domain::card::CardBrand>,
 ) -> Result<Vec<Candidate>, ApiError> {
-    let routing = routing_of(state, tx, &payment.merchant_id).await?;
+    let routing = routing_of(state, reader, &payment.merchant_id).await?;
     let input = RouteInput {
         currency: payment.currency,
         amount: payment.amount,
@@ -805,10 +895,7 @@ pub async fn after_authorization(
         if next.capture_method == CaptureMethod::Automatic {
             let holder = match holder {
                 Some(h) if Some(&h.account_id) == next.connector_account_id.as_ref() => h.clone(),
-                _ => {
-                    let mut tx = state.reader(&next.merchant_id).await?;
-                    self::holder(state, tx.as_mut(), &next).await?
-                }
+                _ => self::holder(state, &mut state.lazy_reader(&next.merchant_id), &next).await?,
             };
             let before = next.clone();
             match capture_now(state, &holder, &next, next.amount, actor, attempts).await {
@@ -909,36 +996,47 @@ pub async fn void_now(
 }
 
 /// The connector holding the payment's authorization.
-pub async fn holder(state: &AppState, tx: &mut dyn Tx, payment: &Payment) -> Result<Candidate, ApiError> {
+pub async fn holder(state: &AppState, reader: &mut LazyReader<'_>, payment: &Payment) -> Result<Candidate, ApiError> {
     let account_id = payment
         .connector_account_id
         .as_deref()
         .ok_or_else(|| ApiError::Internal(format!("payment {} has no connector account", payment.id)))?;
-    account(state, tx, &payment.merchant_id, account_id).await
+    account(state, reader, &payment.merchant_id, account_id).await
 }
 
 /// A merchant's connector account (or the built-in sandbox), ready to call.
 pub async fn account(
     state: &AppState,
-    tx: &mut dyn Tx,
+    reader: &mut LazyReader<'_>,
     merchant_id: &str,
     account_id: &str,
 ) -> Result<Candidate, ApiError> {
-    let routing = routing_of(state, tx, merchant_id).await?;
+    let routing = routing_of(state, reader, merchant_id).await?;
     let account = match routing.accounts.iter().find(|a| a.id == account_id) {
         Some(account) => Some(account.clone()),
         None if account_id == BUILTIN_SANDBOX => None,
         // Created through another process since the routing was cached.
-        None => tx.get_connector_account(merchant_id, account_id).await?,
+        None => {
+            reader
+                .tx()
+                .await?
+                .get_connector_account(merchant_id, account_id)
+                .await?
+        }
     };
     state.connectors.for_account(&state.vault, account_id, account.as_ref())
 }
 
 /// The merchant's connector accounts and routing rules (cached; see `connectors`).
-pub async fn routing_of(state: &AppState, tx: &mut dyn Tx, merchant_id: &str) -> Result<Arc<Routing>, ApiError> {
+pub async fn routing_of(
+    state: &AppState,
+    reader: &mut LazyReader<'_>,
+    merchant_id: &str,
+) -> Result<Arc<Routing>, ApiError> {
     if let Some(routing) = state.connectors.cached_routing(merchant_id) {
         return Ok(routing);
     }
+    let tx = reader.tx().await?;
     let accounts = tx.list_connector_accounts(merchant_id).await?;
     let rules = match tx.get_routing(merchant_id).await? {
         Some(v) => Some(

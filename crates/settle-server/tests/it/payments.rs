@@ -839,6 +839,50 @@ async fn concurrent_flows_share_group_commits_and_lose_nothing(app: TestApp) {
     app.verify_ok().await;
 }
 
+/// A process decides a claim on its last copy of the payment; when another process changed the
+/// payment since, the copy is stale: the claim reads the stored row and decides again, so
+/// neither the other process's change is lost nor a command refused on old facts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_copy_in_one_process_never_overwrites_another_processs_change() {
+    let Some(app) = TestApp::spawn(settle_store::Engine::Postgres).await else {
+        return;
+    };
+    let other = app.second_process().await.expect("postgres");
+    let m = app.merchant("shop").await;
+    let call = |router: &axum::Router, path: String, body: Value| {
+        let (router, key) = (router.clone(), m.key.clone());
+        async move {
+            let body = body.to_string();
+            crate::harness::call(&router, axum::http::Method::POST, &path, &key, Some(&body), &[]).await
+        }
+    };
+    // Changed elsewhere (metadata), then captured here: the capture keeps the change.
+    let id = app.authorized(&m, 1000, json!({})).await;
+    let updated = call(
+        &other,
+        format!("/v1/payments/{id}"),
+        json!({ "metadata": { "order": "42" } }),
+    )
+    .await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.text);
+    let captured = call(&app.router, format!("/v1/payments/{id}/capture"), json!({})).await;
+    assert_eq!(captured.status, StatusCode::OK, "{}", captured.text);
+    assert_eq!(captured.json["status"], "succeeded", "{}", captured.text);
+    assert_eq!(captured.json["metadata"]["order"], "42", "{}", captured.text);
+    let stored = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+    assert_eq!(stored.json["metadata"]["order"], "42", "{}", stored.text);
+    assert_eq!(stored.json["amount_captured"], 1000, "{}", stored.text);
+
+    // Canceled elsewhere, then captured here: refused with the status as stored.
+    let id = app.authorized(&m, 700, json!({})).await;
+    let canceled = call(&other, format!("/v1/payments/{id}/cancel"), json!({})).await;
+    assert_eq!(canceled.json["status"], "canceled", "{}", canceled.text);
+    let refused = call(&app.router, format!("/v1/payments/{id}/capture"), json!({})).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text);
+    assert!(refused.text.contains("canceled"), "{}", refused.text);
+    app.verify_ok().await;
+}
+
 crate::conformance!(
     automatic_capture_moves_the_money_and_keeps_a_history,
     partial_capture_releases_the_rest,
