@@ -13,7 +13,7 @@
 //! record of why it moved commit together.
 //!
 //! Commands that post no transfers (a payment's claim, a new payment: rows only) have a queue
-//! and a writer task of their own. They lock no ledger account, so their groups commit beside
+//! and writer tasks of their own. They lock no ledger account, so their groups commit beside
 //! the ledger's; both update payments in key order, so the two cannot deadlock.
 //!
 //! If a group's transaction fails (a unique race with another process, say), each of its
@@ -39,6 +39,10 @@ use crate::{clock::Clock, context::Reply, ledger::transfer_json, metrics::Metric
 
 /// Most transfers one group commit gathers.
 pub const GROUP_TRANSFERS_MAX: usize = 8_192;
+/// Tasks group-committing commands without transfers. Their groups lock no account, so two
+/// overlap where one would wait on the other's round trips (measured with `settle bench
+/// payments`, 32 clients on PostgreSQL: one 330–380 payments/s, two 330–410, three no better).
+pub const ROWS_WRITERS: usize = 2;
 /// Most commands waiting for a writer before senders wait.
 pub const QUEUE_COMMANDS_MAX: usize = 8_192;
 
@@ -215,7 +219,7 @@ pub struct LedgerWriter {
 }
 
 impl LedgerWriter {
-    /// Starts `writers` tasks sharing the ledger queue and one task for commands without
+    /// Starts `writers` tasks sharing the ledger queue and [`ROWS_WRITERS`] for commands without
     /// transfers. They stop when every `LedgerWriter` clone is dropped and the queues are drained.
     pub fn start(
         store: Arc<dyn Store>,
@@ -232,7 +236,7 @@ impl LedgerWriter {
             queue
         };
         let ledger = queue(writers.max(1));
-        let rows = queue(1);
+        let rows = queue(ROWS_WRITERS);
         let handles = tasks.into_iter().map(tokio::spawn).collect();
         (LedgerWriter { queue: ledger, rows }, handles)
     }
