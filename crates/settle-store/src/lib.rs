@@ -19,6 +19,21 @@ use settle_domain::{
     Timestamp,
 };
 
+/// The rows [`Tx::insert_records`] writes together.
+#[derive(Clone, Copy, Default)]
+pub struct Records<'a> {
+    pub attempts: &'a [settle_domain::payment::Attempt],
+    pub changes: &'a [settle_domain::payment::StatusChange],
+    pub events: &'a [settle_domain::event::NewEvent],
+    pub audit: &'a [AuditEntry],
+}
+
+impl Records<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.attempts.is_empty() && self.changes.is_empty() && self.events.is_empty() && self.audit.is_empty()
+    }
+}
+
 #[macro_use]
 mod shared;
 #[macro_use]
@@ -243,6 +258,9 @@ pub trait Tx: PaymentTx + CustomerTx + EventTx + InvoiceTx + InboxTx + Send {
     async fn prune_idempotency(&mut self, created_before: Timestamp, limit: u32) -> Result<u64>;
 
     async fn insert_audit(&mut self, entries: &[AuditEntry]) -> Result<()>;
+    /// A group commit's payment attempts, status history rows, events (numbered and queued as
+    /// [`EventTx::insert_events`] does) and audit rows: one statement on PostgreSQL.
+    async fn insert_records(&mut self, records: &Records<'_>) -> Result<()>;
     async fn list_audit(&mut self, merchant_id: &str, page: &PageRequest) -> Result<Listing<AuditEntry>>;
 
     async fn insert_account(&mut self, account: &Account) -> Result<()>;

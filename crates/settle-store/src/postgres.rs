@@ -229,27 +229,11 @@ impl PgTx {
     /// Every event in one statement, each numbered after its aggregate's last stored one plus
     /// its place among the batch's events of that aggregate, and queued in the outbox.
     async fn insert_events_bulk(&mut self, events: &[settle_domain::event::NewEvent]) -> Result<()> {
-        let text = |f: fn(&settle_domain::event::NewEvent) -> &str| events.iter().map(f).collect::<Vec<_>>();
-        sqlx::query(
-            "WITH u AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::bigint[], $7::text[], $8::bigint[]) AS u(m, id, kind, atype, aid, k, data, created)), \
-             ins AS (INSERT INTO events (merchant_id, id, type, aggregate_type, aggregate_id, sequence, data, \
-             created_at) SELECT u.m, u.id, u.kind, u.atype, u.aid, COALESCE((SELECT MAX(e.sequence) FROM events e \
-             WHERE e.merchant_id = u.m AND e.aggregate_id = u.aid AND e.aggregate_type = u.atype), 0) + u.k, \
-             u.data, u.created FROM u RETURNING merchant_id, id) \
-             INSERT INTO event_outbox (merchant_id, event_id) SELECT merchant_id, id FROM ins",
-        )
-        .bind(text(|e| &e.merchant_id))
-        .bind(text(|e| &e.id))
-        .bind(text(|e| &e.kind))
-        .bind(text(|e| e.aggregate_type))
-        .bind(text(|e| &e.aggregate_id))
-        .bind(settle_domain::event::offsets(events))
-        .bind(events.iter().map(|e| e.data.to_string()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.created_at.0).collect::<Vec<_>>())
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        self.write_records(&crate::Records {
+            events,
+            ..crate::Records::default()
+        })
+        .await
     }
 
     /// Every entry in one statement; a stored event (or an earlier entry of the batch for the
@@ -364,56 +348,22 @@ impl PgTx {
         Ok(())
     }
 
-    /// Every attempt in one `INSERT … SELECT FROM UNNEST`.
+    /// Every attempt in one statement.
     async fn insert_attempts_bulk(&mut self, attempts: &[settle_domain::payment::Attempt]) -> Result<()> {
-        type A = settle_domain::payment::Attempt;
-        let text = |f: fn(&A) -> &str| attempts.iter().map(f).collect::<Vec<_>>();
-        let optional = |f: fn(&A) -> Option<&str>| attempts.iter().map(f).collect::<Vec<_>>();
-        sqlx::query(&format!(
-            "INSERT INTO payment_attempts ({}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
-             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[])",
-            crate::payments::ATTEMPT_COLS
-        ))
-        .bind(text(|a| &a.merchant_id))
-        .bind(text(|a| &a.id))
-        .bind(text(|a| &a.payment_id))
-        .bind(text(|a| &a.operation))
-        .bind(text(|a| &a.connector_account_id))
-        .bind(text(|a| &a.connector))
-        .bind(text(|a| &a.outcome))
-        .bind(optional(|a| a.error_code.as_deref()))
-        .bind(optional(|a| a.provider_ref.as_deref()))
-        .bind(optional(|a| a.request_id.as_deref()))
-        .bind(attempts.iter().map(|a| a.latency_ms).collect::<Vec<_>>())
-        .bind(attempts.iter().map(|a| a.created_at.0).collect::<Vec<_>>())
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        self.write_records(&crate::Records {
+            attempts,
+            ..crate::Records::default()
+        })
+        .await
     }
 
-    /// Every status history row in one `INSERT … SELECT FROM UNNEST`.
+    /// Every status history row in one statement.
     async fn insert_status_changes_bulk(&mut self, changes: &[settle_domain::payment::StatusChange]) -> Result<()> {
-        type Change = settle_domain::payment::StatusChange;
-        let text = |f: fn(&Change) -> &str| changes.iter().map(f).collect::<Vec<_>>();
-        let optional = |f: fn(&Change) -> Option<&str>| changes.iter().map(f).collect::<Vec<_>>();
-        sqlx::query(&format!(
-            "INSERT INTO payment_events ({}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
-             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[])",
-            crate::payments::STATUS_CHANGE_COLS
-        ))
-        .bind(text(|c| &c.merchant_id))
-        .bind(text(|c| &c.id))
-        .bind(text(|c| &c.payment_id))
-        .bind(optional(|c| c.from_status.map(|s| s.as_str())))
-        .bind(text(|c| c.to_status.as_str()))
-        .bind(optional(|c| c.reason.as_deref()))
-        .bind(optional(|c| c.connector.as_deref()))
-        .bind(optional(|c| c.error_code.as_deref()))
-        .bind(optional(|c| c.request_id.as_deref()))
-        .bind(changes.iter().map(|c| c.created_at.0).collect::<Vec<_>>())
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        self.write_records(&crate::Records {
+            changes,
+            ..crate::Records::default()
+        })
+        .await
     }
 
     /// One `UPDATE … FROM UNNEST(…)` for every entry, each under its lease.
@@ -482,27 +432,91 @@ impl PgTx {
             .await?)
     }
 
-    async fn write_audit(&mut self, entries: &[AuditEntry]) -> Result<()> {
-        let col = |f: fn(&AuditEntry) -> &str| entries.iter().map(f).collect::<Vec<_>>();
-        let opt = |f: fn(&AuditEntry) -> Option<&str>| entries.iter().map(f).collect::<Vec<_>>();
+    /// Attempts, history rows, audit rows and events with their outbox entries in one statement
+    /// of data-modifying CTEs (empty arrays insert nothing): one round trip for a group's records.
+    async fn write_records(&mut self, records: &crate::Records<'_>) -> Result<()> {
+        type A = settle_domain::payment::Attempt;
+        type C = settle_domain::payment::StatusChange;
+        let (attempts, changes, audit, events) = (records.attempts, records.changes, records.audit, records.events);
+        let attempt = |f: fn(&A) -> &str| attempts.iter().map(f).collect::<Vec<_>>();
+        let attempt_opt = |f: fn(&A) -> Option<&str>| attempts.iter().map(f).collect::<Vec<_>>();
+        let change = |f: fn(&C) -> &str| changes.iter().map(f).collect::<Vec<_>>();
+        let change_opt = |f: fn(&C) -> Option<&str>| changes.iter().map(f).collect::<Vec<_>>();
+        let entry = |f: fn(&AuditEntry) -> &str| audit.iter().map(f).collect::<Vec<_>>();
+        let entry_opt = |f: fn(&AuditEntry) -> Option<&str>| audit.iter().map(f).collect::<Vec<_>>();
+        let event = |f: fn(&settle_domain::event::NewEvent) -> &str| events.iter().map(f).collect::<Vec<_>>();
         sqlx::query(&format!(
-            "INSERT INTO audit_logs ({}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
-             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[])",
-            crate::shared::AUDIT_COLS
+            "WITH attempts AS (INSERT INTO payment_attempts ({attempt_cols}) SELECT * FROM UNNEST($1::text[], \
+             $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+             $10::text[], $11::bigint[], $12::bigint[])), \
+             history AS (INSERT INTO payment_events ({change_cols}) SELECT * FROM UNNEST($13::text[], $14::text[], \
+             $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], \
+             $22::bigint[])), \
+             audit AS (INSERT INTO audit_logs ({audit_cols}) SELECT * FROM UNNEST($23::text[], $24::text[], \
+             $25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $30::text[], $31::text[], \
+             $32::bigint[])), \
+             u AS (SELECT * FROM UNNEST($33::text[], $34::text[], $35::text[], $36::text[], $37::text[], \
+             $38::bigint[], $39::text[], $40::bigint[]) AS u(m, id, kind, atype, aid, k, data, created)), \
+             ins AS (INSERT INTO events (merchant_id, id, type, aggregate_type, aggregate_id, sequence, data, \
+             created_at) SELECT u.m, u.id, u.kind, u.atype, u.aid, COALESCE((SELECT MAX(e.sequence) FROM events e \
+             WHERE e.merchant_id = u.m AND e.aggregate_id = u.aid AND e.aggregate_type = u.atype), 0) + u.k, \
+             u.data, u.created FROM u RETURNING merchant_id, id) \
+             INSERT INTO event_outbox (merchant_id, event_id) SELECT merchant_id, id FROM ins",
+            attempt_cols = crate::payments::ATTEMPT_COLS,
+            change_cols = crate::payments::STATUS_CHANGE_COLS,
+            audit_cols = crate::shared::AUDIT_COLS,
         ))
-        .bind(col(|e| &e.id))
-        .bind(col(|e| &e.merchant_id))
-        .bind(col(|e| &e.actor))
-        .bind(col(|e| &e.action))
-        .bind(col(|e| &e.resource_type))
-        .bind(col(|e| &e.resource_id))
-        .bind(opt(|e| e.request_id.as_deref()))
-        .bind(opt(|e| e.ip.as_deref()))
-        .bind(opt(|e| e.user_agent.as_deref()))
-        .bind(entries.iter().map(|e| e.created_at.0).collect::<Vec<_>>())
+        .bind(attempt(|a| &a.merchant_id))
+        .bind(attempt(|a| &a.id))
+        .bind(attempt(|a| &a.payment_id))
+        .bind(attempt(|a| &a.operation))
+        .bind(attempt(|a| &a.connector_account_id))
+        .bind(attempt(|a| &a.connector))
+        .bind(attempt(|a| &a.outcome))
+        .bind(attempt_opt(|a| a.error_code.as_deref()))
+        .bind(attempt_opt(|a| a.provider_ref.as_deref()))
+        .bind(attempt_opt(|a| a.request_id.as_deref()))
+        .bind(attempts.iter().map(|a| a.latency_ms).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.created_at.0).collect::<Vec<_>>())
+        .bind(change(|c| &c.merchant_id))
+        .bind(change(|c| &c.id))
+        .bind(change(|c| &c.payment_id))
+        .bind(change_opt(|c| c.from_status.map(|s| s.as_str())))
+        .bind(change(|c| c.to_status.as_str()))
+        .bind(change_opt(|c| c.reason.as_deref()))
+        .bind(change_opt(|c| c.connector.as_deref()))
+        .bind(change_opt(|c| c.error_code.as_deref()))
+        .bind(change_opt(|c| c.request_id.as_deref()))
+        .bind(changes.iter().map(|c| c.created_at.0).collect::<Vec<_>>())
+        .bind(entry(|e| &e.id))
+        .bind(entry(|e| &e.merchant_id))
+        .bind(entry(|e| &e.actor))
+        .bind(entry(|e| &e.action))
+        .bind(entry(|e| &e.resource_type))
+        .bind(entry(|e| &e.resource_id))
+        .bind(entry_opt(|e| e.request_id.as_deref()))
+        .bind(entry_opt(|e| e.ip.as_deref()))
+        .bind(entry_opt(|e| e.user_agent.as_deref()))
+        .bind(audit.iter().map(|e| e.created_at.0).collect::<Vec<_>>())
+        .bind(event(|e| &e.merchant_id))
+        .bind(event(|e| &e.id))
+        .bind(event(|e| &e.kind))
+        .bind(event(|e| e.aggregate_type))
+        .bind(event(|e| &e.aggregate_id))
+        .bind(settle_domain::event::offsets(events))
+        .bind(events.iter().map(|e| e.data.to_string()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.created_at.0).collect::<Vec<_>>())
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    async fn write_audit(&mut self, audit: &[AuditEntry]) -> Result<()> {
+        self.write_records(&crate::Records {
+            audit,
+            ..crate::Records::default()
+        })
+        .await
     }
 
     async fn write_effects(&mut self, effects: &Effects) -> Result<()> {

@@ -563,6 +563,13 @@ macro_rules! shared_tx {
                 self.write_audit(entries).await
             }
 
+            async fn insert_records(&mut self, records: &$crate::Records<'_>) -> $crate::Result<()> {
+                if records.is_empty() {
+                    return Ok(());
+                }
+                self.write_records(records).await
+            }
+
             async fn list_audit(
                 &mut self,
                 merchant_id: &str,

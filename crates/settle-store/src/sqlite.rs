@@ -258,6 +258,15 @@ impl SqliteTx {
         Ok(())
     }
 
+    /// SQLite runs in process: each kind in its own statements costs no round trip.
+    async fn write_records(&mut self, records: &crate::Records<'_>) -> Result<()> {
+        use crate::{events::EventTx, payments::PaymentTx, Tx};
+        self.insert_attempts(records.attempts).await?;
+        self.insert_status_changes(records.changes).await?;
+        self.insert_events(records.events).await?;
+        self.insert_audit(records.audit).await
+    }
+
     async fn write_audit(&mut self, entries: &[AuditEntry]) -> Result<()> {
         let head = format!("INSERT INTO audit_logs ({}) ", crate::shared::AUDIT_COLS);
         self.values(&head, "", entries, |row, e| {

@@ -30,7 +30,7 @@ use settle_domain::{
     tenancy::{AuditEntry, IdempotencyRecord},
     Timestamp,
 };
-use settle_store::{DuePending, Mode, Scope, Store, StoreError, Tx};
+use settle_store::{DuePending, Mode, Records, Scope, Store, StoreError, Tx};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use axum::http::StatusCode;
@@ -165,10 +165,20 @@ impl Then {
         if tx.update_inbox_entries(&self.inbox).await? != self.inbox.len() {
             return Err(WriteError::Stale("an inbox entry was taken by another worker".into()));
         }
-        tx.insert_attempts(&self.attempts).await?;
-        crate::payments::service::record(tx, &self.changes).await?;
-        tx.insert_events(&self.events).await?;
-        tx.insert_audit(&self.audit).await?;
+        let history: Vec<_> = self.changes.iter().map(|c| c.row.clone()).collect();
+        let events: Vec<_> = self
+            .changes
+            .iter()
+            .map(|c| c.event.clone())
+            .chain(self.events.iter().cloned())
+            .collect();
+        tx.insert_records(&Records {
+            attempts: &self.attempts,
+            changes: &history,
+            events: &events,
+            audit: &self.audit,
+        })
+        .await?;
         for record in &self.records {
             tx.insert_idempotency(record).await.map_err(|e| {
                 if e.is_conflict_on("idempotency_keys") {
