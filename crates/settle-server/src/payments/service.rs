@@ -32,7 +32,6 @@ use settle_domain::{
     tenancy::AuditEntry,
     Currency, Timestamp,
 };
-use settle_store::{StoreError, Tx};
 
 use crate::{
     cache::TtlCache,
@@ -137,17 +136,6 @@ pub fn refusal(r: Refusal) -> ApiError {
 pub struct Changed {
     pub row: StatusChange,
     pub event: NewEvent,
-}
-
-/// Writes status changes with their events.
-pub async fn record(tx: &mut dyn Tx, changes: &[Changed]) -> Result<(), StoreError> {
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<StatusChange> = changes.iter().map(|c| c.row.clone()).collect();
-    tx.insert_status_changes(&rows).await?;
-    let events: Vec<NewEvent> = changes.iter().map(|c| c.event.clone()).collect();
-    tx.insert_events(&events).await
 }
 
 /// The status change `from → to` (`from` is `None` for a new payment).
