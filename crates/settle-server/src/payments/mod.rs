@@ -397,14 +397,15 @@ pub async fn create_payment(
         None
     };
     drop(reader);
-    let reply = if prepared.is_none() {
-        Some(render(&payment)?)
-    } else {
-        None
+    // A confirming create answers after its authorization; any other answers now, and its
+    // idempotency record commits with the payment.
+    let next = match prepared {
+        Some(prepared) => Next::Confirm(prepared),
+        None => Next::Answer(render(&payment)?),
     };
-    let records = match &reply {
-        Some(reply) => ctx.idempotency_record(reply, state.clock.now()).into_iter().collect(),
-        None => Vec::new(),
+    let records = match &next {
+        Next::Answer(reply) => ctx.idempotency_record(reply, state.clock.now()).into_iter().collect(),
+        Next::Confirm(_) => Vec::new(),
     };
     let rows = Then {
         new_methods,
@@ -429,11 +430,16 @@ pub async fn create_payment(
         }
         Err(e) => return Err(e.into()),
     }
-    match (prepared, reply) {
-        (Some(prepared), _) => run_confirm(state, &payment, prepared, &actor, render).await,
-        (None, Some(reply)) => Ok(reply.into_response()),
-        (None, None) => Err(ApiError::Internal("a created payment has no reply".into())),
+    match next {
+        Next::Confirm(prepared) => run_confirm(state, &payment, prepared, &actor, render).await,
+        Next::Answer(reply) => Ok(reply.into_response()),
     }
+}
+
+/// What a created payment does once stored.
+enum Next {
+    Confirm(service::Prepared),
+    Answer(Reply),
 }
 
 /// Authorizes a claimed (`processing`) payment and stores the outcome.
