@@ -29,9 +29,13 @@ pub trait EventTx: Send {
         page: &PageRequest,
     ) -> Result<Listing<Event>>;
     async fn get_events(&mut self, keys: &[Key]) -> Result<Vec<Event>>;
-    /// Removes up to `limit` of the oldest outbox entries and returns their events; rows another
-    /// transaction is taking are skipped. The caller fans them out in the same transaction.
-    async fn take_outbox(&mut self, limit: u32) -> Result<Vec<Event>>;
+    /// Removes up to `limit` of the oldest outbox entries and returns their events' keys, in
+    /// key order; rows another transaction is taking are skipped. The caller fans them out in
+    /// the same transaction, reading only the events of merchants that have endpoints.
+    async fn take_outbox(&mut self, limit: u32) -> Result<Vec<Key>>;
+    /// Whether the outbox holds an entry: a read, so that a dispatcher with nothing to fan out
+    /// does not queue for the writer (SQLite has one).
+    async fn outbox_waiting(&mut self) -> Result<bool>;
 
     async fn insert_endpoint(&mut self, endpoint: &Endpoint) -> Result<()>;
     async fn get_endpoint(&mut self, merchant_id: &str, id: &str) -> Result<Option<Endpoint>>;
@@ -57,6 +61,9 @@ pub trait EventTx: Send {
     /// Leases up to `limit` deliveries due at `now` (pending, not leased) until `until`, oldest
     /// due first; rows another dispatcher is leasing are skipped.
     async fn lease_deliveries(&mut self, now: Timestamp, until: Timestamp, limit: u32) -> Result<Vec<Delivery>>;
+    /// Whether [`EventTx::lease_deliveries`] would find a delivery due at `now` (a read, as
+    /// [`EventTx::outbox_waiting`]).
+    async fn deliveries_due(&mut self, now: Timestamp) -> Result<bool>;
     /// Stores a delivery's state after an attempt, if it is still under the lease it was
     /// taken with (`leased_until`); `false` when the lease expired and another dispatcher took it.
     async fn update_delivery(&mut self, delivery: &Delivery, leased_until: Timestamp) -> Result<bool>;
@@ -225,7 +232,7 @@ macro_rules! events_tx {
                 rows.iter().map(event_from).collect()
             }
 
-            async fn take_outbox(&mut self, limit: u32) -> $crate::Result<Vec<settle_domain::event::Event>> {
+            async fn take_outbox(&mut self, limit: u32) -> $crate::Result<Vec<settle_domain::ledger::Key>> {
                 let sql = format!(
                     "DELETE FROM event_outbox WHERE seq IN \
                      (SELECT seq FROM event_outbox ORDER BY seq LIMIT $1{}) RETURNING merchant_id, event_id",
@@ -237,9 +244,13 @@ macro_rules! events_tx {
                     .await?;
                 let mut keys = taken;
                 keys.sort();
-                let mut events = $crate::events::EventTx::get_events(self, &keys).await?;
-                events.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-                Ok(events)
+                Ok(keys)
+            }
+
+            async fn outbox_waiting(&mut self) -> $crate::Result<bool> {
+                Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM event_outbox)")
+                    .fetch_one(&mut *self.tx)
+                    .await?)
             }
 
             async fn insert_endpoint(&mut self, e: &settle_domain::webhook::Endpoint) -> $crate::Result<()> {
@@ -417,6 +428,16 @@ macro_rules! events_tx {
                     .fetch_all(&mut *self.tx)
                     .await?;
                 rows.iter().map(delivery_from).collect()
+            }
+
+            async fn deliveries_due(&mut self, now: settle_domain::Timestamp) -> $crate::Result<bool> {
+                Ok(sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM webhook_deliveries WHERE status = 'pending' \
+                     AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1))",
+                )
+                .bind(now.0)
+                .fetch_one(&mut *self.tx)
+                .await?)
             }
 
             async fn update_delivery(

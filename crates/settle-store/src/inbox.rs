@@ -24,6 +24,9 @@ pub trait InboxTx: Send {
     /// by setting their `next_attempt_at` to `until`; in the order they were stored. Rows another worker is
     /// taking are skipped.
     async fn take_inbox(&mut self, now: Timestamp, until: Timestamp, limit: u32) -> Result<Vec<InboxEntry>>;
+    /// Whether [`InboxTx::take_inbox`] would find an entry due at `now`: a read, so that a
+    /// worker with nothing to do does not queue for the writer (SQLite has one).
+    async fn inbox_due(&mut self, now: Timestamp) -> Result<bool>;
     /// Stores an entry's state after an attempt, if it is still under the lease it was taken
     /// with (`leased_until`); `false` when the lease expired and another worker took it.
     async fn update_inbox(&mut self, entry: &InboxEntry, leased_until: Timestamp) -> Result<bool>;
@@ -125,6 +128,15 @@ macro_rules! inbox_tx {
                     .collect::<$crate::Result<Vec<_>>>()?;
                 entries.sort_by_key(|(seq, _)| *seq);
                 Ok(entries.into_iter().map(|(_, e)| e).collect())
+            }
+
+            async fn inbox_due(&mut self, now: settle_domain::Timestamp) -> $crate::Result<bool> {
+                Ok(sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM webhook_inbox WHERE status = 'received' AND next_attempt_at <= $1)",
+                )
+                .bind(now.0)
+                .fetch_one(&mut *self.tx)
+                .await?)
             }
 
             async fn update_inbox(

@@ -593,7 +593,7 @@ impl PgTx {
     }
 }
 
-shared_tx!(PgTx, PgRow, PgPool);
+shared_tx!(PgTx, PgRow, &PgPool);
 payments_tx!(PgTx, PgRow);
 events_tx!(PgTx, PgRow, " FOR UPDATE SKIP LOCKED");
 invoices_tx!(PgTx, PgRow);

@@ -120,14 +120,14 @@ pub fn balances(dp: i64, dpo: i64, cp: i64, cpo: i64) -> Balances {
 }
 
 macro_rules! shared_tx {
-    ($tx:ident, $row:ty, $pool:ty) => {
+    ($tx:ident, $row:ty, $migrator:ty) => {
         use sqlx::Row as _;
         use $crate::shared as sh;
 
         /// Applies the migrations not yet recorded in `settle_migrations`, all in one transaction
         /// that first runs `lock` (if any) so that concurrent starts apply them once.
         async fn run_migrations(
-            pool: &$pool,
+            pool: $migrator,
             list: &[$crate::migrate::Migration],
             lock: Option<&str>,
         ) -> $crate::Result<()> {

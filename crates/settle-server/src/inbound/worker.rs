@@ -62,6 +62,15 @@ pub const GROUPS_IN_FLIGHT: usize = 64;
 pub async fn try_execute_webhook_inbox(state: &AppState) -> Result<usize, ApiError> {
     let now = state.clock.now();
     let until = service::claim_until(state, now);
+    if !state
+        .store
+        .begin(Scope::System, Mode::Read)
+        .await?
+        .inbox_due(now)
+        .await?
+    {
+        return Ok(0);
+    }
     let taken = {
         let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
         let taken = tx.take_inbox(now, until, ROUND_MAX).await?;

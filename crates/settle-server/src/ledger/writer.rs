@@ -19,7 +19,7 @@
 //! If a group's transaction fails (a unique race with another process, say), each of its
 //! requests is retried alone, so one request's failure never fails another's.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{borrow::Cow, collections::BTreeSet, sync::Arc};
 
 use settle_domain::{
     event::NewEvent,
@@ -166,12 +166,19 @@ impl Then {
             return Err(WriteError::Stale("an inbox entry was taken by another worker".into()));
         }
         let history: Vec<_> = self.changes.iter().map(|c| c.row.clone()).collect();
-        let events: Vec<_> = self
-            .changes
-            .iter()
-            .map(|c| c.event.clone())
-            .chain(self.events.iter().cloned())
-            .collect();
+        // A ledger group's events (a batch's, with every created transfer) are large: copied
+        // only when status changes put events of their own before them.
+        let events: Cow<[NewEvent]> = if self.changes.is_empty() {
+            Cow::Borrowed(&self.events)
+        } else {
+            Cow::Owned(
+                self.changes
+                    .iter()
+                    .map(|c| c.event.clone())
+                    .chain(self.events.iter().cloned())
+                    .collect(),
+            )
+        };
         tx.insert_records(&Records {
             attempts: &self.attempts,
             changes: &history,

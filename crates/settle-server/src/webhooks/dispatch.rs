@@ -150,18 +150,38 @@ pub fn delivery(state: &AppState, endpoint: &Endpoint, event_id: &str, now: Time
 /// Fans the oldest outbox entries out into deliveries; returns how many events it took.
 pub async fn try_execute_outbox(state: &AppState) -> Result<usize, ApiError> {
     let now = state.clock.now();
-    let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
-    let events = tx.take_outbox(OUTBOX_BATCH_MAX).await?;
-    if events.is_empty() {
+    if !state
+        .store
+        .begin(Scope::System, Mode::Read)
+        .await?
+        .outbox_waiting()
+        .await?
+    {
         return Ok(0);
     }
+    let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
+    let taken = tx.take_outbox(OUTBOX_BATCH_MAX).await?;
+    if taken.is_empty() {
+        return Ok(0);
+    }
+    // The keys are in merchant order: one endpoint lookup per merchant, and a merchant without
+    // endpoints costs no read of its events.
     let mut endpoints: HashMap<String, Vec<Endpoint>> = HashMap::new();
+    for (merchant, _) in &taken {
+        if !endpoints.contains_key(merchant) {
+            let found = tx.enabled_endpoints(merchant).await?;
+            endpoints.insert(merchant.clone(), found);
+        }
+    }
+    let wanted: Vec<Key> = taken
+        .iter()
+        .filter(|(merchant, _)| endpoints.get(merchant).is_some_and(|e| !e.is_empty()))
+        .cloned()
+        .collect();
+    let mut events = tx.get_events(&wanted).await?;
+    events.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     let mut queued = Vec::new();
     for event in &events {
-        if !endpoints.contains_key(&event.merchant_id) {
-            let found = tx.enabled_endpoints(&event.merchant_id).await?;
-            endpoints.insert(event.merchant_id.clone(), found);
-        }
         for endpoint in endpoints.get(&event.merchant_id).into_iter().flatten() {
             if endpoint.wants(&event.kind) {
                 queued.push(delivery(state, endpoint, &event.id, now));
@@ -171,7 +191,7 @@ pub async fn try_execute_outbox(state: &AppState) -> Result<usize, ApiError> {
     tx.insert_deliveries(&queued).await?;
     tx.commit().await?;
     state.metrics.job_changes("webhook_fanout", queued.len() as u64);
-    Ok(events.len())
+    Ok(taken.len())
 }
 
 /// The body an endpoint gets for an event, and the header its signature goes in: Settle's
@@ -196,6 +216,15 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
     let until = now
         .checked_add_seconds(LEASE_SECONDS)
         .ok_or_else(|| ApiError::Internal("lease time overflows".into()))?;
+    if !state
+        .store
+        .begin(Scope::System, Mode::Read)
+        .await?
+        .deliveries_due(now)
+        .await?
+    {
+        return Ok(0);
+    }
     let leased = {
         let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
         let leased = tx.lease_deliveries(now, until, DELIVERY_BATCH_MAX).await?;

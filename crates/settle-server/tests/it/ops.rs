@@ -202,7 +202,43 @@ async fn a_filled_table_gets_its_first_statistics_from_upkeep_on_postgres() {
     assert_eq!(app.try_exec(small).await.expect("stats"), 0);
 }
 
+/// A write transaction dropped without a commit leaves nothing behind, and the next writer
+/// gets the connection (on SQLite the one writer connection, which lives outside any pool).
+async fn a_write_transaction_dropped_uncommitted_leaves_nothing(app: TestApp) {
+    use settle_store::{Mode, Scope};
+    let write = |value: &'static str, commit: bool| {
+        let store = app.store.clone();
+        async move {
+            let mut tx = store.begin(Scope::System, Mode::Write).await.expect("begin");
+            tx.put_setting("dropped_or_not", value).await.expect("put");
+            if commit {
+                tx.commit().await.expect("commit");
+            }
+        }
+    };
+    let read = || async {
+        let mut tx = app.store.begin(Scope::System, Mode::Read).await.expect("begin");
+        tx.get_setting("dropped_or_not").await.expect("get")
+    };
+    write("dropped", false).await;
+    assert_eq!(read().await, None);
+    // Dropped by a task that fails halfway, while another writer waits for the connection.
+    let failing = tokio::spawn({
+        let store = app.store.clone();
+        async move {
+            let mut tx = store.begin(Scope::System, Mode::Write).await.expect("begin");
+            tx.put_setting("dropped_or_not", "also dropped").await.expect("put");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    write("kept", true).await;
+    failing.await.expect("join");
+    assert_eq!(read().await.as_deref(), Some("kept"));
+}
+
 conformance!(
+    a_write_transaction_dropped_uncommitted_leaves_nothing,
     health_readiness_metrics_and_request_ids,
     every_mutating_call_leaves_an_audit_row,
     verify_catches_a_tampered_balance,

@@ -268,6 +268,57 @@ async fn a_dead_dispatchers_leases_expire_and_nothing_is_lost(app: TestApp) {
     );
 }
 
+/// The jobs look before they write: an empty outbox, or no delivery due, is seen by a read,
+/// and a round of the fan-out empties the outbox of a merchant without endpoints (no
+/// deliveries, its events not read) beside a merchant whose events go out.
+async fn the_fan_out_skips_merchants_without_endpoints_and_the_jobs_see_when_nothing_is_due(app: TestApp) {
+    use settle_store::{Mode, Scope};
+    let peek = || async {
+        let now = settle_server::clock::Clock::now(&app.clock);
+        let mut tx = app.store.begin(Scope::System, Mode::Read).await.expect("begin");
+        (
+            tx.outbox_waiting().await.expect("outbox"),
+            tx.deliveries_due(now).await.expect("deliveries"),
+        )
+    };
+    let receiver = Receiver::start(0, Duration::ZERO).await;
+    let quiet = app.merchant_with_ab("quiet").await;
+    let loud = app.merchant_with_ab("loud").await;
+    app.endpoint(&loud, &receiver.url, json!(["transfer_batch.created"]))
+        .await;
+    app.dispatch().await;
+    assert_eq!(peek().await, (false, false), "nothing waits after a round");
+    for (m, n) in [(&quiet, 3), (&loud, 2)] {
+        for i in 0..n {
+            let t = app
+                .transfer(m, json!({ "id": format!("t{i}"), "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" }))
+                .await;
+            assert!(t.status.is_success(), "{}", t.text);
+        }
+    }
+    assert_eq!(peek().await, (true, false));
+    assert_eq!(dispatch::try_execute_outbox(app.state()).await.expect("fan-out"), 5);
+    assert_eq!(
+        peek().await,
+        (false, true),
+        "the loud merchant's two deliveries are due"
+    );
+    assert_eq!(
+        dispatch::try_execute_deliveries(app.state()).await.expect("deliveries"),
+        2
+    );
+    assert_eq!(peek().await, (false, false));
+    assert_eq!(receiver.seen().len(), 2);
+    // Nothing due: the rounds find nothing and write nothing.
+    assert_eq!(app.dispatch().await, 0);
+    assert_eq!(
+        webhooks::count(app.state(), DeliveryStatus::Delivered)
+            .await
+            .expect("count"),
+        2
+    );
+}
+
 async fn two_dispatchers_never_send_one_attempt_twice(app: TestApp) {
     let receiver = Receiver::start(0, Duration::from_millis(20)).await;
     let m = app.merchant_with_ab("shop").await;
@@ -792,6 +843,7 @@ crate::conformance!(
     stripe_endpoints_get_stripe_shaped_events_signed_for_stripe,
     a_failing_receiver_gets_every_event_signed_after_retries_and_a_restart,
     two_dispatchers_never_send_one_attempt_twice,
+    the_fan_out_skips_merchants_without_endpoints_and_the_jobs_see_when_nothing_is_due,
     a_dead_dispatchers_leases_expire_and_nothing_is_lost,
     a_rotated_secret_keeps_signing_for_a_day,
     an_endpoint_failing_for_three_days_is_disabled_and_its_deliveries_dead,
