@@ -23,7 +23,7 @@ use sqlx::{
     },
     ConnectOptions, Connection, QueryBuilder, Sqlite, SqlitePool, TransactionManager,
 };
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 use crate::{migrate, Engine, Mode, Result, Scope, Store, StoreOptions, Tx};
 
@@ -106,10 +106,9 @@ impl Store for SqliteStore {
                 let writer = tokio::time::timeout(self.acquire_timeout, self.writer.clone().lock_owned())
                     .await
                     .map_err(|_| crate::StoreError::Database(sqlx::Error::PoolTimedOut))?;
-                if writer.is_none() {
-                    return Err(crate::StoreError::Database(sqlx::Error::PoolClosed));
-                }
-                Held::Writer(writer)
+                let open = OwnedMutexGuard::try_map(writer, Option::as_mut)
+                    .map_err(|_| crate::StoreError::Database(sqlx::Error::PoolClosed))?;
+                Held::Writer(open)
             }
         };
         Ok(Box::new(SqliteTx {
@@ -152,7 +151,7 @@ impl Store for SqliteStore {
 
 /// A connection a transaction runs on: the writer (locked for the transaction) or a reader.
 enum Held {
-    Writer(OwnedMutexGuard<Option<SqliteConnection>>),
+    Writer(OwnedMappedMutexGuard<Option<SqliteConnection>, SqliteConnection>),
     Reader(PoolConnection<Sqlite>),
 }
 
@@ -183,9 +182,7 @@ impl Deref for Transaction {
 
     fn deref(&self) -> &SqliteConnection {
         match &self.conn {
-            // `begin` hands out the writer only while it is open (`Some`), and only `close`,
-            // behind the same lock, takes it.
-            Held::Writer(w) => w.as_ref().unwrap_or_else(|| unreachable!("writer closed while held")),
+            Held::Writer(w) => w,
             Held::Reader(r) => r,
         }
     }
@@ -194,7 +191,7 @@ impl Deref for Transaction {
 impl DerefMut for Transaction {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
         match &mut self.conn {
-            Held::Writer(w) => w.as_mut().unwrap_or_else(|| unreachable!("writer closed while held")),
+            Held::Writer(w) => w,
             Held::Reader(r) => r,
         }
     }
