@@ -704,13 +704,15 @@ macro_rules! payments_tx {
                 now: settle_domain::Timestamp,
                 limit: u32,
             ) -> $crate::Result<Vec<settle_domain::payment::Payment>> {
+                // The status is written as a literal so that a plan made once (PostgreSQL plans
+                // generically) can still use the partial index over the statuses jobs look for.
                 let sql = format!(
-                    "SELECT {} FROM payments WHERE status = $1 AND updated_at < $2 \
-                     AND (claimed_until IS NULL OR claimed_until <= $3) ORDER BY updated_at LIMIT $4",
-                    pay::PAYMENT_COLS
+                    "SELECT {} FROM payments WHERE status = '{}' AND updated_at < $1 \
+                     AND (claimed_until IS NULL OR claimed_until <= $2) ORDER BY updated_at LIMIT $3",
+                    pay::PAYMENT_COLS,
+                    status.as_str()
                 );
                 let rows = sqlx::query(&sql)
-                    .bind(status.as_str())
                     .bind(updated_before.0)
                     .bind(now.0)
                     .bind(i64::from(limit))

@@ -38,9 +38,12 @@ impl PostgresStore {
 
     pub async fn connect_with(connect: PgConnectOptions, options: &StoreOptions) -> Result<Self> {
         let statement_timeout = format!("{}ms", options.statement_timeout.as_millis());
-        let connect = connect
-            .application_name("settle")
-            .options([("statement_timeout", statement_timeout.as_str())]);
+        // Each statement is planned once per connection, not at every execution: planning the
+        // writers' multi-table statements cost more than running them (ARCHITECTURE.md).
+        let connect = connect.application_name("settle").options([
+            ("statement_timeout", statement_timeout.as_str()),
+            ("plan_cache_mode", "force_generic_plan"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(options.pool_size_max)
             .acquire_timeout(options.acquire_timeout)

@@ -66,9 +66,12 @@ impl SqliteStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.clone())
             .await?;
+        // A file has no far end to hang up: no ping (a round trip to the connection's worker
+        // thread) before each read.
         let readers = SqlitePoolOptions::new()
             .max_connections(options.pool_size_max.clamp(1, 8))
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
             .connect_with(connect.read_only(true))
             .await?;
         Ok(SqliteStore {
