@@ -43,7 +43,7 @@ pub fn new_event(
         kind: kind.to_owned(),
         aggregate_type,
         aggregate_id: aggregate_id.to_owned(),
-        data,
+        data: data.to_string(),
         created_at: state.clock.now(),
     }
 }

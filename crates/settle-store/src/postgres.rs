@@ -507,7 +507,7 @@ impl PgTx {
         .bind(event(|e| e.aggregate_type))
         .bind(event(|e| &e.aggregate_id))
         .bind(settle_domain::event::offsets(events))
-        .bind(events.iter().map(|e| e.data.to_string()).collect::<Vec<_>>())
+        .bind(event(|e| &e.data))
         .bind(events.iter().map(|e| e.created_at.0).collect::<Vec<_>>())
         .execute(&mut *self.tx)
         .await?;

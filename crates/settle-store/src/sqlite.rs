@@ -233,7 +233,7 @@ impl SqliteTx {
                 .bind(e.aggregate_type)
                 .bind(&e.aggregate_id)
                 .bind(1_i64)
-                .bind(e.data.to_string())
+                .bind(&e.data)
                 .bind(e.created_at.0)
                 .execute(&mut *self.tx)
                 .await?;

@@ -638,6 +638,23 @@ impl<'a> From<&'a Transfer> for TransferView<'a> {
     }
 }
 
+/// The data of a `transfer_batch.created` event (`id` is the batch's): the transfers it
+/// created, serialized straight to JSON text.
+pub fn batch_data(id: &str, transfers: Vec<TransferView<'_>>) -> String {
+    #[derive(Serialize)]
+    struct Batch<'a> {
+        id: &'a str,
+        object: &'static str,
+        transfers: Vec<TransferView<'a>>,
+    }
+    let batch = Batch {
+        id,
+        object: "transfer_batch",
+        transfers,
+    };
+    serde_json::to_string(&batch).unwrap_or_else(|_| "null".into())
+}
+
 pub fn transfer_json(t: &Transfer) -> Value {
     serde_json::to_value(TransferView::from(t)).unwrap_or(Value::Null)
 }

@@ -36,7 +36,13 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use axum::http::StatusCode;
 
-use crate::{clock::Clock, context::Reply, ledger::transfer_json, metrics::Metrics, payments::service::Changed};
+use crate::{
+    clock::Clock,
+    context::Reply,
+    ledger::{batch_data, TransferView},
+    metrics::Metrics,
+    payments::service::Changed,
+};
 
 /// Most transfers one group commit gathers.
 pub const GROUP_TRANSFERS_MAX: usize = 8_192;
@@ -421,20 +427,16 @@ impl Worker {
                 }
             }
             if let Some(event) = &command.announce {
-                let created: Vec<_> = results
+                let created: Vec<TransferView> = results
                     .iter()
                     .filter_map(|r| match r {
-                        TransferResult::Created(t) => Some(transfer_json(t)),
+                        TransferResult::Created(t) => Some(TransferView::from(t)),
                         _ => None,
                     })
                     .collect();
                 if !created.is_empty() {
                     let mut event = event.clone();
-                    event.data = serde_json::json!({
-                        "id": event.aggregate_id,
-                        "object": "transfer_batch",
-                        "transfers": created,
-                    });
+                    event.data = batch_data(&event.aggregate_id, created);
                     rows.events.push(event);
                 }
             }

@@ -141,6 +141,9 @@ async fn transfer_batches_and_settings_are_events(app: TestApp) {
         .map(|t| t["id"].as_str().expect("id"))
         .collect();
     assert_eq!(ids, ["t1", "t2"]);
+    // Each transfer in the event is the transfer as the API shows it.
+    let t1 = app.get("/v1/ledger/transfers/t1", &m.key).await;
+    assert_eq!(object["transfers"][0], t1.json, "{}", t1.text);
     assert_eq!(data[0]["sequence"], 1);
 
     let account = app
@@ -210,7 +213,7 @@ fn event(m: &str, id: &str, aggregate: &str) -> NewEvent {
         kind: "invoice.created".into(),
         aggregate_type: "invoice",
         aggregate_id: aggregate.into(),
-        data: json!({}),
+        data: "{}".into(),
         created_at: settle_domain::Timestamp(1),
     }
 }
