@@ -122,15 +122,23 @@ pub async fn run(a: &WebhooksArgs) -> Result<bool, String> {
         .as_secs_f64()
         .max(0.001);
     let engine = if a.database_url.is_some() { "postgres" } else { "sqlite" };
-    println!(
-        "webhooks inbound ({engine}, {} clients): {:.0} accepted/s ({} accepted, {errors} errors, {seconds:.1}s); \
-         request p50 {:.2} ms p99 {:.2} ms",
-        a.clients,
-        latencies.len() as f64 / seconds,
-        latencies.len(),
-        pct(&mut latencies, 0.50),
-        pct(&mut latencies, 0.99),
-    );
+    if latencies.is_empty() && errors == 0 {
+        println!(
+            "webhooks inbound ({engine}, {} clients): the budget of {} webhooks (--webhooks-max) was spent \
+             in the warm-up; nothing measured",
+            a.clients, a.webhooks_max
+        );
+    } else {
+        println!(
+            "webhooks inbound ({engine}, {} clients): {:.0} accepted/s ({} accepted, {errors} errors, {seconds:.1}s); \
+             request p50 {:.2} ms p99 {:.2} ms",
+            a.clients,
+            latencies.len() as f64 / seconds,
+            latencies.len(),
+            pct(&mut latencies, 0.50),
+            pct(&mut latencies, 0.99),
+        );
+    }
     let mut ok = errors == 0;
     if !a.no_drain {
         let state = &running.app.state;

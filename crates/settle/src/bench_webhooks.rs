@@ -36,7 +36,7 @@ pub struct WebhooksArgs {
     /// Inbound: measured seconds (after the warm-up, `bench::WARMUP`).
     #[arg(long, default_value_t = 10)]
     pub duration_seconds: u64,
-    /// Inbound: stop after this many webhooks even if time remains.
+    /// Inbound: stop after this many webhooks (the warm-up's included) even if time remains.
     #[arg(long, default_value_t = 1_000_000)]
     pub webhooks_max: u64,
     /// Inbound: skip draining the backlog.
