@@ -99,17 +99,23 @@ pub async fn run(a: &PaymentsArgs) -> Result<ExitCode, String> {
     let verified = running.stop().await?;
     let mut payment: Vec<u32> = samples.iter().map(|s| s.payment_us).collect();
     let mut request: Vec<u32> = samples.iter().flat_map(|s| s.request_us).collect();
+    let step = |i: usize| pct(&mut samples.iter().map(|s| s.request_us[i]).collect::<Vec<_>>(), 0.50);
+    let steps = [step(0), step(1), step(2)];
     let rate = samples.len() as f64 / seconds;
     let engine = if a.database_url.is_some() { "postgres" } else { "sqlite" };
     println!(
         "payments ({engine}, {} clients): {rate:.0} payments/s ({} payments, {errors} errors, {seconds:.1}s); \
-         payment p50 {:.2} ms p99 {:.2} ms; request p50 {:.2} ms p99 {:.2} ms; verify {}",
+         payment p50 {:.2} ms p99 {:.2} ms; request p50 {:.2} ms p99 {:.2} ms \
+         (create {:.2}, confirm {:.2}, capture {:.2}); verify {}",
         a.clients,
         samples.len(),
         pct(&mut payment, 0.50),
         pct(&mut payment, 0.99),
         pct(&mut request, 0.50),
         pct(&mut request, 0.99),
+        steps[0],
+        steps[1],
+        steps[2],
         if verified { "ok" } else { "FAILED" }
     );
     let mut ok = verified && errors == 0;
