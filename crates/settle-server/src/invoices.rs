@@ -508,7 +508,7 @@ fn refusal(results: &[TransferResult]) -> Option<&TransferError> {
 /// Writes rows that move no money (rejections only) in a transaction of their own.
 async fn write_alone(state: &AppState, then: &Then) -> Result<(), WriteError> {
     let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
-    then.write(tx.as_mut()).await?;
+    then.write(tx.as_mut(), None).await?;
     tx.commit().await?;
     Ok(())
 }

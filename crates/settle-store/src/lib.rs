@@ -34,6 +34,35 @@ impl Records<'_> {
     }
 }
 
+/// What [`Tx::write_group`] writes together: a group commit's ledger effects and rows. On
+/// PostgreSQL that is one statement, so one round trip, however many kinds of rows it holds.
+#[derive(Clone, Copy, Default)]
+pub struct GroupRows<'a> {
+    pub effects: Option<&'a Effects>,
+    /// When not empty, the balances each of `effects.accounts` must still have (in order) for
+    /// it to be stored, and each pending transfer `effects.pending` resolves must still be
+    /// pending: compare-and-sets, for a group decided on what was read earlier.
+    pub balances_before: &'a [settle_domain::ledger::Balances],
+    pub new_methods: &'a [settle_domain::payment::PaymentMethod],
+    pub new_payments: &'a [settle_domain::payment::Payment],
+    /// Each stored only at the version given with it (compare-and-set).
+    pub payments: &'a [(settle_domain::payment::Payment, i64)],
+    pub records: Records<'a>,
+    pub idempotency: &'a [IdempotencyRecord],
+}
+
+impl GroupRows<'_> {
+    /// How many rows the compare-and-sets must store: the payments and, when balances before
+    /// are given, the accounts and the pending rows.
+    pub fn expected(&self) -> usize {
+        let ledger = match (self.effects, self.balances_before.is_empty()) {
+            (Some(effects), false) => effects.accounts.len() + effects.pending.len(),
+            _ => 0,
+        };
+        self.payments.len() + ledger
+    }
+}
+
 #[macro_use]
 mod shared;
 #[macro_use]
@@ -47,6 +76,7 @@ pub mod invoices;
 #[macro_use]
 pub mod inbox;
 mod migrate;
+mod pg_writes;
 mod postgres;
 mod sqlite;
 
@@ -212,6 +242,10 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> Result<()>;
     async fn ping(&self) -> Result<()>;
     async fn begin(&self, scope: Scope, mode: Mode) -> Result<Box<dyn Tx>>;
+    /// Writes `rows` (every merchant's) as a transaction of their own, all or nothing: `false`
+    /// when a compare-and-set failed, and then nothing was written. On PostgreSQL that is one
+    /// statement, so one round trip with its commit.
+    async fn write_alone(&self, rows: &GroupRows<'_>) -> Result<bool>;
     /// Connections currently checked out of the pools.
     fn connections_in_use(&self) -> u32;
     /// Whether the database would let this process bypass row-level security (superuser or
@@ -271,6 +305,10 @@ pub trait Tx: PaymentTx + CustomerTx + EventTx + InvoiceTx + InboxTx + Send {
     async fn get_pending_statuses(&mut self, keys: &[Key]) -> Result<Vec<(Key, PendingStatus)>>;
     /// Writes what the ledger decided: new transfers, account totals, pending statuses.
     async fn write_ledger(&mut self, effects: &Effects) -> Result<()>;
+    /// Writes every row of `rows` and returns how many rows its compare-and-sets stored (fewer
+    /// than [`GroupRows::expected`]: one failed, and the caller must not commit). A failed
+    /// statement leaves nothing written, as any error in a transaction the caller then drops.
+    async fn write_group(&mut self, rows: &GroupRows<'_>) -> Result<usize>;
     /// An account's transfers, newest first.
     async fn list_entries(
         &mut self,

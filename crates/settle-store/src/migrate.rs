@@ -42,6 +42,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "customers",
         sql: include_str!("../migrations/postgres/0007_customers.sql"),
     },
+    Migration {
+        version: 8,
+        name: "single_statement_writes",
+        sql: include_str!("../migrations/postgres/0008_single_statement_writes.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[

@@ -679,6 +679,10 @@ macro_rules! shared_tx {
                 self.write_effects(effects).await
             }
 
+            async fn write_group(&mut self, rows: &$crate::GroupRows<'_>) -> $crate::Result<usize> {
+                self.write_group_rows(rows).await
+            }
+
             async fn list_entries(
                 &mut self,
                 merchant_id: &str,

@@ -119,6 +119,15 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn write_alone(&self, rows: &crate::GroupRows<'_>) -> Result<bool> {
+        let mut tx = self.begin(Scope::System, Mode::Write).await?;
+        if tx.write_group(rows).await? != rows.expected() {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     fn connections_in_use(&self) -> u32 {
         let readers = self
             .readers
@@ -355,6 +364,55 @@ impl SqliteTx {
         self.insert_status_changes(records.changes).await?;
         self.insert_events(records.events).await?;
         self.insert_audit(records.audit).await
+    }
+
+    /// SQLite runs in process: each kind in its own statements costs no round trip.
+    async fn write_group_rows(&mut self, rows: &crate::GroupRows<'_>) -> Result<usize> {
+        use crate::{payments::PaymentTx, Tx};
+        let mut accounts = 0;
+        if let Some(effects) = rows.effects {
+            if !rows.balances_before.is_empty() {
+                let keys: Vec<_> = effects
+                    .accounts
+                    .iter()
+                    .map(|a| (a.merchant_id.clone(), a.id.clone()))
+                    .collect();
+                let stored = self.get_accounts(&keys, false).await?;
+                let unchanged = effects.accounts.iter().zip(rows.balances_before).all(|(a, before)| {
+                    stored
+                        .iter()
+                        .any(|s| s.merchant_id == a.merchant_id && s.id == a.id && s.balances == *before)
+                });
+                let resolved: Vec<_> = effects
+                    .pending
+                    .iter()
+                    .filter(|p| p.status != settle_domain::ledger::PendingStatus::Pending)
+                    .map(|p| (p.merchant_id.clone(), p.transfer_id.clone()))
+                    .collect();
+                let still_pending = self
+                    .get_pending_statuses(&resolved)
+                    .await?
+                    .iter()
+                    .filter(|(_, status)| *status == settle_domain::ledger::PendingStatus::Pending)
+                    .count();
+                if !unchanged || still_pending != resolved.len() {
+                    return Ok(0);
+                }
+                accounts = rows.balances_before.len() + effects.pending.len();
+            }
+            self.write_effects(effects).await?;
+        }
+        self.insert_payment_methods(rows.new_methods).await?;
+        self.insert_payments(rows.new_payments).await?;
+        let stored = accounts + self.update_payments(rows.payments).await?;
+        if stored != rows.expected() {
+            return Ok(stored);
+        }
+        self.insert_records(&rows.records).await?;
+        for record in rows.idempotency {
+            self.insert_idempotency(record).await?;
+        }
+        Ok(stored)
     }
 
     async fn write_audit(&mut self, entries: &[AuditEntry]) -> Result<()> {

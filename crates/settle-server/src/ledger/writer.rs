@@ -20,18 +20,24 @@
 //! If a group's transaction fails (a unique race with another process, say), each of its
 //! requests is retried alone, so one request's failure never fails another's.
 
-use std::{borrow::Cow, collections::BTreeSet, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use settle_domain::{
     event::NewEvent,
     inbound::InboxEntry,
     invoice::{Invoice, PaymentEvent},
-    ledger::{Book, Key, TransferRequest, TransferResult},
+    ledger::{
+        Account, Balances, Book, Effects, Key, PendingStatus, Transfer, TransferKind, TransferRequest, TransferResult,
+    },
     payment::{Attempt, Payment, PaymentMethod, Refund},
     tenancy::{AuditEntry, IdempotencyRecord},
     Timestamp,
 };
-use settle_store::{DuePending, Engine, Mode, Records, Scope, Store, StoreError, Tx};
+use settle_store::{DuePending, Engine, GroupRows, Mode, Records, Scope, Store, StoreError, Tx};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use axum::http::StatusCode;
@@ -131,14 +137,92 @@ impl Then {
         self.inbox.extend(other.inbox.iter().cloned());
     }
 
-    /// Writes every row in `tx`; a failed precondition fails it all.
-    pub async fn write(&self, tx: &mut dyn Tx) -> Result<(), WriteError> {
-        tx.insert_payment_methods(&self.new_methods).await?;
-        tx.insert_payments(&self.new_payments).await?;
-        if tx.update_payments(&self.payments).await? != self.payments.len() {
-            return Err(WriteError::Stale(
-                "a payment changed while claimed (its claim expired)".into(),
-            ));
+    /// Whether every row goes into one [`Tx::write_group`] (nothing whose precondition must run
+    /// between the payments and the events).
+    fn in_one_statement(&self) -> bool {
+        self.invoices.is_empty()
+            && self.invoice_payments.is_empty()
+            && self.refunds.is_empty()
+            && self.released.is_empty()
+            && self.inbox.is_empty()
+    }
+
+    /// Writes `effects` (each account only at `balances_before`, when given) and every row as
+    /// a transaction of its own ([`Store::write_alone`]): one round trip on PostgreSQL. Only for
+    /// rows [`Then::in_one_statement`] can write.
+    async fn write_alone(
+        &self,
+        store: &dyn Store,
+        effects: &Effects,
+        balances_before: &[Balances],
+    ) -> Result<(), WriteError> {
+        let history: Vec<_> = self.changes.iter().map(|c| c.row.clone()).collect();
+        let events = self.events_in_order();
+        let rows = GroupRows {
+            new_methods: &self.new_methods,
+            new_payments: &self.new_payments,
+            payments: &self.payments,
+            records: Records {
+                attempts: &self.attempts,
+                changes: &history,
+                events: &events,
+                audit: &self.audit,
+            },
+            idempotency: &self.records,
+            effects: Some(effects),
+            balances_before,
+        };
+        match store.write_alone(&rows).await.map_err(idempotency_race)? {
+            true => Ok(()),
+            false => Err(stale_payment()),
+        }
+    }
+
+    /// The status changes' events, then the others. A ledger group's events (a batch's, with
+    /// every created transfer) are large: copied only when status changes come before them.
+    fn events_in_order(&self) -> Cow<'_, [NewEvent]> {
+        if self.changes.is_empty() {
+            Cow::Borrowed(&self.events)
+        } else {
+            Cow::Owned(
+                self.changes
+                    .iter()
+                    .map(|c| c.event.clone())
+                    .chain(self.events.iter().cloned())
+                    .collect(),
+            )
+        }
+    }
+
+    /// Writes `effects` and every row in `tx`; a failed precondition fails it all. Without
+    /// invoices, refunds or inbox entries (whose preconditions must run between the payments
+    /// and the events), everything is one [`Tx::write_group`]: one statement on PostgreSQL.
+    pub async fn write(&self, tx: &mut dyn Tx, effects: Option<&Effects>) -> Result<(), WriteError> {
+        let history: Vec<_> = self.changes.iter().map(|c| c.row.clone()).collect();
+        let events = self.events_in_order();
+        let records = Records {
+            attempts: &self.attempts,
+            changes: &history,
+            events: &events,
+            audit: &self.audit,
+        };
+        let middle = !self.in_one_statement();
+        let mut head = GroupRows {
+            effects,
+            new_methods: &self.new_methods,
+            new_payments: &self.new_payments,
+            payments: &self.payments,
+            ..GroupRows::default()
+        };
+        if !middle {
+            head.records = records;
+            head.idempotency = &self.records;
+        }
+        if tx.write_group(&head).await.map_err(idempotency_race)? != self.payments.len() {
+            return Err(stale_payment());
+        }
+        if !middle {
+            return Ok(());
         }
         // Before any event row: the invoice's row lock orders the writers of its events.
         if tx.update_invoices(&self.invoices).await? != self.invoices.len() {
@@ -172,38 +256,27 @@ impl Then {
         if tx.update_inbox_entries(&self.inbox).await? != self.inbox.len() {
             return Err(WriteError::Stale("an inbox entry was taken by another worker".into()));
         }
-        let history: Vec<_> = self.changes.iter().map(|c| c.row.clone()).collect();
-        // A ledger group's events (a batch's, with every created transfer) are large: copied
-        // only when status changes put events of their own before them.
-        let events: Cow<[NewEvent]> = if self.changes.is_empty() {
-            Cow::Borrowed(&self.events)
-        } else {
-            Cow::Owned(
-                self.changes
-                    .iter()
-                    .map(|c| c.event.clone())
-                    .chain(self.events.iter().cloned())
-                    .collect(),
-            )
+        let tail = GroupRows {
+            records,
+            idempotency: &self.records,
+            ..GroupRows::default()
         };
-        tx.insert_records(&Records {
-            attempts: &self.attempts,
-            changes: &history,
-            events: &events,
-            audit: &self.audit,
-        })
-        .await?;
-        for record in &self.records {
-            tx.insert_idempotency(record).await.map_err(|e| {
-                if e.is_conflict_on("idempotency_keys") {
-                    WriteError::IdempotencyRace
-                } else {
-                    WriteError::Store(e)
-                }
-            })?;
-        }
+        tx.write_group(&tail).await.map_err(idempotency_race)?;
         Ok(())
     }
+}
+
+/// A store error, with another process's record of the same idempotency key told apart.
+fn idempotency_race(e: StoreError) -> WriteError {
+    if e.is_conflict_on("idempotency_keys") {
+        WriteError::IdempotencyRace
+    } else {
+        WriteError::Store(e)
+    }
+}
+
+fn stale_payment() -> WriteError {
+    WriteError::Stale("a payment changed while claimed (its claim expired)".into())
 }
 
 pub enum Command {
@@ -252,7 +325,12 @@ impl LedgerWriter {
         metrics: Arc<Metrics>,
         writers: usize,
     ) -> (LedgerWriter, Vec<tokio::task::JoinHandle<()>>) {
-        let worker = Arc::new(Worker { store, clock, metrics });
+        let worker = Arc::new(Worker {
+            store,
+            clock,
+            metrics,
+            warm: std::sync::Mutex::default(),
+        });
         let mut tasks = Vec::new();
         let mut queue = |count: usize| {
             let (queue, rx) = mpsc::channel(QUEUE_COMMANDS_MAX);
@@ -327,6 +405,84 @@ struct Worker {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    warm: std::sync::Mutex<Warm>,
+}
+
+/// How a group's book was read, and so how it is written.
+enum Source {
+    /// Locked and read in this open transaction: written in it, then committed.
+    Locked(Box<dyn Tx>),
+    /// From the writer's copies, with each account's balances as copied: written as one
+    /// transaction of its own, each account only at those balances.
+    Warm(HashMap<Key, Balances>),
+}
+
+/// Most accounts, and most pending transfers, the writer keeps copies of; past that it starts
+/// over (each group then reads what it touches again, once).
+const WARM_MAX: usize = 100_000;
+
+/// What this writer last committed: the accounts it wrote, with their balances, and the
+/// pending transfers it created and has not seen resolved. Copies, not the truth: a group
+/// decided on them stores each account only at the balances it copied.
+#[derive(Default)]
+struct Warm {
+    accounts: HashMap<Key, Account>,
+    pending: HashMap<Key, Transfer>,
+}
+
+impl Warm {
+    /// A book of everything `commands` touch, with each account's balances as copied; `None`
+    /// when something is not here.
+    fn book(&self, commands: &[TransferCommand]) -> Option<(Book, HashMap<Key, Balances>)> {
+        let mut book = Book::new();
+        let mut before = HashMap::new();
+        let mut load = |key: Key, book: &mut Book| -> Option<()> {
+            if let std::collections::hash_map::Entry::Vacant(slot) = before.entry(key) {
+                let account = self.accounts.get(slot.key())?;
+                slot.insert(account.balances);
+                book.load_account(account.clone());
+            }
+            Some(())
+        };
+        for command in commands {
+            let m = &command.merchant_id;
+            for request in &command.requests {
+                if let Some(p) = request.pending_id() {
+                    let pending = self.pending.get(&(m.clone(), p.to_owned()))?;
+                    load((m.clone(), pending.debit_account_id.clone()), &mut book)?;
+                    load((m.clone(), pending.credit_account_id.clone()), &mut book)?;
+                    book.load_transfer(pending.clone());
+                    book.load_pending(m, p, PendingStatus::Pending);
+                }
+                for a in request.account_ids() {
+                    load((m.clone(), a.to_owned()), &mut book)?;
+                }
+            }
+        }
+        Some((book, before))
+    }
+
+    /// Takes in what a group committed.
+    fn remember(&mut self, effects: &Effects) {
+        if self.accounts.len() > WARM_MAX || self.pending.len() > WARM_MAX {
+            *self = Warm::default();
+        }
+        for account in &effects.accounts {
+            self.accounts
+                .insert((account.merchant_id.clone(), account.id.clone()), account.clone());
+        }
+        for transfer in &effects.transfers {
+            if transfer.kind == TransferKind::Pending {
+                self.pending
+                    .insert((transfer.merchant_id.clone(), transfer.id.clone()), transfer.clone());
+            }
+        }
+        for row in &effects.pending {
+            if row.status != PendingStatus::Pending {
+                self.pending.remove(&(row.merchant_id.clone(), row.transfer_id.clone()));
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -406,13 +562,43 @@ impl Worker {
     }
 
     /// One transaction for all `commands`. Renders each reply; on error nothing was written.
+    ///
+    /// A group whose accounts and pending transfers this writer holds copies of (and every
+    /// group of rows alone) is decided on those copies and written as one transaction of its
+    /// own, each account only at the balances it was decided on: one round trip on PostgreSQL.
+    /// Any other group, or one whose copies went stale (another process moved an account), is
+    /// decided on rows locked in a transaction.
     async fn commit_group(&self, commands: &[TransferCommand], lookup: Lookup) -> Result<Vec<Committed>, WriteError> {
+        let one_statement = commands
+            .iter()
+            .all(|c| c.then.as_ref().is_none_or(Then::in_one_statement));
+        if one_statement && lookup == Lookup::Optimistic {
+            let warm = self.warm.lock().ok().and_then(|w| w.book(commands));
+            if let Some((book, before)) = warm {
+                let ledger = commands.iter().any(|c| !c.requests.is_empty());
+                match self
+                    .decide_and_write(commands, lookup, book, Source::Warm(before))
+                    .await
+                {
+                    Err(WriteError::Stale(_) | WriteError::Store(_)) if ledger => self.forget(),
+                    done => return done,
+                }
+            }
+        }
+        let mut tx = self.store.begin(Scope::System, Mode::Write).await?;
+        let book = load_book(tx.as_mut(), commands, lookup).await?;
+        self.decide_and_write(commands, lookup, book, Source::Locked(tx)).await
+    }
+
+    async fn decide_and_write(
+        &self,
+        commands: &[TransferCommand],
+        lookup: Lookup,
+        mut book: Book,
+        source: Source,
+    ) -> Result<Vec<Committed>, WriteError> {
         let now = self.clock.now();
         let started = std::time::Instant::now();
-        let mut tx = self.store.begin(Scope::System, Mode::Write).await?;
-        let begun = started.elapsed();
-        let mut book = load_book(tx.as_mut(), commands, lookup).await?;
-        let loaded = started.elapsed();
         let mut replies = Vec::with_capacity(commands.len());
         let mut rows = Then::default();
         for command in commands {
@@ -454,24 +640,45 @@ impl Worker {
             replies.push(Committed { results, reply });
         }
         let effects = book.take_effects();
-        let created = effects.transfers.len();
         let decided = started.elapsed();
-        tx.write_ledger(&effects).await?;
-        rows.write(tx.as_mut()).await?;
-        let written = started.elapsed();
-        tx.commit().await?;
-        self.metrics.ledger_commit(commands.len(), created);
+        let warm = matches!(source, Source::Warm(_));
+        match source {
+            Source::Locked(mut tx) => {
+                rows.write(tx.as_mut(), Some(&effects)).await?;
+                tx.commit().await?;
+            }
+            Source::Warm(before) => {
+                let balances: Vec<Balances> = effects
+                    .accounts
+                    .iter()
+                    .filter_map(|a| before.get(&(a.merchant_id.clone(), a.id.clone())).copied())
+                    .collect();
+                if balances.len() != effects.accounts.len() {
+                    return Err(WriteError::Stale("an account was not in the writer's copies".into()));
+                }
+                rows.write_alone(self.store.as_ref(), &effects, &balances).await?;
+            }
+        }
+        if let Ok(mut copies) = self.warm.lock() {
+            copies.remember(&effects);
+        }
+        self.metrics.ledger_commit(commands.len(), effects.transfers.len());
         tracing::debug!(
             requests = commands.len(),
-            created,
-            begin_us = begun.as_micros() as u64,
-            load_us = loaded.as_micros() as u64,
-            decide_us = (decided - loaded).as_micros() as u64,
-            write_us = (written - decided).as_micros() as u64,
-            commit_us = (started.elapsed() - written).as_micros() as u64,
+            created = effects.transfers.len(),
+            warm,
+            decide_us = decided.as_micros() as u64,
+            write_us = (started.elapsed() - decided).as_micros() as u64,
             "group committed"
         );
         Ok(replies)
+    }
+
+    /// Drops every copy (they may be stale).
+    fn forget(&self) {
+        if let Ok(mut copies) = self.warm.lock() {
+            *copies = Warm::default();
+        }
     }
 
     async fn expire(&self, due: &[DuePending]) -> Result<usize, WriteError> {
@@ -505,8 +712,12 @@ impl Worker {
             .iter()
             .filter(|d| book.expire(&d.merchant_id, &d.transfer_id, now))
             .count();
-        tx.write_ledger(&book.take_effects()).await?;
+        let effects = book.take_effects();
+        tx.write_ledger(&effects).await?;
         tx.commit().await?;
+        if let Ok(mut copies) = self.warm.lock() {
+            copies.remember(&effects);
+        }
         Ok(released)
     }
 }

@@ -3,7 +3,10 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::{conformance, harness::TestApp};
+use crate::{
+    conformance,
+    harness::{call, TestApp},
+};
 
 fn t(id: &str, debit: &str, credit: &str, amount: i64) -> serde_json::Value {
     json!({ "id": id, "debit_account_id": debit, "credit_account_id": credit, "amount": amount, "currency": "USD" })
@@ -356,6 +359,78 @@ pub async fn a_retried_transfer_answers_exists_even_when_it_could_not_run_again(
     app.verify_ok().await;
 }
 
+/// The writer decides a group on its copies of the accounts and pending transfers it last
+/// wrote, storing each account only at the balances it copied: a change made behind its back
+/// (by another process) must never let a limit be exceeded or a pending transfer be resolved
+/// twice.
+pub async fn the_writers_copies_gone_stale_decide_nothing(app: TestApp) {
+    let m = app.merchant("acme").await;
+    app.account(&m, "bank", json!({})).await;
+    app.account(&m, "wallet", json!({ "debits_must_not_exceed_credits": true }))
+        .await;
+    app.transfer(&m, t("fund", "bank", "wallet", 100)).await;
+
+    // Behind the writer's back: 80 leaves the wallet.
+    app.exec("UPDATE ledger_accounts SET debits_posted = debits_posted + 80 WHERE id = 'wallet'")
+        .await;
+    app.exec("UPDATE ledger_accounts SET credits_posted = credits_posted + 80 WHERE id = 'bank'")
+        .await;
+    let over = app.transfer(&m, t("spend", "wallet", "bank", 50)).await;
+    assert_eq!(over.code(), "exceeds_credits", "{}", over.text);
+    let fits = app.transfer(&m, t("spend2", "wallet", "bank", 20)).await;
+    assert_eq!(fits.status, StatusCode::CREATED, "{}", fits.text);
+    assert_eq!(app.balance(&m, "wallet").await["available"], 0);
+
+    // Behind its back again: a hold it made is resolved (the balances stay as they were).
+    let hold = json!({ "id": "h", "debit_account_id": "bank", "credit_account_id": "wallet", "amount": 5,
+        "currency": "USD", "pending": true });
+    assert_eq!(app.transfer(&m, hold).await.status, StatusCode::CREATED);
+    app.exec("UPDATE ledger_pending SET status = 'voided' WHERE transfer_id = 'h'")
+        .await;
+    let post = app.transfer(&m, json!({ "id": "p", "post_pending_id": "h" })).await;
+    assert_eq!(post.code(), "pending_transfer_already_voided", "{}", post.text);
+
+    // On PostgreSQL, a second process moves the accounts this app's writer last wrote.
+    let Some(other) = app.second_process().await else {
+        return;
+    };
+    app.account(&m, "w2", json!({ "debits_must_not_exceed_credits": true }))
+        .await;
+    app.transfer(&m, t("fund2", "bank", "w2", 100)).await;
+    let hold = json!({ "id": "h2", "debit_account_id": "w2", "credit_account_id": "bank", "amount": 30,
+        "currency": "USD", "pending": true });
+    assert_eq!(app.transfer(&m, hold).await.status, StatusCode::CREATED);
+    let post = |id: &str| json!({ "id": id, "post_pending_id": "h2" }).to_string();
+    let elsewhere = call(
+        &other,
+        axum::http::Method::POST,
+        "/v1/ledger/transfers",
+        &m.key,
+        Some(&post("p2")),
+        &[],
+    )
+    .await;
+    assert_eq!(elsewhere.status, StatusCode::CREATED, "{}", elsewhere.text);
+    let spend = t("spend3", "w2", "bank", 60).to_string();
+    let elsewhere = call(
+        &other,
+        axum::http::Method::POST,
+        "/v1/ledger/transfers",
+        &m.key,
+        Some(&spend),
+        &[],
+    )
+    .await;
+    assert_eq!(elsewhere.status, StatusCode::CREATED, "{}", elsewhere.text);
+    let again = app.transfer(&m, json!({ "id": "p3", "post_pending_id": "h2" })).await;
+    assert_eq!(again.code(), "pending_transfer_already_posted", "{}", again.text);
+    let over = app.transfer(&m, t("spend4", "w2", "bank", 11)).await;
+    assert_eq!(over.code(), "exceeds_credits", "{}", over.text);
+    let fits = app.transfer(&m, t("spend5", "w2", "bank", 10)).await;
+    assert_eq!(fits.status, StatusCode::CREATED, "{}", fits.text);
+    assert_eq!(app.balance(&m, "w2").await["available"], 0);
+}
+
 conformance!(
     a_retried_transfer_answers_exists_even_when_it_could_not_run_again,
     a_transfer_moves_money_and_retrying_its_id_has_no_second_effect,
@@ -367,4 +442,5 @@ conformance!(
     accounts_are_idempotent_by_id_and_conflict_on_different_fields,
     lists_paginate_with_cursors_in_both_directions,
     entries_show_each_transfer_with_the_balance_after_it,
+    the_writers_copies_gone_stale_decide_nothing,
 );

@@ -273,6 +273,15 @@ async fn concurrent_commands_on_one_payment_have_one_winner(app: TestApp) {
         }
     }
     assert_eq!(wins, 1);
+    // The losers wrote nothing: one status change left `requires_capture`.
+    let history = app.get(&format!("/v1/payments/{id}/events"), &m.key).await;
+    let left = history.json["data"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|e| e["from"] == "requires_capture")
+        .count();
+    assert_eq!(left, 1, "{}", history.text);
     app.verify_ok().await;
 }
 
