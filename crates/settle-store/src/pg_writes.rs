@@ -27,9 +27,16 @@ use crate::{GroupRows, Records, Result, StoreError};
 /// transaction changes meanwhile has a new `ctid` and is not updated, like a lost
 /// compare-and-set.
 pub fn by_key(table: &str, rows: &str) -> String {
+    by_key_where(table, rows, "")
+}
+
+/// [`by_key`], finding only a row that also meets `condition` (on the row's columns and
+/// `u`'s): a compare-and-set. The row as of the statement's snapshot is checked, and a row
+/// changed since then has a new `ctid`, so it is not updated either.
+fn by_key_where(table: &str, rows: &str, condition: &str) -> String {
     format!(
         "(SELECT u.*, k.tid FROM {rows} CROSS JOIN LATERAL (SELECT ctid AS tid FROM {table} \
-         WHERE merchant_id = u.m AND id = u.id LIMIT 1) AS k) AS u"
+         WHERE merchant_id = u.m AND id = u.id{condition} LIMIT 1) AS k) AS u"
     )
 }
 
@@ -167,17 +174,22 @@ impl Writes {
                 self.param(before.iter().map(|b| b.credits_posted).collect::<Vec<_>>(), "bigint[]")?,
             ]);
             names = "m, id, dp, dpo, cp, cpo, odp, odpo, ocp, ocpo";
-            check = " AND a.debits_pending = u.odp AND a.debits_posted = u.odpo \
-                     AND a.credits_pending = u.ocp AND a.credits_posted = u.ocpo RETURNING 1";
+            check = " AND debits_pending = u.odp AND debits_posted = u.odpo \
+                     AND credits_pending = u.ocp AND credits_posted = u.ocpo";
             self.checked_accounts = true;
             self.expected += i64::try_from(before.len()).unwrap_or(i64::MAX);
         }
-        let rows = by_key("ledger_accounts", &format!("UNNEST({}) AS u({names})", u.join(", ")));
+        let rows = by_key_where(
+            "ledger_accounts",
+            &format!("UNNEST({}) AS u({names})", u.join(", ")),
+            check,
+        );
+        let returning = if before.is_empty() { "" } else { " RETURNING 1" };
         self.cte(
             "accounts",
             format!(
                 "UPDATE ledger_accounts AS a SET debits_pending = u.dp, debits_posted = u.dpo, \
-                 credits_pending = u.cp, credits_posted = u.cpo FROM {rows} WHERE a.ctid = u.tid{check}"
+                 credits_pending = u.cp, credits_posted = u.cpo FROM {rows} WHERE a.ctid = u.tid{returning}"
             ),
         );
         Ok(())

@@ -66,7 +66,10 @@ impl PostgresStore {
         let system = PgPoolOptions::new()
             .max_connections(SYSTEM_POOL_MAX)
             .acquire_timeout(options.acquire_timeout)
-            .connect_lazy_with(connect.options([("settle.merchant_id", "*")]));
+            // Its statements find every row by key. A generic plan made while a table was
+            // nearly empty would scan it instead, and keep doing so as it grows until the next
+            // ANALYZE: here a scan is never the plan.
+            .connect_lazy_with(connect.options([("settle.merchant_id", "*"), ("enable_seqscan", "off")]));
         Ok(PostgresStore { pool, system })
     }
 }
