@@ -40,8 +40,9 @@ impl Records<'_> {
 pub struct GroupRows<'a> {
     pub effects: Option<&'a Effects>,
     /// When not empty, the balances each of `effects.accounts` must still have (in order) for
-    /// it to be stored, and each pending transfer `effects.pending` resolves must still be
-    /// pending: compare-and-sets, for a group decided on what was read earlier.
+    /// it to be stored, and each row of `effects.pending` whose transfer is not created beside
+    /// it must be stored and still `pending` (a resolution): compare-and-sets, for a group
+    /// decided on what was read earlier.
     pub balances_before: &'a [settle_domain::ledger::Balances],
     pub new_methods: &'a [settle_domain::payment::PaymentMethod],
     pub new_payments: &'a [settle_domain::payment::Payment],

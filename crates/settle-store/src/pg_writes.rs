@@ -46,13 +46,9 @@ pub struct Writes {
     ctes: Vec<String>,
     args: PgArguments,
     params: usize,
-    /// Whether the `stored` CTE (payments compare-and-set) is present: the statement returns
-    /// how many rows it updated.
-    counts: bool,
-    /// Whether the `accounts` CTE is a compare-and-set on balances, counted with `stored`.
-    checked_accounts: bool,
-    /// Whether the `pending` CTE resolves only rows still pending, counted with `stored`.
-    checked_pending: bool,
+    /// The CTEs that are compare-and-sets (`RETURNING 1` for each row stored): the statement
+    /// returns how many rows they stored in all.
+    counted: Vec<&'static str>,
     /// How many rows the compare-and-sets are given.
     expected: i64,
 }
@@ -64,7 +60,11 @@ impl Writes {
         if let Some(effects) = rows.effects {
             w.accounts(&effects.accounts, rows.balances_before)?;
             w.transfers(&effects.transfers)?;
-            w.pending(&effects.pending, !rows.balances_before.is_empty())?;
+            if rows.balances_before.is_empty() {
+                w.pending(&effects.pending)?;
+            } else {
+                w.pending_checked(&effects.pending, &effects.transfers)?;
+            }
         }
         w.methods(rows.new_methods)?;
         w.new_payments(rows.new_payments)?;
@@ -103,19 +103,14 @@ impl Writes {
 
     /// How many rows the statement's compare-and-sets stored, as SQL.
     fn stored(&self) -> String {
-        let counted: Vec<&str> = [
-            (self.counts, "(SELECT count(*) FROM stored)"),
-            (self.checked_accounts, "(SELECT count(*) FROM accounts)"),
-            (self.checked_pending, "(SELECT count(*) FROM pending)"),
-        ]
-        .into_iter()
-        .filter_map(|(present, count)| present.then_some(count))
-        .collect();
-        if counted.is_empty() {
-            "0::bigint".into()
-        } else {
-            counted.join(" + ")
+        if self.counted.is_empty() {
+            return "0::bigint".into();
         }
+        self.counted
+            .iter()
+            .map(|cte| format!("(SELECT count(*) FROM {cte})"))
+            .collect::<Vec<_>>()
+            .join(" + ")
     }
 
     /// Binds `value` and returns its placeholder, cast to `ty`.
@@ -135,7 +130,7 @@ impl Writes {
     pub fn effects(&mut self, effects: &Effects) -> Result<()> {
         self.accounts(&effects.accounts, &[])?;
         self.transfers(&effects.transfers)?;
-        self.pending(&effects.pending, false)
+        self.pending(&effects.pending)
     }
 
     /// Each account's new balances; with `before` (one per account), only where the stored
@@ -176,7 +171,7 @@ impl Writes {
             names = "m, id, dp, dpo, cp, cpo, odp, odpo, ocp, ocpo";
             check = " AND debits_pending = u.odp AND debits_posted = u.odpo \
                      AND credits_pending = u.ocp AND credits_posted = u.ocpo";
-            self.checked_accounts = true;
+            self.counted.push("accounts");
             self.expected += i64::try_from(before.len()).unwrap_or(i64::MAX);
         }
         let rows = by_key_where(
@@ -240,13 +235,61 @@ impl Writes {
         Ok(())
     }
 
-    /// New pending rows, and resolutions; `checked`: each resolution only of a row still
-    /// pending, counted with the compare-and-sets.
-    fn pending(&mut self, p: &[PendingRow], checked: bool) -> Result<()> {
+    /// New pending rows, and resolutions (an upsert by key).
+    fn pending(&mut self, p: &[PendingRow]) -> Result<()> {
         if p.is_empty() {
             return Ok(());
         }
-        let u = [
+        let u = self.pending_rows(p)?;
+        self.cte(
+            "pending",
+            format!(
+                "INSERT INTO ledger_pending (merchant_id, transfer_id, status, expires_at) SELECT * FROM UNNEST({u}) \
+                 ON CONFLICT (merchant_id, transfer_id) DO UPDATE SET status = excluded.status"
+            ),
+        );
+        Ok(())
+    }
+
+    /// As [`Writes::pending`], checked: the rows of transfers in `created` are inserted (a
+    /// stored one fails the statement), every other row is a resolution stored only over a row
+    /// still `pending`; both counted with the compare-and-sets.
+    fn pending_checked(&mut self, p: &[PendingRow], created: &[Transfer]) -> Result<()> {
+        let (new, resolved): (Vec<PendingRow>, Vec<PendingRow>) = p.iter().cloned().partition(|row| {
+            created
+                .iter()
+                .any(|t| t.merchant_id == row.merchant_id && t.id == row.transfer_id)
+        });
+        if !new.is_empty() {
+            let u = self.pending_rows(&new)?;
+            self.cte(
+                "pending_new",
+                format!(
+                    "INSERT INTO ledger_pending (merchant_id, transfer_id, status, expires_at) \
+                     SELECT * FROM UNNEST({u}) RETURNING 1"
+                ),
+            );
+            self.counted.push("pending_new");
+        }
+        if !resolved.is_empty() {
+            let u = self.pending_rows(&resolved)?;
+            self.cte(
+                "pending_resolved",
+                format!(
+                    "UPDATE ledger_pending AS p SET status = u.status FROM (SELECT u.*, k.tid \
+                     FROM UNNEST({u}) AS u(m, id, status, expires_at) CROSS JOIN LATERAL (SELECT ctid AS tid \
+                     FROM ledger_pending WHERE merchant_id = u.m AND transfer_id = u.id AND status = 'pending' \
+                     LIMIT 1) AS k) AS u WHERE p.ctid = u.tid RETURNING 1"
+                ),
+            );
+            self.counted.push("pending_resolved");
+        }
+        self.expected += i64::try_from(p.len()).unwrap_or(i64::MAX);
+        Ok(())
+    }
+
+    fn pending_rows(&mut self, p: &[PendingRow]) -> Result<String> {
+        Ok([
             self.param(p.iter().map(|x| x.merchant_id.as_str()).collect::<Vec<_>>(), "text[]")?,
             self.param(p.iter().map(|x| x.transfer_id.as_str()).collect::<Vec<_>>(), "text[]")?,
             self.param(p.iter().map(|x| x.status.as_str()).collect::<Vec<_>>(), "text[]")?,
@@ -255,22 +298,7 @@ impl Writes {
                 "bigint[]",
             )?,
         ]
-        .join(", ");
-        let check = if checked {
-            self.checked_pending = true;
-            self.expected += i64::try_from(p.len()).unwrap_or(i64::MAX);
-            " WHERE ledger_pending.status = 'pending' RETURNING 1"
-        } else {
-            ""
-        };
-        self.cte(
-            "pending",
-            format!(
-                "INSERT INTO ledger_pending (merchant_id, transfer_id, status, expires_at) SELECT * FROM UNNEST({u}) \
-                 ON CONFLICT (merchant_id, transfer_id) DO UPDATE SET status = excluded.status{check}"
-            ),
-        );
-        Ok(())
+        .join(", "))
     }
 
     pub fn methods(&mut self, methods: &[PaymentMethod]) -> Result<()> {
@@ -449,7 +477,7 @@ impl Writes {
                  FROM {rows} WHERE p.ctid = u.tid AND p.version = u.expected RETURNING 1"
             ),
         );
-        self.counts = true;
+        self.counted.push("stored");
         self.expected += i64::try_from(payments.len()).unwrap_or(i64::MAX);
         Ok(())
     }

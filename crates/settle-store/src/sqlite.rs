@@ -383,10 +383,16 @@ impl SqliteTx {
                         .iter()
                         .any(|s| s.merchant_id == a.merchant_id && s.id == a.id && s.balances == *before)
                 });
+                // Rows of transfers created beside them are new; every other is a resolution.
                 let resolved: Vec<_> = effects
                     .pending
                     .iter()
-                    .filter(|p| p.status != settle_domain::ledger::PendingStatus::Pending)
+                    .filter(|p| {
+                        !effects
+                            .transfers
+                            .iter()
+                            .any(|t| t.merchant_id == p.merchant_id && t.id == p.transfer_id)
+                    })
                     .map(|p| (p.merchant_id.clone(), p.transfer_id.clone()))
                     .collect();
                 let still_pending = self
