@@ -20,6 +20,18 @@ use crate::{
 /// The SQLSTATE `settle_require_stored` raises: a single-statement write's compare-and-set failed.
 const STALE: &str = "SL001";
 
+/// Whether `e` says the connection is gone: an I/O error, or the server ending the session
+/// (SQLSTATE class 08, connection exception; 57P01–57P03, shutdown or crash).
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
 /// Serializes `settle migrate` across processes that start at once.
 const MIGRATION_LOCK: i64 = 0x5e77_1e00;
 
@@ -54,7 +66,9 @@ impl PostgresStore {
         let statement_timeout = format!("{}ms", options.statement_timeout.as_millis());
         // Each statement is planned once per connection, not at every execution: planning the
         // writers' multi-table statements cost more than running them (ARCHITECTURE.md).
-        let connect = connect.application_name("settle").options([
+        // The URL's `application_name` is kept; otherwise connections are named `settle`.
+        let name = connect.get_application_name().unwrap_or("settle").to_owned();
+        let connect = connect.application_name(&name).options([
             ("statement_timeout", statement_timeout.as_str()),
             ("plan_cache_mode", "force_generic_plan"),
         ]);
@@ -63,9 +77,12 @@ impl PostgresStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.clone())
             .await?;
+        // Not pinged when handed out (a round trip per write): `write_alone` sends its
+        // statement again on another connection when the one it got was cut.
         let system = PgPoolOptions::new()
             .max_connections(SYSTEM_POOL_MAX)
             .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(false)
             // Its statements find every row by key. A generic plan made while a table was
             // nearly empty would scan it instead, and keep doing so as it grows until the next
             // ANALYZE: here a scan is never the plan.
@@ -120,10 +137,24 @@ impl Store for PostgresStore {
     }
 
     async fn write_alone(&self, rows: &crate::GroupRows<'_>) -> Result<bool> {
-        let mut conn = self.system.acquire().await?;
-        match Writes::group(rows)?.run_alone(&mut conn).await {
-            Err(StoreError::Database(sqlx::Error::Database(e))) if e.code().as_deref() == Some(STALE) => Ok(false),
-            other => other.map(|()| true),
+        // After a server restart every idle connection of the pool is cut: one more try than
+        // the pool has connections reaches a new one.
+        let mut tries = SYSTEM_POOL_MAX + 1;
+        loop {
+            tries -= 1;
+            let mut conn = self.system.acquire().await?;
+            match Writes::group(rows)?.run_alone(&mut conn).await {
+                Err(StoreError::Database(sqlx::Error::Database(e))) if e.code().as_deref() == Some(STALE) => {
+                    return Ok(false)
+                }
+                // A connection cut since it was last used (a server restart): the statement is
+                // sent again on another. Should an earlier try have committed after all, a later
+                // one cannot apply twice: every row it writes is keyed or compared-and-set.
+                Err(StoreError::Database(e)) if tries > 0 && connection_lost(&e) => {
+                    let _ = conn.close().await;
+                }
+                other => return other.map(|()| true),
+            }
         }
     }
 

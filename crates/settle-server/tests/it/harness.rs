@@ -27,11 +27,13 @@ pub fn pg_url() -> String {
     std::env::var("SETTLE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// Connection options for a test schema, as the ordinary role that owns it.
+/// Connection options for a test schema, as the ordinary role that owns it; its connections
+/// are named after the schema, so a test can find (and cut) its own.
 pub fn pg_options(schema: &str) -> PgConnectOptions {
     PgConnectOptions::from_str(&pg_url())
         .expect("pg url")
         .username(PG_ROLE)
+        .application_name(schema)
         .options([("search_path", schema)])
 }
 

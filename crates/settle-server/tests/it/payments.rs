@@ -892,6 +892,31 @@ async fn a_stale_copy_in_one_process_never_overwrites_another_processs_change() 
     app.verify_ok().await;
 }
 
+/// A server restart cuts every pooled connection; the next payments go through on new ones
+/// (the writer's connections are not checked when handed out: a cut one is found by its
+/// statement, which is then sent on another).
+async fn payments_go_through_after_every_connection_is_cut(app: TestApp) {
+    let m = app.merchant("shop").await;
+    for _ in 0..3 {
+        app.authorized(&m, 1000, json!({})).await;
+    }
+    let crate::harness::DbGuard::Postgres { schema } = &app.db else {
+        return;
+    };
+    let cut = app
+        .exec(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{schema}'"
+        ))
+        .await;
+    assert!(cut > 0, "no connection of the app was found");
+    for _ in 0..6 {
+        let id = app.authorized(&m, 1000, json!({})).await;
+        let r = app.post(&format!("/v1/payments/{id}/capture"), &m.key, json!({})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    app.verify_ok().await;
+}
+
 crate::conformance!(
     automatic_capture_moves_the_money_and_keeps_a_history,
     partial_capture_releases_the_rest,
@@ -900,6 +925,7 @@ crate::conformance!(
     splits_and_fee_are_allocated_to_the_cent,
     partial_refunds_never_exceed_the_capture,
     concurrent_commands_on_one_payment_have_one_winner,
+    payments_go_through_after_every_connection_is_cut,
     concurrent_flows_share_group_commits_and_lose_nothing,
     failover_tries_the_next_connector_after_a_failure,
     a_failing_connector_is_skipped_once_its_circuit_opens,
