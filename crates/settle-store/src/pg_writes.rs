@@ -179,7 +179,19 @@ impl Writes {
             &format!("UNNEST({}) AS u({names})", u.join(", ")),
             check,
         );
-        let returning = if before.is_empty() { "" } else { " RETURNING 1" };
+        // The stored balances are checked twice: in the lookup, against the statement's
+        // snapshot, and on the row updated, which PostgreSQL checks again against the newest
+        // version when the update waited for another transaction's lock (a check in the lookup
+        // alone would pass a row changed meanwhile wherever the TID scan is not rechecked).
+        // `IS NOT DISTINCT FROM` (the columns are never null) keeps the planner from hashing on
+        // them instead of visiting each row by its `ctid`.
+        let returning = if before.is_empty() {
+            ""
+        } else {
+            " AND a.debits_pending IS NOT DISTINCT FROM u.odp AND a.debits_posted IS NOT DISTINCT FROM u.odpo \
+             AND a.credits_pending IS NOT DISTINCT FROM u.ocp AND a.credits_posted IS NOT DISTINCT FROM u.ocpo \
+             RETURNING 1"
+        };
         self.cte(
             "accounts",
             format!(
@@ -279,7 +291,7 @@ impl Writes {
                     "UPDATE ledger_pending AS p SET status = u.status FROM (SELECT u.*, k.tid \
                      FROM UNNEST({u}) AS u(m, id, status, expires_at) CROSS JOIN LATERAL (SELECT ctid AS tid \
                      FROM ledger_pending WHERE merchant_id = u.m AND transfer_id = u.id AND status = 'pending' \
-                     LIMIT 1) AS k) AS u WHERE p.ctid = u.tid RETURNING 1"
+                     LIMIT 1) AS k) AS u WHERE p.ctid = u.tid AND p.status = 'pending' RETURNING 1"
                 ),
             );
             self.counted.push("pending_resolved");

@@ -348,7 +348,7 @@ impl PgTx {
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "SELECT {outer} FROM (SELECT m, i FROM UNNEST($1::text[], $2::text[]) AS u(m, i) ORDER BY m, i) AS k \
+            "SELECT {outer} FROM (SELECT m, i FROM UNNEST($1::text[], $2::text[]) AS u(m, i) ORDER BY m COLLATE \"C\", i COLLATE \"C\") AS k \
              CROSS JOIN LATERAL (SELECT {cols} FROM {table} \
              WHERE merchant_id = k.m AND {id_col} = k.i LIMIT 1{lock}) AS t"
         );

@@ -608,7 +608,11 @@ impl Worker {
                     .decide_and_write(commands, lookup, book, Source::Warm(before))
                     .await
                 {
-                    Err(WriteError::Stale(_) | WriteError::Store(_)) if ledger => self.forget(),
+                    // A copy gone stale: decided again on locked rows, without the copies.
+                    Err(WriteError::Stale(_)) if ledger => self.forget(),
+                    // A reused transfer id, say: the locked path meets it too and sends the
+                    // group on to be checked; nothing says the copies are wrong.
+                    Err(WriteError::Store(_)) if ledger => {}
                     done => return done,
                 }
             }
