@@ -52,6 +52,26 @@ pub struct GroupRows<'a> {
     pub idempotency: &'a [IdempotencyRecord],
 }
 
+/// `effects.pending` split into the rows of transfers created beside them (new rows) and the
+/// others (resolutions of pending transfers stored earlier).
+fn split_pending(
+    effects: &Effects,
+) -> (
+    Vec<settle_domain::ledger::PendingRow>,
+    Vec<settle_domain::ledger::PendingRow>,
+) {
+    let created: std::collections::HashSet<(&str, &str)> = effects
+        .transfers
+        .iter()
+        .map(|t| (t.merchant_id.as_str(), t.id.as_str()))
+        .collect();
+    effects
+        .pending
+        .iter()
+        .cloned()
+        .partition(|row| created.contains(&(row.merchant_id.as_str(), row.transfer_id.as_str())))
+}
+
 impl GroupRows<'_> {
     /// How many rows the compare-and-sets must store: the payments and, when balances before
     /// are given, the accounts and the pending rows.

@@ -63,7 +63,7 @@ impl Writes {
             if rows.balances_before.is_empty() {
                 w.pending(&effects.pending)?;
             } else {
-                w.pending_checked(&effects.pending, &effects.transfers)?;
+                w.pending_checked(effects)?;
             }
         }
         w.methods(rows.new_methods)?;
@@ -121,6 +121,15 @@ impl Writes {
         Arguments::<'q>::add(&mut self.args, value).map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))?;
         self.params += 1;
         Ok(format!("${}::{ty}", self.params))
+    }
+
+    /// The CTE `name`: every row of `u` (one array parameter per column of `cols`) inserted
+    /// into `table`.
+    fn insert_all(&mut self, name: &str, table: &str, cols: &str, u: &[String]) {
+        self.cte(
+            name,
+            format!("INSERT INTO {table} ({cols}) SELECT * FROM UNNEST({})", u.join(", ")),
+        );
     }
 
     fn cte(&mut self, name: &str, body: String) {
@@ -235,15 +244,8 @@ impl Writes {
             self.param(int(|x| x.credit_after.debits_posted), "bigint[]")?,
             self.param(int(|x| x.credit_after.credits_pending), "bigint[]")?,
             self.param(int(|x| x.credit_after.credits_posted), "bigint[]")?,
-        ]
-        .join(", ");
-        self.cte(
-            "transfers",
-            format!(
-                "INSERT INTO ledger_transfers ({}) SELECT * FROM UNNEST({u})",
-                crate::shared::TRANSFER_COLS
-            ),
-        );
+        ];
+        self.insert_all("transfers", "ledger_transfers", crate::shared::TRANSFER_COLS, &u);
         Ok(())
     }
 
@@ -263,15 +265,11 @@ impl Writes {
         Ok(())
     }
 
-    /// As [`Writes::pending`], checked: the rows of transfers in `created` are inserted (a
-    /// stored one fails the statement), every other row is a resolution stored only over a row
-    /// still `pending`; both counted with the compare-and-sets.
-    fn pending_checked(&mut self, p: &[PendingRow], created: &[Transfer]) -> Result<()> {
-        let (new, resolved): (Vec<PendingRow>, Vec<PendingRow>) = p.iter().cloned().partition(|row| {
-            created
-                .iter()
-                .any(|t| t.merchant_id == row.merchant_id && t.id == row.transfer_id)
-        });
+    /// As [`Writes::pending`], checked: the rows of transfers created beside them are inserted
+    /// (a stored one fails the statement), every other row is a resolution stored only over a
+    /// row still `pending`; both counted with the compare-and-sets.
+    fn pending_checked(&mut self, effects: &Effects) -> Result<()> {
+        let (new, resolved) = crate::split_pending(effects);
         if !new.is_empty() {
             let u = self.pending_rows(&new)?;
             self.cte(
@@ -296,7 +294,7 @@ impl Writes {
             );
             self.counted.push("pending_resolved");
         }
-        self.expected += i64::try_from(p.len()).unwrap_or(i64::MAX);
+        self.expected += i64::try_from(effects.pending.len()).unwrap_or(i64::MAX);
         Ok(())
     }
 
@@ -341,15 +339,8 @@ impl Writes {
                 methods.iter().map(|m| m.customer_id.as_deref()).collect::<Vec<_>>(),
                 "text[]",
             )?,
-        ]
-        .join(", ");
-        self.cte(
-            "methods",
-            format!(
-                "INSERT INTO payment_methods ({}) SELECT * FROM UNNEST({u})",
-                crate::payments::PAYMENT_METHOD_COLS
-            ),
-        );
+        ];
+        self.insert_all("methods", "payment_methods", crate::payments::PAYMENT_METHOD_COLS, &u);
         Ok(())
     }
 
@@ -407,15 +398,8 @@ impl Writes {
             self.param(optional(&|p| p.idempotency_key.clone()), "text[]")?,
             self.param(optional(&|p| p.customer_id.clone()), "text[]")?,
             self.param(optional(&|p| p.receipt_email.clone()), "text[]")?,
-        ]
-        .join(", ");
-        self.cte(
-            "new_payments",
-            format!(
-                "INSERT INTO payments ({}) SELECT * FROM UNNEST({u})",
-                crate::payments::PAYMENT_COLS
-            ),
-        );
+        ];
+        self.insert_all("new_payments", "payments", crate::payments::PAYMENT_COLS, &u);
         Ok(())
     }
 
@@ -521,15 +505,8 @@ impl Writes {
             self.param(optional(|a| a.request_id.as_deref()), "text[]")?,
             self.param(attempts.iter().map(|a| a.latency_ms).collect::<Vec<_>>(), "bigint[]")?,
             self.param(attempts.iter().map(|a| a.created_at.0).collect::<Vec<_>>(), "bigint[]")?,
-        ]
-        .join(", ");
-        self.cte(
-            "attempts",
-            format!(
-                "INSERT INTO payment_attempts ({}) SELECT * FROM UNNEST({u})",
-                crate::payments::ATTEMPT_COLS
-            ),
-        );
+        ];
+        self.insert_all("attempts", "payment_attempts", crate::payments::ATTEMPT_COLS, &u);
         Ok(())
     }
 
@@ -550,15 +527,8 @@ impl Writes {
             self.param(optional(|c| c.error_code.as_deref()), "text[]")?,
             self.param(optional(|c| c.request_id.as_deref()), "text[]")?,
             self.param(changes.iter().map(|c| c.created_at.0).collect::<Vec<_>>(), "bigint[]")?,
-        ]
-        .join(", ");
-        self.cte(
-            "history",
-            format!(
-                "INSERT INTO payment_events ({}) SELECT * FROM UNNEST({u})",
-                crate::payments::STATUS_CHANGE_COLS
-            ),
-        );
+        ];
+        self.insert_all("history", "payment_events", crate::payments::STATUS_CHANGE_COLS, &u);
         Ok(())
     }
 
@@ -579,15 +549,8 @@ impl Writes {
             self.param(optional(|e| e.ip.as_deref()), "text[]")?,
             self.param(optional(|e| e.user_agent.as_deref()), "text[]")?,
             self.param(audit.iter().map(|e| e.created_at.0).collect::<Vec<_>>(), "bigint[]")?,
-        ]
-        .join(", ");
-        self.cte(
-            "audit",
-            format!(
-                "INSERT INTO audit_logs ({}) SELECT * FROM UNNEST({u})",
-                crate::shared::AUDIT_COLS
-            ),
-        );
+        ];
+        self.insert_all("audit", "audit_logs", crate::shared::AUDIT_COLS, &u);
         Ok(())
     }
 
@@ -643,14 +606,12 @@ impl Writes {
             )?,
             self.param(text(|r| &r.response_body), "text[]")?,
             self.param(records.iter().map(|r| r.created_at.0).collect::<Vec<_>>(), "bigint[]")?,
-        ]
-        .join(", ");
-        self.cte(
+        ];
+        self.insert_all(
             "idempotency",
-            format!(
-                "INSERT INTO idempotency_keys (merchant_id, key, fingerprint, method, path, status_code, \
-                 response_body, created_at) SELECT * FROM UNNEST({u})"
-            ),
+            "idempotency_keys",
+            "merchant_id, key, fingerprint, method, path, status_code, response_body, created_at",
+            &u,
         );
         Ok(())
     }

@@ -377,23 +377,20 @@ impl SqliteTx {
                     .iter()
                     .map(|a| (a.merchant_id.clone(), a.id.clone()))
                     .collect();
-                let stored = self.get_accounts(&keys, false).await?;
-                let unchanged = effects.accounts.iter().zip(rows.balances_before).all(|(a, before)| {
-                    stored
-                        .iter()
-                        .any(|s| s.merchant_id == a.merchant_id && s.id == a.id && s.balances == *before)
-                });
-                // Rows of transfers created beside them are new; every other is a resolution.
-                let resolved: Vec<_> = effects
-                    .pending
+                let stored: std::collections::HashMap<_, _> = self
+                    .get_accounts(&keys, false)
+                    .await?
+                    .into_iter()
+                    .map(|s| ((s.merchant_id, s.id), s.balances))
+                    .collect();
+                let unchanged = keys
                     .iter()
-                    .filter(|p| {
-                        !effects
-                            .transfers
-                            .iter()
-                            .any(|t| t.merchant_id == p.merchant_id && t.id == p.transfer_id)
-                    })
-                    .map(|p| (p.merchant_id.clone(), p.transfer_id.clone()))
+                    .zip(rows.balances_before)
+                    .all(|(key, before)| stored.get(key) == Some(before));
+                let resolved: Vec<_> = crate::split_pending(effects)
+                    .1
+                    .into_iter()
+                    .map(|p| (p.merchant_id, p.transfer_id))
                     .collect();
                 let still_pending = self
                     .get_pending_statuses(&resolved)

@@ -33,7 +33,7 @@ use settle_domain::{
     ledger::{
         Account, Balances, Book, Effects, Key, PendingStatus, Transfer, TransferKind, TransferRequest, TransferResult,
     },
-    payment::{Attempt, Payment, PaymentMethod, Refund},
+    payment::{Attempt, Payment, PaymentMethod, Refund, StatusChange},
     tenancy::{AuditEntry, IdempotencyRecord},
     Timestamp,
 };
@@ -156,26 +156,38 @@ impl Then {
         effects: &Effects,
         balances_before: &[Balances],
     ) -> Result<(), WriteError> {
-        let history: Vec<_> = self.changes.iter().map(|c| c.row.clone()).collect();
-        let events = self.events_in_order();
+        let (history, events) = (self.history(), self.events_in_order());
         let rows = GroupRows {
-            new_methods: &self.new_methods,
-            new_payments: &self.new_payments,
-            payments: &self.payments,
-            records: Records {
-                attempts: &self.attempts,
-                changes: &history,
-                events: &events,
-                audit: &self.audit,
-            },
-            idempotency: &self.records,
             effects: Some(effects),
             balances_before,
+            ..self.rows(&history, &events)
         };
         match store.write_alone(&rows).await.map_err(idempotency_race)? {
             true => Ok(()),
             false => Err(stale_payment()),
         }
+    }
+
+    /// Every row but the ledger's (and those [`Then::in_one_statement`] leaves out), with
+    /// `history` and `events` made by [`Then::history`] and [`Then::events_in_order`].
+    fn rows<'a>(&'a self, history: &'a [StatusChange], events: &'a [NewEvent]) -> GroupRows<'a> {
+        GroupRows {
+            new_methods: &self.new_methods,
+            new_payments: &self.new_payments,
+            payments: &self.payments,
+            records: Records {
+                attempts: &self.attempts,
+                changes: history,
+                events,
+                audit: &self.audit,
+            },
+            idempotency: &self.records,
+            ..GroupRows::default()
+        }
+    }
+
+    fn history(&self) -> Vec<StatusChange> {
+        self.changes.iter().map(|c| c.row.clone()).collect()
     }
 
     /// The status changes' events, then the others. A ledger group's events (a batch's, with
@@ -198,30 +210,24 @@ impl Then {
     /// invoices, refunds or inbox entries (whose preconditions must run between the payments
     /// and the events), everything is one [`Tx::write_group`]: one statement on PostgreSQL.
     pub async fn write(&self, tx: &mut dyn Tx, effects: Option<&Effects>) -> Result<(), WriteError> {
-        let history: Vec<_> = self.changes.iter().map(|c| c.row.clone()).collect();
-        let events = self.events_in_order();
-        let records = Records {
-            attempts: &self.attempts,
-            changes: &history,
-            events: &events,
-            audit: &self.audit,
-        };
-        let middle = !self.in_one_statement();
-        let mut head = GroupRows {
+        let (history, events) = (self.history(), self.events_in_order());
+        let all = GroupRows {
             effects,
-            new_methods: &self.new_methods,
-            new_payments: &self.new_payments,
-            payments: &self.payments,
-            ..GroupRows::default()
+            ..self.rows(&history, &events)
         };
-        if !middle {
-            head.records = records;
-            head.idempotency = &self.records;
-        }
-        if tx.write_group(&head).await.map_err(idempotency_race)? != self.payments.len() {
+        let one_statement = self.in_one_statement();
+        let head = match one_statement {
+            true => all,
+            false => GroupRows {
+                records: Records::default(),
+                idempotency: &[],
+                ..all
+            },
+        };
+        if tx.write_group(&head).await.map_err(idempotency_race)? != head.expected() {
             return Err(stale_payment());
         }
-        if !middle {
+        if one_statement {
             return Ok(());
         }
         // Before any event row: the invoice's row lock orders the writers of its events.
@@ -257,8 +263,8 @@ impl Then {
             return Err(WriteError::Stale("an inbox entry was taken by another worker".into()));
         }
         let tail = GroupRows {
-            records,
-            idempotency: &self.records,
+            records: all.records,
+            idempotency: all.idempotency,
             ..GroupRows::default()
         };
         tx.write_group(&tail).await.map_err(idempotency_race)?;
