@@ -224,18 +224,21 @@ impl App {
         })
     }
 
-    /// Stops the jobs, lets the ledger writer drain its queue, and waits for all of them.
-    /// Call after the HTTP server has finished its in-flight requests.
+    /// Stops the jobs, lets the ledger writer drain its queue, and waits for all of them and
+    /// for every write still in flight. Call after the HTTP server has finished its in-flight
+    /// requests.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let App {
             state, router, tasks, ..
         } = self;
+        let drained = state.writer.drained();
         drop(router);
         drop(state);
         for task in tasks {
             let _ = task.await;
         }
+        drained.wait().await;
     }
 }
 

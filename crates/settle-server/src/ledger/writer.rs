@@ -329,6 +329,22 @@ struct Lane {
     /// One per writer task: a group of this lane is written only by whoever holds one, so
     /// at most that many at once, as the tasks alone would.
     turns: Arc<Semaphore>,
+    /// How many turns there are: all of them free means nothing of this lane is being written.
+    writers: u32,
+}
+
+/// The lanes' turns, taken from a [`LedgerWriter`] before it is dropped at shutdown: waiting on
+/// them outlasts every write in flight, including those spawned at once by
+/// [`LedgerWriter::submit`] for requests whose client has gone (the writer tasks alone do not).
+pub struct Drained(Vec<(Arc<Semaphore>, u32)>);
+
+impl Drained {
+    /// Returns when every turn of every lane is free at once.
+    pub async fn wait(self) {
+        for (turns, writers) in self.0 {
+            let _ = turns.acquire_many(writers).await;
+        }
+    }
 }
 
 impl LedgerWriter {
@@ -353,7 +369,11 @@ impl LedgerWriter {
             let rx = Arc::new(Mutex::new(rx));
             let turns = Arc::new(Semaphore::new(count));
             tasks.extend((0..count).map(|_| worker.clone().run(rx.clone(), turns.clone())));
-            Lane { queue, turns }
+            Lane {
+                queue,
+                turns,
+                writers: u32::try_from(count).unwrap_or(u32::MAX),
+            }
         };
         let ledger = lane(writers.max(1));
         // SQLite has one write connection: writers beside the ledger's would only take turns on
@@ -388,6 +408,16 @@ impl LedgerWriter {
             }
         }
         lane.queue.send(command).await.map_err(|_| WriteError::Closed)
+    }
+
+    /// What to wait on at shutdown, after the writer tasks have ended, so that no write is
+    /// still running when the store closes.
+    pub fn drained(&self) -> Drained {
+        let mut lanes = vec![(self.ledger.turns.clone(), self.ledger.writers)];
+        if !Arc::ptr_eq(&self.rows.turns, &self.ledger.turns) {
+            lanes.push((self.rows.turns.clone(), self.rows.writers));
+        }
+        Drained(lanes)
     }
 
     /// Posts transfers for a service (payments, refunds): one group-committed request with no

@@ -431,6 +431,81 @@ pub async fn the_writers_copies_gone_stale_decide_nothing(app: TestApp) {
     assert_eq!(app.balance(&m, "w2").await["available"], 0);
 }
 
+/// A write whose client has gone still commits before shutdown returns and the store closes
+/// (a lane with nothing queued writes at once, in a task of its own, which the writer tasks do
+/// not wait for). On PostgreSQL, where a row lock holds the write back where the test can see it.
+pub async fn shutdown_waits_for_a_write_whose_client_has_gone(app: TestApp) {
+    use sqlx::Connection;
+    let mut app = app;
+    let m = app.merchant("acme").await;
+    app.account(&m, "bank", json!({})).await;
+    app.account(&m, "wallet", json!({})).await;
+    app.transfer(&m, t("warm", "bank", "wallet", 1)).await;
+    let crate::harness::DbGuard::Postgres { schema } = &app.db else {
+        return;
+    };
+    let schema = schema.clone();
+    let mut blocker = sqlx::PgConnection::connect(&crate::harness::pg_url())
+        .await
+        .expect("connect");
+    for sql in [
+        format!("SET search_path = {schema}"),
+        "BEGIN".to_owned(),
+        "SELECT 1 FROM ledger_accounts FOR UPDATE".to_owned(),
+    ] {
+        sqlx::query(&sql)
+            .execute(&mut blocker)
+            .await
+            .expect("lock the accounts");
+    }
+    let router = app.router.clone();
+    let key = m.key.clone();
+    let body = t("late", "bank", "wallet", 5).to_string();
+    let request = tokio::spawn(async move {
+        call(
+            &router,
+            axum::http::Method::POST,
+            "/v1/ledger/transfers",
+            &key,
+            Some(&body),
+            &[],
+        )
+        .await
+    });
+    let waiting =
+        format!("SELECT 1 FROM pg_stat_activity WHERE application_name = '{schema}' AND wait_event_type = 'Lock'");
+    let mut seen = false;
+    for _ in 0..600 {
+        if app.exec(&waiting).await > 0 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the write never reached the locked accounts");
+    request.abort();
+    assert!(request.await.is_err(), "the request was to be gone before its reply");
+
+    // The router holds the state: it must go before shutdown can drain the writer.
+    app.router = axum::Router::new();
+    let shutdown = tokio::spawn(app.app.take().expect("app").shutdown());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown returned while a write was still running"
+    );
+    sqlx::query("COMMIT").execute(&mut blocker).await.expect("unlock");
+    tokio::time::timeout(std::time::Duration::from_secs(60), shutdown)
+        .await
+        .expect("shutdown finishes once the write is done")
+        .expect("shutdown");
+    assert_eq!(
+        app.exec("SELECT 1 FROM ledger_transfers WHERE id = 'late'").await,
+        1,
+        "the write of the gone request was committed"
+    );
+}
+
 conformance!(
     a_retried_transfer_answers_exists_even_when_it_could_not_run_again,
     a_transfer_moves_money_and_retrying_its_id_has_no_second_effect,
@@ -443,4 +518,5 @@ conformance!(
     lists_paginate_with_cursors_in_both_directions,
     entries_show_each_transfer_with_the_balance_after_it,
     the_writers_copies_gone_stale_decide_nothing,
+    shutdown_waits_for_a_write_whose_client_has_gone,
 );
