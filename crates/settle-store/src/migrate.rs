@@ -47,6 +47,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "single_statement_writes",
         sql: include_str!("../migrations/postgres/0008_single_statement_writes.sql"),
     },
+    Migration {
+        version: 9,
+        name: "fewer_indexes",
+        sql: include_str!("../migrations/postgres/0009_fewer_indexes.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
