@@ -225,6 +225,10 @@ pub struct DuePending {
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     pub pool_size_max: u32,
+    /// Most [`Store::write_alone`] statements running at once (one per writer task of the
+    /// server's lanes). On PostgreSQL they have connections of their own beside the pool of
+    /// `pool_size_max`, opened as they are first needed.
+    pub write_alone_max: u32,
     pub acquire_timeout: Duration,
     pub statement_timeout: Duration,
 }
@@ -233,6 +237,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             pool_size_max: 16,
+            write_alone_max: 4,
             acquire_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(30),
         }

@@ -43,9 +43,6 @@ pub struct PostgresStore {
     system: PgPool,
 }
 
-/// Most connections of the system pool (the ledger writer's rows-only groups).
-const SYSTEM_POOL_MAX: u32 = 4;
-
 impl PostgresStore {
     /// `ANALYZE` of `tables` (qualified and quoted names), in one statement.
     async fn analyze(&self, tables: &[String]) -> Result<()> {
@@ -80,7 +77,7 @@ impl PostgresStore {
         // Not pinged when handed out (a round trip per write): `write_alone` sends its
         // statement again on another connection when the one it got was cut.
         let system = PgPoolOptions::new()
-            .max_connections(SYSTEM_POOL_MAX)
+            .max_connections(options.write_alone_max.max(1))
             .acquire_timeout(options.acquire_timeout)
             .test_before_acquire(false)
             // Its statements find every row by key. A generic plan made while a table was
@@ -139,7 +136,7 @@ impl Store for PostgresStore {
     async fn write_alone(&self, rows: &crate::GroupRows<'_>) -> Result<bool> {
         // After a server restart every idle connection of the pool is cut: one more try than
         // the pool has connections reaches a new one.
-        let mut tries = SYSTEM_POOL_MAX + 1;
+        let mut tries = self.system.options().get_max_connections() + 1;
         loop {
             tries -= 1;
             let mut conn = self.system.acquire().await?;

@@ -19,7 +19,7 @@ use std::{
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use settle_server::{clock::SystemClock, App, Config};
-use settle_store::{PostgresStore, SqliteStore, Store, StoreOptions};
+use settle_store::{Engine, PostgresStore, SqliteStore, Store, StoreOptions};
 use sqlx::{postgres::PgConnectOptions, Connection, PgConnection};
 
 #[derive(Args, Clone, Debug)]
@@ -172,9 +172,10 @@ pub enum Fresh {
     },
 }
 
-async fn open_fresh(url: Option<&str>) -> Result<(Arc<dyn Store>, Fresh), String> {
+async fn open_fresh(url: Option<&str>, write_alone_max: u32) -> Result<(Arc<dyn Store>, Fresh), String> {
     let options = StoreOptions {
         pool_size_max: 16,
+        write_alone_max,
         ..StoreOptions::default()
     };
     match url {
@@ -241,11 +242,16 @@ impl Running {
         if std::env::var_os("SETTLE_LOG").is_some() {
             crate::config::init_logging("text");
         }
-        let (store, fresh) = open_fresh(url).await?;
-        store.migrate().await.map_err(|e| e.to_string())?;
-        let mut config = Config::for_engine(store.engine());
+        let mut config = Config::for_engine(if url.is_some() {
+            Engine::Postgres
+        } else {
+            Engine::Sqlite
+        });
         config.auth_cache_ttl = Duration::from_secs(60);
         tune(&mut config);
+        let writers = settle_server::ledger::writer::write_alone_tasks(config.ledger_writers);
+        let (store, fresh) = open_fresh(url, writers).await?;
+        store.migrate().await.map_err(|e| e.to_string())?;
         let app = App::build(store.clone(), Arc::new(SystemClock), config)
             .await
             .map_err(|e| format!("{e:?}"))?;

@@ -22,7 +22,9 @@ pub struct Common {
 }
 
 impl Common {
-    pub async fn open_store(&self) -> Result<Arc<dyn Store>, String> {
+    /// The store of `--database-url` (or the embedded default). `write_alone_max`: the
+    /// server's writer tasks, when a server is to run on it (see [`StoreOptions`]).
+    pub async fn open_store(&self, write_alone_max: Option<u32>) -> Result<Arc<dyn Store>, String> {
         let url = match &self.database_url {
             Some(url) => url.clone(),
             None => {
@@ -30,9 +32,11 @@ impl Common {
                 self.data_dir.join("settle.db").to_string_lossy().into_owned()
             }
         };
+        let defaults = StoreOptions::default();
         let options = StoreOptions {
             pool_size_max: self.db_pool_size,
-            ..StoreOptions::default()
+            write_alone_max: write_alone_max.unwrap_or(defaults.write_alone_max),
+            ..defaults
         };
         settle_store::connect(&url, &options)
             .await
@@ -110,13 +114,18 @@ pub fn own_url(addr: std::net::SocketAddr) -> String {
 }
 
 impl ServeArgs {
+    /// The ledger writer tasks asked for, within bounds (`None`: the engine's default).
+    pub fn ledger_writers(&self) -> Option<usize> {
+        self.ledger_writers.map(|w| w.clamp(1, 64))
+    }
+
     pub fn server_config(&self, engine: Engine) -> Result<Config, String> {
         let mut config = Config::for_engine(engine);
         config.vault_key = Secret::new(self.vault_key(engine)?);
         config.connector_timeout = Duration::from_secs(self.connector_timeout_seconds.clamp(1, 120));
         config.authorization_ttl = Duration::from_secs(self.authorization_ttl_hours.max(1).saturating_mul(3600));
-        if let Some(w) = self.ledger_writers {
-            config.ledger_writers = w.clamp(1, 64);
+        if let Some(w) = self.ledger_writers() {
+            config.ledger_writers = w;
         }
         config.idempotency_retention = Duration::from_secs(self.idempotency_retention_hours.saturating_mul(3600));
         config.auth_cache_ttl = Duration::from_secs(self.auth_cache_seconds);

@@ -10,7 +10,8 @@ use std::{io::Write, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
 use config::{Common, ServeArgs};
-use settle_server::{clock::SystemClock, App};
+use settle_server::{clock::SystemClock, App, Config};
+use settle_store::Engine;
 
 /// Allocation-heavy request handling (JSON in and out) is measurably faster with mimalloc than
 /// with glibc's allocator under many threads (see the README's performance section).
@@ -74,7 +75,13 @@ fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     config::init_logging(&args.log_format);
-    let store = args.common.open_store().await?;
+    let writers = args
+        .ledger_writers()
+        .unwrap_or(Config::for_engine(Engine::Postgres).ledger_writers);
+    let store = args
+        .common
+        .open_store(Some(settle_server::ledger::writer::write_alone_tasks(writers)))
+        .await?;
     store.migrate().await.map_err(|e| format!("migrations failed: {e}"))?;
     if store.bypasses_row_security().await.unwrap_or(false) {
         tracing::warn!("the database role is a superuser or has BYPASSRLS: row-level security is not enforced; connect as an ordinary role in production");
@@ -143,7 +150,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
 }
 
 async fn migrate(common: Common) -> Result<ExitCode, String> {
-    let store = common.open_store().await?;
+    let store = common.open_store(None).await?;
     store.migrate().await.map_err(|e| format!("migrations failed: {e}"))?;
     println!("migrations applied ({})", store.engine().as_str());
     store.close().await;
@@ -151,7 +158,7 @@ async fn migrate(common: Common) -> Result<ExitCode, String> {
 }
 
 async fn verify(common: Common) -> Result<ExitCode, String> {
-    let store = common.open_store().await?;
+    let store = common.open_store(None).await?;
     store.migrate().await.map_err(|e| format!("migrations failed: {e}"))?;
     let report = settle_server::verify::verify(store.as_ref())
         .await

@@ -56,6 +56,12 @@ pub const GROUP_TRANSFERS_MAX: usize = 8_192;
 /// overlap where one would wait on the other's round trips (measured with `settle bench
 /// payments`, 32 clients on PostgreSQL: one 330–380 payments/s, two 330–410, three no better).
 pub const ROWS_WRITERS: usize = 2;
+/// How many writes of their own ([`Store::write_alone`]) the lanes may run at once with
+/// `ledger_writers` writer tasks on the ledger's lane: one per writer task of either lane.
+pub fn write_alone_tasks(ledger_writers: usize) -> u32 {
+    u32::try_from(ROWS_WRITERS.saturating_add(ledger_writers)).unwrap_or(u32::MAX)
+}
+
 /// Most commands waiting for a writer before senders wait.
 pub const QUEUE_COMMANDS_MAX: usize = 8_192;
 
