@@ -514,6 +514,9 @@ pub struct Refund {
     pub failure_code: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The creating request's `Idempotency-Key`: a retry whose first try stored the refund but
+    /// not its idempotency record finds the refund instead of refunding again.
+    pub idempotency_key: Option<String>,
 }
 
 /// A vaulted card: the number only sealed (encrypted), the CVC never.

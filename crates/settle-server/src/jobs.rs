@@ -49,8 +49,8 @@ pub async fn try_execute_prune(state: &AppState) -> Result<u64, ApiError> {
     let before = settle_domain::Timestamp(state.clock.now().0.saturating_sub(retention));
     let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
     let deleted = tx.prune_idempotency(before, PRUNE_BATCH_MAX).await?;
-    // A payment answers a retry of its create only as long as the idempotency record would.
-    tx.forget_payment_keys(before, PRUNE_BATCH_MAX).await?;
+    // A payment or refund answers a retry of its create only as long as the record would.
+    tx.forget_request_keys(before, PRUNE_BATCH_MAX).await?;
     tx.commit().await?;
     state.metrics.job_changes("idempotency_prune", deleted);
     Ok(deleted)

@@ -52,6 +52,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "fewer_indexes",
         sql: include_str!("../migrations/postgres/0009_fewer_indexes.sql"),
     },
+    Migration {
+        version: 10,
+        name: "refund_keys",
+        sql: include_str!("../migrations/postgres/0010_refund_keys.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -89,6 +94,11 @@ pub const SQLITE: &[Migration] = &[
         version: 7,
         name: "customers",
         sql: include_str!("../migrations/sqlite/0007_customers.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "refund_keys",
+        sql: include_str!("../migrations/sqlite/0008_refund_keys.sql"),
     },
 ];
 

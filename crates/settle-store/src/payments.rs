@@ -40,9 +40,9 @@ pub trait PaymentTx: Send {
     async fn get_payment(&mut self, merchant_id: &str, id: &str) -> Result<Option<Payment>>;
     /// The payment a request with this `Idempotency-Key` created.
     async fn payment_by_idempotency_key(&mut self, merchant_id: &str, key: &str) -> Result<Option<Payment>>;
-    /// Forgets the idempotency keys of payments created before `created_before` (at most
-    /// `limit`), as idempotency records are pruned; returns how many.
-    async fn forget_payment_keys(&mut self, created_before: Timestamp, limit: u32) -> Result<u64>;
+    /// Forgets the idempotency keys of payments and of refunds created before `created_before`
+    /// (at most `limit` of each), as idempotency records are pruned; returns how many.
+    async fn forget_request_keys(&mut self, created_before: Timestamp, limit: u32) -> Result<u64>;
     /// Payments of every merchant whose claim has expired (its process died mid-call); oldest first.
     async fn expired_claims(&mut self, now: Timestamp, limit: u32) -> Result<Vec<Payment>>;
     /// Stores `payment` if the stored row is still at `expected_version`; `false` when another
@@ -77,7 +77,10 @@ pub trait PaymentTx: Send {
     /// otherwise. On PostgreSQL the row stays locked until the transaction ends, so concurrent
     /// refunds of one payment run one after the other; the table's CHECK is the last word.
     async fn add_refunded(&mut self, merchant_id: &str, payment_id: &str, delta: i64, now: Timestamp) -> Result<bool>;
+    /// Stores a new refund; another refund of the same `Idempotency-Key` refuses it (unique key).
     async fn insert_refund(&mut self, refund: &Refund) -> Result<()>;
+    /// The refund a request with this `Idempotency-Key` created.
+    async fn refund_by_idempotency_key(&mut self, merchant_id: &str, key: &str) -> Result<Option<Refund>>;
     /// Stores a refund's outcome if it is still `pending`; `false` when another process
     /// concluded it first.
     async fn update_refund(&mut self, refund: &Refund) -> Result<bool>;
@@ -107,7 +110,7 @@ pub const ATTEMPT_COLS: &str = "merchant_id, id, payment_id, operation, connecto
 pub const STATUS_CHANGE_COLS: &str =
     "merchant_id, id, payment_id, from_status, to_status, reason, connector, error_code, request_id, created_at";
 pub const REFUND_COLS: &str = "merchant_id, id, payment_id, amount, currency, status, reason, metadata, parts, \
-    connector_account_id, provider_ref, failure_code, created_at, updated_at";
+    connector_account_id, provider_ref, failure_code, created_at, updated_at, idempotency_key";
 
 pub const INSERT_STATUS_CHANGE: &str = "INSERT INTO payment_events (merchant_id, id, payment_id, from_status, \
     to_status, reason, connector, error_code, request_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
@@ -309,6 +312,7 @@ macro_rules! payments_tx {
                 failure_code: row.try_get("failure_code")?,
                 created_at: settle_domain::Timestamp(row.try_get("created_at")?),
                 updated_at: settle_domain::Timestamp(row.try_get("updated_at")?),
+                idempotency_key: row.try_get("idempotency_key")?,
             })
         }
 
@@ -571,20 +575,24 @@ macro_rules! payments_tx {
                 row.as_ref().map(payment_from).transpose()
             }
 
-            async fn forget_payment_keys(
+            async fn forget_request_keys(
                 &mut self,
                 created_before: settle_domain::Timestamp,
                 limit: u32,
             ) -> $crate::Result<u64> {
-                let done = sqlx::query(
-                    "UPDATE payments SET idempotency_key = NULL WHERE (merchant_id, id) IN \
-                     (SELECT merchant_id, id FROM payments WHERE idempotency_key IS NOT NULL AND created_at < $1 LIMIT $2)",
-                )
-                .bind(created_before.0)
-                .bind(i64::from(limit))
-                .execute(&mut *self.tx)
-                .await?;
-                Ok(done.rows_affected())
+                let mut forgotten = 0;
+                for table in ["payments", "refunds"] {
+                    let done = sqlx::query(&format!(
+                        "UPDATE {table} SET idempotency_key = NULL WHERE (merchant_id, id) IN \
+                         (SELECT merchant_id, id FROM {table} WHERE idempotency_key IS NOT NULL AND created_at < $1 LIMIT $2)"
+                    ))
+                    .bind(created_before.0)
+                    .bind(i64::from(limit))
+                    .execute(&mut *self.tx)
+                    .await?;
+                    forgotten += done.rows_affected();
+                }
+                Ok(forgotten)
             }
 
             async fn expired_claims(
@@ -779,7 +787,7 @@ macro_rules! payments_tx {
 
             async fn insert_refund(&mut self, r: &settle_domain::payment::Refund) -> $crate::Result<()> {
                 let sql = format!(
-                    "INSERT INTO refunds ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    "INSERT INTO refunds ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                     pay::REFUND_COLS
                 );
                 sqlx::query(&sql)
@@ -797,9 +805,23 @@ macro_rules! payments_tx {
                     .bind(&r.failure_code)
                     .bind(r.created_at.0)
                     .bind(r.updated_at.0)
+                    .bind(&r.idempotency_key)
                     .execute(&mut *self.tx)
                     .await?;
                 Ok(())
+            }
+
+            async fn refund_by_idempotency_key(
+                &mut self,
+                merchant_id: &str,
+                key: &str,
+            ) -> $crate::Result<Option<settle_domain::payment::Refund>> {
+                let sql = format!(
+                    "SELECT {} FROM refunds WHERE merchant_id = $1 AND idempotency_key = $2",
+                    pay::REFUND_COLS
+                );
+                let row = sqlx::query(&sql).bind(merchant_id).bind(key).fetch_optional(&mut *self.tx).await?;
+                row.as_ref().map(refund_from).transpose()
             }
 
             async fn update_refund(&mut self, r: &settle_domain::payment::Refund) -> $crate::Result<bool> {

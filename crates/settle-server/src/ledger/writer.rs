@@ -168,7 +168,7 @@ impl Then {
             balances_before,
             ..self.rows(&history, &events)
         };
-        match store.write_alone(&rows).await.map_err(idempotency_race)? {
+        match store.write_alone(&rows).await.map_err(write_conflict)? {
             true => Ok(()),
             false => Err(stale_payment()),
         }
@@ -230,7 +230,7 @@ impl Then {
                 ..all
             },
         };
-        if tx.write_group(&head).await.map_err(idempotency_race)? != head.expected() {
+        if tx.write_group(&head).await.map_err(write_conflict)? != head.expected() {
             return Err(stale_payment());
         }
         if one_statement {
@@ -273,15 +273,20 @@ impl Then {
             idempotency: all.idempotency,
             ..GroupRows::default()
         };
-        tx.write_group(&tail).await.map_err(idempotency_race)?;
+        tx.write_group(&tail).await.map_err(write_conflict)?;
         Ok(())
     }
 }
 
-/// A store error, with another process's record of the same idempotency key told apart.
-fn idempotency_race(e: StoreError) -> WriteError {
+/// A store error, with the races another writer can cause told apart: its record of the same
+/// idempotency key, or its event of the same aggregate. An event is numbered after the last one
+/// its statement sees, so a concurrent change of the same payment committed first makes the
+/// numbers collide (on PostgreSQL, before this statement's compare-and-set could say so).
+fn write_conflict(e: StoreError) -> WriteError {
     if e.is_conflict_on("idempotency_keys") {
         WriteError::IdempotencyRace
+    } else if e.is_conflict_on("events_aggregate_sequence") {
+        WriteError::Stale("an event of the same aggregate was written concurrently".into())
     } else {
         WriteError::Store(e)
     }

@@ -81,11 +81,30 @@ fn refusal(r: RefundRefusal) -> ApiError {
     }
 }
 
+/// What step 1 found to do.
+enum Reserved {
+    /// A new pending refund, reserved on its payment, to be executed by the holder.
+    New(Box<(Payment, Refund, Candidate)>),
+    /// The refund this request's `Idempotency-Key` already created: a retry whose first try
+    /// stored the refund but not its idempotency record (its process died, or another process
+    /// is still executing it).
+    Existing(Box<Refund>),
+}
+
 /// Step 1: reserve and store the pending refund.
-async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<(Payment, Refund, Candidate), ApiError> {
+async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<Reserved, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let now = state.clock.now();
+    let key = ctx.idempotency.as_ref().map(|d| d.key.clone());
     let mut tx = state.begin_write(&merchant_id).await?;
+    if let Some(key) = &key {
+        if let Some(existing) = tx.refund_by_idempotency_key(&merchant_id, key).await? {
+            if existing.payment_id != body.payment_id || body.amount.is_some_and(|a| a != existing.amount) {
+                return Err(ApiError::IdempotencyReused { mismatch: "body" });
+            }
+            return Ok(Reserved::Existing(Box::new(existing)));
+        }
+    }
     let payment = tx
         .get_payment(&merchant_id, &body.payment_id)
         .await?
@@ -131,8 +150,15 @@ async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<(Payme
         failure_code: None,
         created_at: now,
         updated_at: now,
+        idempotency_key: key,
     };
-    tx.insert_refund(&refund).await?;
+    match tx.insert_refund(&refund).await {
+        // Another process stored a refund of this key since the lookup above.
+        Err(e) if e.is_conflict_on("refunds") && refund.idempotency_key.is_some() => {
+            return Err(ApiError::IdempotencyRaceLost)
+        }
+        inserted => inserted?,
+    }
     // The payment's own event: its refunded amount grew (Stripe's `charge.refunded`).
     let refunded = events::new_event(
         state,
@@ -147,7 +173,7 @@ async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<(Payme
         .await?;
     let holder = service::holder(state, &mut LazyReader::over(tx.as_mut()), &payment).await?;
     tx.commit().await?;
-    Ok((payment, refund, holder))
+    Ok(Reserved::New(Box::new((payment, refund, holder))))
 }
 
 /// Step 3's bookkeeping, written with the refund's settling transfers: the refund's outcome
@@ -209,7 +235,10 @@ pub async fn create_refund(
         }
     }
     fields::metadata(body.metadata.clone(), "metadata")?;
-    let (payment, mut refund, candidate) = reserve(state, ctx, body).await?;
+    let (payment, mut refund, candidate) = match reserve(state, ctx, body).await? {
+        Reserved::New(reserved) => *reserved,
+        Reserved::Existing(refund) => return Ok(render(&refund)?.into_response()),
+    };
     let connector = payment.connector_name.clone().unwrap_or_default();
     let legs = postings::refund_legs(&payment, &refund.id, &refund.parts);
     match service::post(

@@ -233,6 +233,36 @@ impl TestApp {
         }
     }
 
+    /// On PostgreSQL, a connection of its own with `statements` run in an open transaction
+    /// (locks that the app's next write will wait for); `None` on SQLite.
+    pub async fn blocker(&self, statements: &[String]) -> Option<PgConnection> {
+        let DbGuard::Postgres { schema } = &self.db else {
+            return None;
+        };
+        let mut c = PgConnection::connect(&pg_url()).await.expect("connect");
+        let setup = [format!("SET search_path = {schema}"), "BEGIN".to_owned()];
+        for sql in setup.iter().chain(statements) {
+            sqlx::query(sql).execute(&mut c).await.expect("blocker statement");
+        }
+        Some(c)
+    }
+
+    /// Waits (up to 30 s) until one of the app's PostgreSQL connections waits for a lock.
+    pub async fn await_lock_wait(&self) {
+        let DbGuard::Postgres { schema } = &self.db else {
+            return;
+        };
+        let waiting =
+            format!("SELECT 1 FROM pg_stat_activity WHERE application_name = '{schema}' AND wait_event_type = 'Lock'");
+        for _ in 0..600 {
+            if self.exec(&waiting).await > 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("no write of the app reached the locked rows");
+    }
+
     /// Every byte the database holds, as text: on SQLite the database file and its write-ahead
     /// log (free pages included); on PostgreSQL every row of every table of the schema as JSON,
     /// with byte columns also decoded, so a secret stored in any form shows up.

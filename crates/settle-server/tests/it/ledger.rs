@@ -435,29 +435,17 @@ pub async fn the_writers_copies_gone_stale_decide_nothing(app: TestApp) {
 /// (a lane with nothing queued writes at once, in a task of its own, which the writer tasks do
 /// not wait for). On PostgreSQL, where a row lock holds the write back where the test can see it.
 pub async fn shutdown_waits_for_a_write_whose_client_has_gone(app: TestApp) {
-    use sqlx::Connection;
     let mut app = app;
     let m = app.merchant("acme").await;
     app.account(&m, "bank", json!({})).await;
     app.account(&m, "wallet", json!({})).await;
     app.transfer(&m, t("warm", "bank", "wallet", 1)).await;
-    let crate::harness::DbGuard::Postgres { schema } = &app.db else {
+    let Some(mut blocker) = app
+        .blocker(&["SELECT 1 FROM ledger_accounts FOR UPDATE".to_owned()])
+        .await
+    else {
         return;
     };
-    let schema = schema.clone();
-    let mut blocker = sqlx::PgConnection::connect(&crate::harness::pg_url())
-        .await
-        .expect("connect");
-    for sql in [
-        format!("SET search_path = {schema}"),
-        "BEGIN".to_owned(),
-        "SELECT 1 FROM ledger_accounts FOR UPDATE".to_owned(),
-    ] {
-        sqlx::query(&sql)
-            .execute(&mut blocker)
-            .await
-            .expect("lock the accounts");
-    }
     let router = app.router.clone();
     let key = m.key.clone();
     let body = t("late", "bank", "wallet", 5).to_string();
@@ -472,17 +460,7 @@ pub async fn shutdown_waits_for_a_write_whose_client_has_gone(app: TestApp) {
         )
         .await
     });
-    let waiting =
-        format!("SELECT 1 FROM pg_stat_activity WHERE application_name = '{schema}' AND wait_event_type = 'Lock'");
-    let mut seen = false;
-    for _ in 0..600 {
-        if app.exec(&waiting).await > 0 {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(seen, "the write never reached the locked accounts");
+    app.await_lock_wait().await;
     request.abort();
     assert!(request.await.is_err(), "the request was to be gone before its reply");
 

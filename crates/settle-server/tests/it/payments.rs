@@ -282,6 +282,36 @@ async fn concurrent_commands_on_one_payment_have_one_winner(app: TestApp) {
         .filter(|e| e["from"] == "requires_capture")
         .count();
     assert_eq!(left, 1, "{}", history.text);
+
+    // Concurrent confirms: each claim numbers a `payment.processing` event, so a loser can
+    // collide with the winner's event before its compare-and-set fails; it still answers 409.
+    for round in 0..5 {
+        let r = app
+            .pay(
+                &m,
+                json!({ "amount": 500, "currency": "USD", "capture_method": "manual", "payment_method": card(VISA) }),
+            )
+            .await;
+        let id = r.json["id"].as_str().expect("id").to_owned();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (router, key, path) = (app.router.clone(), m.key.clone(), format!("/v1/payments/{id}/confirm"));
+                tokio::spawn(async move {
+                    crate::harness::call(&router, axum::http::Method::POST, &path, &key, Some("{}"), &[]).await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            let r = t.await.expect("task");
+            match r.status {
+                StatusCode::OK => wins += 1,
+                StatusCode::CONFLICT => {}
+                other => panic!("round {round}: unexpected {other}: {}", r.text),
+            }
+        }
+        assert_eq!(wins, 1, "round {round}");
+    }
     app.verify_ok().await;
 }
 
@@ -661,6 +691,92 @@ async fn a_retried_create_after_a_crash_finds_its_payment(app: TestApp) {
     app.verify_ok().await;
 }
 
+async fn a_retried_refund_finds_its_refund_and_a_duplicate_elsewhere_refunds_nothing(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let r = app
+        .pay(
+            &m,
+            json!({ "amount": 1000, "currency": "USD", "confirm": true, "payment_method": card(VISA) }),
+        )
+        .await;
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    let path = format!("/v1/payments/{id}");
+    let body = json!({ "payment_id": id, "amount": 300 }).to_string();
+    let first = app.post_keyed("/v1/refunds", &m.key, &body, "refund-1").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    // The process dies after the refund was stored but before its idempotency record was.
+    app.exec("DELETE FROM idempotency_keys WHERE key = 'refund-1'").await;
+    let retry = app.post_keyed("/v1/refunds", &m.key, &body, "refund-1").await;
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.text);
+    assert_eq!(retry.json["id"], first.json["id"], "the retry finds the refund");
+    assert_eq!(
+        app.get(&path, &m.key).await.json["amount_refunded"],
+        300,
+        "refunded once"
+    );
+    let other = json!({ "payment_id": id, "amount": 301 }).to_string();
+    let reused = app.post_keyed("/v1/refunds", &m.key, &other, "refund-1").await;
+    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reused.text);
+
+    // The same request sent to two processes at once: one refund, whichever stores it first.
+    if let Some(second) = app.second_process().await {
+        let body = json!({ "payment_id": id, "amount": 50 }).to_string();
+        for round in 0..6 {
+            let key = format!("dup-{round}");
+            let calls = [app.router.clone(), second.clone()].map(|router| {
+                let (token, body, key) = (m.key.clone(), body.clone(), key.clone());
+                tokio::spawn(async move {
+                    let headers = [("idempotency-key", key.as_str())];
+                    crate::harness::call(
+                        &router,
+                        axum::http::Method::POST,
+                        "/v1/refunds",
+                        &token,
+                        Some(&body),
+                        &headers,
+                    )
+                    .await
+                })
+            });
+            let mut ids = Vec::new();
+            for call in calls {
+                let r = call.await.expect("task");
+                match r.status {
+                    StatusCode::OK => ids.push(r.json["id"].clone()),
+                    StatusCode::CONFLICT => assert_eq!(r.code(), "idempotency_key_in_use", "{}", r.text),
+                    other => panic!("unexpected {other}: {}", r.text),
+                }
+            }
+            assert!(
+                !ids.is_empty() && ids.iter().all(|i| *i == ids[0]),
+                "one refund: {ids:?}"
+            );
+            assert_eq!(
+                app.get(&path, &m.key).await.json["amount_refunded"],
+                300 + 50 * (round + 1),
+                "round {round} refunded once"
+            );
+        }
+    }
+    let listed = app.get(&format!("/v1/refunds?payment_id={id}&limit=100"), &m.key).await;
+    let expected = if app.second_process().await.is_some() { 7 } else { 1 };
+    assert_eq!(
+        listed.json["data"].as_array().map(Vec::len),
+        Some(expected),
+        "{}",
+        listed.text
+    );
+    // Once idempotency records of that age are pruned, the key may name a new refund.
+    app.clock.advance_seconds(24 * 3600 + 1);
+    settle_server::jobs::try_execute_prune(app.state())
+        .await
+        .expect("prune");
+    let later = app.post_keyed("/v1/refunds", &m.key, &other, "refund-1").await;
+    assert_eq!(later.status, StatusCode::OK, "{}", later.text);
+    assert_ne!(later.json["id"], first.json["id"]);
+    app.verify_ok().await;
+}
+
 /// Leaves `id` as a process that claimed it and died would: claimed until two minutes from
 /// now, with `plan`, in `status`.
 pub async fn kill_mid_claim(app: &TestApp, id: &str, status: &str, plan: Value) {
@@ -936,6 +1052,7 @@ crate::conformance!(
     uncaptured_authorizations_expire,
     reference_lists_are_served,
     a_retried_create_after_a_crash_finds_its_payment,
+    a_retried_refund_finds_its_refund_and_a_duplicate_elsewhere_refunds_nothing,
     a_dead_confirm_is_recovered_from_its_planned_attempts,
     a_dead_capture_is_released_when_nothing_was_captured,
     a_refund_whose_process_died_is_finished_by_the_sync_job,
