@@ -34,6 +34,13 @@ use crate::{
 /// Ledger account ids with this prefix belong to Settle.
 pub const SYSTEM_PREFIX: &str = "settle:";
 
+/// Whether a ledger id (account or transfer) is Settle's own: its accounts (`settle:…`), and the
+/// transfers its payments and refunds post, named after them (`pay_…:capture`, `re_…:0:post`).
+/// A client that took one could move a system account, or hold the id a payment step needs.
+pub fn is_system_id(id: &str) -> bool {
+    id.starts_with(SYSTEM_PREFIX) || (["pay_", "re_"].iter().any(|p| id.starts_with(p)) && id.contains(':'))
+}
+
 pub fn clearing_account(connector: &str, currency: Currency) -> String {
     format!("{SYSTEM_PREFIX}clearing:{connector}:{}", currency.code())
 }

@@ -99,6 +99,21 @@ pub fn client_id(value: &str, param: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A ledger id a client chose: [`client_id`], and not one of Settle's own.
+pub fn ledger_id(value: &str, param: &str) -> Result<String, ApiError> {
+    let id = client_id(value, param)?;
+    if settle_domain::postings::is_system_id(&id) {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "`{param}`: ids starting with `{}`, or with a payment's or refund's id and `:`, are reserved for Settle's own ledger entries",
+                settle_domain::postings::SYSTEM_PREFIX
+            ),
+        ));
+    }
+    Ok(id)
+}
+
 pub fn currency(value: &str, param: &str) -> Result<Currency, ApiError> {
     Currency::parse(value).ok_or_else(|| ApiError::invalid(param, format!("`{param}`: unknown currency '{value}'")))
 }

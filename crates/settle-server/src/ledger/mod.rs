@@ -66,16 +66,7 @@ pub const ACCOUNT_CODE_MAX: i64 = 65_535;
 
 fn parse_account(state: &AppState, merchant_id: &str, body: CreateAccountBody) -> Result<Account, ApiError> {
     let id = match body.id {
-        Some(id) if id.starts_with(settle_domain::postings::SYSTEM_PREFIX) => {
-            return Err(ApiError::invalid(
-                "id",
-                format!(
-                    "ids starting with `{}` are reserved for Settle's own accounts",
-                    settle_domain::postings::SYSTEM_PREFIX
-                ),
-            ))
-        }
-        Some(id) => fields::client_id(&id, "id")?,
+        Some(id) => fields::ledger_id(&id, "id")?,
         None => state.ids.make("la"),
     };
     if body.flags.debits_must_not_exceed_credits && body.flags.credits_must_not_exceed_debits {
@@ -262,8 +253,8 @@ fn parse_transfer(value: Value, at: &str) -> Result<TransferRequest, ApiError> {
     let value = require_object(value, param)?;
     let body: TransferBody = from_value(value).map_err(|e| prefix_param(e, at))?;
     let p = |name: &str| format!("{at}{name}");
-    let id = fields::client_id(&body.id, &p("id"))?;
-    let opt_id = |v: Option<String>, name: &str| v.map(|v| fields::client_id(&v, &p(name))).transpose();
+    let id = fields::ledger_id(&body.id, &p("id"))?;
+    let opt_id = |v: Option<String>, name: &str| v.map(|v| fields::ledger_id(&v, &p(name))).transpose();
     let debit = opt_id(body.debit_account_id, "debit_account_id")?;
     let credit = opt_id(body.credit_account_id, "credit_account_id")?;
     let amount = body
@@ -283,8 +274,8 @@ fn parse_transfer(value: Value, at: &str) -> Result<TransferRequest, ApiError> {
                 "use `post_pending_id` or `void_pending_id`, not both",
             ))
         }
-        (Some(id), None) => Some((true, fields::client_id(&id, &p("post_pending_id"))?)),
-        (None, Some(id)) => Some((false, fields::client_id(&id, &p("void_pending_id"))?)),
+        (Some(id), None) => Some((true, fields::ledger_id(&id, &p("post_pending_id"))?)),
+        (None, Some(id)) => Some((false, fields::ledger_id(&id, &p("void_pending_id"))?)),
         (None, None) => None,
     };
     if body.timeout_seconds.is_some() && !(pending && resolution.is_none()) {

@@ -484,6 +484,58 @@ pub async fn shutdown_waits_for_a_write_whose_client_has_gone(app: TestApp) {
     );
 }
 
+/// Settle's own accounts and the transfer ids of its payments and refunds are refused to
+/// clients, so that no client can move a system account or take the id a payment step needs.
+pub async fn settle_s_own_ledger_ids_are_refused_to_clients(app: TestApp) {
+    let m = app.merchant_with_ab("acme").await;
+    let refused = [
+        (
+            json!({ "id": "x1", "debit_account_id": "settle:merchant_pending:USD", "credit_account_id": "b",
+                 "amount": 5, "currency": "USD" }),
+            "debit_account_id",
+        ),
+        (
+            json!({ "id": "x2", "debit_account_id": "a", "credit_account_id": "settle:invoice_receipts:USD",
+                 "amount": 5, "currency": "USD" }),
+            "credit_account_id",
+        ),
+        (t("pay_01abc:capture", "a", "b", 1), "id"),
+        (t("re_01abc:0:post", "a", "b", 1), "id"),
+        (t("settle:invoice_payment:e1", "a", "b", 1), "id"),
+        (
+            json!({ "id": "x3", "post_pending_id": "pay_01abc:auth" }),
+            "post_pending_id",
+        ),
+        (
+            json!({ "id": "x4", "void_pending_id": "pay_01abc:auth" }),
+            "void_pending_id",
+        ),
+    ];
+    for (body, param) in refused {
+        let r = app.transfer(&m, body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        assert_eq!(r.param(), param, "{}", r.text);
+    }
+    let batch = json!({ "transfers": [t("ok-1", "a", "b", 1), t("pay_01abc:void", "a", "b", 1)] });
+    let r = app.post("/v1/ledger/transfers", &m.key, batch).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(r.param(), "transfers[1].id", "{}", r.text);
+    let r = app
+        .post(
+            "/v1/ledger/accounts",
+            &m.key,
+            json!({ "id": "settle:mine", "currency": "USD" }),
+        )
+        .await;
+    assert_eq!((r.status, r.param()), (StatusCode::BAD_REQUEST, "id"), "{}", r.text);
+    // Ids that only look alike are the client's.
+    for id in ["pay_01abc", "payout:1", "refund:1"] {
+        let r = app.transfer(&m, t(id, "a", "b", 1)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{id}: {}", r.text);
+    }
+    app.verify_ok().await;
+}
+
 conformance!(
     a_retried_transfer_answers_exists_even_when_it_could_not_run_again,
     a_transfer_moves_money_and_retrying_its_id_has_no_second_effect,
@@ -497,4 +549,5 @@ conformance!(
     entries_show_each_transfer_with_the_balance_after_it,
     the_writers_copies_gone_stale_decide_nothing,
     shutdown_waits_for_a_write_whose_client_has_gone,
+    settle_s_own_ledger_ids_are_refused_to_clients,
 );
