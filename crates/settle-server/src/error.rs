@@ -163,6 +163,11 @@ impl From<StoreError> for ApiError {
                 message: "the pagination cursor names no object of this list".into(),
                 param: Some("starting_after".into()),
             },
+            StoreError::Unstorable => ApiError::Invalid {
+                code: "parameter_invalid",
+                message: "a value of this request contains a NUL character".into(),
+                param: None,
+            },
             StoreError::Database(sqlx_error) if is_unavailable(&sqlx_error) => {
                 tracing::warn!(error = %sqlx_error, "database unavailable");
                 ApiError::Unavailable

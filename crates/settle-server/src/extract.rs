@@ -3,8 +3,10 @@
 
 use axum::{
     body::{Body, Bytes},
-    extract::{FromRequest, FromRequestParts, Request},
+    extract::{FromRequest, FromRequestParts, MatchedPath, Request},
     http::request::Parts,
+    middleware::Next,
+    response::{IntoResponse, Response},
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -36,7 +38,38 @@ pub fn parse_value(bytes: &[u8]) -> Result<Value, ApiError> {
         message: format!("the body is not valid JSON: {e}"),
         param: Some("body".into()),
     })?;
+    // JSON can carry a NUL only escaped; a body without the escape is looked at no further.
+    if bytes.windows(6).any(|w| w == b"\\u0000") {
+        if let Some(param) = nul_path(&value, "") {
+            return Err(ApiError::invalid(
+                &param,
+                format!("`{param}` must not contain a NUL character"),
+            ));
+        }
+    }
     require_object(value, "body")
+}
+
+/// The path (`transfers[2].id`) of the first string or key holding a NUL character, which no
+/// text column stores (PostgreSQL refuses it).
+pub fn nul_path(value: &Value, at: &str) -> Option<String> {
+    let name = if at.is_empty() { "body" } else { at };
+    match value {
+        Value::String(s) => s.contains('\0').then(|| name.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_path(v, &format!("{name}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                nul_path(v, &here)
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// Objects only: serde would otherwise read a struct from an array too.
@@ -67,7 +100,7 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
         } else if missing {
             ("parameter_missing", format!("`{param}` is required"))
         } else {
-            ("parameter_invalid", format!("`{param}`: {inner}"))
+            ("parameter_invalid", format!("`{param}`: {}", without_value(&inner)))
         };
         ApiError::Invalid {
             code,
@@ -75,6 +108,21 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
             param: Some(param),
         }
     })
+}
+
+/// serde's "invalid type: integer `4242…`, expected a string" without the value sent, which
+/// may be a card number or CVC in the wrong field or of the wrong type: no value a client sent
+/// is echoed in an error.
+fn without_value(message: &str) -> String {
+    for kind in ["invalid type", "invalid value", "unknown variant"] {
+        if message.starts_with(kind) {
+            if let Some((_, expected)) = message.split_once(", expected ") {
+                return format!("{kind}, expected {expected}");
+            }
+            return kind.to_owned();
+        }
+    }
+    message.to_owned()
 }
 
 /// serde names the field in "unknown field `x`, expected …" and "missing field `x`".
@@ -170,6 +218,10 @@ pub fn query_pairs(query: &str) -> Vec<(String, String)> {
 }
 
 fn percent_decode(s: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned()
+}
+
+fn percent_decode_bytes(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -189,7 +241,47 @@ fn percent_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+/// Whether a percent-encoded path segment or query part decodes to text a column can store:
+/// UTF-8 without NUL characters.
+fn storable(part: &str) -> bool {
+    !part.contains('%') || std::str::from_utf8(&percent_decode_bytes(part)).is_ok_and(|t| !t.contains('\0'))
+}
+
+/// Refuses, naming the parameter, a request whose path segments or query parameters decode to
+/// bytes that are not UTF-8 or to a NUL character: no id or filter can be either, PostgreSQL
+/// refuses a NUL in text, and axum's own refusal of bad UTF-8 is plain text. A route layer, so
+/// that the matched route names the path's segments.
+pub async fn storable_uri(req: Request, next: Next) -> Response {
+    match unstorable_param(&req) {
+        Some(name) => {
+            ApiError::invalid(&name, format!("`{name}` must be UTF-8 text without NUL characters")).into_response()
+        }
+        None => next.run(req).await,
+    }
+}
+
+fn unstorable_param(req: &Request) -> Option<String> {
+    let uri = req.uri();
+    if uri.path().contains('%') {
+        let template = req.extensions().get::<MatchedPath>().map_or("", MatchedPath::as_str);
+        if let Some(i) = uri.path().split('/').position(|segment| !storable(segment)) {
+            let name = template
+                .split('/')
+                .nth(i)
+                .and_then(|t| t.strip_prefix('{'))
+                .and_then(|t| t.strip_suffix('}'))
+                .map_or("path", |t| t.trim_start_matches('*'));
+            return Some(name.to_owned());
+        }
+    }
+    let query = uri.query().filter(|q| q.contains('%'))?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (!storable(k) || !storable(v)).then(|| percent_decode(k).replace('\0', ""))
+    })
 }
 
 #[cfg(test)]

@@ -115,7 +115,7 @@ pub fn ledger_id(value: &str, param: &str) -> Result<String, ApiError> {
 }
 
 pub fn currency(value: &str, param: &str) -> Result<Currency, ApiError> {
-    Currency::parse(value).ok_or_else(|| ApiError::invalid(param, format!("`{param}`: unknown currency '{value}'")))
+    Currency::parse(value).ok_or_else(|| ApiError::invalid(param, format!("`{param}`: unknown currency")))
 }
 
 pub fn name(value: Option<String>, param: &str) -> Result<Option<String>, ApiError> {

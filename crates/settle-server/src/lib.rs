@@ -336,6 +336,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stripe::router(state.clone()))
         .merge(merchant)
         .merge(admin)
+        .route_layer(axum::middleware::from_fn(extract::storable_uri))
         .fallback(|| async { ApiError::not_found("route", "").into_response() })
         .layer(from_fn_with_state(state.clone(), observe::middleware))
         .with_state(state)

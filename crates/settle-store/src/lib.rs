@@ -151,6 +151,9 @@ pub enum StoreError {
     CursorNotFound,
     /// A stored value could not be read back as a domain value.
     Corrupt(String),
+    /// A text value the database cannot hold (PostgreSQL refuses a NUL character). The edges
+    /// refuse such input naming its field; this is the last word for any they miss.
+    Unstorable,
     Database(sqlx::Error),
 }
 
@@ -168,6 +171,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Conflict(detail) => write!(f, "unique constraint violated: {detail}"),
             StoreError::CursorNotFound => f.write_str("pagination cursor not found"),
             StoreError::Corrupt(detail) => write!(f, "stored value unreadable: {detail}"),
+            StoreError::Unstorable => f.write_str("a text value contains a character the database cannot store"),
             StoreError::Database(e) => write!(f, "database error: {e}"),
         }
     }
@@ -191,6 +195,10 @@ impl From<sqlx::Error> for StoreError {
                     .map(str::to_owned)
                     .unwrap_or_else(|| db.message().to_owned());
                 return StoreError::Conflict(detail);
+            }
+            // character_not_in_repertoire: a NUL in text, on PostgreSQL.
+            if db.code().as_deref() == Some("22021") {
+                return StoreError::Unstorable;
             }
         }
         StoreError::Database(e)

@@ -283,6 +283,13 @@ fn event_fields(bytes: &[u8]) -> Result<(String, String), ApiError> {
             "the body must be a JSON object (a provider event)",
         ));
     };
+    // An id with a NUL could be neither stored nor looked up (PostgreSQL refuses it in text).
+    if let Some(param) = crate::extract::nul_path(&value, "") {
+        return Err(ApiError::invalid(
+            &param,
+            format!("`{param}` must not contain a NUL character"),
+        ));
+    }
     let field = |name: &str| -> Result<String, ApiError> {
         match object.get(name) {
             None | Some(Value::Null) => Err(ApiError::missing(name)),

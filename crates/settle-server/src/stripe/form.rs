@@ -21,6 +21,13 @@ pub fn parse(text: &str) -> Result<Map<String, Value>, ApiError> {
     }
     let mut root = Value::Object(Map::new());
     for (key, value) in pairs {
+        if key.contains('\0') || value.contains('\0') {
+            let key = key.replace('\0', "");
+            return Err(ApiError::invalid(
+                &key,
+                format!("`{key}` must not contain a NUL character"),
+            ));
+        }
         let path = split_key(&key)?;
         insert(&mut root, &path, value, &key)?;
     }

@@ -85,9 +85,10 @@ impl Params {
     pub fn integer(&mut self, name: &str) -> Result<Option<i64>, ApiError> {
         self.string(name)?
             .map(|s| {
+                // The value is not echoed: it may be a card number in the wrong field.
                 s.parse::<i64>().map_err(|_| ApiError::Invalid {
                     code: "parameter_invalid_integer",
-                    message: format!("Invalid integer: {s}"),
+                    message: format!("Invalid integer: `{name}` must be an integer"),
                     param: Some(name.to_owned()),
                 })
             })

@@ -187,8 +187,88 @@ pub async fn bad_accounts_and_merchants_name_the_field(app: TestApp) {
     }
 }
 
+/// A NUL character (no text column holds one; PostgreSQL refuses it) or bytes that are not
+/// UTF-8, in a path, a query, a JSON body, a Stripe form or a provider event: a JSON 400
+/// naming the parameter, on both engines, and never a 500.
+pub async fn nul_characters_and_bad_utf8_are_refused_naming_the_parameter(app: TestApp) {
+    let m = app.merchant("acme").await;
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    // Method, path, token, body, headers, the parameter named.
+    type Case<'a> = (
+        Method,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a [(&'a str, &'a str)],
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (Method::GET, "/v1/payments/%00", &m.key, None, &[], "id"),
+        (Method::GET, "/v1/payments/pay_%ff", &m.key, None, &[], "id"),
+        (Method::POST, "/v1/payments/%00/capture", &m.key, Some("{}"), &[], "id"),
+        (
+            Method::GET,
+            "/v1/payments?customer_email=a%00",
+            &m.key,
+            None,
+            &[],
+            "customer_email",
+        ),
+        (
+            Method::GET,
+            "/v1/refunds?starting_after=%00",
+            &m.key,
+            None,
+            &[],
+            "starting_after",
+        ),
+        (Method::GET, "/v1/ledger/accounts/%00/entries", &m.key, None, &[], "id"),
+        (
+            Method::POST,
+            "/v1/ledger/accounts",
+            &m.key,
+            Some(r#"{"id": "a\u0000", "currency": "USD"}"#),
+            &[],
+            "id",
+        ),
+        (Method::GET, "/admin/v1/merchants/%00", ADMIN_TOKEN, None, &[], "id"),
+        (
+            Method::GET,
+            "/stripe/v1/payment_intents/pi_%00",
+            &m.key,
+            None,
+            &[],
+            "id",
+        ),
+        (
+            Method::GET,
+            "/stripe/v1/customers?email=%00",
+            &m.key,
+            None,
+            &[],
+            "email",
+        ),
+        (
+            Method::POST,
+            "/stripe/v1/payment_intents",
+            &m.key,
+            Some("amount=100&currency=usd&metadata[a]=%00"),
+            &form,
+            "metadata[a]",
+        ),
+        (Method::POST, "/webhooks/sandbox/%00", "", Some("{}"), &[], "account_id"),
+    ];
+    for (method, path, token, body, headers, param) in cases {
+        let r = crate::harness::call(&app.router, method.clone(), path, token, body, headers).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{method} {path}: {}", r.text);
+        assert_eq!(r.param(), param, "{method} {path}: {}", r.text);
+    }
+    app.verify_ok().await;
+}
+
 conformance!(
     bad_transfers_name_the_field,
     malformed_and_oversized_bodies_are_400,
     bad_accounts_and_merchants_name_the_field,
+    nul_characters_and_bad_utf8_are_refused_naming_the_parameter,
 );

@@ -452,6 +452,42 @@ async fn card_numbers_and_cvcs_are_never_at_rest(app: TestApp) {
         .await;
     assert_eq!(bad.param(), "payment_method.card.number");
     assert!(!bad.text.contains("555555555555444"), "{}", bad.text);
+    // A number or CVC of the wrong JSON type, or in the wrong field, is not echoed either.
+    let as_integer: u64 = number.parse().expect("digits");
+    let mistyped = [
+        (
+            json!({ "number": as_integer, "exp_month": 1, "exp_year": 2099 }),
+            "card.number",
+        ),
+        (
+            json!({ "number": number, "exp_month": 1, "exp_year": 2099, "cvc": 987 }),
+            "card.cvc",
+        ),
+        (
+            json!({ "number": "4242424242424242", "exp_month": number, "exp_year": 2099 }),
+            "card.exp_month",
+        ),
+        (
+            json!({ "number": "4242424242424242", "exp_month": as_integer, "exp_year": 2099 }),
+            "card.exp_month",
+        ),
+    ];
+    for (card, param) in mistyped {
+        let r = app
+            .post("/v1/payment_methods", &m.key, json!({ "type": "card", "card": card }))
+            .await;
+        assert_eq!((r.status, r.param()), (StatusCode::BAD_REQUEST, param), "{}", r.text);
+        let r2 = app
+            .pay(
+                &m,
+                json!({ "amount": 100, "currency": "USD", "payment_method": { "type": "card", "card": card } }),
+            )
+            .await;
+        assert_eq!(r2.param(), format!("payment_method.{param}"), "{}", r2.text);
+        for text in [&r.text, &r2.text] {
+            assert!(!text.contains(number) && !text.contains(cvc), "echoed: {text}");
+        }
+    }
     app.post("/v1/refunds", &m.key, json!({ "payment_id": p.json["id"] }))
         .await;
     let dump = app.dump_all_tables().await;
@@ -548,6 +584,19 @@ async fn bad_input_names_the_field(app: TestApp) {
             "connector",
         ),
         (json!({ "amount": 100, "currency": "USD", "surprise": 1 }), "surprise"),
+        // No text column stores a NUL (PostgreSQL refuses it): named like any bad field.
+        (
+            json!({ "amount": 100, "currency": "USD", "description": "a\u{0}b" }),
+            "description",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "metadata": { "k\u{0}": "v" } }),
+            "metadata.k\u{0}",
+        ),
+        (
+            json!({ "amount": 100, "currency": "USD", "customer": { "email": "a@b.co", "name": "\u{0}" } }),
+            "customer.name",
+        ),
     ];
     for (body, param) in cases {
         let r = app.pay(&m, body.clone()).await;
