@@ -152,6 +152,9 @@ pub struct Inner {
     pub webhook_client: reqwest::Client,
     /// Inbound webhooks: the inbox writer, the endpoint cache, the sandbox's sender.
     pub inbound: inbound::Inbound,
+    /// Becomes `true` when shutdown begins: a task that may wait long (a sandbox webhook due
+    /// in an hour) ends then, so that it does not hold the state the writers drain behind.
+    pub stopping: watch::Receiver<bool>,
 }
 
 #[derive(Clone)]
@@ -188,6 +191,7 @@ impl App {
         let connector_timeout = config.connector_timeout;
         let settings_cache_ttl = config.settings_cache_ttl;
         let webhook_client = webhooks::dispatch::client(config.webhook_timeout, config.webhook_private_targets);
+        let (shutdown, stop) = watch::channel(false);
         let state = AppState(Arc::new(Inner {
             ids: Ids::new(clock.clone()),
             store,
@@ -211,8 +215,8 @@ impl App {
             charts: Mutex::new(HashSet::new()),
             webhook_client,
             inbound: inbound::Inbound::new(inbox_writer),
+            stopping: stop.clone(),
         }));
-        let (shutdown, stop) = watch::channel(false);
         if state.config.run_jobs {
             tasks.extend(jobs::spawn(state.clone(), stop));
         }

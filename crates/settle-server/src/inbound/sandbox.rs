@@ -171,9 +171,16 @@ pub fn schedule(state: &AppState, payment: &Payment) {
         return;
     }
     let (state, payment) = (state.clone(), payment.clone());
+    let mut stopping = state.stopping.clone();
     tokio::spawn(async move {
-        if let Err(e) = send_later(&state, &payment, &base).await {
-            tracing::warn!(payment = %payment.id, error = ?e, "sandbox webhook not sent; the sync job will resolve the payment");
+        tokio::select! {
+            sent = send_later(&state, &payment, &base) => {
+                if let Err(e) = sent {
+                    tracing::warn!(payment = %payment.id, error = ?e, "sandbox webhook not sent; the sync job will resolve the payment");
+                }
+            }
+            // Shutting down: the payment stays `processing` and the sync job resolves it.
+            _ = stopping.wait_for(|stop| *stop) => {}
         }
         state.inbound.scheduled.fetch_sub(1, Ordering::SeqCst);
     });

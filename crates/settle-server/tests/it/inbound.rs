@@ -609,6 +609,39 @@ async fn the_sandbox_posts_its_delayed_outcome_to_settle_over_http(app: TestApp)
     app.verify_ok().await;
 }
 
+/// A sandbox webhook due in an hour does not hold shutdown up: the payment stays `processing`
+/// for the sync job.
+async fn shutdown_does_not_wait_for_a_sandbox_webhook_due_later(app: TestApp) {
+    let mut config = settle_server::Config::for_engine(app.store.engine());
+    config.run_jobs = false;
+    config.vault_key = app.state().config.vault_key.clone();
+    // Never reached: the webhook is due long after the test.
+    config.public_url = Some("http://127.0.0.1:9".into());
+    let other = settle_server::App::build(app.store.clone(), std::sync::Arc::new(app.clock.clone()), config)
+        .await
+        .expect("build");
+    let m = app.merchant("shop").await;
+    let r = app
+        .post(
+            "/v1/connector_accounts",
+            &m.key,
+            json!({ "connector": "sandbox", "credentials": { "resolve_after_seconds": 3600 } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let body =
+        json!({ "amount": 1500, "currency": "USD", "confirm": true, "payment_method": card(DELAYED) }).to_string();
+    let r = crate::harness::call(&other.router, Method::POST, "/v1/payments", &m.key, Some(&body), &[]).await;
+    assert_eq!(r.json["status"], "processing", "{}", r.text);
+    tokio::time::timeout(std::time::Duration::from_secs(60), other.shutdown())
+        .await
+        .expect("shutdown waited for a webhook due in an hour");
+    assert_eq!(
+        app.status_of(&m, r.json["id"].as_str().expect("id")).await["status"],
+        "processing"
+    );
+}
+
 crate::conformance!(
     the_sandbox_posts_its_delayed_outcome_to_settle_over_http,
     a_delayed_sandbox_payment_is_resolved_by_its_signed_webhook,
@@ -620,4 +653,5 @@ crate::conformance!(
     bad_webhook_input_answers_clear_4xx,
     stripe_signed_events_are_verified,
     webhook_secrets_never_reach_the_logs,
+    shutdown_does_not_wait_for_a_sandbox_webhook_due_later,
 );
