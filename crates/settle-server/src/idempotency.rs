@@ -8,14 +8,17 @@
 //! Only 2xx responses are stored, and they commit in the same transaction as the request's
 //! effects (see `Ctx::commit` and the ledger writer); a request that failed committed nothing,
 //! so a retry with the same key simply executes. "Executing" is tracked per process; across
-//! processes the unique key in the database decides, and the loser replays the winner's response.
+//! processes the unique key in the database decides, and the loser replays the winner's response
+//! (as does a duplicate refused with 409 once the winner's record is stored). A payment or
+//! refund stores its key when created, before its record: a duplicate finds it, and answers 409
+//! `idempotency_key_in_use` while the first request may still be executing.
 
 use std::{collections::HashSet, sync::Mutex};
 
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{HeaderValue, Method},
+    http::{HeaderValue, Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -124,7 +127,10 @@ async fn run(state: AppState, req: Request, next: Next) -> Result<Response, ApiE
     }
     parts.extensions.insert(draft.clone());
     let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
-    if response.extensions().get::<IdempotencyRace>().is_some() {
+    // Lost to another process with the same key, or refused because the same request, run
+    // elsewhere, changed the object meanwhile (a duplicate capture finds it captured): the
+    // first request's stored answer, once there, is the answer.
+    if response.extensions().get::<IdempotencyRace>().is_some() || response.status() == StatusCode::CONFLICT {
         if let Some(stored) = lookup(&state, &scope, &draft.key).await? {
             return replay(&stored, &draft);
         }

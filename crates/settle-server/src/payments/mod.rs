@@ -335,6 +335,10 @@ pub async fn create_payment(
             {
                 return Err(ApiError::IdempotencyReused { mismatch: "body" });
             }
+            // Claimed: its confirm may still be running in another process.
+            if existing.claimed_until.is_some_and(|until| until > state.clock.now()) {
+                return Err(ApiError::IdempotencyInUse);
+            }
             return Ok(render(&existing)?.into_response());
         }
     }

@@ -102,6 +102,10 @@ async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<Reserv
             if existing.payment_id != body.payment_id || body.amount.is_some_and(|a| a != existing.amount) {
                 return Err(ApiError::IdempotencyReused { mismatch: "body" });
             }
+            // Pending and younger than the sync job's wait: its request may still be running.
+            if existing.status == RefundStatus::Pending && existing.updated_at >= sync_horizon(state, now) {
+                return Err(ApiError::IdempotencyInUse);
+            }
             return Ok(Reserved::Existing(Box::new(existing)));
         }
     }
@@ -318,6 +322,13 @@ fn settling(refund: &Refund, legs: &[postings::RefundLeg]) -> Vec<TransferReques
     }
 }
 
+/// A `pending` refund last changed before this is the sync job's: its request is taken to be
+/// gone. One changed since may still be in its request's hands.
+fn sync_horizon(state: &AppState, now: Timestamp) -> Timestamp {
+    let wait = i64::try_from(state.config.payment_sync_interval.as_secs()).unwrap_or(i64::MAX);
+    jobs::before(now, wait)
+}
+
 /// Asks the connector about refunds left `pending` (no answer in time, a provider that decides
 /// later, or a process that died mid-refund) and concludes those it has decided. A refund the
 /// provider never received is sent again under the same reference (its idempotency key).
@@ -325,10 +336,10 @@ fn settling(refund: &Refund, legs: &[postings::RefundLeg]) -> Vec<TransferReques
 /// many refunds were concluded.
 pub async fn try_execute_refund_sync(state: &AppState) -> Result<usize, ApiError> {
     let now = state.clock.now();
-    let wait = i64::try_from(state.config.payment_sync_interval.as_secs()).unwrap_or(i64::MAX);
     let due = {
         let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
-        tx.pending_refunds(jobs::before(now, wait), jobs::JOB_BATCH_MAX).await?
+        tx.pending_refunds(sync_horizon(state, now), jobs::JOB_BATCH_MAX)
+            .await?
     };
     let mut concluded = 0;
     for refund in due {

@@ -723,6 +723,17 @@ async fn a_retried_create_after_a_crash_finds_its_payment(app: TestApp) {
     assert_eq!(retry.json["status"], "requires_capture");
     let listed = app.get("/v1/payments", &m.key).await;
     assert_eq!(listed.json["data"].as_array().map(Vec::len), Some(1), "{}", listed.text);
+    // While the payment is claimed, its first request may still be running elsewhere.
+    app.exec("DELETE FROM idempotency_keys WHERE key = 'order-1'").await;
+    app.exec("UPDATE payments SET claimed_until = 9000000000000000").await;
+    let busy = app.post_keyed("/v1/payments", &m.key, &body, "order-1").await;
+    assert_eq!(
+        (busy.status, busy.code()),
+        (StatusCode::CONFLICT, "idempotency_key_in_use"),
+        "{}",
+        busy.text
+    );
+    app.exec("UPDATE payments SET claimed_until = NULL").await;
     let other = json!({ "amount": 701, "currency": "USD", "capture_method": "manual", "confirm": true,
                         "payment_method": card(VISA) })
     .to_string();
@@ -763,6 +774,16 @@ async fn a_retried_refund_finds_its_refund_and_a_duplicate_elsewhere_refunds_not
         300,
         "refunded once"
     );
+    // A pending refund younger than the sync job's wait may still be in its request's hands.
+    app.exec("UPDATE refunds SET status = 'pending'").await;
+    let busy = app.post_keyed("/v1/refunds", &m.key, &body, "refund-1").await;
+    assert_eq!(
+        (busy.status, busy.code()),
+        (StatusCode::CONFLICT, "idempotency_key_in_use"),
+        "{}",
+        busy.text
+    );
+    app.exec("UPDATE refunds SET status = 'succeeded'").await;
     let other = json!({ "payment_id": id, "amount": 301 }).to_string();
     let reused = app.post_keyed("/v1/refunds", &m.key, &other, "refund-1").await;
     assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reused.text);
