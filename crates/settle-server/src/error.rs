@@ -22,6 +22,8 @@ pub enum ApiError {
     Forbidden(&'static str),
     /// 404: no such object for this merchant (another merchant's ids answer the same).
     NotFound { what: &'static str, id: String },
+    /// 405: the route exists, not with this method.
+    MethodNotAllowed,
     /// 409: the object's state conflicts with the request.
     Conflict {
         code: &'static str,
@@ -77,6 +79,7 @@ impl ApiError {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } | ApiError::IdempotencyInUse | ApiError::IdempotencyRaceLost => {
                 StatusCode::CONFLICT
             }
@@ -110,6 +113,12 @@ impl ApiError {
                 "resource_missing",
                 format!("no such {what}: '{id}'"),
                 Some("id"),
+            ),
+            ApiError::MethodNotAllowed => (
+                "invalid_request_error",
+                "method_not_allowed",
+                "this route does not take this HTTP method".into(),
+                None,
             ),
             ApiError::Conflict { code, message, param } => {
                 ("invalid_request_error", code, message.clone(), param.as_deref())

@@ -4,7 +4,7 @@
 use axum::{
     body::{Body, Bytes},
     extract::{FromRequest, FromRequestParts, MatchedPath, Request},
-    http::request::Parts,
+    http::{header, request::Parts, HeaderValue},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -26,6 +26,27 @@ pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
             message: format!("the request body exceeds {BODY_BYTES_MAX} bytes"),
             param: Some("body".into()),
         })
+}
+
+/// Reads a request's whole body before routing (at most [`BODY_BYTES_MAX`]). A route that
+/// answers without reading the body (a 404, a 401) would otherwise leave part of it unread,
+/// and hyper would close the connection under a client about to reuse it. A body too large is
+/// refused with `Connection: close`, since its rest is never read.
+pub async fn buffered_body(req: Request, next: Next) -> Response {
+    if axum::body::HttpBody::size_hint(req.body()).exact() == Some(0) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match read_body(body).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Err(e) => {
+            let mut response = e.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
 }
 
 /// Parses JSON text into an object `Value` (an empty body is `{}`).

@@ -94,6 +94,8 @@ pub async fn malformed_and_oversized_bodies_are_400(app: TestApp) {
         .call(Method::POST, "/v1/ledger/accounts", &m.key, Some(&huge), &[])
         .await;
     assert_eq!((r.status, r.param()), (StatusCode::BAD_REQUEST, "body"));
+    // The rest of the body is never read, so the connection cannot serve another request.
+    assert_eq!(r.headers.get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
     let r = app
         .call(
             Method::POST,
@@ -108,6 +110,16 @@ pub async fn malformed_and_oversized_bodies_are_400(app: TestApp) {
         (StatusCode::BAD_REQUEST, "body"),
         "also through the idempotency layer"
     );
+    // A route that exists, with a method it does not take: a JSON 405, not an empty body.
+    for (method, path) in [(Method::DELETE, "/v1/payments"), (Method::POST, "/stripe/v1/charges")] {
+        let r = app.call(method.clone(), path, &m.key, Some("{}"), &[]).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            "{method} {path}: {}",
+            r.text
+        );
+    }
 }
 
 pub async fn bad_accounts_and_merchants_name_the_field(app: TestApp) {
