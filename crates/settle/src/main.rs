@@ -5,6 +5,7 @@ mod bench_inbound;
 mod bench_payments;
 mod bench_webhooks;
 mod config;
+mod http;
 
 use std::{io::Write, process::ExitCode, sync::Arc};
 
@@ -119,33 +120,19 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         config::shutdown_signal().await;
         let _ = stop.send(true);
     });
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let main = axum::serve(
-        listener,
-        app.router
-            .clone()
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(until_stopped(stopped.clone()));
+    // A client has as long to send a request's headers as a request may take.
+    let header_timeout = app.state.config.request_timeout;
+    let main = http::serve(listener, app.router.clone(), header_timeout, stopped.clone());
     let stripe = async {
-        match stripe_listener {
-            Some(l) => {
-                let rooted = settle_server::stripe::rooted(app.router.clone());
-                axum::serve(l, rooted.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                    .with_graceful_shutdown(until_stopped(stopped.clone()))
-                    .await
-            }
-            None => Ok(()),
+        if let Some(l) = stripe_listener {
+            let rooted = settle_server::stripe::rooted(app.router.clone());
+            http::serve(l, rooted, header_timeout, stopped.clone()).await;
         }
     };
-    let (served, stripe_served) = tokio::join!(main, stripe);
-    let served = served.and(stripe_served);
+    tokio::join!(main, stripe);
     tracing::info!("shutting down: in-flight requests done; draining the ledger writer and jobs");
     app.shutdown().await;
     store.close().await;
-    served.map_err(|e| format!("server error: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }
 

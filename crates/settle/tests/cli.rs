@@ -194,6 +194,42 @@ async fn serve_sigterm_verify_as_a_user_would() {
     let _ = again.wait();
 }
 
+/// A client that never finishes a request's headers is cut off after the request timeout (as
+/// is a connection left idle that long), and a kept-alive connection serves request after request.
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (mut child, _) = serve_with(dir.path(), port, &["--request-timeout-seconds", "1"]);
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a request");
+    slow.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let read = slow.read(&mut buf);
+    assert!(matches!(read, Ok(0) | Err(_)), "the server answered: {read:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "cut off only after {:?}",
+        started.elapsed()
+    );
+    let mut kept = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    for _ in 0..3 {
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("request");
+        let n = kept.read(&mut buf).expect("answer");
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_flight_loses_no_acknowledged_transfer() {
     let dir = tempfile::tempdir().expect("tempdir");
