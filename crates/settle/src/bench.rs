@@ -234,7 +234,9 @@ pub struct Running {
     pub base: String,
     pub admin: String,
     pub http: reqwest::Client,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Served as `settle serve` serves (see `http::serve`); stopped by `stop`.
+    server: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Running {
@@ -263,8 +265,13 @@ impl Running {
             .await
             .map_err(|e| e.to_string())?;
         let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
-        let router = app.router.clone();
-        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(crate::http::serve(
+            listener,
+            app.router.clone(),
+            app.state.config.request_timeout,
+            stopped,
+        ));
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(clients)
             .timeout(Duration::from_secs(30))
@@ -278,12 +285,14 @@ impl Running {
             admin,
             http,
             server,
+            stop,
         })
     }
 
     /// Stops the server, verifies the ledger, drops the database. Returns whether verify passed.
     pub async fn stop(self) -> Result<bool, String> {
-        self.server.abort();
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
         self.app.shutdown().await;
         let report = settle_server::verify::verify(self.store.as_ref())
             .await
