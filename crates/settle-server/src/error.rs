@@ -21,7 +21,12 @@ pub enum ApiError {
     /// 403: the key lacks the scope this call needs.
     Forbidden(&'static str),
     /// 404: no such object for this merchant (another merchant's ids answer the same).
-    NotFound { what: &'static str, id: String },
+    /// `param` names the field that gave the id (`id` for a path's).
+    NotFound {
+        what: &'static str,
+        id: String,
+        param: Option<&'static str>,
+    },
     /// 405: the route exists, not with this method.
     MethodNotAllowed,
     /// 409: the object's state conflicts with the request.
@@ -70,7 +75,16 @@ impl ApiError {
     }
 
     pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
-        ApiError::NotFound { what, id: id.into() }
+        ApiError::not_found_at(what, id, "id")
+    }
+
+    /// No such `what`, named by the field `param`.
+    pub fn not_found_at(what: &'static str, id: impl Into<String>, param: &'static str) -> Self {
+        ApiError::NotFound {
+            what,
+            id: id.into(),
+            param: Some(param),
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -108,11 +122,11 @@ impl ApiError {
                 format!("this call needs the `{scope}` scope"),
                 None,
             ),
-            ApiError::NotFound { what, id } => (
+            ApiError::NotFound { what, id, param } => (
                 "invalid_request_error",
                 "resource_missing",
                 format!("no such {what}: '{id}'"),
-                Some("id"),
+                *param,
             ),
             ApiError::MethodNotAllowed => (
                 "invalid_request_error",

@@ -323,7 +323,7 @@ async fn receive(
     let invoice = tx
         .get_invoice(&merchant_id, &invoice_id)
         .await?
-        .ok_or_else(|| ApiError::not_found("invoice", &invoice_id))?;
+        .ok_or_else(|| ApiError::not_found_at("invoice", &invoice_id, "invoice_id"))?;
     let (_, max) = limits(tx.as_mut(), &merchant_id, invoice.currency).await?;
     if body.amount_cents > max {
         return Err(out_of_range("amount_cents", 1, max, invoice.currency));

@@ -342,7 +342,14 @@ pub fn router(state: AppState) -> Router {
         .merge(admin)
         .route_layer(axum::middleware::from_fn(extract::storable_uri))
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
-        .fallback(|| async { ApiError::not_found("route", "").into_response() })
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::NotFound {
+                what: "route",
+                id: uri.path().chars().take(200).collect(),
+                param: None,
+            }
+            .into_response()
+        })
         .layer(axum::middleware::from_fn(extract::buffered_body))
         .layer(from_fn_with_state(state.clone(), observe::middleware))
         .with_state(state)

@@ -358,7 +358,14 @@ async fn payments_page(
     if let Some(pi) = p.string("payment_intent")? {
         // Charges of one payment intent: its charge, if it has one.
         p.finish()?;
-        let payment = payments::load(state, ctx.merchant_id(), &payment_id(&pi, "payment_intent")?).await?;
+        let missing = || ApiError::not_found_at("payment_intent", &pi, "payment_intent");
+        let id = shapes::payment_id(&pi).ok_or_else(missing)?;
+        let payment = payments::load(state, ctx.merchant_id(), &id)
+            .await
+            .map_err(|e| match e {
+                ApiError::NotFound { .. } => missing(),
+                other => other,
+            })?;
         return Ok(settle_store::Listing {
             items: vec![payment],
             has_more: false,
@@ -534,7 +541,10 @@ async fn list_methods(
 ) -> Result<Response, ApiError> {
     let mut p = Params::parse(query.as_deref().unwrap_or(""))?;
     let customer = p.string("customer")?.ok_or_else(|| ApiError::missing("customer"))?;
-    methods_of(&state, &ctx, &customer, p).await
+    methods_of(&state, &ctx, &customer, p).await.map_err(|e| match e {
+        ApiError::NotFound { what, id, .. } => ApiError::not_found_at(what, id, "customer"),
+        other => other,
+    })
 }
 
 async fn customer_methods(
@@ -630,6 +640,11 @@ async fn create_refund(State(state): State<AppState>, ctx: Ctx, body: String) ->
     let mut p = Params::parse(&body)?;
     let intent = p.string("payment_intent")?;
     let charge = p.string("charge")?;
+    let given = if charge.is_some() && intent.is_none() {
+        "charge"
+    } else {
+        "payment_intent"
+    };
     let payment_id = match (intent, charge) {
         (Some(pi), None) => payment_id(&pi, "payment_intent")
             .map_err(|_| ApiError::invalid("payment_intent", format!("No such payment_intent: '{pi}'")))?,
@@ -657,7 +672,7 @@ async fn create_refund(State(state): State<AppState>, ctx: Ctx, body: String) ->
             ApiError::Invalid { code, message, param } if param.as_deref() == Some("payment_id") => ApiError::Invalid {
                 code,
                 message,
-                param: Some("payment_intent".into()),
+                param: Some(given.into()),
             },
             other => other,
         })

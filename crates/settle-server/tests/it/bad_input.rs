@@ -278,9 +278,74 @@ pub async fn nul_characters_and_bad_utf8_are_refused_naming_the_parameter(app: T
     app.verify_ok().await;
 }
 
+/// An unknown id given in a field is a 404 naming that field; an unknown route names none.
+pub async fn unknown_ids_name_the_field_that_gave_them(app: TestApp) {
+    let m = app.merchant("acme").await;
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let body = r#"{"event_id": "0c4f5b5e-4d6b-4c8e-9a53-1a2b3c4d5e6f", "type": "payment", "invoice_id": "inv_01abc", "amount_cents": 100}"#;
+    // Method, path, body, headers, the status, the parameter named.
+    type Case<'a> = (
+        Method,
+        &'a str,
+        Option<&'a str>,
+        &'a [(&'a str, &'a str)],
+        StatusCode,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            Method::POST,
+            "/v1/invoice_payments",
+            Some(body),
+            &[],
+            StatusCode::NOT_FOUND,
+            Some("invoice_id"),
+        ),
+        (
+            Method::POST,
+            "/stripe/v1/refunds",
+            Some("charge=ch_01abc"),
+            &form,
+            StatusCode::BAD_REQUEST,
+            Some("charge"),
+        ),
+        (
+            Method::POST,
+            "/stripe/v1/refunds",
+            Some("payment_intent=pi_01abc"),
+            &form,
+            StatusCode::BAD_REQUEST,
+            Some("payment_intent"),
+        ),
+        (
+            Method::GET,
+            "/stripe/v1/charges?payment_intent=pi_01abc",
+            None,
+            &[],
+            StatusCode::NOT_FOUND,
+            Some("payment_intent"),
+        ),
+        (
+            Method::GET,
+            "/stripe/v1/payment_methods?customer=cus_01abc",
+            None,
+            &[],
+            StatusCode::NOT_FOUND,
+            Some("customer"),
+        ),
+        (Method::GET, "/v1/nope", None, &[], StatusCode::NOT_FOUND, None),
+    ];
+    for (method, path, body, headers, status, param) in cases {
+        let r = crate::harness::call(&app.router, method.clone(), path, &m.key, body, headers).await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text);
+        assert_eq!(r.json["error"]["param"].as_str(), param, "{method} {path}: {}", r.text);
+    }
+}
+
 conformance!(
     bad_transfers_name_the_field,
     malformed_and_oversized_bodies_are_400,
     bad_accounts_and_merchants_name_the_field,
     nul_characters_and_bad_utf8_are_refused_naming_the_parameter,
+    unknown_ids_name_the_field_that_gave_them,
 );
