@@ -105,7 +105,7 @@ pub async fn try_execute_webhook_inbox(state: &AppState) -> Result<usize, ApiErr
             None => groups.push((key, vec![(entry, outcome, subject)])),
         }
     }
-    let mut found = prefetch(state, &groups).await?;
+    let mut found = prefetch(state, &groups).await;
     let limit = Arc::new(Semaphore::new(GROUPS_IN_FLIGHT));
     let mut running = JoinSet::new();
     for (key, members) in groups {
@@ -146,11 +146,10 @@ type GroupKey = (String, Option<String>, Option<String>);
 /// Reads the round's payments by their providers' ids: one statement per merchant (per
 /// [`ROUND_MAX`] ids) instead of one read per group. A payment read here may change before its
 /// group runs; a step on it is written only at the version read (compare-and-set), so a stale
-/// read costs a retry, never a wrong write.
-async fn prefetch(
-    state: &AppState,
-    groups: &[(GroupKey, Vec<Member>)],
-) -> Result<HashMap<GroupKey, Payment>, ApiError> {
+/// read costs a retry, never a wrong write. A read that fails (an event stored with an id the
+/// database refuses to compare, say) is skipped: each of those groups then reads its own
+/// payment, so the failure is its entries' alone, not the round's.
+async fn prefetch(state: &AppState, groups: &[(GroupKey, Vec<Member>)]) -> HashMap<GroupKey, Payment> {
     let mut refs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for ((merchant, provider_ref, _), _) in groups {
         if let Some(r) = provider_ref {
@@ -159,24 +158,40 @@ async fn prefetch(
     }
     let mut by_ref: HashMap<(String, String), Payment> = HashMap::new();
     for (merchant, refs) in refs {
-        let mut tx = state.reader(merchant).await?;
-        for chunk in refs.chunks(ROUND_MAX as usize) {
-            // Oldest first: a reference held twice ends with the newest payment, as `find` reads.
-            for p in tx.payments_by_provider_refs(merchant, chunk).await? {
-                if let Some(r) = p.provider_ref.clone() {
-                    by_ref.insert((merchant.to_owned(), r), p);
-                }
+        match by_provider_refs(state, merchant, &refs).await {
+            Ok(found) => by_ref.extend(found.into_iter().map(|(r, p)| ((merchant.to_owned(), r), p))),
+            Err(e) => {
+                tracing::warn!(merchant, error = ?e, "reading a round's payments failed; each group reads its own")
             }
         }
     }
-    Ok(groups
+    groups
         .iter()
         .filter_map(|(key, _)| {
             let (merchant, provider_ref, _) = key;
             let p = by_ref.get(&(merchant.clone(), provider_ref.clone()?))?;
             Some((key.clone(), p.clone()))
         })
-        .collect())
+        .collect()
+}
+
+/// One merchant's payments by their providers' ids (oldest first: a reference held twice ends
+/// with the newest payment, as `find` reads).
+async fn by_provider_refs(
+    state: &AppState,
+    merchant: &str,
+    refs: &[String],
+) -> Result<Vec<(String, Payment)>, ApiError> {
+    let mut tx = state.reader(merchant).await?;
+    let mut found = Vec::new();
+    for chunk in refs.chunks(ROUND_MAX as usize) {
+        for p in tx.payments_by_provider_refs(merchant, chunk).await? {
+            if let Some(r) = p.provider_ref.clone() {
+                found.push((r, p));
+            }
+        }
+    }
+    Ok(found)
 }
 /// An entry with what its event says.
 type Member = (InboxEntry, Outcome, Subject);
