@@ -54,10 +54,13 @@ pub fn parse_value(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(serde_json::Map::new()));
     }
-    let value = serde_json::from_slice(bytes).map_err(|e| ApiError::Invalid {
-        code: "invalid_json",
-        message: format!("the body is not valid JSON: {e}"),
-        param: Some("body".into()),
+    let value = crate::strict_json::parse(bytes).map_err(|refusal| match refusal {
+        crate::strict_json::Refusal::Invalid(e) => ApiError::Invalid {
+            code: "invalid_json",
+            message: format!("the body is not valid JSON: {e}"),
+            param: Some("body".into()),
+        },
+        crate::strict_json::Refusal::Duplicate(param) => ApiError::invalid(&param, format!("`{param}` is given twice")),
     })?;
     // JSON can carry a NUL only escaped; a body without the escape is looked at no further.
     if bytes.windows(6).any(|w| w == b"\\u0000") {
@@ -177,15 +180,42 @@ impl<S: Send + Sync> FromRequestParts<S> for Page {
     }
 }
 
+/// For a route that takes no query parameter: any is a 400 naming it, rather than ignored.
+pub struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        match query_pairs(parts.uri.query().unwrap_or("")).into_iter().next() {
+            Some((name, _)) => Err(unknown_parameter(&name)),
+            None => Ok(NoQuery),
+        }
+    }
+}
+
+fn unknown_parameter(name: &str) -> ApiError {
+    ApiError::Invalid {
+        code: "parameter_unknown",
+        message: format!("unknown query parameter `{name}`"),
+        param: Some(name.to_owned()),
+    }
+}
+
 /// The pagination parameters of a query string, and the pairs named in `filters`; any other
-/// parameter is a 400.
+/// parameter, or one given twice, is a 400.
 pub fn page_and_filters(query: &str, filters: &[&str]) -> Result<(Page, Vec<(String, String)>), ApiError> {
     let mut page = PageRequest {
         limit: 10,
         ..PageRequest::default()
     };
     let mut picked = Vec::new();
-    for (name, value) in query_pairs(query) {
+    let pairs = query_pairs(query);
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(earlier, _)| earlier == name) {
+            return Err(ApiError::invalid(name, format!("`{name}` is given twice")));
+        }
+        let (name, value) = (name.clone(), value.clone());
         match name.as_str() {
             "limit" => {
                 page.limit = value
@@ -197,13 +227,7 @@ pub fn page_and_filters(query: &str, filters: &[&str]) -> Result<(Page, Vec<(Str
             "starting_after" => page.starting_after = Some(value),
             "ending_before" => page.ending_before = Some(value),
             other if filters.contains(&other) => picked.push((name, value)),
-            other => {
-                return Err(ApiError::Invalid {
-                    code: "parameter_unknown",
-                    message: format!("unknown query parameter `{other}`"),
-                    param: Some(other.to_owned()),
-                })
-            }
+            other => return Err(unknown_parameter(other)),
         }
     }
     if page.starting_after.is_some() && page.ending_before.is_some() {

@@ -66,12 +66,17 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// Hex SHA-256 over method, path and the body in canonical form (JSON re-serialized with sorted
-/// keys and no insignificant whitespace; other bodies as sent).
+/// Hex SHA-256 over method, path and the body in canonical form: JSON re-serialized with sorted
+/// keys and no insignificant whitespace; any other body (a Stripe form) as its `&`-separated
+/// pairs ordered by name, those of one name (a list's items) kept in the order sent.
 pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
     let canonical = serde_json::from_slice::<serde_json::Value>(body)
         .map(|v| v.to_string().into_bytes())
-        .unwrap_or_else(|_| body.to_vec());
+        .unwrap_or_else(|_| {
+            let mut pairs: Vec<&[u8]> = body.split(|b| *b == b'&').filter(|p| !p.is_empty()).collect();
+            pairs.sort_by_key(|p| p.split(|b| *b == b'=').next().unwrap_or_default());
+            pairs.join(&b'&')
+        });
     let mut h = Sha256::new();
     h.update(method.as_bytes());
     h.update(b"\n");
@@ -167,4 +172,34 @@ fn replay(stored: &IdempotencyRecord, draft: &IdempotencyDraft) -> Result<Respon
         .headers_mut()
         .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+
+    #[test]
+    fn a_request_is_the_same_whatever_the_order_of_its_fields() {
+        let json = |b: &str| fingerprint("POST", "/v1/payments", b.as_bytes());
+        assert_eq!(
+            json(r#"{"amount": 1, "currency": "USD"}"#),
+            json(r#"{"currency":"USD","amount":1}"#)
+        );
+        let form = |b: &str| fingerprint("POST", "/stripe/v1/payment_intents", b.as_bytes());
+        assert_eq!(form("amount=100&currency=usd"), form("currency=usd&amount=100"));
+        assert_eq!(
+            form("expand[]=a&amount=1&expand[]=b"),
+            form("amount=1&expand[]=a&expand[]=b")
+        );
+        assert_ne!(
+            form("expand[]=a&expand[]=b"),
+            form("expand[]=b&expand[]=a"),
+            "a list's order counts"
+        );
+        assert_ne!(form("amount=100"), form("amount=101"));
+        assert_ne!(
+            form("amount=100"),
+            fingerprint("POST", "/stripe/v1/refunds", b"amount=100")
+        );
+    }
 }

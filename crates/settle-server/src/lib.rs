@@ -26,6 +26,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod observe;
 pub mod payments;
+mod strict_json;
 pub mod stripe;
 pub mod vault;
 pub mod verify;

@@ -293,7 +293,7 @@ fn write_conflict(e: StoreError) -> WriteError {
 }
 
 fn stale_payment() -> WriteError {
-    WriteError::Stale("a payment changed while claimed (its claim expired)".into())
+    WriteError::Stale("a payment changed since it was read (a concurrent request, or a claim that expired)".into())
 }
 
 pub enum Command {

@@ -779,7 +779,12 @@ async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery
     )
 }
 
-async fn events(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn events(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     load(&state, &merchant_id, &id).await?;
     let mut tx = state.reader(&merchant_id).await?;
@@ -798,7 +803,12 @@ async fn events(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>)
     list_reply(&format!("/v1/payments/{id}/events"), data, false)
 }
 
-async fn attempts(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn attempts(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     load(&state, &merchant_id, &id).await?;
     let mut tx = state.reader(&merchant_id).await?;

@@ -158,7 +158,7 @@ async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String
     Ok(Reply::json(StatusCode::OK, &account_json(&state, &account))?.into_response())
 }
 
-async fn list(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {
+async fn list(State(state): State<AppState>, ctx: Ctx, _: crate::extract::NoQuery) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let mut tx = state.reader(&merchant_id).await?;
     let accounts = tx.list_connector_accounts(&merchant_id).await?;
@@ -225,7 +225,11 @@ async fn put_routing(
     Ok(response)
 }
 
-async fn get_routing(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {
+async fn get_routing(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let mut tx = state.reader(&merchant_id).await?;
     let rules = tx.get_routing(&merchant_id).await?.unwrap_or_else(|| json!([]));

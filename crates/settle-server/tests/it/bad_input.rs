@@ -110,6 +110,34 @@ pub async fn malformed_and_oversized_bodies_are_400(app: TestApp) {
         (StatusCode::BAD_REQUEST, "body"),
         "also through the idempotency layer"
     );
+    // A key given twice is refused (serde_json would keep the last, where a proxy may have read
+    // the first), and so is a query parameter given twice or to a route that takes none.
+    let twice = r#"{"amount": 100, "currency": "USD", "amount": 20000}"#;
+    let r = app.call(Method::POST, "/v1/payments", &m.key, Some(twice), &[]).await;
+    assert_eq!((r.status, r.param()), (StatusCode::BAD_REQUEST, "amount"), "{}", r.text);
+    let nested = r#"{"transfers": [{"id": "a", "metadata": {"k": "1", "k": "2"}}]}"#;
+    let r = app
+        .call(Method::POST, "/v1/ledger/transfers", &m.key, Some(nested), &[])
+        .await;
+    assert_eq!(
+        (r.status, r.param()),
+        (StatusCode::BAD_REQUEST, "transfers[0].metadata.k"),
+        "{}",
+        r.text
+    );
+    for (path, param) in [
+        ("/v1/payments?limit=1&limit=3", "limit"),
+        ("/v1/connector_accounts?limit=abc", "limit"),
+        ("/v1/routing?created[gte]=x", "created[gte]"),
+    ] {
+        let r = app.call(Method::GET, path, &m.key, None, &[]).await;
+        assert_eq!(
+            (r.status, r.param()),
+            (StatusCode::BAD_REQUEST, param),
+            "{path}: {}",
+            r.text
+        );
+    }
     // A route that exists, with a method it does not take: a JSON 405, not an empty body.
     for (method, path) in [(Method::DELETE, "/v1/payments"), (Method::POST, "/stripe/v1/charges")] {
         let r = app.call(method.clone(), path, &m.key, Some("{}"), &[]).await;

@@ -1,0 +1,164 @@
+//! JSON text into a `serde_json::Value`, refusing an object that gives a key twice. serde_json
+//! keeps the last of duplicate keys, so `{"amount": 100, "amount": 20000}` would be read as
+//! 20000 here while a proxy or log in front of Settle may have read 100.
+
+use std::{cell::RefCell, fmt};
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// Why [`parse`] refused the text.
+pub enum Refusal {
+    /// The text is not JSON (serde_json's message).
+    Invalid(String),
+    /// The object at this path (`transfers[1].metadata`, `body` at the top) gives `key` twice;
+    /// named as `path.key`.
+    Duplicate(String),
+}
+
+pub fn parse(bytes: &[u8]) -> Result<Value, Refusal> {
+    let duplicate = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = Seed {
+        at: "",
+        duplicate: &duplicate,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v));
+    match (parsed, duplicate.into_inner()) {
+        (Ok(value), _) => Ok(value),
+        (Err(_), Some(path)) => Err(Refusal::Duplicate(path)),
+        (Err(e), None) => Err(Refusal::Invalid(e.to_string())),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Seed<'a> {
+    at: &'a str,
+    duplicate: &'a RefCell<Option<String>>,
+}
+
+impl Seed<'_> {
+    fn child(&self, name: &str) -> String {
+        if self.at.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.at)
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        loop {
+            let at = format!("{}[{}]", if self.at.is_empty() { "body" } else { self.at }, items.len());
+            match seq.next_element_seed(Seed { at: &at, ..self })? {
+                Some(item) => items.push(item),
+                None => return Ok(Value::Array(items)),
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let at = self.child(&key);
+            if object.contains_key(&key) {
+                *self.duplicate.borrow_mut() = Some(at);
+                return Err(de::Error::custom("a key is given twice"));
+            }
+            let value = map.next_value_seed(Seed { at: &at, ..self })?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn duplicate(text: &str) -> Option<String> {
+        match parse(text.as_bytes()) {
+            Err(Refusal::Duplicate(path)) => Some(path),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn reads_what_serde_json_reads() {
+        let text = r#"{"a": [1, -2, 3.5, "x", null, true, {"b": {}}], "c": "\u00e9\u0000"}"#;
+        assert_eq!(
+            parse(text.as_bytes()).ok(),
+            Some(serde_json::from_str::<Value>(text).expect("json"))
+        );
+        assert_eq!(parse(b"[]").ok(), Some(json!([])));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_named_by_its_path() {
+        assert_eq!(duplicate(r#"{"amount": 1, "amount": 2}"#).as_deref(), Some("amount"));
+        assert_eq!(
+            duplicate(r#"{"transfers": [{"id": "a"}, {"id": "b", "metadata": {"k": 1, "k": 2}}]}"#).as_deref(),
+            Some("transfers[1].metadata.k")
+        );
+        assert_eq!(duplicate(r#"{"a": 1, "b": {"a": 2}}"#), None, "one key per object");
+    }
+
+    #[test]
+    fn invalid_text_is_told_apart() {
+        let deep = "[".repeat(100_000);
+        for text in ["{", "[1,]", r#"{"a": 1} x"#, "", &deep] {
+            assert!(
+                matches!(parse(text.as_bytes()), Err(Refusal::Invalid(_))),
+                "{}",
+                &text[..text.len().min(20)]
+            );
+        }
+    }
+}
