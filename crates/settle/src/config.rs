@@ -29,7 +29,10 @@ impl Common {
             Some(url) => url.clone(),
             None => {
                 create_private_dir(&self.data_dir)?;
-                self.data_dir.join("settle.db").to_string_lossy().into_owned()
+                let path = self.data_dir.join("settle.db");
+                // Created private before SQLite opens it (its journal files take its mode).
+                create_private_file(&path)?;
+                path.to_string_lossy().into_owned()
             }
         };
         let defaults = StoreOptions::default();
@@ -185,6 +188,22 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
+/// Creates `path` empty with mode 0600 unless it exists.
+fn create_private_file(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))
 }
 
 /// Makes sure an admin token exists. Returns where a newly generated one was written.

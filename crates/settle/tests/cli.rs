@@ -107,6 +107,11 @@ async fn serve_sigterm_verify_as_a_user_would() {
     let token_path = dir.path().join("settle-data/admin-token");
     let mode = std::fs::metadata(&token_path).expect("token file").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    for file in ["settle.db", "settle.db-wal"] {
+        let path = dir.path().join("settle-data").join(file);
+        let mode = std::fs::metadata(&path).expect(file).permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
     let admin = std::fs::read_to_string(&token_path).expect("token").trim().to_owned();
 
     let base = format!("http://127.0.0.1:{port}");
