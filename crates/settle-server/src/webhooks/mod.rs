@@ -429,7 +429,17 @@ async fn update(
     update_endpoint(&state, &ctx, &id, None, body, endpoint_json).await
 }
 
-async fn rotate(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// The body of a call that takes no field (`{}` or nothing): anything else is a 400.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+async fn rotate(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: JsonBody<NoFields>,
+) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let mut tx = state.begin_write(&merchant_id).await?;
     let mut endpoint = load(tx.as_mut(), &merchant_id, &id, None).await?;

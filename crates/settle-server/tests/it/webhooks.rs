@@ -356,13 +356,15 @@ async fn a_rotated_secret_keeps_signing_for_a_day(app: TestApp) {
     let receiver = Receiver::start(0, Duration::ZERO).await;
     let m = app.merchant_with_ab("shop").await;
     let (endpoint, old) = app.endpoint(&m, &receiver.url, json!(["*"])).await;
-    let r = app
-        .post(
-            &format!("/v1/webhook_endpoints/{endpoint}/rotate_secret"),
-            &m.key,
-            json!({}),
-        )
-        .await;
+    let rotate = format!("/v1/webhook_endpoints/{endpoint}/rotate_secret");
+    // It takes no field: a body with one, or no JSON object, rotates nothing.
+    for body in [r#"{"secret": "mine"}"#, "[]", "{"] {
+        let r = app
+            .call(axum::http::Method::POST, &rotate, &m.key, Some(body), &[])
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+    }
+    let r = app.post(&rotate, &m.key, json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let new = r.json["secret"].as_str().expect("secret").to_owned();
     assert_ne!(new, old);
