@@ -130,17 +130,6 @@ async fn limits(tx: &mut dyn settle_store::Tx, merchant_id: &str, currency: Curr
     Ok(amount_limits(&merchant, currency))
 }
 
-fn out_of_range(param: &str, min: i64, max: i64, currency: Currency) -> ApiError {
-    ApiError::Invalid {
-        code: "amount_out_of_range",
-        message: format!(
-            "`{param}` must be between {min} and {max} {} minor units for this merchant",
-            currency.code()
-        ),
-        param: Some(param.to_owned()),
-    }
-}
-
 async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -158,7 +147,7 @@ async fn create(
     let mut tx = state.begin_write(&merchant_id).await?;
     let (min, max) = limits(tx.as_mut(), &merchant_id, currency).await?;
     if body.amount_due < min || body.amount_due > max {
-        return Err(out_of_range("amount_due", min, max, currency));
+        return Err(payments::out_of_range("amount_due", min, max, currency));
     }
     let invoice = Invoice {
         merchant_id: merchant_id.clone(),
@@ -326,7 +315,7 @@ async fn receive(
         .ok_or_else(|| ApiError::not_found_at("invoice", &invoice_id, "invoice_id"))?;
     let (_, max) = limits(tx.as_mut(), &merchant_id, invoice.currency).await?;
     if body.amount_cents > max {
-        return Err(out_of_range("amount_cents", 1, max, invoice.currency));
+        return Err(payments::out_of_range("amount_cents", 1, max, invoice.currency));
     }
     let event = PaymentEvent {
         merchant_id: merchant_id.clone(),

@@ -110,6 +110,27 @@ pub fn amount_limits(merchant: &Merchant, currency: Currency) -> (i64, i64) {
     ((unit / 100).max(1), unit.saturating_mul(100_000))
 }
 
+/// `amount` (named by `param`) checked against the merchant's limits for `currency`.
+pub fn within_limits(merchant: &Merchant, currency: Currency, amount: i64, param: &str) -> Result<(), ApiError> {
+    let (min, max) = amount_limits(merchant, currency);
+    if (min..=max).contains(&amount) {
+        return Ok(());
+    }
+    Err(out_of_range(param, min, max, currency))
+}
+
+/// 422 `amount_out_of_range`: a business rule (the merchant's limits), not malformed input.
+pub fn out_of_range(param: &str, min: i64, max: i64, currency: Currency) -> ApiError {
+    ApiError::Unprocessable {
+        code: "amount_out_of_range",
+        message: format!(
+            "`{param}` must be between {min} and {max} {} minor units for this merchant",
+            currency.code()
+        ),
+        param: Some(param.to_owned()),
+    }
+}
+
 fn customer(body: Option<CustomerBody>) -> Result<Option<Customer>, ApiError> {
     let Some(c) = body else { return Ok(None) };
     let email = fields::email(&c.email, "customer.email")?;
@@ -353,20 +374,8 @@ pub async fn create_payment(
             payment.customer = found.contact();
         }
     }
-    let (min, max) = match ctx.merchant() {
-        Some(merchant) => amount_limits(merchant, currency),
-        None => return Err(ApiError::Unauthenticated),
-    };
-    if payment.amount < min || payment.amount > max {
-        return Err(ApiError::Unprocessable {
-            code: "amount_out_of_range",
-            message: format!(
-                "`amount` must be between {min} and {max} {} minor units for this merchant",
-                currency.code()
-            ),
-            param: Some("amount".into()),
-        });
-    }
+    let merchant = ctx.merchant().ok_or(ApiError::Unauthenticated)?;
+    within_limits(merchant, currency, payment.amount, "amount")?;
     if !payment.splits.is_empty() {
         check_payees(reader.tx().await?, &merchant_id, &payment).await?;
     }
@@ -608,14 +617,7 @@ pub async fn update_payment(
             });
         }
         let merchant = tx.get_merchant(&merchant_id).await?.ok_or(ApiError::Unauthenticated)?;
-        let (min, max) = amount_limits(&merchant, stored.currency);
-        if amount < min || amount > max {
-            return Err(ApiError::Unprocessable {
-                code: "amount_out_of_range",
-                message: format!("`amount` must be between {min} and {max} minor units for this merchant"),
-                param: Some("amount".into()),
-            });
-        }
+        within_limits(&merchant, stored.currency, amount, "amount")?;
         let taken: i64 =
             stored.splits.iter().map(|s| s.amount).sum::<i64>() + stored.application_fee_amount.unwrap_or(0);
         if taken > amount {
