@@ -79,8 +79,16 @@ impl AuthCache {
     }
 }
 
+/// The request's one `Authorization` header: none when it is given twice (which of two
+/// credentials a proxy or a log took is anyone's guess).
+fn authorization(req: &Request) -> Option<&str> {
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    values.next().is_none().then(|| value.to_str().ok()).flatten()
+}
+
 fn bearer(req: &Request) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = authorization(req)?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -92,7 +100,7 @@ fn api_key(req: &Request) -> Option<String> {
         return Some(token.to_owned());
     }
     use base64::Engine as _;
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = authorization(req)?;
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;

@@ -29,6 +29,8 @@ pub enum ApiError {
     },
     /// 405: the route exists, not with this method.
     MethodNotAllowed,
+    /// 408: the client did not send its request's body within the request timeout.
+    RequestTimeout,
     /// 409: the object's state conflicts with the request.
     Conflict {
         code: &'static str,
@@ -94,6 +96,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict { .. } | ApiError::IdempotencyInUse | ApiError::IdempotencyRaceLost => {
                 StatusCode::CONFLICT
             }
@@ -134,6 +137,12 @@ impl ApiError {
                 "this route does not take this HTTP method".into(),
                 None,
             ),
+            ApiError::RequestTimeout => (
+                "invalid_request_error",
+                "request_timeout",
+                "the request's body did not arrive within the request timeout".into(),
+                Some("body"),
+            ),
             ApiError::Conflict { code, message, param } => {
                 ("invalid_request_error", code, message.clone(), param.as_deref())
             }
@@ -161,8 +170,30 @@ impl ApiError {
             ),
             ApiError::Internal(_) => ("api_error", "internal_error", "an internal error occurred".into(), None),
         };
-        json!({ "error": { "type": kind, "code": code, "message": message, "param": param } })
+        let param = param.map(without_card_numbers);
+        json!({ "error": { "type": kind, "code": code, "message": without_card_numbers(&message), "param": param } })
     }
+}
+
+/// `text` with every run of 12 or more digits masked: an error may name what the client sent
+/// (an unknown id, an unknown field), and a card number sent there must not come back.
+fn without_card_numbers(text: &str) -> String {
+    fn flush(out: &mut String, digits: &mut String) {
+        out.push_str(if digits.len() >= 12 { "[redacted]" } else { digits });
+        digits.clear();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else {
+            flush(&mut out, &mut digits);
+            out.push(c);
+        }
+    }
+    flush(&mut out, &mut digits);
+    out
 }
 
 impl IntoResponse for ApiError {
@@ -205,4 +236,24 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         e,
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_card_numbers;
+
+    #[test]
+    fn card_numbers_are_masked_and_short_numbers_kept() {
+        assert_eq!(
+            without_card_numbers("no such payment method: '4242424242424242'"),
+            "no such payment method: '[redacted]'"
+        );
+        assert_eq!(without_card_numbers("card.4242424242424242"), "card.[redacted]");
+        assert_eq!(
+            without_card_numbers("`amount` must be between 1 and 10000000 USD minor units"),
+            "`amount` must be between 1 and 10000000 USD minor units"
+        );
+        assert_eq!(without_card_numbers("transfers[3].amount"), "transfers[3].amount");
+        assert_eq!(without_card_numbers("12345678901"), "12345678901");
+    }
 }

@@ -8,6 +8,11 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use settle_store::PageRequest;
@@ -28,17 +33,33 @@ pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
         })
 }
 
+/// Whether [`buffered_body`] has read the request's whole body (told to the request timeout:
+/// a request whose body never came is the client's timeout, not the server's).
+#[derive(Clone, Default)]
+pub struct BodyRead(Arc<AtomicBool>);
+
+impl BodyRead {
+    pub fn done(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Reads a request's whole body before routing (at most [`BODY_BYTES_MAX`]). A route that
 /// answers without reading the body (a 404, a 401) would otherwise leave part of it unread,
 /// and hyper would close the connection under a client about to reuse it. A body too large is
 /// refused with `Connection: close`, since its rest is never read.
 pub async fn buffered_body(req: Request, next: Next) -> Response {
+    let read = req.extensions().get::<BodyRead>().cloned().unwrap_or_default();
     if axum::body::HttpBody::size_hint(req.body()).exact() == Some(0) {
+        read.0.store(true, Ordering::Relaxed);
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
     match read_body(body).await {
-        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(bytes) => {
+            read.0.store(true, Ordering::Relaxed);
+            next.run(Request::from_parts(parts, Body::from(bytes))).await
+        }
         Err(e) => {
             let mut response = e.into_response();
             response
@@ -54,14 +75,7 @@ pub fn parse_value(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(serde_json::Map::new()));
     }
-    let value = crate::strict_json::parse(bytes).map_err(|refusal| match refusal {
-        crate::strict_json::Refusal::Invalid(e) => ApiError::Invalid {
-            code: "invalid_json",
-            message: format!("the body is not valid JSON: {e}"),
-            param: Some("body".into()),
-        },
-        crate::strict_json::Refusal::Duplicate(param) => ApiError::invalid(&param, format!("`{param}` is given twice")),
-    })?;
+    let value = parse_json(bytes)?;
     // JSON can carry a NUL only escaped; a body without the escape is looked at no further.
     if bytes.windows(6).any(|w| w == b"\\u0000") {
         if let Some(param) = nul_path(&value, "") {
@@ -72,6 +86,18 @@ pub fn parse_value(bytes: &[u8]) -> Result<Value, ApiError> {
         }
     }
     require_object(value, "body")
+}
+
+/// JSON text, any value: 400 `invalid_json`, or a key given twice named by its path.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    crate::strict_json::parse(bytes).map_err(|refusal| match refusal {
+        crate::strict_json::Refusal::Invalid(e) => ApiError::Invalid {
+            code: "invalid_json",
+            message: format!("the body is not valid JSON: {e}"),
+            param: Some("body".into()),
+        },
+        crate::strict_json::Refusal::Duplicate(param) => ApiError::invalid(&param, format!("`{param}` is given twice")),
+    })
 }
 
 /// The path (`transfers[2].id`) of the first string or key holding a NUL character, which no
@@ -322,8 +348,13 @@ fn unstorable_param(req: &Request) -> Option<String> {
             return Some(name.to_owned());
         }
     }
-    let query = uri.query().filter(|q| q.contains('%'))?;
-    query.split('&').find_map(|pair| {
+    unstorable_pair(uri.query().filter(|q| q.contains('%'))?)
+}
+
+/// In a query string or form body: the name of the first pair whose name or value decodes to
+/// bytes that are not UTF-8 or to a NUL character.
+pub fn unstorable_pair(text: &str) -> Option<String> {
+    text.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (!storable(k) || !storable(v)).then(|| percent_decode(k).replace('\0', ""))
     })

@@ -97,6 +97,12 @@ async fn run(state: AppState, req: Request, next: Next) -> Result<Response, ApiE
     let Some(key) = req.headers().get(HEADER) else {
         return Ok(next.run(req).await);
     };
+    if req.headers().get_all(HEADER).iter().nth(1).is_some() {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "the Idempotency-Key header is given twice",
+        ));
+    }
     let key = key
         .to_str()
         .ok()

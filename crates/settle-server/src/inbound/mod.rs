@@ -272,11 +272,7 @@ fn signature_error(e: signature::SignatureError) -> ApiError {
 
 /// The event's `id` and `type`: strings of 1–255 printable characters.
 fn event_fields(bytes: &[u8]) -> Result<(String, String), ApiError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::Invalid {
-        code: "invalid_json",
-        message: format!("the body is not valid JSON: {e}"),
-        param: Some("body".into()),
-    })?;
+    let value = crate::extract::parse_json(bytes)?;
     let Some(object) = value.as_object() else {
         return Err(ApiError::invalid(
             "body",

@@ -6,7 +6,10 @@
 
 use serde_json::{Map, Value};
 
-use crate::{error::ApiError, extract::query_pairs};
+use crate::{
+    error::ApiError,
+    extract::{query_pairs, unstorable_pair},
+};
 
 /// Most pairs in one request.
 pub const PAIRS_MAX: usize = 1_000;
@@ -15,19 +18,18 @@ pub const DEPTH_MAX: usize = 5;
 
 /// Parses a form body or query string.
 pub fn parse(text: &str) -> Result<Map<String, Value>, ApiError> {
+    if let Some(key) = unstorable_pair(text) {
+        return Err(ApiError::invalid(
+            &key,
+            format!("`{key}` must be UTF-8 text without NUL characters"),
+        ));
+    }
     let pairs = query_pairs(text);
     if pairs.len() > PAIRS_MAX {
         return Err(ApiError::invalid("body", format!("at most {PAIRS_MAX} parameters")));
     }
     let mut root = Value::Object(Map::new());
     for (key, value) in pairs {
-        if key.contains('\0') || value.contains('\0') {
-            let key = key.replace('\0', "");
-            return Err(ApiError::invalid(
-                &key,
-                format!("`{key}` must not contain a NUL character"),
-            ));
-        }
         let path = split_key(&key)?;
         insert(&mut root, &path, value, &key)?;
     }

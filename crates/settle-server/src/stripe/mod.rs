@@ -215,8 +215,15 @@ async fn errors(req: Request, next: Next) -> Response {
     let Ok(bytes) = read_body(body).await else {
         return ApiError::Internal("error body unreadable".into()).into_response();
     };
-    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
-        return Response::from_parts(parts, Body::from(bytes));
+    let mut value = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(value) => value,
+        // A rejection in plain text (a form body that is not UTF-8): in the error shape too.
+        Err(_) if status.is_client_error() => ApiError::invalid(
+            "body",
+            String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>(),
+        )
+        .body(),
+        Err(_) => return Response::from_parts(parts, Body::from(bytes)),
     };
     let (status, kind, code) = stripe_error(status, &value["error"]);
     let error = &mut value["error"];

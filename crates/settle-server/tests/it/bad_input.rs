@@ -370,10 +370,84 @@ pub async fn unknown_ids_name_the_field_that_gave_them(app: TestApp) {
     }
 }
 
+/// Ambiguous or missing parts of the request itself: credentials or an idempotency key given
+/// twice, a Stripe form that is not UTF-8, a body that never finishes arriving.
+pub async fn ambiguous_or_unfinished_requests_are_refused(app: TestApp) {
+    let mut app = app;
+    let m = app.merchant("acme").await;
+    let other = app.merchant("other").await;
+    let body = Some(r#"{"name": "Ann", "email": "ann@example.test"}"#);
+    let two_keys = [("authorization", format!("Bearer {}", other.key))];
+    let two_keys: Vec<(&str, &str)> = two_keys.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = app.call(Method::POST, "/v1/customers", &m.key, body, &two_keys).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "which key? {}", r.text);
+    let keys = [("idempotency-key", "k1"), ("idempotency-key", "k2")];
+    let r = app.call(Method::POST, "/v1/customers", &m.key, body, &keys).await;
+    assert_eq!(
+        (r.status, r.param()),
+        (StatusCode::BAD_REQUEST, "Idempotency-Key"),
+        "{}",
+        r.text
+    );
+
+    let form = |bytes: &'static [u8]| {
+        axum::http::Request::builder()
+            .method(Method::POST)
+            .uri("/stripe/v1/customers")
+            .header("authorization", format!("Bearer {}", m.key))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(bytes))
+            .expect("request")
+    };
+    let r = crate::harness::send(&app.router, form(b"name=\xff")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(
+        r.json["error"]["type"], "invalid_request_error",
+        "JSON, in Stripe's shape: {}",
+        r.text
+    );
+    let r = crate::harness::send(&app.router, form(b"name=%ff")).await;
+    assert_eq!((r.status, r.param()), (StatusCode::BAD_REQUEST, "name"), "{}", r.text);
+
+    // A body that never finishes: the client's timeout (408), and its connection is closed.
+    app.restart_with(|c| c.request_timeout = std::time::Duration::from_millis(300))
+        .await;
+    let never = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/v1/customers")
+        .header("authorization", format!("Bearer {}", m.key))
+        .body(axum::body::Body::new(Unfinished))
+        .expect("request");
+    let r = crate::harness::send(&app.router, never).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.headers.get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
+}
+
+/// A request body whose first bytes never arrive.
+struct Unfinished;
+
+impl axum::body::HttpBody for Unfinished {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
 conformance!(
     bad_transfers_name_the_field,
     malformed_and_oversized_bodies_are_400,
     bad_accounts_and_merchants_name_the_field,
     nul_characters_and_bad_utf8_are_refused_naming_the_parameter,
     unknown_ids_name_the_field_that_gave_them,
+    ambiguous_or_unfinished_requests_are_refused,
 );

@@ -440,6 +440,11 @@ pub async fn call(
     let req = req
         .body(body.map(|b| Body::from(b.to_owned())).unwrap_or_else(Body::empty))
         .expect("request");
+    send(router, req).await
+}
+
+/// One request as built, any body.
+pub async fn send(router: &Router, req: Request<Body>) -> Resp {
     let res = router.clone().oneshot(req).await.expect("infallible");
     let status = res.status();
     let headers = res.headers().clone();

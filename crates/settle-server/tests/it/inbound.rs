@@ -412,7 +412,7 @@ async fn bad_webhook_input_answers_clear_4xx(app: TestApp) {
     let path = format!("/webhooks/sandbox/{}", account.id);
     let now = app.now_unix();
     let sign = |text: &str| signature::header(account.secret.as_bytes(), now, text.as_bytes());
-    let cases: [(&str, &str, &str); 9] = [
+    let cases: [(&str, &str, &str); 10] = [
         ("not json", "invalid_json", "body"),
         ("[1, 2]", "parameter_invalid", "body"),
         ("\"evt\"", "parameter_invalid", "body"),
@@ -429,6 +429,12 @@ async fn bad_webhook_input_answers_clear_4xx(app: TestApp) {
             "id",
         ),
         (r#"{"id": "evt_1", "type": ["x"]}"#, "parameter_invalid", "type"),
+        // Which id? Refused rather than taking the last.
+        (
+            r#"{"id": "evt_a", "id": "evt_b", "type": "x"}"#,
+            "parameter_invalid",
+            "id",
+        ),
         // An id with a NUL could be neither stored nor looked up by the worker.
         (
             r#"{"id": "evt_1", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_\u0000"}}}"#,

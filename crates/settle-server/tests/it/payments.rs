@@ -452,6 +452,20 @@ async fn card_numbers_and_cvcs_are_never_at_rest(app: TestApp) {
         .await;
     assert_eq!(bad.param(), "payment_method.card.number");
     assert!(!bad.text.contains("555555555555444"), "{}", bad.text);
+    // Nor as an id that names nothing, or as the name of a field that does not exist.
+    let as_id = app
+        .pay(
+            &m,
+            json!({ "amount": 100, "currency": "USD", "payment_method": number }),
+        )
+        .await;
+    let as_key = app
+        .post("/v1/payment_methods", &m.key, json!({ "type": "card", number: 1 }))
+        .await;
+    for r in [&as_id, &as_key] {
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+        assert!(!r.text.contains(number), "echoed: {}", r.text);
+    }
     // A number or CVC of the wrong JSON type, or in the wrong field, is not echoed either.
     let as_integer: u64 = number.parse().expect("digits");
     let mistyped = [
