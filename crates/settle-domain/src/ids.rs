@@ -16,6 +16,13 @@ pub fn format_id(prefix: &str, millis: u64, random: u128) -> String {
     out
 }
 
+/// Whether `id` has the shape [`format_id`] gives ids of `prefix`.
+pub fn is_generated(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|rest| rest.len() == 26 && rest.bytes().all(|b| ALPHABET.contains(&b)))
+}
+
 fn push_base32(out: &mut String, value: u128, digits: u32) {
     for i in (0..digits).rev() {
         let index = (value >> (5 * i)) & 31;

@@ -148,8 +148,8 @@ pub fn outcome(kind: &str, event: &Value) -> Option<(Outcome, Subject)> {
             };
             let message = text(&error["message"]).unwrap_or_else(|| "the provider failed the payment".to_owned());
             Outcome::Failed {
-                code: bounded(code),
-                message: bounded(message),
+                code: bounded(without_nul(code)),
+                message: bounded(without_nul(message)),
             }
         }
         "payment_intent.canceled" => Outcome::Canceled,
@@ -163,6 +163,15 @@ pub fn outcome(kind: &str, event: &Value) -> Option<(Outcome, Subject)> {
 }
 
 /// Provider text kept to a sane length (stored in history rows and errors).
+/// Provider text as a text column can hold it (PostgreSQL refuses a NUL character).
+fn without_nul(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "")
+    } else {
+        s
+    }
+}
+
 fn bounded(s: String) -> String {
     if s.chars().count() <= EVENT_FIELD_LEN_MAX {
         s
@@ -387,6 +396,16 @@ mod tests {
             },
             Outcome::Canceled,
         ]
+    }
+
+    #[test]
+    fn provider_text_is_kept_without_nul_characters() {
+        let event = serde_json::json!({ "data": { "object": { "id": "pi_1",
+            "last_payment_error": { "code": "card\u{0}_declined", "message": "no\u{0}pe" } } } });
+        let Some((Outcome::Failed { code, message }, _)) = outcome("payment_intent.payment_failed", &event) else {
+            panic!("a failure");
+        };
+        assert_eq!((code.as_str(), message.as_str()), ("card_declined", "nope"));
     }
 
     #[test]

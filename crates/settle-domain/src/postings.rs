@@ -25,6 +25,7 @@
 //! the parts always sum to the captured amount exactly.
 
 use crate::{
+    ids,
     ledger::{AccountFlags, Expect, TransferOp, TransferRequest},
     payment::Payment,
     split::allocate,
@@ -35,10 +36,14 @@ use crate::{
 pub const SYSTEM_PREFIX: &str = "settle:";
 
 /// Whether a ledger id (account or transfer) is Settle's own: its accounts (`settle:…`), and the
-/// transfers its payments and refunds post, named after them (`pay_…:capture`, `re_…:0:post`).
+/// transfers its payments and refunds post, named after them (`pay_<26 base32>:capture`,
+/// `re_<26 base32>:0:post`). A client's `pay_out:1` is the client's.
 /// A client that took one could move a system account, or hold the id a payment step needs.
 pub fn is_system_id(id: &str) -> bool {
-    id.starts_with(SYSTEM_PREFIX) || (["pay_", "re_"].iter().any(|p| id.starts_with(p)) && id.contains(':'))
+    id.starts_with(SYSTEM_PREFIX)
+        || id
+            .split_once(':')
+            .is_some_and(|(head, _)| ids::is_generated(head, "pay") || ids::is_generated(head, "re"))
 }
 
 pub fn clearing_account(connector: &str, currency: Currency) -> String {

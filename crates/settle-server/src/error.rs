@@ -175,24 +175,36 @@ impl ApiError {
     }
 }
 
-/// `text` with every run of 12 or more digits masked: an error may name what the client sent
-/// (an unknown id, an unknown field), and a card number sent there must not come back.
+/// `text` with every card number in it masked: 13 to 19 digits, maybe grouped by single spaces
+/// or dashes, that pass the Luhn check. An error may name what the client sent (an unknown id, an
+/// unknown field), and a card number sent there must not come back.
 fn without_card_numbers(text: &str) -> String {
-    fn flush(out: &mut String, digits: &mut String) {
-        out.push_str(if digits.len() >= 12 { "[redacted]" } else { digits });
-        digits.clear();
-    }
+    let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-        } else {
-            flush(&mut out, &mut digits);
-            out.push(c);
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars[i].is_ascii_digit() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
         }
+        // The run of digits and single separators between digits that starts here.
+        let mut end = i;
+        while end + 1 < chars.len()
+            && (chars[end + 1].is_ascii_digit()
+                || (matches!(chars[end + 1], ' ' | '-') && chars.get(end + 2).is_some_and(char::is_ascii_digit)))
+        {
+            end += 1;
+        }
+        let run: String = chars[i..=end].iter().collect();
+        let digits: String = run.chars().filter(char::is_ascii_digit).collect();
+        if (13..=19).contains(&digits.len()) && settle_domain::card::luhn_valid(&digits) {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(&run);
+        }
+        i = end + 1;
     }
-    flush(&mut out, &mut digits);
     out
 }
 
@@ -243,17 +255,29 @@ mod tests {
     use super::without_card_numbers;
 
     #[test]
-    fn card_numbers_are_masked_and_short_numbers_kept() {
-        assert_eq!(
-            without_card_numbers("no such payment method: '4242424242424242'"),
-            "no such payment method: '[redacted]'"
-        );
-        assert_eq!(without_card_numbers("card.4242424242424242"), "card.[redacted]");
-        assert_eq!(
-            without_card_numbers("`amount` must be between 1 and 10000000 USD minor units"),
-            "`amount` must be between 1 and 10000000 USD minor units"
-        );
-        assert_eq!(without_card_numbers("transfers[3].amount"), "transfers[3].amount");
-        assert_eq!(without_card_numbers("12345678901"), "12345678901");
+    fn card_numbers_are_masked_and_other_numbers_kept() {
+        for (text, masked) in [
+            (
+                "no such payment method: '4242424242424242'",
+                "no such payment method: '[redacted]'",
+            ),
+            ("card.4242424242424242", "card.[redacted]"),
+            (
+                "no such payment: '4242-4242-4242-4242'",
+                "no such payment: '[redacted]'",
+            ),
+            (
+                "no such customer: 'a 4242 4242 4242 4242'",
+                "no such customer: 'a [redacted]'",
+            ),
+            ("`amount` must be between 1 and 10000000 USD minor units", ""),
+            ("no such account: 'acct-100000000001'", ""),
+            ("the refund exceeds what remains refundable (123456789012345)", ""),
+            ("transfers[3].amount", ""),
+            ("4242424242424241", ""),
+        ] {
+            let expected = if masked.is_empty() { text } else { masked };
+            assert_eq!(without_card_numbers(text), expected);
+        }
     }
 }

@@ -33,33 +33,33 @@ pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
         })
 }
 
-/// Whether [`buffered_body`] has read the request's whole body (told to the request timeout:
-/// a request whose body never came is the client's timeout, not the server's).
+/// Whether [`buffered_body`] is still waiting for the request's body (told to the request
+/// timeout: a request whose body never came is the client's timeout, not the server's).
 #[derive(Clone, Default)]
-pub struct BodyRead(Arc<AtomicBool>);
+pub struct BodyPending(Arc<AtomicBool>);
 
-impl BodyRead {
-    pub fn done(&self) -> bool {
+impl BodyPending {
+    pub fn waiting(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }
 
-/// Reads a request's whole body before routing (at most [`BODY_BYTES_MAX`]). A route that
-/// answers without reading the body (a 404, a 401) would otherwise leave part of it unread,
-/// and hyper would close the connection under a client about to reuse it. A body too large is
-/// refused with `Connection: close`, since its rest is never read.
+/// Reads a request's whole body before its handler runs (at most [`BODY_BYTES_MAX`]), once
+/// the caller is authenticated. A handler that answers without reading the body (a 404 for an
+/// unknown id) would otherwise leave part of it unread, and hyper would close the connection
+/// under a client about to reuse it. A body too large is refused with `Connection: close`, since
+/// its rest is never read.
 pub async fn buffered_body(req: Request, next: Next) -> Response {
-    let read = req.extensions().get::<BodyRead>().cloned().unwrap_or_default();
     if axum::body::HttpBody::size_hint(req.body()).exact() == Some(0) {
-        read.0.store(true, Ordering::Relaxed);
         return next.run(req).await;
     }
+    let pending = req.extensions().get::<BodyPending>().cloned().unwrap_or_default();
     let (parts, body) = req.into_parts();
-    match read_body(body).await {
-        Ok(bytes) => {
-            read.0.store(true, Ordering::Relaxed);
-            next.run(Request::from_parts(parts, Body::from(bytes))).await
-        }
+    pending.0.store(true, Ordering::Relaxed);
+    let read = read_body(body).await;
+    pending.0.store(false, Ordering::Relaxed);
+    match read {
+        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Err(e) => {
             let mut response = e.into_response();
             response
@@ -78,7 +78,7 @@ pub fn parse_value(bytes: &[u8]) -> Result<Value, ApiError> {
     let value = parse_json(bytes)?;
     // JSON can carry a NUL only escaped; a body without the escape is looked at no further.
     if bytes.windows(6).any(|w| w == b"\\u0000") {
-        if let Some(param) = nul_path(&value, "") {
+        if let Some(param) = nul_path(&value) {
             return Err(ApiError::invalid(
                 &param,
                 format!("`{param}` must not contain a NUL character"),
@@ -102,20 +102,21 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 
 /// The path (`transfers[2].id`) of the first string or key holding a NUL character, which no
 /// text column stores (PostgreSQL refuses it).
-pub fn nul_path(value: &Value, at: &str) -> Option<String> {
-    let name = if at.is_empty() { "body" } else { at };
+pub fn nul_path(value: &Value) -> Option<String> {
+    nul_at(value, crate::strict_json::At::Root)
+}
+
+fn nul_at(value: &Value, at: crate::strict_json::At<'_>) -> Option<String> {
+    use crate::strict_json::At;
     match value {
-        Value::String(s) => s.contains('\0').then(|| name.to_owned()),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| nul_path(v, &format!("{name}[{i}]"))),
+        Value::String(s) => s.contains('\0').then(|| at.path()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_at(v, At::Index(&at, i))),
         Value::Object(map) => map.iter().find_map(|(k, v)| {
-            let here = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+            let here = At::Key(&at, k);
             if k.contains('\0') {
-                Some(here)
+                Some(here.path())
             } else {
-                nul_path(v, &here)
+                nul_at(v, here)
             }
         }),
         _ => None,

@@ -26,7 +26,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod observe;
 pub mod payments;
-mod strict_json;
+pub(crate) mod strict_json;
 pub mod stripe;
 pub mod vault;
 pub mod verify;
@@ -328,10 +328,12 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(invoices::router())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
+        .layer(axum::middleware::from_fn(extract::buffered_body))
         .layer(from_fn_with_state(state.clone(), auth::require_merchant));
     let admin = admin::router()
         .merge(inbound::admin_router())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
+        .layer(axum::middleware::from_fn(extract::buffered_body))
         .layer(from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
@@ -351,7 +353,6 @@ pub fn router(state: AppState) -> Router {
             }
             .into_response()
         })
-        .layer(axum::middleware::from_fn(extract::buffered_body))
         .layer(from_fn_with_state(state.clone(), observe::middleware))
         .with_state(state)
 }

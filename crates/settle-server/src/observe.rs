@@ -30,13 +30,13 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().as_str().to_owned();
     req.extensions_mut().insert(RequestId(request_id.clone()));
-    let body_read = crate::extract::BodyRead::default();
-    req.extensions_mut().insert(body_read.clone());
+    let body = crate::extract::BodyPending::default();
+    req.extensions_mut().insert(body.clone());
     let mut response = match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
         Ok(response) => response,
         // The client did not send its body in time: its fault (408), and its connection holds
         // the rest, so it is closed.
-        Err(_) if !body_read.done() => {
+        Err(_) if body.waiting() => {
             let mut response = ApiError::RequestTimeout.into_response();
             response
                 .headers_mut()

@@ -81,8 +81,8 @@ pub trait PaymentTx: Send {
     async fn insert_refund(&mut self, refund: &Refund) -> Result<()>;
     /// The refund a request with this `Idempotency-Key` created.
     async fn refund_by_idempotency_key(&mut self, merchant_id: &str, key: &str) -> Result<Option<Refund>>;
-    /// Stores a refund's outcome if it is still `pending`; `false` when another process
-    /// concluded it first.
+    /// Stores a refund's outcome (and its idempotency key, which a refund the ledger refused
+    /// gives up) if it is still `pending`; `false` when another process concluded it first.
     async fn update_refund(&mut self, refund: &Refund) -> Result<bool>;
     /// `pending` refunds of every merchant last changed before `updated_before`; oldest first.
     async fn pending_refunds(&mut self, updated_before: Timestamp, limit: u32) -> Result<Vec<Refund>>;
@@ -826,8 +826,8 @@ macro_rules! payments_tx {
 
             async fn update_refund(&mut self, r: &settle_domain::payment::Refund) -> $crate::Result<bool> {
                 let done = sqlx::query(
-                    "UPDATE refunds SET status = $3, provider_ref = $4, failure_code = $5, updated_at = $6 \
-                     WHERE merchant_id = $1 AND id = $2 AND status = 'pending'",
+                    "UPDATE refunds SET status = $3, provider_ref = $4, failure_code = $5, updated_at = $6, \
+                     idempotency_key = $7 WHERE merchant_id = $1 AND id = $2 AND status = 'pending'",
                 )
                 .bind(&r.merchant_id)
                 .bind(&r.id)
@@ -835,6 +835,7 @@ macro_rules! payments_tx {
                 .bind(&r.provider_ref)
                 .bind(&r.failure_code)
                 .bind(r.updated_at.0)
+                .bind(&r.idempotency_key)
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(done.rows_affected() == 1)

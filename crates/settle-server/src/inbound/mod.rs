@@ -279,12 +279,25 @@ fn event_fields(bytes: &[u8]) -> Result<(String, String), ApiError> {
             "the body must be a JSON object (a provider event)",
         ));
     };
-    // An id with a NUL could be neither stored nor looked up (PostgreSQL refuses it in text).
-    if let Some(param) = crate::extract::nul_path(&value, "") {
-        return Err(ApiError::invalid(
-            &param,
-            format!("`{param}` must not contain a NUL character"),
-        ));
+    // The ids Settle looks a payment up by: one with a NUL could not be compared (PostgreSQL
+    // refuses it in text). A NUL elsewhere is kept in the stored payload as JSON escapes it.
+    for (pointer, param) in [
+        ("/data/object/id", "data.object.id"),
+        (
+            "/data/object/metadata/settle_reference",
+            "data.object.metadata.settle_reference",
+        ),
+    ] {
+        if value
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.contains('\0'))
+        {
+            return Err(ApiError::invalid(
+                param,
+                format!("`{param}` must not contain a NUL character"),
+            ));
+        }
     }
     let field = |name: &str| -> Result<String, ApiError> {
         match object.get(name) {

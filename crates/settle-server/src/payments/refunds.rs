@@ -91,23 +91,40 @@ enum Reserved {
     Existing(Box<Refund>),
 }
 
+/// The refund this request's `key` already created, as the answer to give: the refund, 409
+/// while its request may still be running (pending and younger than the sync job's wait), or
+/// 422 when the key was used for another refund. `None` without a key or such a refund.
+async fn by_key(
+    state: &AppState,
+    tx: &mut dyn settle_store::Tx,
+    merchant_id: &str,
+    body: &CreateBody,
+    key: Option<&str>,
+    now: Timestamp,
+) -> Result<Option<Result<Reserved, ApiError>>, ApiError> {
+    let Some(key) = key else { return Ok(None) };
+    let Some(existing) = tx.refund_by_idempotency_key(merchant_id, key).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        if existing.payment_id != body.payment_id || body.amount.is_some_and(|a| a != existing.amount) {
+            Err(ApiError::IdempotencyReused { mismatch: "body" })
+        } else if existing.status == RefundStatus::Pending && existing.updated_at >= sync_horizon(state, now) {
+            Err(ApiError::IdempotencyInUse)
+        } else {
+            Ok(Reserved::Existing(Box::new(existing)))
+        },
+    ))
+}
+
 /// Step 1: reserve and store the pending refund.
 async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<Reserved, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let now = state.clock.now();
     let key = ctx.idempotency.as_ref().map(|d| d.key.clone());
     let mut tx = state.begin_write(&merchant_id).await?;
-    if let Some(key) = &key {
-        if let Some(existing) = tx.refund_by_idempotency_key(&merchant_id, key).await? {
-            if existing.payment_id != body.payment_id || body.amount.is_some_and(|a| a != existing.amount) {
-                return Err(ApiError::IdempotencyReused { mismatch: "body" });
-            }
-            // Pending and younger than the sync job's wait: its request may still be running.
-            if existing.status == RefundStatus::Pending && existing.updated_at >= sync_horizon(state, now) {
-                return Err(ApiError::IdempotencyInUse);
-            }
-            return Ok(Reserved::Existing(Box::new(existing)));
-        }
+    if let Some(found) = by_key(state, tx.as_mut(), &merchant_id, &body, key.as_deref(), now).await? {
+        return found;
     }
     let payment = tx
         .get_payment(&merchant_id, &body.payment_id)
@@ -115,7 +132,11 @@ async fn reserve(state: &AppState, ctx: &Ctx, body: CreateBody) -> Result<Reserv
         .ok_or_else(|| ApiError::invalid("payment_id", format!("no such payment: '{}'", body.payment_id)))?;
     let amount = decide_refund(&payment, body.amount).map_err(refusal)?;
     if !tx.add_refunded(&merchant_id, &payment.id, amount, now).await? {
-        // A concurrent refund took what this one needed (the row was locked until it committed).
+        // A concurrent refund took what this one needed (the row was locked until it committed):
+        // perhaps this very request, sent to another process too, whose refund is now visible.
+        if let Some(found) = by_key(state, tx.as_mut(), &merchant_id, &body, key.as_deref(), now).await? {
+            return found;
+        }
         let current = tx.get_payment(&merchant_id, &payment.id).await?.unwrap_or(payment);
         return Err(refusal(decide_refund(&current, Some(amount)).err().unwrap_or(
             RefundRefusal::ExceedsCaptured {
@@ -258,6 +279,9 @@ pub async fn create_refund(
             refund.status = RefundStatus::Failed;
             refund.failure_code = Some(code.clone());
             refund.updated_at = state.clock.now();
+            // Answered with a 422, which stores no idempotency record: a retry of the same key
+            // runs again, as after any failed request, instead of finding this refund.
+            refund.idempotency_key = None;
             let reply = Reply::json(StatusCode::UNPROCESSABLE_ENTITY, &refund_json(&refund))?;
             conclude(state, Some(ctx), &refund, reply, Vec::new()).await?;
             return Err(ApiError::Unprocessable {

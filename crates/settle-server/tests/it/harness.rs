@@ -249,13 +249,19 @@ impl TestApp {
 
     /// Waits (up to 30 s) until one of the app's PostgreSQL connections waits for a lock.
     pub async fn await_lock_wait(&self) {
+        self.await_lock_waits(1).await;
+    }
+
+    /// Waits (up to 30 s) until `n` of the app's PostgreSQL connections (of any process on its
+    /// schema) wait for a lock.
+    pub async fn await_lock_waits(&self, n: u64) {
         let DbGuard::Postgres { schema } = &self.db else {
             return;
         };
         let waiting =
             format!("SELECT 1 FROM pg_stat_activity WHERE application_name = '{schema}' AND wait_event_type = 'Lock'");
         for _ in 0..600 {
-            if self.exec(&waiting).await > 0 {
+            if self.exec(&waiting).await >= n {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -487,6 +487,10 @@ async fn bad_webhook_input_answers_clear_4xx(app: TestApp) {
     let r = app.get(&path, "").await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(app.inbox("").await, Vec::<Value>::new());
+    // A NUL elsewhere in a genuine event is kept (escaped in the stored payload): accepted.
+    let body = r#"{"id": "evt_nul_ok", "type": "payment_intent.processing", "data": {"object": {"id": "pi_1", "description": "a\u0000b"}}}"#;
+    let r = app.deliver(&path, body, Some(&sign(body))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 
     // Signing secrets are checked when an account is created, never echoed.
     let r = app

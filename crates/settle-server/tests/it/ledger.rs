@@ -499,15 +499,15 @@ pub async fn settle_s_own_ledger_ids_are_refused_to_clients(app: TestApp) {
                  "amount": 5, "currency": "USD" }),
             "credit_account_id",
         ),
-        (t("pay_01abc:capture", "a", "b", 1), "id"),
-        (t("re_01abc:0:post", "a", "b", 1), "id"),
+        (t("pay_01m8qymg43t2rqpx1b1s4exs0g:capture", "a", "b", 1), "id"),
+        (t("re_01m8qymg43t2rqpx1b1s4exs0g:0:post", "a", "b", 1), "id"),
         (t("settle:invoice_payment:e1", "a", "b", 1), "id"),
         (
-            json!({ "id": "x3", "post_pending_id": "pay_01abc:auth" }),
+            json!({ "id": "x3", "post_pending_id": "pay_01m8qymg43t2rqpx1b1s4exs0g:auth" }),
             "post_pending_id",
         ),
         (
-            json!({ "id": "x4", "void_pending_id": "pay_01abc:auth" }),
+            json!({ "id": "x4", "void_pending_id": "pay_01m8qymg43t2rqpx1b1s4exs0g:auth" }),
             "void_pending_id",
         ),
     ];
@@ -516,7 +516,7 @@ pub async fn settle_s_own_ledger_ids_are_refused_to_clients(app: TestApp) {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
         assert_eq!(r.param(), param, "{}", r.text);
     }
-    let batch = json!({ "transfers": [t("ok-1", "a", "b", 1), t("pay_01abc:void", "a", "b", 1)] });
+    let batch = json!({ "transfers": [t("ok-1", "a", "b", 1), t("pay_01m8qymg43t2rqpx1b1s4exs0g:void", "a", "b", 1)] });
     let r = app.post("/v1/ledger/transfers", &m.key, batch).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     assert_eq!(r.param(), "transfers[1].id", "{}", r.text);
@@ -529,7 +529,7 @@ pub async fn settle_s_own_ledger_ids_are_refused_to_clients(app: TestApp) {
         .await;
     assert_eq!((r.status, r.param()), (StatusCode::BAD_REQUEST, "id"), "{}", r.text);
     // Ids that only look alike are the client's.
-    for id in ["pay_01abc", "payout:1", "refund:1"] {
+    for id in ["pay_01abc", "pay_out:1", "pay_01abc:x", "refund:1"] {
         let r = app.transfer(&m, t(id, "a", "b", 1)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{id}: {}", r.text);
     }

@@ -770,7 +770,7 @@ async fn a_retried_refund_finds_its_refund_and_a_duplicate_elsewhere_refunds_not
     let r = app
         .pay(
             &m,
-            json!({ "amount": 1000, "currency": "USD", "confirm": true, "payment_method": card(VISA) }),
+            json!({ "amount": 2000, "currency": "USD", "confirm": true, "payment_method": card(VISA) }),
         )
         .await;
     let id = r.json["id"].as_str().expect("id").to_owned();
@@ -858,6 +858,82 @@ async fn a_retried_refund_finds_its_refund_and_a_duplicate_elsewhere_refunds_not
     let later = app.post_keyed("/v1/refunds", &m.key, &other, "refund-1").await;
     assert_eq!(later.status, StatusCode::OK, "{}", later.text);
     assert_ne!(later.json["id"], first.json["id"]);
+
+    // The rest, asked of two processes at once: the one that waited for the other's row lock
+    // finds the refund by its key, rather than answering that nothing is left to refund.
+    if let Some(second) = app.second_process().await {
+        // Both wait for the payment's row lock, so that the one served second finds its
+        // reservation refused after the first committed.
+        let mut lock = app
+            .blocker(&[format!("SELECT 1 FROM payments WHERE id = '{id}' FOR UPDATE")])
+            .await
+            .expect("PostgreSQL");
+        let body = json!({ "payment_id": id }).to_string();
+        let calls = [app.router.clone(), second].map(|router| {
+            let (token, body) = (m.key.clone(), body.clone());
+            tokio::spawn(async move {
+                let headers = [("idempotency-key", "the-rest")];
+                crate::harness::call(
+                    &router,
+                    axum::http::Method::POST,
+                    "/v1/refunds",
+                    &token,
+                    Some(&body),
+                    &headers,
+                )
+                .await
+            })
+        });
+        app.await_lock_waits(2).await;
+        sqlx::query("COMMIT").execute(&mut lock).await.expect("unlock");
+        for call in calls {
+            let r = call.await.expect("task");
+            match r.status {
+                StatusCode::OK => assert_eq!(r.json["amount"], 2000 - 300 - 300 - 301, "{}", r.text),
+                StatusCode::CONFLICT => assert_eq!(r.code(), "idempotency_key_in_use", "{}", r.text),
+                other => panic!("unexpected {other}: {}", r.text),
+            }
+        }
+        assert_eq!(app.get(&path, &m.key).await.json["amount_refunded"], 2000);
+    }
+    app.verify_ok().await;
+}
+
+/// A refund the ledger refuses (its payee no longer holds its share) answers 422 and keeps no
+/// claim on its key: a retry runs again, as after any failed request.
+async fn a_refund_the_ledger_refuses_can_be_retried_with_its_key(app: TestApp) {
+    let m = app.merchant("market").await;
+    app.account(&m, "venue", json!({ "debits_must_not_exceed_credits": true }))
+        .await;
+    app.account(&m, "bank", json!({})).await;
+    let r = app
+        .pay(
+            &m,
+            json!({ "amount": 1000, "currency": "USD", "confirm": true, "payment_method": card(VISA),
+                    "splits": [{ "payee_account_id": "venue", "amount": 600 }] }),
+        )
+        .await;
+    assert_eq!(r.json["status"], "succeeded", "{}", r.text);
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    // The venue was paid out: it no longer holds its share.
+    let out = json!({ "id": "payout-1", "debit_account_id": "venue", "credit_account_id": "bank",
+                      "amount": 600, "currency": "USD" });
+    assert_eq!(app.transfer(&m, out).await.status, StatusCode::CREATED);
+    let body = json!({ "payment_id": id }).to_string();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = app.post_keyed("/v1/refunds", &m.key, &body, "rf-1").await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "refund_failed"),
+            "{}",
+            r.text
+        );
+        ids.push(r.json["error"]["message"].as_str().unwrap_or("").to_owned());
+    }
+    assert_ne!(ids[0], ids[1], "the retry ran again: {ids:?}");
+    let p = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+    assert_eq!(p.json["amount_refunded"], 0, "{}", p.text);
     app.verify_ok().await;
 }
 
@@ -1137,6 +1213,7 @@ crate::conformance!(
     reference_lists_are_served,
     a_retried_create_after_a_crash_finds_its_payment,
     a_retried_refund_finds_its_refund_and_a_duplicate_elsewhere_refunds_nothing,
+    a_refund_the_ledger_refuses_can_be_retried_with_its_key,
     a_dead_confirm_is_recovered_from_its_planned_attempts,
     a_dead_capture_is_released_when_nothing_was_captured,
     a_refund_whose_process_died_is_finished_by_the_sync_job,
