@@ -124,10 +124,12 @@ fn due_date(value: Option<Value>) -> Result<Option<Timestamp>, ApiError> {
     }
 }
 
-/// The merchant's amount limits for `currency` (see `payments::amount_limits`).
-async fn limits(tx: &mut dyn settle_store::Tx, merchant_id: &str, currency: Currency) -> Result<(i64, i64), ApiError> {
-    let merchant = tx.get_merchant(merchant_id).await?.ok_or(ApiError::Unauthenticated)?;
-    Ok(amount_limits(&merchant, currency))
+/// The calling merchant, for its amount limits (see `payments::amount_limits`).
+async fn merchant(
+    tx: &mut dyn settle_store::Tx,
+    merchant_id: &str,
+) -> Result<settle_domain::tenancy::Merchant, ApiError> {
+    tx.get_merchant(merchant_id).await?.ok_or(ApiError::Unauthenticated)
 }
 
 async fn create(
@@ -145,10 +147,8 @@ async fn create(
     let description = payments::description(body.description)?;
     let metadata = fields::metadata(body.metadata, "metadata")?.unwrap_or_else(|| json!({}));
     let mut tx = state.begin_write(&merchant_id).await?;
-    let (min, max) = limits(tx.as_mut(), &merchant_id, currency).await?;
-    if body.amount_due < min || body.amount_due > max {
-        return Err(payments::out_of_range("amount_due", min, max, currency));
-    }
+    let merchant = merchant(tx.as_mut(), &merchant_id).await?;
+    payments::within_limits(&merchant, currency, body.amount_due, "amount_due")?;
     let invoice = Invoice {
         merchant_id: merchant_id.clone(),
         id: state.ids.make("inv"),
@@ -313,7 +313,7 @@ async fn receive(
         .get_invoice(&merchant_id, &invoice_id)
         .await?
         .ok_or_else(|| ApiError::not_found_at("invoice", &invoice_id, "invoice_id"))?;
-    let (_, max) = limits(tx.as_mut(), &merchant_id, invoice.currency).await?;
+    let (_, max) = amount_limits(&merchant(tx.as_mut(), &merchant_id).await?, invoice.currency);
     if body.amount_cents > max {
         return Err(payments::out_of_range("amount_cents", 1, max, invoice.currency));
     }
