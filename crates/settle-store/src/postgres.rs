@@ -6,10 +6,13 @@ use settle_domain::{
     ledger::{Effects, Key},
     tenancy::AuditEntry,
 };
+use std::{sync::Mutex, time::Duration};
+
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions, PgRow},
-    PgPool, Postgres,
+    Connection, PgConnection, PgPool, Postgres,
 };
+use tokio::sync::Semaphore;
 
 use crate::{
     migrate,
@@ -40,7 +43,63 @@ pub struct PostgresStore {
     /// Connections whose session sees every merchant (`settle.merchant_id` is `*` from the
     /// start), for [`Store::write_alone`]: its one statement runs without a transaction block,
     /// so there is none to scope. Never lent to anything else.
-    system: PgPool,
+    system: Dedicated,
+}
+
+/// A few connections kept for one statement at a time, opened as they are first needed.
+///
+/// Not a sqlx pool: a pool sends a round trip to every connection it takes back, to learn
+/// whether it is still fit to lend, and on the hot path that is a round trip per write. Here a
+/// connection goes back only after its statement succeeded, which leaves it idle with nothing
+/// pending; one that failed, or whose statement was abandoned midway, is closed instead.
+struct Dedicated {
+    connect: PgConnectOptions,
+    idle: Mutex<Vec<PgConnection>>,
+    turns: Semaphore,
+    max: u32,
+    acquire_timeout: Duration,
+}
+
+impl Dedicated {
+    /// Runs `write` on an idle connection, or a new one; keeps the connection if it succeeded.
+    async fn with<T>(&self, write: impl AsyncFnOnce(&mut PgConnection) -> Result<T>) -> Result<T> {
+        let _turn = tokio::time::timeout(self.acquire_timeout, self.turns.acquire())
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => PgConnection::connect_with(&self.connect).await?,
+        };
+        let result = write(&mut conn).await;
+        if result.is_ok() {
+            self.idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(conn);
+        } else {
+            let _ = conn.close().await;
+        }
+        result
+    }
+
+    fn in_use(&self) -> u32 {
+        self.max
+            .saturating_sub(u32::try_from(self.turns.available_permits()).unwrap_or(self.max))
+    }
+
+    async fn close(&self) {
+        self.turns.close();
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for conn in idle {
+            let _ = conn.close().await;
+        }
+    }
 }
 
 impl PostgresStore {
@@ -74,16 +133,19 @@ impl PostgresStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.clone())
             .await?;
-        // Not pinged when handed out (a round trip per write): `write_alone` sends its
+        // Not tested when handed out (a round trip per write): `write_alone` sends its
         // statement again on another connection when the one it got was cut.
-        let system = PgPoolOptions::new()
-            .max_connections(options.write_alone_max.max(1))
-            .acquire_timeout(options.acquire_timeout)
-            .test_before_acquire(false)
+        let max = options.write_alone_max.max(1);
+        let system = Dedicated {
             // Its statements find every row by key. A generic plan made while a table was
             // nearly empty would scan it instead, and keep doing so as it grows until the next
             // ANALYZE: here a scan is never the plan.
-            .connect_lazy_with(connect.options([("settle.merchant_id", "*"), ("enable_seqscan", "off")]));
+            connect: connect.options([("settle.merchant_id", "*"), ("enable_seqscan", "off")]),
+            idle: Mutex::new(Vec::new()),
+            turns: Semaphore::new(max as usize),
+            max,
+            acquire_timeout: options.acquire_timeout,
+        };
         Ok(PostgresStore { pool, system })
     }
 }
@@ -136,30 +198,29 @@ impl Store for PostgresStore {
     async fn write_alone(&self, rows: &crate::GroupRows<'_>) -> Result<bool> {
         // After a server restart every idle connection of the pool is cut: one more try than
         // the pool has connections reaches a new one.
-        let mut tries = self.system.options().get_max_connections() + 1;
+        let mut tries = self.system.max + 1;
         loop {
             tries -= 1;
-            let mut conn = self.system.acquire().await?;
-            match Writes::group(rows)?.run_alone(&mut conn).await {
+            match self
+                .system
+                .with(async |conn| Writes::group(rows)?.run_alone(conn).await)
+                .await
+            {
                 Err(StoreError::Database(sqlx::Error::Database(e))) if e.code().as_deref() == Some(STALE) => {
                     return Ok(false)
                 }
                 // A connection cut since it was last used (a server restart): the statement is
                 // sent again on another. Should an earlier try have committed after all, a later
                 // one cannot apply twice: every row it writes is keyed or compared-and-set.
-                Err(StoreError::Database(e)) if tries > 0 && connection_lost(&e) => {
-                    let _ = conn.close().await;
-                }
+                Err(StoreError::Database(e)) if tries > 0 && connection_lost(&e) => {}
                 other => return other.map(|()| true),
             }
         }
     }
 
     fn connections_in_use(&self) -> u32 {
-        [&self.pool, &self.system]
-            .iter()
-            .map(|p| p.size().saturating_sub(u32::try_from(p.num_idle()).unwrap_or(0)))
-            .sum()
+        let pool = &self.pool;
+        pool.size().saturating_sub(u32::try_from(pool.num_idle()).unwrap_or(0)) + self.system.in_use()
     }
 
     async fn bypasses_row_security(&self) -> Result<bool> {
