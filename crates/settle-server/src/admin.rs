@@ -131,7 +131,11 @@ async fn load_merchant(state: &AppState, id: &str) -> Result<Merchant, ApiError>
         .ok_or_else(|| ApiError::not_found("merchant", id))
 }
 
-async fn get_merchant(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_merchant(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let merchant = load_merchant(&state, &id).await?;
     Ok(Reply::json(StatusCode::OK, &merchant_json(&merchant))?.into_response())
 }

@@ -189,7 +189,12 @@ async fn create(
     create_customer(&state, &ctx, CustomerBody::parse(body)?, &render).await
 }
 
-async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retrieve(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let customer = load(&state, ctx.merchant_id(), &id).await?;
     Ok(Reply::json(StatusCode::OK, &customer_json(&customer))?.into_response())
 }

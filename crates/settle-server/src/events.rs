@@ -61,7 +61,12 @@ pub fn event_json(e: &Event) -> Value {
     })
 }
 
-async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retrieve(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let event = load(&state, ctx.merchant_id(), &id).await?;
     Ok(Reply::json(StatusCode::OK, &event_json(&event))?.into_response())
 }

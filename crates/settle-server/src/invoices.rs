@@ -242,7 +242,12 @@ async fn load(state: &AppState, merchant_id: &str, id: &str) -> Result<Invoice, 
         .ok_or_else(|| ApiError::not_found("invoice", id))
 }
 
-async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retrieve(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let invoice = load(&state, ctx.merchant_id(), &id).await?;
     Ok(Reply::json(StatusCode::OK, &invoice_json(&invoice))?.into_response())
 }

@@ -155,7 +155,12 @@ async fn load_account(state: &AppState, merchant_id: &str, id: &str) -> Result<A
         .ok_or_else(|| ApiError::not_found("ledger account", id))
 }
 
-async fn get_account(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_account(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let account = load_account(&state, ctx.merchant_id(), &id).await?;
     Ok(Reply::json(StatusCode::OK, &account_json(&account))?.into_response())
 }
@@ -188,7 +193,12 @@ async fn list_entries(
     list_reply(&format!("/v1/ledger/accounts/{id}/entries"), data, listing.has_more)
 }
 
-async fn get_transfer(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_transfer(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let key = (merchant_id.clone(), id.clone());
     let mut tx = state.store.begin(Scope::Merchant(merchant_id), Mode::Read).await?;

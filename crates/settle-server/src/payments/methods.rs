@@ -391,7 +391,12 @@ pub async fn attach_method(
     ctx.commit(state, tx, render(&method)?, &[audit]).await
 }
 
-async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retrieve(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let mut tx = state.reader(&merchant_id).await?;
     let method = tx

@@ -738,7 +738,12 @@ pub async fn load(state: &AppState, merchant_id: &str, id: &str) -> Result<Payme
         .ok_or_else(|| ApiError::not_found("payment", id))
 }
 
-async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retrieve(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let payment = load(&state, ctx.merchant_id(), &id).await?;
     Ok(Reply::json(StatusCode::OK, &payment_json(&payment))?.into_response())
 }
@@ -859,7 +864,7 @@ pub fn payment_json(p: &Payment) -> Value {
     })
 }
 
-async fn currencies() -> Response {
+async fn currencies(_: crate::extract::NoQuery) -> Response {
     let data: Vec<Value> = settle_domain::money::CURRENCIES
         .iter()
         .map(|c| json!({ "code": c.code, "name": c.name, "symbol": c.symbol, "exponent": c.exponent }))
@@ -867,7 +872,7 @@ async fn currencies() -> Response {
     Json(json!({ "object": "list", "url": "/v1/currencies", "has_more": false, "data": data })).into_response()
 }
 
-async fn payment_method_types() -> Response {
+async fn payment_method_types(_: crate::extract::NoQuery) -> Response {
     let types = [
         ("card", vec!["sandbox", "stripe"]),
         ("bank_transfer", vec![]),

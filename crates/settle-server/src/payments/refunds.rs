@@ -431,7 +431,12 @@ async fn sync_refund(state: &AppState, mut refund: Refund) -> Result<bool, ApiEr
     Ok(refund.status != RefundStatus::Pending)
 }
 
-async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retrieve(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let mut tx = state.reader(&merchant_id).await?;
     let refund = tx

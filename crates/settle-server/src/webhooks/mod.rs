@@ -405,7 +405,12 @@ async fn create(
     create_endpoint(&state, &ctx, Api::Settle, body, StatusCode::CREATED, endpoint_json).await
 }
 
-async fn retrieve(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retrieve(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::NoQuery,
+) -> Result<Response, ApiError> {
     let endpoint = load_endpoint(&state, ctx.merchant_id(), &id, None).await?;
     Ok(Reply::json(StatusCode::OK, &endpoint_json(&endpoint))?.into_response())
 }

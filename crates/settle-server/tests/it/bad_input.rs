@@ -129,12 +129,30 @@ pub async fn malformed_and_oversized_bodies_are_400(app: TestApp) {
         ("/v1/payments?limit=1&limit=3", "limit"),
         ("/v1/connector_accounts?limit=abc", "limit"),
         ("/v1/routing?created[gte]=x", "created[gte]"),
+        // A single object takes no parameter either.
+        ("/v1/payments/pay_x?expand=refunds", "expand"),
+        ("/v1/currencies?code=USD", "code"),
     ] {
         let r = app.call(Method::GET, path, &m.key, None, &[]).await;
         assert_eq!(
             (r.status, r.param()),
             (StatusCode::BAD_REQUEST, param),
             "{path}: {}",
+            r.text
+        );
+    }
+    // A write takes its fields in the body: a query parameter is refused before anything runs
+    // (a capture's `?amount=` must not capture the whole amount because it went unread).
+    for (method, path, param) in [
+        (Method::POST, "/v1/payments/pay_x/capture?amount=500", "amount"),
+        (Method::POST, "/v1/payments?amount=100&currency=USD", "amount"),
+        (Method::DELETE, "/v1/webhook_endpoints/we_x?force=1", "force"),
+    ] {
+        let r = app.call(method.clone(), path, &m.key, Some("{}"), &[]).await;
+        assert_eq!(
+            (r.status, r.code(), r.param()),
+            (StatusCode::BAD_REQUEST, "parameter_unknown", param),
+            "{method} {path}: {}",
             r.text
         );
     }
