@@ -236,7 +236,7 @@ async fn create(
     ctx: Ctx,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let render = |r: &Refund| Reply::json(StatusCode::OK, &refund_json(r));
+    let render = |r: &Refund| Reply::json(StatusCode::CREATED, &refund_json(r));
     create_refund(&state, &ctx, body, &render).await
 }
 

@@ -89,7 +89,7 @@ async fn a_payments_changes_are_events_numbered_without_gaps(app: TestApp) {
     let refund = app
         .post("/v1/refunds", &m.key, json!({ "payment_id": pay, "amount": 200 }))
         .await;
-    assert_eq!(refund.status, StatusCode::OK, "{}", refund.text);
+    assert_eq!(refund.status, StatusCode::CREATED, "{}", refund.text);
     let re = refund.json["id"].as_str().expect("id");
     let refund_events = app.events_of(&m, re).await;
     assert_eq!(types(&refund_events), ["refund.created", "refund.succeeded"]);

@@ -225,7 +225,7 @@ async fn partial_refunds_never_exceed_the_capture(app: TestApp) {
     for t in tasks {
         let r = t.await.expect("task");
         match r.status {
-            StatusCode::OK => {
+            StatusCode::CREATED => {
                 assert_eq!(r.json["status"], "succeeded", "{}", r.text);
                 succeeded += 1;
             }
@@ -777,11 +777,11 @@ async fn a_retried_refund_finds_its_refund_and_a_duplicate_elsewhere_refunds_not
     let path = format!("/v1/payments/{id}");
     let body = json!({ "payment_id": id, "amount": 300 }).to_string();
     let first = app.post_keyed("/v1/refunds", &m.key, &body, "refund-1").await;
-    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
     // The process dies after the refund was stored but before its idempotency record was.
     app.exec("DELETE FROM idempotency_keys WHERE key = 'refund-1'").await;
     let retry = app.post_keyed("/v1/refunds", &m.key, &body, "refund-1").await;
-    assert_eq!(retry.status, StatusCode::OK, "{}", retry.text);
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text);
     assert_eq!(retry.json["id"], first.json["id"], "the retry finds the refund");
     assert_eq!(
         app.get(&path, &m.key).await.json["amount_refunded"],
@@ -826,7 +826,7 @@ async fn a_retried_refund_finds_its_refund_and_a_duplicate_elsewhere_refunds_not
             for call in calls {
                 let r = call.await.expect("task");
                 match r.status {
-                    StatusCode::OK => ids.push(r.json["id"].clone()),
+                    StatusCode::CREATED => ids.push(r.json["id"].clone()),
                     StatusCode::CONFLICT => assert_eq!(r.code(), "idempotency_key_in_use", "{}", r.text),
                     other => panic!("unexpected {other}: {}", r.text),
                 }
@@ -856,7 +856,7 @@ async fn a_retried_refund_finds_its_refund_and_a_duplicate_elsewhere_refunds_not
         .await
         .expect("prune");
     let later = app.post_keyed("/v1/refunds", &m.key, &other, "refund-1").await;
-    assert_eq!(later.status, StatusCode::OK, "{}", later.text);
+    assert_eq!(later.status, StatusCode::CREATED, "{}", later.text);
     assert_ne!(later.json["id"], first.json["id"]);
 
     // The rest, asked of two processes at once: the one that waited for the other's row lock
@@ -889,7 +889,7 @@ async fn a_retried_refund_finds_its_refund_and_a_duplicate_elsewhere_refunds_not
         for call in calls {
             let r = call.await.expect("task");
             match r.status {
-                StatusCode::OK => assert_eq!(r.json["amount"], 2000 - 300 - 300 - 301, "{}", r.text),
+                StatusCode::CREATED => assert_eq!(r.json["amount"], 2000 - 300 - 300 - 301, "{}", r.text),
                 StatusCode::CONFLICT => assert_eq!(r.code(), "idempotency_key_in_use", "{}", r.text),
                 other => panic!("unexpected {other}: {}", r.text),
             }
