@@ -50,8 +50,8 @@ pub struct PostgresStore {
 ///
 /// Not a sqlx pool: a pool sends a round trip to every connection it takes back, to learn
 /// whether it is still fit to lend, and on the hot path that is a round trip per write. Here a
-/// connection goes back only after its statement succeeded, which leaves it idle with nothing
-/// pending; one that failed, or whose statement was abandoned midway, is closed instead.
+/// connection goes back once its statement has been answered, success or a refusal; one whose
+/// connection failed, or whose statement was abandoned midway (its future dropped), is closed.
 struct Dedicated {
     connect: PgConnectOptions,
     idle: Mutex<Vec<PgConnection>>,
@@ -61,7 +61,7 @@ struct Dedicated {
 }
 
 impl Dedicated {
-    /// Runs `write` on an idle connection, or a new one; keeps the connection if it succeeded.
+    /// Runs `write` on an idle connection, or a new one; keeps the connection unless it broke.
     async fn with<T>(&self, write: impl AsyncFnOnce(&mut PgConnection) -> Result<T>) -> Result<T> {
         let _turn = tokio::time::timeout(self.acquire_timeout, self.turns.acquire())
             .await
@@ -77,13 +77,20 @@ impl Dedicated {
             None => PgConnection::connect_with(&self.connect).await?,
         };
         let result = write(&mut conn).await;
-        if result.is_ok() {
+        // The server refusing a statement (a stale compare-and-set, a unique key) leaves the
+        // connection fit for the next, which first reads what is left of this exchange; a
+        // failure of the connection itself does not.
+        let broken = match &result {
+            Err(StoreError::Database(e)) => !matches!(e, sqlx::Error::Database(_)) || connection_lost(e),
+            Ok(_) | Err(_) => false,
+        };
+        if broken {
+            let _ = conn.close().await;
+        } else {
             self.idle
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(conn);
-        } else {
-            let _ = conn.close().await;
         }
         result
     }
