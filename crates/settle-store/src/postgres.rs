@@ -84,7 +84,8 @@ impl Dedicated {
             Err(StoreError::Database(e)) => !matches!(e, sqlx::Error::Database(_)) || connection_lost(e),
             Ok(_) | Err(_) => false,
         };
-        if broken {
+        // After `close`, a connection that was in use is closed as it comes back.
+        if broken || self.turns.is_closed() {
             let _ = conn.close().await;
         } else {
             self.idle
