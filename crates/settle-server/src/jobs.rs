@@ -81,27 +81,33 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
     let webhooks = state.config.webhook_interval;
     let inbox = state.config.webhook_inbox_interval;
     vec![
-        tokio::spawn(every(webhooks, stop.clone(), state.clone(), |s| async move {
-            // Drain a backlog in bounded rounds.
-            for _ in 0..WEBHOOK_ROUNDS_MAX {
-                let fanned = crate::webhooks::dispatch::try_execute_outbox(&s)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = ?e, "webhook fan-out failed");
-                        0
-                    });
-                let sent = crate::webhooks::dispatch::try_execute_deliveries(&s)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = ?e, "webhook delivery failed");
-                        0
-                    });
-                if fanned == 0 && sent == 0 {
-                    break;
+        tokio::spawn(every(
+            webhooks,
+            stop.clone(),
+            state.clone(),
+            Last::None,
+            |s| async move {
+                // Drain a backlog in bounded rounds.
+                for _ in 0..WEBHOOK_ROUNDS_MAX {
+                    let fanned = crate::webhooks::dispatch::try_execute_outbox(&s)
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(error = ?e, "webhook fan-out failed");
+                            0
+                        });
+                    let sent = crate::webhooks::dispatch::try_execute_deliveries(&s)
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(error = ?e, "webhook delivery failed");
+                            0
+                        });
+                    if fanned == 0 && sent == 0 {
+                        break;
+                    }
                 }
-            }
-        })),
-        tokio::spawn(every(inbox, stop.clone(), state.clone(), |s| async move {
+            },
+        )),
+        tokio::spawn(every(inbox, stop.clone(), state.clone(), Last::None, |s| async move {
             // Drain a backlog in bounded rounds.
             for _ in 0..50 {
                 match crate::inbound::worker::try_execute_webhook_inbox(&s).await {
@@ -114,34 +120,46 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
                 }
             }
         })),
-        tokio::spawn(every(payments, stop.clone(), state.clone(), |s| async move {
-            if let Err(e) = crate::payments::jobs::try_execute_payment_sync(&s).await {
-                tracing::warn!(error = ?e, "payment sync failed");
-            }
-            if let Err(e) = crate::payments::refunds::try_execute_refund_sync(&s).await {
-                tracing::warn!(error = ?e, "refund sync failed");
-            }
-            if let Err(e) = crate::payments::jobs::try_execute_claim_recovery(&s).await {
-                tracing::warn!(error = ?e, "claim recovery failed");
-            }
-            if let Err(e) = crate::payments::jobs::try_execute_authorization_expiry(&s).await {
-                tracing::warn!(error = ?e, "authorization expiry failed");
-            }
-        })),
-        tokio::spawn(every(payments, stop.clone(), state.clone(), |s| async move {
-            // Drain a backlog in bounded rounds.
-            for _ in 0..INVOICE_ROUNDS_PER_TICK_MAX {
-                match crate::invoices::try_execute_invoice_payments(&s).await {
-                    Ok(n) if n == crate::invoices::PAYMENT_EVENTS_PER_ROUND_MAX as usize => continue,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = ?e, "invoice payments failed");
-                        break;
+        tokio::spawn(every(
+            payments,
+            stop.clone(),
+            state.clone(),
+            Last::None,
+            |s| async move {
+                if let Err(e) = crate::payments::jobs::try_execute_payment_sync(&s).await {
+                    tracing::warn!(error = ?e, "payment sync failed");
+                }
+                if let Err(e) = crate::payments::refunds::try_execute_refund_sync(&s).await {
+                    tracing::warn!(error = ?e, "refund sync failed");
+                }
+                if let Err(e) = crate::payments::jobs::try_execute_claim_recovery(&s).await {
+                    tracing::warn!(error = ?e, "claim recovery failed");
+                }
+                if let Err(e) = crate::payments::jobs::try_execute_authorization_expiry(&s).await {
+                    tracing::warn!(error = ?e, "authorization expiry failed");
+                }
+            },
+        )),
+        tokio::spawn(every(
+            payments,
+            stop.clone(),
+            state.clone(),
+            Last::None,
+            |s| async move {
+                // Drain a backlog in bounded rounds.
+                for _ in 0..INVOICE_ROUNDS_PER_TICK_MAX {
+                    match crate::invoices::try_execute_invoice_payments(&s).await {
+                        Ok(n) if n == crate::invoices::PAYMENT_EVENTS_PER_ROUND_MAX as usize => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = ?e, "invoice payments failed");
+                            break;
+                        }
                     }
                 }
-            }
-        })),
-        tokio::spawn(every(expiry, stop.clone(), state.clone(), |s| async move {
+            },
+        )),
+        tokio::spawn(every(expiry, stop.clone(), state.clone(), Last::None, |s| async move {
             if let Err(e) = try_execute_upkeep(&s).await {
                 tracing::warn!(error = ?e, "store upkeep failed");
             }
@@ -157,7 +175,7 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
                 }
             }
         })),
-        tokio::spawn(every(housekeeping, stop, state, |s| async move {
+        tokio::spawn(every(housekeeping, stop, state, Last::Round, |s| async move {
             if let Err(e) = try_execute_prune(&s).await {
                 tracing::warn!(error = ?e, "idempotency pruning failed");
             }
@@ -168,19 +186,46 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
     ]
 }
 
-async fn every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, state: AppState, round: F)
+/// Runs `round` every `period` until `stop`. A round still running when the stop comes has the
+/// request timeout to finish, then is abandoned: every job's writes are atomic and its work
+/// durable (outbox, claims, inbox), so what an abandoned round left is picked up by the next
+/// round of this or another process, as after a crash; a webhook receiver that never answers
+/// must not hold a shutdown for minutes. Only a job that collects in memory (`Last::Round`)
+/// runs one more round after the stop, so that nothing it holds is lost.
+async fn every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, state: AppState, last: Last, round: F)
 where
     F: Fn(AppState) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    let grace = state.config.request_timeout;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => round(state.clone()).await,
+            _ = tick.tick() => {
+                let running = round(state.clone());
+                tokio::pin!(running);
+                tokio::select! {
+                    () = &mut running => {}
+                    _ = stop.changed() => {
+                        if tokio::time::timeout(grace, running).await.is_err() {
+                            tracing::warn!("a job round still running at shutdown was abandoned; the next start resumes its work");
+                        }
+                        break;
+                    }
+                }
+            }
             _ = stop.changed() => break,
         }
     }
-    // A last round so that nothing collected in memory is lost on shutdown.
-    round(state).await;
+    if last == Last::Round {
+        round(state).await;
+    }
+}
+
+/// Whether a job runs one more round after the stop.
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Last {
+    Round,
+    None,
 }

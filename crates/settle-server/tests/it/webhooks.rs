@@ -841,7 +841,62 @@ async fn stripe_endpoints_get_stripe_shaped_events_signed_for_stripe(app: TestAp
     );
 }
 
+/// A receiver that never answers does not hold a shutdown up: the delivery round in flight has
+/// the request timeout to finish, then is abandoned; the delivery stays due for the next start.
+async fn a_receiver_that_never_answers_does_not_hold_shutdown(app: TestApp) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let (reached, mut arrived) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            let _ = reached.try_send(());
+        }
+    });
+    let mut config = settle_server::Config::for_engine(app.store.engine());
+    config.vault_key = app.state().config.vault_key.clone();
+    config.webhook_private_targets = true;
+    config.webhook_timeout = Duration::from_secs(60);
+    config.request_timeout = Duration::from_secs(1);
+    let other = settle_server::App::build(app.store.clone(), Arc::new(app.clock.clone()), config)
+        .await
+        .expect("build");
+    let m = app.merchant("shop").await;
+    let endpoint = json!({ "url": url, "enabled_events": ["*"] }).to_string();
+    let r = crate::harness::call(
+        &other.router,
+        Method::POST,
+        "/v1/webhook_endpoints",
+        &m.key,
+        Some(&endpoint),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let account = json!({ "connector": "sandbox" }).to_string();
+    let r = crate::harness::call(
+        &other.router,
+        Method::POST,
+        "/v1/connector_accounts",
+        &m.key,
+        Some(&account),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    tokio::time::timeout(Duration::from_secs(60), arrived.recv())
+        .await
+        .expect("no delivery reached the receiver");
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(45), other.shutdown())
+        .await
+        .expect("shutdown waited for a receiver that never answers");
+    assert!(started.elapsed() < Duration::from_secs(45));
+}
+
 crate::conformance!(
+    a_receiver_that_never_answers_does_not_hold_shutdown,
     stripe_endpoints_get_stripe_shaped_events_signed_for_stripe,
     a_failing_receiver_gets_every_event_signed_after_retries_and_a_restart,
     two_dispatchers_never_send_one_attempt_twice,
