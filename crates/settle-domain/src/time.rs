@@ -35,33 +35,63 @@ impl Timestamp {
         self.to_string()
     }
 
-    /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (UTC only; up to six fraction digits).
+    /// Parses an RFC 3339 date-time: `YYYY-MM-DDTHH:MM:SS[.fraction]` then `Z` or an offset
+    /// `±HH:MM` (`T` and `Z` in either case; up to six fraction digits; no leap second).
     pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
         let b = s.as_bytes();
-        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || !matches!(b[10], b'T' | b't')
+            || b[13] != b':'
+            || b[16] != b':'
+        {
             return None;
         }
-        let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+        let num = |r: std::ops::Range<usize>| digits(s.get(r)?);
         let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
         if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 59 {
             return None;
         }
-        let rest = s.get(19..)?.strip_suffix('Z')?;
-        let micros = match rest.strip_prefix('.') {
-            None if rest.is_empty() => 0,
-            Some(f) if (1..=6).contains(&f.len()) && f.bytes().all(|c| c.is_ascii_digit()) => {
-                f.parse::<i64>().ok()? * 10i64.pow(6 - u32::try_from(f.len()).ok()?)
+        let rest = s.get(19..)?;
+        let (fraction, offset) = rest.split_at(rest.find(['Z', 'z', '+', '-'])?);
+        let east = match offset {
+            "Z" | "z" => 0,
+            o if o.len() == 6 && o.as_bytes()[3] == b':' => {
+                let (oh, om) = (digits(&o[1..3])?, digits(&o[4..6])?);
+                if oh > 23 || om > 59 {
+                    return None;
+                }
+                let east = oh * 3600 + om * 60;
+                if o.starts_with('-') {
+                    -east
+                } else {
+                    east
+                }
             }
+            _ => return None,
+        };
+        let micros = match fraction.strip_prefix('.') {
+            None if fraction.is_empty() => 0,
+            Some(f) if (1..=6).contains(&f.len()) => digits(f)? * 10i64.pow(6 - u32::try_from(f.len()).ok()?),
             _ => return None,
         };
         let days = days_from_civil(y, mo, d);
         if civil_from_days(days) != (y, mo, d) {
             return None;
         }
-        let seconds = days * 86_400 + h * 3600 + mi * 60 + sec;
+        let seconds = days * 86_400 + h * 3600 + mi * 60 + sec - east;
         Some(Timestamp(seconds.checked_mul(MICROS_PER_SECOND)?.checked_add(micros)?))
     }
+}
+
+/// `text` as a number if it is ASCII digits only (`str::parse` would also take a sign).
+fn digits(text: &str) -> Option<i64> {
+    if text.is_empty() || !text.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// (year, month, day) to days since the epoch (the inverse of `civil_from_days`).
@@ -133,7 +163,33 @@ mod tests {
             Timestamp::parse_rfc3339("2026-11-22T02:18:31Z"),
             Timestamp::from_unix_seconds(1_795_313_911)
         );
+        // An offset names the same instant in another zone; `T` and `Z` may be lower case.
+        for same in [
+            "2026-11-22T02:18:31Z",
+            "2026-11-21T21:18:31-05:00",
+            "2026-11-22T07:48:31+05:30",
+            "2026-11-22t02:18:31z",
+            "2026-11-22T02:18:31-00:00",
+        ] {
+            assert_eq!(
+                Timestamp::parse_rfc3339(same),
+                Timestamp::from_unix_seconds(1_795_313_911),
+                "{same}"
+            );
+        }
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-22T03:18:31.5+01:00"),
+            Timestamp::from_unix_seconds(1_795_313_911).map(|t| Timestamp(t.0 + 500_000))
+        );
         for bad in [
+            "2026-11-22T02:18:31+0500",
+            "2026-11-22T02:18:31+24:00",
+            "2026-11-22T02:18:31+05:60",
+            "2026-11-22T02:18:31.Z",
+            "2026-11-22T02:18:31.+1Z",
+            "+026-11-22T02:18:31Z",
+            "2026-+1-22T02:18:31Z",
+            "2026-11-22T02:18:31Z+01:00",
             "2026-02-30T00:00:00Z",
             "2026-11-22T02:18:31",
             "2026-11-22 02:18:31Z",
