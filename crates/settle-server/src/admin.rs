@@ -154,6 +154,7 @@ async fn deactivate_merchant(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
+    _: crate::extract::JsonBody<crate::extract::NoFields>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
     tx.get_merchant(&id)
@@ -252,6 +253,7 @@ async fn revoke_key(
     State(state): State<AppState>,
     ctx: Ctx,
     Path((merchant_id, key_id)): Path<(String, String)>,
+    _: crate::extract::JsonBody<crate::extract::NoFields>,
 ) -> Result<Response, ApiError> {
     let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
     tx.get_api_key(&merchant_id, &key_id)

@@ -209,7 +209,12 @@ async fn update(
     update_customer(&state, &ctx, &id, CustomerBody::parse(body)?, &render).await
 }
 
-async fn delete(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::JsonBody<crate::extract::NoFields>,
+) -> Result<Response, ApiError> {
     let render = |id: &str| {
         Reply::json(
             StatusCode::OK,

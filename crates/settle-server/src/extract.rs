@@ -196,6 +196,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// The body of a call that takes no field (`{}` or nothing): anything else is a 400, rather
+/// than ignored.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoFields {}
+
 /// `limit`, `starting_after`, `ending_before`.
 pub struct Page(pub PageRequest);
 

@@ -192,11 +192,21 @@ fn illegal(refusal: IllegalTransition) -> ApiError {
     }
 }
 
-async fn send(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn send(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::JsonBody<crate::extract::NoFields>,
+) -> Result<Response, ApiError> {
     command(&state, &ctx, &id, Command::Send).await
 }
 
-async fn void(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn void(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::JsonBody<crate::extract::NoFields>,
+) -> Result<Response, ApiError> {
     command(&state, &ctx, &id, Command::Void).await
 }
 

@@ -350,7 +350,12 @@ async fn attach(
     attach_method(&state, &ctx, &id, Some(&body.customer), &render).await
 }
 
-async fn detach(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn detach(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: crate::extract::JsonBody<crate::extract::NoFields>,
+) -> Result<Response, ApiError> {
     let render = |m: &PaymentMethod| Reply::json(StatusCode::OK, &method_json(m));
     attach_method(&state, &ctx, &id, None, &render).await
 }

@@ -434,16 +434,11 @@ async fn update(
     update_endpoint(&state, &ctx, &id, None, body, endpoint_json).await
 }
 
-/// The body of a call that takes no field (`{}` or nothing): anything else is a 400.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoFields {}
-
 async fn rotate(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
-    _: JsonBody<NoFields>,
+    _: JsonBody<crate::extract::NoFields>,
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let mut tx = state.begin_write(&merchant_id).await?;
@@ -466,7 +461,12 @@ async fn rotate(
     finish(&state, &ctx, tx, &endpoint, change, endpoint_json).await
 }
 
-async fn delete(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: JsonBody<crate::extract::NoFields>,
+) -> Result<Response, ApiError> {
     let shape = |e: &Endpoint| {
         let mut data = endpoint_json(e);
         data["deleted"] = json!(true);

@@ -156,6 +156,27 @@ pub async fn malformed_and_oversized_bodies_are_400(app: TestApp) {
             r.text
         );
     }
+    // An action that takes no field refuses a body that has one, or is not JSON, rather than
+    // acting and ignoring it; nothing, or `{}`, is its body.
+    for (method, path) in [
+        (Method::POST, "/v1/invoices/inv_x/send"),
+        (Method::POST, "/v1/invoices/inv_x/void"),
+        (Method::POST, "/v1/payment_methods/pm_x/detach"),
+        (Method::DELETE, "/v1/customers/cus_x"),
+        (Method::DELETE, "/v1/webhook_endpoints/we_x"),
+    ] {
+        for (body, param) in [(r#"{"x": 1}"#, "x"), ("garbage", "body")] {
+            let r = app.call(method.clone(), path, &m.key, Some(body), &[]).await;
+            assert_eq!(
+                (r.status, r.param()),
+                (StatusCode::BAD_REQUEST, param),
+                "{method} {path} {body}: {}",
+                r.text
+            );
+        }
+        let r = app.call(method.clone(), path, &m.key, None, &[]).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {path} without a body: {}", r.text);
+    }
     // A route that exists, with a method it does not take: a JSON 405, not an empty body.
     for (method, path) in [(Method::DELETE, "/v1/payments"), (Method::POST, "/stripe/v1/charges")] {
         let r = app.call(method.clone(), path, &m.key, Some("{}"), &[]).await;
