@@ -213,6 +213,7 @@ async fn delete(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
+    _: crate::extract::NoQuery,
     _: crate::extract::JsonBody<crate::extract::NoFields>,
 ) -> Result<Response, ApiError> {
     let render = |id: &str| {

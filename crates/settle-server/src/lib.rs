@@ -328,13 +328,13 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(invoices::router())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
-        .layer(axum::middleware::from_fn(extract::no_query_on_writes))
+        .layer(axum::middleware::from_fn(extract::no_query_on_posts))
         .layer(axum::middleware::from_fn(extract::buffered_body))
         .layer(from_fn_with_state(state.clone(), auth::require_merchant));
     let admin = admin::router()
         .merge(inbound::admin_router())
         .layer(from_fn_with_state(state.clone(), idempotency::middleware))
-        .layer(axum::middleware::from_fn(extract::no_query_on_writes))
+        .layer(axum::middleware::from_fn(extract::no_query_on_posts))
         .layer(axum::middleware::from_fn(extract::buffered_body))
         .layer(from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()

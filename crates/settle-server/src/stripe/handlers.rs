@@ -756,7 +756,7 @@ async fn list_events(State(state): State<AppState>, ctx: Ctx, RawQuery(query): R
 
 /// The merchant's balance: what its `merchant_pending` ledger accounts hold, per currency.
 /// Settle has no payouts yet, so nothing is `available`.
-async fn balance(State(state): State<AppState>, ctx: Ctx) -> Result<Response, ApiError> {
+async fn balance(State(state): State<AppState>, ctx: Ctx, _: crate::extract::NoQuery) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let keys: Vec<Key> = settle_domain::money::CURRENCIES
         .iter()

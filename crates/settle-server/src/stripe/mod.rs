@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     handlers::router()
         .layer(from_fn_with_state(state.clone(), crate::idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), handlers::expand))
+        .layer(from_fn(crate::extract::no_query_on_posts))
         .layer(from_fn(crate::extract::buffered_body))
         .layer(from_fn_with_state(state, crate::auth::require_merchant))
         .layer(from_fn(errors))

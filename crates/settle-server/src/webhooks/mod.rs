@@ -465,6 +465,7 @@ async fn delete(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
+    _: crate::extract::NoQuery,
     _: JsonBody<crate::extract::NoFields>,
 ) -> Result<Response, ApiError> {
     let shape = |e: &Endpoint| {

@@ -156,6 +156,22 @@ pub async fn malformed_and_oversized_bodies_are_400(app: TestApp) {
             r.text
         );
     }
+    // So does the Stripe-compatible API, whose POSTs take their fields in the form body, and a
+    // Stripe GET that takes no parameter.
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    for (method, path, param) in [
+        (Method::POST, "/stripe/v1/customers?email=ann@example.test", "email"),
+        (Method::GET, "/stripe/v1/balance?currency=usd", "currency"),
+    ] {
+        let body = (method == Method::POST).then_some("name=Ann");
+        let r = app.call(method.clone(), path, &m.key, body, &form).await;
+        assert_eq!(
+            (r.status, r.param(), r.json["error"]["type"].as_str()),
+            (StatusCode::BAD_REQUEST, param, Some("invalid_request_error")),
+            "{method} {path}: {}",
+            r.text
+        );
+    }
     // An action that takes no field refuses a body that has one, or is not JSON, rather than
     // acting and ignoring it; nothing, or `{}`, is its body.
     for (method, path) in [
@@ -175,7 +191,12 @@ pub async fn malformed_and_oversized_bodies_are_400(app: TestApp) {
             );
         }
         let r = app.call(method.clone(), path, &m.key, None, &[]).await;
-        assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {path} without a body: {}", r.text);
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "{method} {path} without a body: {}",
+            r.text
+        );
     }
     // A route that exists, with a method it does not take: a JSON 405, not an empty body.
     for (method, path) in [(Method::DELETE, "/v1/payments"), (Method::POST, "/stripe/v1/charges")] {
