@@ -58,6 +58,18 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// At most [`SHOWN_ID_CHARS`] of an id echoed in a message: a client's 5,000-character id need
+/// not come back whole.
+pub(crate) fn shown_id(mut id: String) -> String {
+    if let Some((cut, _)) = id.char_indices().nth(SHOWN_ID_CHARS) {
+        id.truncate(cut);
+        id.push('…');
+    }
+    id
+}
+
+const SHOWN_ID_CHARS: usize = 200;
+
 impl ApiError {
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Invalid {
@@ -84,7 +96,7 @@ impl ApiError {
     pub fn not_found_at(what: &'static str, id: impl Into<String>, param: &'static str) -> Self {
         ApiError::NotFound {
             what,
-            id: id.into(),
+            id: shown_id(id.into()),
             param: Some(param),
         }
     }
@@ -252,7 +264,16 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::without_card_numbers;
+    use super::{without_card_numbers, ApiError};
+
+    #[test]
+    fn a_long_id_is_echoed_cut_short() {
+        let long = ApiError::not_found("payment", "é".repeat(5_000)).body();
+        let message = long["error"]["message"].as_str().expect("message");
+        assert_eq!(message, format!("no such payment: '{}…'", "é".repeat(200)));
+        let short = ApiError::not_found("payment", "pay_1").body();
+        assert_eq!(short["error"]["message"], "no such payment: 'pay_1'");
+    }
 
     #[test]
     fn card_numbers_are_masked_and_other_numbers_kept() {

@@ -350,7 +350,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::NotFound {
                 what: "route",
-                id: uri.path().chars().take(200).collect(),
+                id: error::shown_id(uri.path().to_owned()),
                 param: None,
             }
             .into_response()
