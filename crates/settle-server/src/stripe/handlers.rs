@@ -645,6 +645,7 @@ async fn create_refund(State(state): State<AppState>, ctx: Ctx, body: String) ->
     } else {
         "payment_intent"
     };
+    let sent = intent.clone().or(charge.clone()).unwrap_or_default();
     let payment_id = match (intent, charge) {
         (Some(pi), None) => payment_id(&pi, "payment_intent")
             .map_err(|_| ApiError::invalid("payment_intent", format!("No such payment_intent: '{pi}'")))?,
@@ -668,14 +669,40 @@ async fn create_refund(State(state): State<AppState>, ctx: Ctx, body: String) ->
     p.finish()?;
     refunds::create_refund(&state, &ctx, body, &refund_reply)
         .await
-        .map_err(|e| match e {
-            ApiError::Invalid { code, message, param } if param.as_deref() == Some("payment_id") => ApiError::Invalid {
-                code,
-                message,
-                param: Some(given.into()),
+        .map_err(|e| in_stripe_terms(e, given, &sent))
+}
+
+/// A native refund error in the terms of the Stripe request: the field it names is the one
+/// that gave the payment (`payment_intent` or `charge`), and an unknown payment is named by the
+/// id that was sent.
+fn in_stripe_terms(e: ApiError, given: &'static str, sent: &str) -> ApiError {
+    let rename = |param: Option<String>| match param.as_deref() {
+        Some("payment_id") => Some(given.to_owned()),
+        _ => param,
+    };
+    match e {
+        ApiError::Invalid { code, message, param } => ApiError::Invalid {
+            code,
+            message: if param.as_deref() == Some("payment_id") && message.starts_with("no such payment") {
+                format!("No such {given}: '{sent}'")
+            } else {
+                message
             },
-            other => other,
-        })
+            param: rename(param),
+        },
+        ApiError::Conflict { code, message, param } => ApiError::Conflict {
+            code,
+            message,
+            param: rename(param),
+        },
+        ApiError::Unprocessable { code, message, param } => ApiError::Unprocessable {
+            code,
+            message,
+            param: rename(param),
+        },
+        ApiError::NotFound { what: "payment", .. } => ApiError::not_found_at(given, sent, given),
+        other => other,
+    }
 }
 
 async fn retrieve_refund(

@@ -427,6 +427,11 @@ pub async fn unknown_ids_name_the_field_that_gave_them(app: TestApp) {
         let r = crate::harness::call(&app.router, method.clone(), path, &m.key, body, headers).await;
         assert_eq!(r.status, status, "{method} {path}: {}", r.text);
         assert_eq!(r.json["error"]["param"].as_str(), param, "{method} {path}: {}", r.text);
+        // A Stripe request hears of the id it sent, never of Settle's payment behind it.
+        if path.starts_with("/stripe/") {
+            let message = r.json["error"]["message"].as_str().unwrap_or("");
+            assert!(!message.contains("pay_"), "{method} {path}: {}", r.text);
+        }
     }
 }
 

@@ -224,6 +224,29 @@ async fn the_stripe_layer_answers_bad_input_in_stripes_shape(app: TestApp) {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     assert_eq!(r.json["error"]["code"], "payment_intent_unexpected_state");
+    // A refund of it names the field the request gave it by, not Settle's own.
+    for field in ["payment_intent", "charge"] {
+        let id = if field == "charge" {
+            pi.replacen("pi_", "ch_", 1)
+        } else {
+            pi.clone()
+        };
+        let r = app
+            .call(
+                Method::POST,
+                "/stripe/v1/refunds",
+                &m.key,
+                Some(&format!("{field}={id}")),
+                FORM,
+            )
+            .await;
+        assert_eq!(
+            (r.status.is_client_error(), r.json["error"]["param"].as_str()),
+            (true, Some(field)),
+            "{}",
+            r.text
+        );
+    }
 
     // A decline is a 402 card error, and a retry with the same key replays it.
     let body = "amount=100&currency=usd&confirm=true&payment_method=pm_card_chargeDeclined";
