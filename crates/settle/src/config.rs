@@ -251,22 +251,25 @@ pub fn getting_started(
     let token_line = match new_token {
         Some(path) => format!("A new admin token was written to {path} (mode 0600); it is shown nowhere else."),
         None => match &args.admin_token {
-            Some(_) => "The admin token is the one given by --admin-token / SETTLE_ADMIN_TOKEN.".to_owned(),
+            Some(_) => "The admin token is the one given by --admin-token / SETTLE_ADMIN_TOKEN (the example below reads the variable).".to_owned(),
             None => format!(
                 "The admin token was created on first start (see {}/admin-token).",
                 args.common.data_dir.display()
             ),
         },
     };
-    let token_file = args.common.data_dir.join("admin-token");
+    // The token given by flag or variable is in no file: the example reads the variable.
+    let bearer = match &args.admin_token {
+        Some(_) => "$SETTLE_ADMIN_TOKEN".to_owned(),
+        None => format!("$(cat {})", args.common.data_dir.join("admin-token").display()),
+    };
     let stripe_line = match stripe_addr {
         Some(s) => format!("Stripe SDKs: api_base http://{addr}/stripe, or host and port {s} (the API at its root)."),
         None => format!("Stripe SDKs: api_base http://{addr}/stripe."),
     };
     format!(
-        "Settle is listening on http://{addr} ({engine}).\n{token_line}\n{stripe_line}\n\nCreate a merchant:\n  curl -s http://{addr}/admin/v1/merchants -H \"Authorization: Bearer $(cat {file})\" -d '{{\"name\": \"Acme\", \"email\": \"ops@acme.test\"}}'\n",
+        "Settle is listening on http://{addr} ({engine}).\n{token_line}\n{stripe_line}\n\nCreate a merchant:\n  curl -s http://{addr}/admin/v1/merchants -H \"Authorization: Bearer {bearer}\" -d '{{\"name\": \"Acme\", \"email\": \"ops@acme.test\"}}'\n",
         engine = engine.as_str(),
-        file = token_file.display(),
     )
 }
 
@@ -285,5 +288,33 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// The example reads the token from where it is: the generated file, or the variable.
+    #[test]
+    fn the_getting_started_example_reads_the_token_from_where_it_is() {
+        let addr: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        let generated = Cli::parse_from(["settle", "--data-dir", "/tmp/d"]).serve;
+        let text = getting_started(addr, None, Engine::Sqlite, &generated, Some("/tmp/d/admin-token"));
+        assert!(text.contains("Bearer $(cat /tmp/d/admin-token)"), "{text}");
+        let given = Cli::parse_from(["settle", "--admin-token", "t0ken-given"]).serve;
+        let text = getting_started(addr, None, Engine::Sqlite, &given, None);
+        assert!(text.contains("Bearer $SETTLE_ADMIN_TOKEN"), "{text}");
+        assert!(
+            !text.contains("t0ken-given"),
+            "the token itself is never printed: {text}"
+        );
     }
 }
