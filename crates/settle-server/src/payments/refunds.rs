@@ -37,6 +37,7 @@ use crate::{
     events,
     extract::{page_and_filters, JsonBody},
     fields,
+    ledger::writer::WriteError,
     ledger::{cursor_error, list_reply, writer::Then},
     payments::{
         connectors::Candidate,
@@ -209,7 +210,7 @@ async fn conclude(
     refund: &Refund,
     reply: Reply,
     transfers: Vec<TransferRequest>,
-) -> Result<Reply, ApiError> {
+) -> Result<Concluded, ApiError> {
     let record = ctx
         .filter(|_| reply.status.is_success())
         .and_then(|ctx| ctx.idempotency_record(&reply, state.clock.now()));
@@ -227,8 +228,33 @@ async fn conclude(
         records: record.into_iter().collect(),
         ..Then::default()
     };
-    service::write_with(state, &refund.merchant_id, transfers, rows).await?;
-    Ok(reply)
+    match service::post(state, &refund.merchant_id, transfers, Some(rows)).await {
+        Ok(()) => Ok(Concluded::Here(reply)),
+        // Nothing of this conclusion was written. Another process concluding the refund first
+        // (its sync job, when this request outlasted the job's wait) is no error: the refund is
+        // as that process left it.
+        Err(PostError::Write(WriteError::Stale(why))) => {
+            let stored = state
+                .reader(&refund.merchant_id)
+                .await?
+                .get_refund(&refund.merchant_id, &refund.id)
+                .await?;
+            match stored {
+                Some(stored) if stored.status != RefundStatus::Pending => {
+                    tracing::debug!(refund = %refund.id, "refund concluded by another process");
+                    Ok(Concluded::Elsewhere(Box::new(stored)))
+                }
+                _ => Err(ApiError::Internal(why)),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Who concluded a refund: this process (with the reply it stored), or another one first.
+enum Concluded {
+    Here(Reply),
+    Elsewhere(Box<Refund>),
 }
 
 async fn create(
@@ -308,9 +334,10 @@ pub async fn create_refund(
     tracing::debug!(refund = %refund.id, latency_ms = started.elapsed().as_millis() as u64, "connector refund answered");
     apply(&mut refund, answer, state.clock.now());
     let transfers = settling(&refund, &legs);
-    Ok(conclude(state, Some(ctx), &refund, render(&refund)?, transfers)
-        .await?
-        .into_response())
+    match conclude(state, Some(ctx), &refund, render(&refund)?, transfers).await? {
+        Concluded::Here(reply) => Ok(reply.into_response()),
+        Concluded::Elsewhere(stored) => Ok(render(&stored)?.into_response()),
+    }
 }
 
 /// The refund after the connector's answer: no answer (timeout, provider failure) leaves it
@@ -406,8 +433,8 @@ async fn sync_refund(state: &AppState, mut refund: Refund) -> Result<bool, ApiEr
         refund.failure_code = Some(code);
         refund.updated_at = state.clock.now();
         let reply = Reply::json(StatusCode::OK, &refund_json(&refund))?;
-        conclude(state, None, &refund, reply, Vec::new()).await?;
-        return Ok(true);
+        let concluded = conclude(state, None, &refund, reply, Vec::new()).await?;
+        return Ok(matches!(concluded, Concluded::Here(_)));
     }
     let payment_ref = payment.provider_ref.clone().unwrap_or_default();
     let known = holder
@@ -427,8 +454,8 @@ async fn sync_refund(state: &AppState, mut refund: Refund) -> Result<bool, ApiEr
     apply(&mut refund, answer, state.clock.now());
     let transfers = settling(&refund, &legs);
     let reply = Reply::json(StatusCode::OK, &refund_json(&refund))?;
-    conclude(state, None, &refund, reply, transfers).await?;
-    Ok(refund.status != RefundStatus::Pending)
+    let concluded = conclude(state, None, &refund, reply, transfers).await?;
+    Ok(matches!(concluded, Concluded::Here(_)) && refund.status != RefundStatus::Pending)
 }
 
 async fn retrieve(

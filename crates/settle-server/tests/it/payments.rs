@@ -1011,6 +1011,71 @@ async fn a_dead_capture_is_released_when_nothing_was_captured(app: TestApp) {
     app.verify_ok().await;
 }
 
+/// A refund request that outlasts the sync job's wait may find, when it concludes, that the job
+/// (here another process's) concluded the refund first: it answers with the refund as the job
+/// left it, not an error, and nothing is applied twice.
+async fn a_refund_the_sync_job_concluded_first_is_answered_as_it_is(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let id = app.authorized(&m, 1_000, json!({})).await;
+    let captured = app.post(&format!("/v1/payments/{id}/capture"), &m.key, json!({})).await;
+    assert_eq!(captured.json["status"], "succeeded", "{}", captured.text);
+    // This process's ledger writer is held up behind another merchant's transfer waiting on a
+    // row lock (PostgreSQL: SQLite serves one process per database).
+    let b = app.merchant_with_ab("elsewhere").await;
+    let lock = format!(
+        "SELECT 1 FROM ledger_accounts WHERE merchant_id = '{}' AND id = 'a' FOR UPDATE",
+        b.id
+    );
+    let Some(blocker) = app.blocker(&[lock]).await else {
+        return;
+    };
+    let spawn_post = |key: String, path: &'static str, body: Value| {
+        let router = app.router.clone();
+        tokio::spawn(async move {
+            let body = body.to_string();
+            crate::harness::call(&router, axum::http::Method::POST, path, &key, Some(&body), &[]).await
+        })
+    };
+    let held = spawn_post(
+        b.key.clone(),
+        "/v1/ledger/transfers",
+        json!({ "transfers": [{ "id": "t1", "debit_account_id": "a", "credit_account_id": "b",
+                                "amount": 1, "currency": "USD" }] }),
+    );
+    app.await_lock_wait().await;
+    let refund = spawn_post(m.key.clone(), "/v1/refunds", json!({ "payment_id": id, "amount": 300 }));
+    let listed = format!("/v1/refunds?payment_id={id}");
+    for _ in 0..600 {
+        if app.get(&listed, &m.key).await.json["data"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Another process's sync job takes the refund as its request's and concludes it.
+    let mut config = settle_server::Config::for_engine(app.store.engine());
+    config.run_jobs = false;
+    config.vault_key = app.state().config.vault_key.clone();
+    let other = settle_server::App::build(app.store.clone(), std::sync::Arc::new(app.clock.clone()), config)
+        .await
+        .expect("build");
+    app.clock.advance_seconds(60);
+    assert_eq!(refunds::try_execute_refund_sync(&other.state).await.expect("job"), 1);
+    drop(blocker);
+    assert!(held.await.expect("transfer").status.is_success());
+    let answered = refund.await.expect("request");
+    assert_eq!(answered.status, StatusCode::CREATED, "{}", answered.text);
+    assert_eq!(answered.json["status"], "succeeded", "{}", answered.text);
+    let listed = app.get(&listed, &m.key).await;
+    assert_eq!(listed.json["data"].as_array().map(Vec::len), Some(1), "{}", listed.text);
+    let payment = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+    assert_eq!(payment.json["amount_refunded"], 300, "{}", payment.text);
+    other.shutdown().await;
+    app.verify_ok().await;
+}
+
 async fn a_refund_whose_process_died_is_finished_by_the_sync_job(app: TestApp) {
     let m = app.merchant("shop").await;
     let id = app.authorized(&m, 1_000, json!({})).await;
@@ -1217,4 +1282,5 @@ crate::conformance!(
     a_dead_confirm_is_recovered_from_its_planned_attempts,
     a_dead_capture_is_released_when_nothing_was_captured,
     a_refund_whose_process_died_is_finished_by_the_sync_job,
+    a_refund_the_sync_job_concluded_first_is_answered_as_it_is,
 );
