@@ -1,5 +1,6 @@
 //! The outermost middleware: a request id (echoed as `X-Request-Id`), one JSON log line per
-//! request, the request metrics, and the request timeout (503 when it passes).
+//! request, the request metrics, and the request timeout (503 when it passes; the request
+//! itself runs on).
 
 use std::time::Instant;
 
@@ -32,11 +33,21 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let body = crate::extract::BodyPending::default();
     req.extensions_mut().insert(body.clone());
-    let mut response = match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
-        Ok(response) => response,
+    // The request runs as a task of its own: the timeout below, or a client that goes away,
+    // ends the wait for its answer, not the request. A payment step in the middle of its
+    // connector call (an authorization may exist) still records its outcome, where dropping it
+    // would leave its claim to expire and the recovery job to find out what happened.
+    let mut running = tokio::spawn(next.run(req));
+    let mut response = match tokio::time::timeout(state.config.request_timeout, &mut running).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(failed)) => {
+            tracing::error!(request_id = %request_id, error = %failed, "a request's task panicked");
+            ApiError::Internal("the request's task failed".into()).into_response()
+        }
         // The client did not send its body in time: its fault (408), and its connection holds
         // the rest, so it is closed.
         Err(_) if body.waiting() => {
+            running.abort();
             let mut response = ApiError::RequestTimeout.into_response();
             response
                 .headers_mut()

@@ -1011,6 +1011,34 @@ async fn a_dead_capture_is_released_when_nothing_was_captured(app: TestApp) {
     app.verify_ok().await;
 }
 
+/// A confirm whose answer nobody waits for any more (its request timed out, or its client went
+/// away) still records its connector's outcome: no claim is left for the recovery job.
+async fn a_confirm_nobody_waits_for_still_records_its_outcome(app: TestApp) {
+    let mut app = app;
+    app.restart_with(|c| c.request_timeout = std::time::Duration::from_millis(300))
+        .await;
+    let m = app.merchant("shop").await;
+    app.sandbox_account(&m, json!({ "latency_ms": 1_000 })).await;
+    let r = app
+        .pay(
+            &m,
+            json!({ "amount": 1000, "currency": "USD", "confirm": true, "payment_method": card(VISA) }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        last = app.get("/v1/payments", &m.key).await.json["data"][0].clone();
+        if last["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["status"], "succeeded", "{last}");
+    assert_eq!(last["amount_captured"], 1000, "{last}");
+    app.verify_ok().await;
+}
+
 /// A refund request that outlasts the sync job's wait may find, when it concludes, that the job
 /// (here another process's) concluded the refund first: it answers with the refund as the job
 /// left it, not an error, and nothing is applied twice.
@@ -1283,4 +1311,5 @@ crate::conformance!(
     a_dead_capture_is_released_when_nothing_was_captured,
     a_refund_whose_process_died_is_finished_by_the_sync_job,
     a_refund_the_sync_job_concluded_first_is_answered_as_it_is,
+    a_confirm_nobody_waits_for_still_records_its_outcome,
 );
