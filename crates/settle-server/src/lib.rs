@@ -139,6 +139,8 @@ pub struct Inner {
     pub config: Config,
     pub auth: AuthCache,
     pub inflight: InFlight,
+    /// Requests running in this process (shutdown waits for them, for a while).
+    pub requests: observe::Requests,
     pub writer: LedgerWriter,
     pub metrics: Arc<Metrics>,
     /// SHA-256 (hex) of the admin token.
@@ -200,6 +202,7 @@ impl App {
             config,
             auth: AuthCache::default(),
             inflight: InFlight::default(),
+            requests: observe::Requests::default(),
             writer,
             metrics,
             admin_token_digest: RwLock::new(digest),
@@ -237,6 +240,9 @@ impl App {
         let App {
             state, router, tasks, ..
         } = self;
+        // A request whose client is gone may still be in its connector call: it has the
+        // request timeout to finish before the jobs and the writer wind down.
+        let _ = tokio::time::timeout(state.config.request_timeout, state.requests.all_ended()).await;
         let drained = state.writer.drained();
         drop(router);
         drop(state);

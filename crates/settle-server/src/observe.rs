@@ -2,7 +2,7 @@
 //! request, the request metrics, and the request timeout (503 when it passes; the request
 //! itself runs on).
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     extract::{MatchedPath, Request, State},
@@ -10,6 +10,8 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{context::RequestId, error::ApiError, AppState};
 
@@ -37,7 +39,12 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     // ends the wait for its answer, not the request. A payment step in the middle of its
     // connector call (an authorization may exist) still records its outcome, where dropping it
     // would leave its claim to expire and the recovery job to find out what happened.
-    let mut running = tokio::spawn(next.run(req));
+    let entered = state.requests.enter();
+    let mut running = tokio::spawn(async move {
+        let response = next.run(req).await;
+        drop(entered);
+        response
+    });
     let mut response = match tokio::time::timeout(state.config.request_timeout, &mut running).await {
         Ok(Ok(response)) => response,
         Ok(Err(failed)) => {
@@ -71,4 +78,28 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response
+}
+
+/// The requests running in this process, for shutdown to wait for: one that nobody waits for
+/// any more (timed out, or its client gone) still runs on to its end.
+pub struct Requests(Arc<Semaphore>);
+
+/// More requests than a process ever runs at once; one beyond it runs untracked.
+const REQUESTS_MAX: u32 = 1 << 20;
+
+impl Default for Requests {
+    fn default() -> Self {
+        Requests(Arc::new(Semaphore::new(REQUESTS_MAX as usize)))
+    }
+}
+
+impl Requests {
+    fn enter(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+
+    /// Resolves when every request that entered has ended.
+    pub async fn all_ended(&self) {
+        let _ = self.0.acquire_many(REQUESTS_MAX).await;
+    }
 }

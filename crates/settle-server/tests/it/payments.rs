@@ -1036,6 +1036,25 @@ async fn a_confirm_nobody_waits_for_still_records_its_outcome(app: TestApp) {
     }
     assert_eq!(last["status"], "succeeded", "{last}");
     assert_eq!(last["amount_captured"], 1000, "{last}");
+    // Shutdown waits for such a request (for as long as a request may take): here the
+    // process knows when it has ended.
+    let r = app
+        .pay(
+            &m,
+            json!({ "amount": 700, "currency": "USD", "confirm": true, "capture_method": "manual",
+                    "payment_method": card(VISA) }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    tokio::time::timeout(std::time::Duration::from_secs(60), app.state().requests.all_ended())
+        .await
+        .expect("the request ended");
+    let ended = app.get("/v1/payments", &m.key).await.json["data"][0].clone();
+    assert_eq!(
+        (ended["amount"].as_i64(), ended["status"].as_str()),
+        (Some(700), Some("requires_capture")),
+        "{ended}"
+    );
     app.verify_ok().await;
 }
 
