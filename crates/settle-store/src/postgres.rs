@@ -6,7 +6,10 @@ use settle_domain::{
     ledger::{Effects, Key},
     tenancy::AuditEntry,
 };
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions, PgRow},
@@ -24,15 +27,30 @@ use crate::{
 const STALE: &str = "SL001";
 
 /// Whether `e` says the connection is gone: an I/O error, or the server ending the session
-/// (SQLSTATE class 08, connection exception; 57P01–57P03, shutdown or crash).
+/// (SQLSTATE class 08, connection exception; 57P01–57P03, shutdown or crash; 57P05, the
+/// server's `idle_session_timeout`).
 fn connection_lost(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) => true,
         sqlx::Error::Database(db) => db
             .code()
-            .is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")),
+            .is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "57P05")),
         _ => false,
     }
+}
+
+/// A connection of [`Dedicated`] idle longer than this is closed rather than used: a firewall
+/// or NAT may have dropped it silently, and a statement on it would wait for TCP to give up.
+const IDLE_MAX: Duration = Duration::from_secs(5 * 60);
+/// A connection of [`Dedicated`] is replaced after this long (as a pool's are), so that none
+/// stays tied for good to a server that has since, say, become a read-only standby.
+const LIFETIME_MAX: Duration = Duration::from_secs(30 * 60);
+
+/// An open connection of [`Dedicated`], with when it was opened and last used.
+struct Kept {
+    conn: PgConnection,
+    opened: Instant,
+    used: Instant,
 }
 
 /// Serializes `settle migrate` across processes that start at once.
@@ -54,7 +72,7 @@ pub struct PostgresStore {
 /// connection failed, or whose statement was abandoned midway (its future dropped), is closed.
 struct Dedicated {
     connect: PgConnectOptions,
-    idle: Mutex<Vec<PgConnection>>,
+    idle: Mutex<Vec<Kept>>,
     turns: Semaphore,
     max: u32,
     acquire_timeout: Duration,
@@ -67,33 +85,65 @@ impl Dedicated {
             .await
             .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
             .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
-        let mut conn = match idle {
-            Some(conn) => conn,
-            None => PgConnection::connect_with(&self.connect).await?,
+        let mut kept = match self.idle_connection().await {
+            Some(kept) => kept,
+            None => {
+                let conn = tokio::time::timeout(self.acquire_timeout, PgConnection::connect_with(&self.connect))
+                    .await
+                    .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))??;
+                let now = Instant::now();
+                Kept {
+                    conn,
+                    opened: now,
+                    used: now,
+                }
+            }
         };
-        let result = write(&mut conn).await;
+        let result = write(&mut kept.conn).await;
+        kept.used = Instant::now();
         // The server refusing a statement (a stale compare-and-set, a unique key) leaves the
         // connection fit for the next, which first reads what is left of this exchange; a
-        // failure of the connection itself does not.
+        // failure of the connection itself does not, nor does a server that no longer takes
+        // writes (25006: it became a standby).
         let broken = match &result {
-            Err(StoreError::Database(e)) => !matches!(e, sqlx::Error::Database(_)) || connection_lost(e),
+            Err(StoreError::Database(e)) => {
+                !matches!(e, sqlx::Error::Database(_))
+                    || connection_lost(e)
+                    || matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("25006"))
+            }
             Ok(_) | Err(_) => false,
         };
-        // After `close`, a connection that was in use is closed as it comes back.
-        if broken || self.turns.is_closed() {
-            let _ = conn.close().await;
+        let unused = if broken {
+            Some(kept)
         } else {
-            self.idle
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(conn);
+            // After `close`, a connection that was in use is closed as it comes back.
+            let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.turns.is_closed() {
+                Some(kept)
+            } else {
+                idle.push(kept);
+                None
+            }
+        };
+        if let Some(kept) = unused {
+            let _ = kept.conn.close().await;
         }
         result
+    }
+
+    /// The most recently used idle connection still young enough; older ones are closed.
+    async fn idle_connection(&self) -> Option<Kept> {
+        loop {
+            let kept = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop()?;
+            if kept.used.elapsed() < IDLE_MAX && kept.opened.elapsed() < LIFETIME_MAX {
+                return Some(kept);
+            }
+            let _ = kept.conn.close().await;
+        }
     }
 
     fn in_use(&self) -> u32 {
@@ -102,10 +152,13 @@ impl Dedicated {
     }
 
     async fn close(&self) {
-        self.turns.close();
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        for conn in idle {
-            let _ = conn.close().await;
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.turns.close();
+            std::mem::take(&mut *idle)
+        };
+        for kept in idle {
+            let _ = kept.conn.close().await;
         }
     }
 }
