@@ -240,9 +240,19 @@ impl App {
         let App {
             state, router, tasks, ..
         } = self;
-        // A request whose client is gone may still be in its connector call: it has the
-        // request timeout to finish before the jobs and the writer wind down.
-        let _ = tokio::time::timeout(state.config.request_timeout, state.requests.all_ended()).await;
+        // A write whose client is gone may still be in its connector call: it has the request
+        // timeout to finish (beside the jobs' last rounds), then is stopped, as a crash would
+        // stop it (its claim is the recovery job's), so that the writer can wind down.
+        if tokio::time::timeout(state.config.request_timeout, state.requests.all_ended())
+            .await
+            .is_err()
+        {
+            let stopped = state.requests.stop_all();
+            tracing::warn!(
+                stopped,
+                "requests still running at shutdown were stopped; the recovery job finishes their payments"
+            );
+        }
         let drained = state.writer.drained();
         drop(router);
         drop(state);

@@ -1015,10 +1015,10 @@ async fn a_dead_capture_is_released_when_nothing_was_captured(app: TestApp) {
 /// away) still records its connector's outcome: no claim is left for the recovery job.
 async fn a_confirm_nobody_waits_for_still_records_its_outcome(app: TestApp) {
     let mut app = app;
-    app.restart_with(|c| c.request_timeout = std::time::Duration::from_millis(300))
-        .await;
     let m = app.merchant("shop").await;
-    app.sandbox_account(&m, json!({ "latency_ms": 1_000 })).await;
+    app.sandbox_account(&m, json!({ "latency_ms": 2_500 })).await;
+    app.restart_with(|c| c.request_timeout = std::time::Duration::from_secs(1))
+        .await;
     let r = app
         .pay(
             &m,
