@@ -251,16 +251,18 @@ pub fn getting_started(
     let token_line = match new_token {
         Some(path) => format!("A new admin token was written to {path} (mode 0600); it is shown nowhere else."),
         None => match &args.admin_token {
-            Some(_) => "The admin token is the one given by --admin-token / SETTLE_ADMIN_TOKEN (the example below reads the variable).".to_owned(),
+            Some(_) => "The admin token is the one given by --admin-token / SETTLE_ADMIN_TOKEN.".to_owned(),
             None => format!(
                 "The admin token was created on first start (see {}/admin-token).",
                 args.common.data_dir.display()
             ),
         },
     };
-    // The token given by flag or variable is in no file: the example reads the variable.
+    // The token given by flag or variable is in no file: the example reads the variable when
+    // that is where it came from, and otherwise leaves a place for it.
     let bearer = match &args.admin_token {
-        Some(_) => "$SETTLE_ADMIN_TOKEN".to_owned(),
+        Some(_) if std::env::var_os("SETTLE_ADMIN_TOKEN").is_some() => "$SETTLE_ADMIN_TOKEN".to_owned(),
+        Some(_) => "<the --admin-token value>".to_owned(),
         None => format!("$(cat {})", args.common.data_dir.join("admin-token").display()),
     };
     let stripe_line = match stripe_addr {
@@ -306,12 +308,18 @@ mod tests {
     #[test]
     fn the_getting_started_example_reads_the_token_from_where_it_is() {
         let addr: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
-        let generated = Cli::parse_from(["settle", "--data-dir", "/tmp/d"]).serve;
+        let mut generated = Cli::parse_from(["settle", "--data-dir", "/tmp/d"]).serve;
+        generated.admin_token = None;
         let text = getting_started(addr, None, Engine::Sqlite, &generated, Some("/tmp/d/admin-token"));
         assert!(text.contains("Bearer $(cat /tmp/d/admin-token)"), "{text}");
         let given = Cli::parse_from(["settle", "--admin-token", "t0ken-given"]).serve;
         let text = getting_started(addr, None, Engine::Sqlite, &given, None);
-        assert!(text.contains("Bearer $SETTLE_ADMIN_TOKEN"), "{text}");
+        let expected = if std::env::var_os("SETTLE_ADMIN_TOKEN").is_some() {
+            "Bearer $SETTLE_ADMIN_TOKEN"
+        } else {
+            "Bearer <the --admin-token value>"
+        };
+        assert!(text.contains(expected), "{text}");
         assert!(
             !text.contains("t0ken-given"),
             "the token itself is never printed: {text}"
