@@ -309,7 +309,9 @@ pub async fn create_refund(
             // runs again, as after any failed request, instead of finding this refund.
             refund.idempotency_key = None;
             let reply = Reply::json(StatusCode::UNPROCESSABLE_ENTITY, &refund_json(&refund))?;
-            conclude(state, Some(ctx), &refund, reply, Vec::new()).await?;
+            if let Concluded::Elsewhere(stored) = conclude(state, Some(ctx), &refund, reply, Vec::new()).await? {
+                return Ok(render(&stored)?.into_response());
+            }
             return Err(ApiError::Unprocessable {
                 code: "refund_failed",
                 message: format!(
