@@ -60,15 +60,23 @@ pub enum ApiError {
 
 /// At most [`SHOWN_ID_CHARS`] of an id echoed in a message: a client's 5,000-character id need
 /// not come back whole.
-pub(crate) fn shown_id(mut id: String) -> String {
-    if let Some((cut, _)) = id.char_indices().nth(SHOWN_ID_CHARS) {
-        id.truncate(cut);
-        id.push('…');
-    }
-    id
+pub(crate) fn shown_id(id: String) -> String {
+    cut(id, SHOWN_ID_CHARS)
 }
 
 const SHOWN_ID_CHARS: usize = 200;
+
+/// An error message is cut to this many characters.
+const MESSAGE_CHARS: usize = 600;
+
+/// `text` cut to `chars` characters, marked with `…` when cut.
+fn cut(mut text: String, chars: usize) -> String {
+    if let Some((at, _)) = text.char_indices().nth(chars) {
+        text.truncate(at);
+        text.push('…');
+    }
+    text
+}
 
 impl ApiError {
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
@@ -182,8 +190,11 @@ impl ApiError {
             ),
             ApiError::Internal(_) => ("api_error", "internal_error", "an internal error occurred".into(), None),
         };
-        let param = param.map(without_card_numbers);
-        json!({ "error": { "type": kind, "code": code, "message": without_card_numbers(&message), "param": param } })
+        // What a client sent comes back at most so long (a 5,000-character parameter name need
+        // not come back twice over).
+        let param = param.map(|p| shown_id(without_card_numbers(p)));
+        let message = cut(without_card_numbers(&message), MESSAGE_CHARS);
+        json!({ "error": { "type": kind, "code": code, "message": message, "param": param } })
     }
 }
 
@@ -273,6 +284,11 @@ mod tests {
         assert_eq!(message, format!("no such payment: '{}…'", "é".repeat(200)));
         let short = ApiError::not_found("payment", "pay_1").body();
         assert_eq!(short["error"]["message"], "no such payment: 'pay_1'");
+        // A long parameter name, in the message and as the parameter.
+        let name = "a".repeat(5_000);
+        let named = ApiError::invalid(&name, format!("unknown field `{name}`")).body();
+        assert_eq!(named["error"]["param"].as_str().map(|p| p.chars().count()), Some(201));
+        assert_eq!(named["error"]["message"].as_str().map(|m| m.chars().count()), Some(601));
     }
 
     #[test]

@@ -105,8 +105,38 @@ fn method_input(state: &AppState, id: String) -> Result<MethodInput, ApiError> {
     Ok(MethodInput::Id(fields::client_id(&id, "payment_method")?))
 }
 
+/// The payment behind a `pi_…` (`what` = `payment_intent`) or `ch_…` (`charge`) id; an id
+/// with the other prefix names no such object.
 fn payment_id(id: &str, what: &'static str) -> Result<String, ApiError> {
-    shapes::payment_id(id).ok_or_else(|| ApiError::not_found(what, id))
+    let prefix = if what == "charge" { "ch_" } else { "pi_" };
+    id.strip_prefix(prefix)
+        .map(|rest| format!("pay_{rest}"))
+        .ok_or_else(|| ApiError::not_found(what, id))
+}
+
+/// A native error about the payment behind the intent `id`, in the intent's terms: Settle's
+/// own `pay_` id is not the caller's.
+fn as_intent(id: &str) -> impl Fn(ApiError) -> ApiError + '_ {
+    move |e| match e {
+        ApiError::NotFound { what: "payment", .. } => ApiError::not_found("payment_intent", id),
+        other => other,
+    }
+}
+
+/// A call that takes no parameter but `expand`: any other, in its query string or its form
+/// body, is refused naming it.
+struct NoParams;
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for NoParams {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        Params::parse(req.uri().query().unwrap_or(""))?.finish()?;
+        let body = read_body(req.into_body()).await?;
+        let body = std::str::from_utf8(&body).map_err(|_| ApiError::invalid("body", "the body must be UTF-8"))?;
+        Params::parse(body)?.finish()?;
+        Ok(NoParams)
+    }
 }
 
 /// Answers for a payment intent; a card declined by this call is Stripe's 402 `card_error`
@@ -201,7 +231,9 @@ async fn retrieve_intent(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref().unwrap_or(""))?.finish()?;
-    let payment = payments::load(&state, ctx.merchant_id(), &payment_id(&id, "payment_intent")?).await?;
+    let payment = payments::load(&state, ctx.merchant_id(), &payment_id(&id, "payment_intent")?)
+        .await
+        .map_err(as_intent(&id))?;
     Ok(plain_intent(&payment)?.into_response())
 }
 
@@ -221,7 +253,9 @@ async fn update_intent(
         metadata: p.metadata()?,
     };
     p.finish()?;
-    update_payment(&state, &ctx, &payment_id(&id, "payment_intent")?, update, &plain_intent).await
+    update_payment(&state, &ctx, &payment_id(&id, "payment_intent")?, update, &plain_intent)
+        .await
+        .map_err(as_intent(&id))
 }
 
 async fn confirm_intent(
@@ -237,7 +271,9 @@ async fn confirm_intent(
         .transpose()?;
     p.take("return_url");
     p.finish()?;
-    confirm_payment(&state, &ctx, &payment_id(&id, "payment_intent")?, method, &intent_reply).await
+    confirm_payment(&state, &ctx, &payment_id(&id, "payment_intent")?, method, &intent_reply)
+        .await
+        .map_err(as_intent(&id))
 }
 
 async fn capture_intent(
@@ -268,7 +304,7 @@ async fn capture_intent(
             message,
             param: Some("amount_to_capture".into()),
         },
-        other => other,
+        other => as_intent(&id)(other),
     })
 }
 
@@ -302,6 +338,7 @@ async fn cancel_intent(
         &plain_intent,
     )
     .await
+    .map_err(as_intent(&id))
 }
 
 fn created_filter(p: &mut Params, filter: &mut PaymentFilter) -> Result<(), ApiError> {
@@ -486,6 +523,7 @@ async fn retrieve_method(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
+    _: NoParams,
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let mut tx = state.reader(&merchant_id).await?;
@@ -585,6 +623,7 @@ async fn retrieve_customer(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
+    _: NoParams,
 ) -> Result<Response, ApiError> {
     let customer = customers::load(&state, ctx.merchant_id(), &id).await?;
     Ok(customer_reply(&customer)?.into_response())
@@ -603,6 +642,7 @@ async fn delete_customer(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
+    _: NoParams,
 ) -> Result<Response, ApiError> {
     let render = |id: &str| {
         Reply::json(
@@ -709,6 +749,7 @@ async fn retrieve_refund(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
+    _: NoParams,
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let mut tx = state.reader(&merchant_id).await?;
@@ -746,7 +787,12 @@ async fn list_refunds(
     list("refunds", data, listing.has_more)
 }
 
-async fn retrieve_event(State(state): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retrieve_event(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    _: NoParams,
+) -> Result<Response, ApiError> {
     let event = crate::events::load(&state, ctx.merchant_id(), &id).await?;
     let shaped = shapes::event(&event).ok_or_else(|| ApiError::not_found("event", &id))?;
     Ok(Reply::json(StatusCode::OK, &shaped)?.into_response())
@@ -835,6 +881,7 @@ async fn retrieve_webhook_endpoint(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
+    _: NoParams,
 ) -> Result<Response, ApiError> {
     let endpoint = webhooks::load_endpoint(&state, ctx.merchant_id(), &id, Some(Api::Stripe)).await?;
     Ok(Reply::json(StatusCode::OK, &shapes::webhook_endpoint(&endpoint))?.into_response())
@@ -861,6 +908,7 @@ async fn delete_webhook_endpoint(
     State(state): State<AppState>,
     ctx: Ctx,
     Path(id): Path<String>,
+    _: NoParams,
 ) -> Result<Response, ApiError> {
     let shape = |e: &Endpoint| json!({ "id": e.id, "object": "webhook_endpoint", "deleted": true });
     webhooks::delete_endpoint(&state, &ctx, &id, Some(Api::Stripe), shape).await

@@ -224,6 +224,62 @@ async fn the_stripe_layer_answers_bad_input_in_stripes_shape(app: TestApp) {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     assert_eq!(r.json["error"]["code"], "payment_intent_unexpected_state");
+    // An intent that does not exist is named as sent, never as Settle's payment.
+    for (method, path) in [
+        (Method::GET, "/stripe/v1/payment_intents/pi_nope"),
+        (Method::POST, "/stripe/v1/payment_intents/pi_nope/confirm"),
+        (Method::POST, "/stripe/v1/payment_intents/pi_nope/capture"),
+    ] {
+        let r = app.call(method.clone(), path, &m.key, Some(""), FORM).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {path}: {}", r.text);
+        let message = r.json["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains("pi_nope") && !message.contains("pay_"),
+            "{method} {path}: {}",
+            r.text
+        );
+    }
+    // A charge id is no intent id, nor the reverse.
+    for (field, id) in [("payment_intent", pi.replacen("pi_", "ch_", 1)), ("charge", pi.clone())] {
+        let r = app
+            .call(
+                Method::POST,
+                "/stripe/v1/refunds",
+                &m.key,
+                Some(&format!("{field}={id}")),
+                FORM,
+            )
+            .await;
+        assert_eq!(
+            (r.status.is_client_error(), r.json["error"]["param"].as_str()),
+            (true, Some(field)),
+            "{}",
+            r.text
+        );
+    }
+    // A call that takes no parameter (but `expand`) refuses any other, in its query string or
+    // its body, and does nothing.
+    let customer = post("/stripe/v1/customers", "name=Ann").await;
+    let cus = customer.json["id"].as_str().expect("id").to_owned();
+    let path = format!("/stripe/v1/customers/{cus}");
+    for (method, query, body) in [
+        (Method::GET, "?x=1", ""),
+        (Method::DELETE, "?x=1", ""),
+        (Method::DELETE, "", "x=1"),
+    ] {
+        let r = app
+            .call(method.clone(), &format!("{path}{query}"), &m.key, Some(body), FORM)
+            .await;
+        assert_eq!(
+            (r.status, r.param()),
+            (StatusCode::BAD_REQUEST, "x"),
+            "{method} {query} {body}: {}",
+            r.text
+        );
+    }
+    let r = app.get(&format!("{path}?expand[]=nothing_here"), &m.key).await;
+    assert_eq!(r.param(), "expand", "expand is still read: {}", r.text);
+    assert_eq!(app.get(&path, &m.key).await.status, StatusCode::OK, "not deleted");
     // A refund of it names the field the request gave it by, not Settle's own.
     for field in ["payment_intent", "charge"] {
         let id = if field == "charge" {
