@@ -199,7 +199,7 @@ pub fn admin_router() -> Router<AppState> {
 }
 
 fn endpoint_not_found(account_id: &str) -> ApiError {
-    ApiError::not_found("webhook endpoint", account_id)
+    ApiError::not_found_at("connector account", account_id, "account_id")
 }
 
 async fn receive(

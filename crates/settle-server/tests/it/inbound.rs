@@ -465,11 +465,12 @@ async fn bad_webhook_input_answers_clear_4xx(app: TestApp) {
     ] {
         let r = app.deliver(&p, good, Some(&sign(good))).await;
         assert_eq!(
-            (r.status, r.code()),
-            (StatusCode::NOT_FOUND, "resource_missing"),
+            (r.status, r.code(), r.param()),
+            (StatusCode::NOT_FOUND, "resource_missing", "account_id"),
             "{p}: {}",
             r.text
         );
+        assert!(r.text.contains("no such connector account"), "{p}: {}", r.text);
     }
     // Another merchant's account: its secret is not ours, so our signature does not verify.
     let other = app.merchant("other").await;
