@@ -114,6 +114,19 @@ fn payment_id(id: &str, what: &'static str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::not_found(what, id))
 }
 
+/// The payment a list filter `field` (`payment_intent` or `charge`) names by `sent`; one
+/// there is not is a 404 naming the filter, as Stripe answers.
+async fn filtered_payment(state: &AppState, ctx: &Ctx, field: &'static str, sent: &str) -> Result<Payment, ApiError> {
+    let missing = || ApiError::not_found_at(field, sent, field);
+    let id = payment_id(sent, field).map_err(|_| missing())?;
+    payments::load(state, ctx.merchant_id(), &id)
+        .await
+        .map_err(|e| match e {
+            ApiError::NotFound { .. } => missing(),
+            other => other,
+        })
+}
+
 /// A native error about the payment behind the intent `id`, in the intent's terms: Settle's
 /// own `pay_` id is not the caller's.
 fn as_intent(id: &str) -> impl Fn(ApiError) -> ApiError + '_ {
@@ -395,14 +408,7 @@ async fn payments_page(
     if let Some(pi) = p.string("payment_intent")? {
         // Charges of one payment intent: its charge, if it has one.
         p.finish()?;
-        let missing = || ApiError::not_found_at("payment_intent", &pi, "payment_intent");
-        let id = shapes::payment_id(&pi).ok_or_else(missing)?;
-        let payment = payments::load(state, ctx.merchant_id(), &id)
-            .await
-            .map_err(|e| match e {
-                ApiError::NotFound { .. } => missing(),
-                other => other,
-            })?;
+        let payment = filtered_payment(state, ctx, "payment_intent", &pi).await?;
         return Ok(settle_store::Listing {
             items: vec![payment],
             has_more: false,
@@ -767,12 +773,16 @@ async fn list_refunds(
 ) -> Result<Response, ApiError> {
     let mut p = Params::parse(query.as_deref().unwrap_or(""))?;
     let page = p.page(str::to_owned)?;
-    let payment = match (p.string("payment_intent")?, p.string("charge")?) {
-        (Some(pi), _) => Some(payment_id(&pi, "payment_intent")?),
-        (None, Some(ch)) => Some(payment_id(&ch, "charge")?),
+    let filter = match (p.string("payment_intent")?, p.string("charge")?) {
+        (Some(pi), _) => Some(("payment_intent", pi)),
+        (None, Some(ch)) => Some(("charge", ch)),
         (None, None) => None,
     };
     p.finish()?;
+    let payment = match filter {
+        Some((field, sent)) => Some(filtered_payment(&state, &ctx, field, &sent).await?.id),
+        None => None,
+    };
     let merchant_id = ctx.merchant_id().to_owned();
     let mut tx = state.reader(&merchant_id).await?;
     let listing = tx

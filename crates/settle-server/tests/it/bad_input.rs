@@ -415,6 +415,22 @@ pub async fn unknown_ids_name_the_field_that_gave_them(app: TestApp) {
         ),
         (
             Method::GET,
+            "/stripe/v1/refunds?charge=ch_01abc",
+            None,
+            &[],
+            StatusCode::NOT_FOUND,
+            Some("charge"),
+        ),
+        (
+            Method::GET,
+            "/stripe/v1/refunds?payment_intent=ch_01abc",
+            None,
+            &[],
+            StatusCode::NOT_FOUND,
+            Some("payment_intent"),
+        ),
+        (
+            Method::GET,
             "/stripe/v1/payment_methods?customer=cus_01abc",
             None,
             &[],
