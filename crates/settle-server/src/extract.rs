@@ -60,14 +60,16 @@ pub async fn buffered_body(req: Request, next: Next) -> Response {
     pending.0.store(false, Ordering::Relaxed);
     match read {
         Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
-        Err(e) => {
-            let mut response = e.into_response();
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            response
-        }
+        Err(e) => closing(e.into_response()),
     }
+}
+
+/// `response`, closing its connection (which may hold bytes of a body no one will read).
+pub fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Parses JSON text into an object `Value` (an empty body is `{}`).

@@ -93,10 +93,10 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         // the rest, so it is closed.
         Err(_) if body.waiting() => {
             running.abort();
-            closing(ApiError::RequestTimeout.into_response())
+            crate::extract::closing(ApiError::RequestTimeout.into_response())
         }
         // The connection may hold a body the request has not read yet: it is closed.
-        Err(_) => closing(ApiError::Unavailable.into_response()),
+        Err(_) => crate::extract::closing(ApiError::Unavailable.into_response()),
     };
     drop(waiter);
     let elapsed = started.elapsed();
@@ -113,14 +113,6 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    response
-}
-
-/// `response`, closing its connection.
-fn closing(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

@@ -37,8 +37,10 @@ use crate::{
     events,
     extract::{page_and_filters, JsonBody},
     fields,
-    ledger::writer::WriteError,
-    ledger::{cursor_error, list_reply, writer::Then},
+    ledger::{
+        cursor_error, list_reply,
+        writer::{Then, WriteError},
+    },
     payments::{
         connectors::Candidate,
         jobs,

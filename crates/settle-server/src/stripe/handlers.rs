@@ -691,7 +691,7 @@ async fn create_refund(State(state): State<AppState>, ctx: Ctx, body: String) ->
     } else {
         "payment_intent"
     };
-    let sent = crate::error::shown_id(intent.clone().or(charge.clone()).unwrap_or_default());
+    let sent = intent.clone().or(charge.clone()).unwrap_or_default();
     let payment_id = match (intent, charge) {
         (Some(pi), None) => payment_id(&pi, "payment_intent")
             .map_err(|_| ApiError::invalid("payment_intent", format!("No such payment_intent: '{sent}'")))?,
