@@ -201,14 +201,18 @@ pub enum Rejection {
     /// The invoice named by the event does not exist (it cannot: the event was checked when it
     /// was received; kept so that a damaged row is concluded instead of retried forever).
     InvoiceNotFound,
+    /// The ledger refused the payment's transfer (the receipts account's totals would no longer
+    /// fit in 64 bits): concluded, so that it is not retried forever.
+    LedgerRefused,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 4] = [
+    pub const ALL: [Rejection; 5] = [
         Rejection::InvoiceDraft,
         Rejection::InvoiceVoid,
         Rejection::AmountOverflow,
         Rejection::InvoiceNotFound,
+        Rejection::LedgerRefused,
     ];
 
     pub fn code(self) -> &'static str {
@@ -217,6 +221,7 @@ impl Rejection {
             Rejection::InvoiceVoid => "invoice_void",
             Rejection::AmountOverflow => "amount_overflow",
             Rejection::InvoiceNotFound => "invoice_not_found",
+            Rejection::LedgerRefused => "ledger_refused",
         }
     }
 
@@ -230,6 +235,7 @@ impl Rejection {
             Rejection::InvoiceVoid => "the invoice was voided",
             Rejection::AmountOverflow => "the paid total would overflow",
             Rejection::InvoiceNotFound => "the invoice does not exist",
+            Rejection::LedgerRefused => "the ledger refused the payment: the receipts account's totals would overflow",
         }
     }
 }
@@ -317,6 +323,21 @@ pub fn apply_events(invoice: &Invoice, events: &[PaymentEvent], now: Timestamp) 
         current.version = invoice.version.saturating_add(1);
     }
     outcome.invoice = current;
+    outcome
+}
+
+/// The events of one invoice when the ledger refused the transfer of `refused` (one of them):
+/// the events before it decided as [`apply_events`] decides them, `refused` rejected with
+/// [`Rejection::LedgerRefused`], and the events after it left `received` for the next round.
+pub fn apply_events_refusing(invoice: &Invoice, events: &[PaymentEvent], refused: usize, now: Timestamp) -> Outcome {
+    let Some(event) = events.get(refused) else {
+        return apply_events(invoice, events, now);
+    };
+    let mut outcome = apply_events(invoice, &events[..refused], now);
+    outcome.concluded.push(event.rejected(Rejection::LedgerRefused, now));
+    outcome
+        .records
+        .push(("invoice.payment_rejected", outcome.invoice.clone()));
     outcome
 }
 
@@ -664,6 +685,38 @@ mod tests {
         assert_eq!(out.concluded[0].status, PaymentEventStatus::Rejected);
         assert_eq!(out.concluded[0].reason, Some(Rejection::InvoiceDraft));
         assert_eq!(out.records[0].0, "invoice.payment_rejected");
+    }
+
+    #[test]
+    fn a_refused_transfer_rejects_its_event_and_leaves_the_later_ones() {
+        let sent = invoice(InvoiceStatus::Sent, 1_000);
+        let events = [payment("a", 400), payment("b", 300), payment("c", 50)];
+        let out = apply_events_refusing(&sent, &events, 1, Timestamp(4));
+        assert_eq!(out.invoice.amount_paid, 400, "only the event before the refused one");
+        assert_eq!(out.transfers.len(), 1);
+        let decided: Vec<(&str, PaymentEventStatus, Option<Rejection>)> = out
+            .concluded
+            .iter()
+            .map(|e| (e.event_id.as_str(), e.status, e.reason))
+            .collect();
+        assert_eq!(
+            decided,
+            [
+                ("a", PaymentEventStatus::Applied, None),
+                ("b", PaymentEventStatus::Rejected, Some(Rejection::LedgerRefused)),
+            ],
+            "`c` stays received"
+        );
+        let kinds: Vec<&str> = out.records.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, ["invoice.payment_applied", "invoice.payment_rejected"]);
+        let first = apply_events_refusing(&sent, &events, 0, Timestamp(4));
+        assert_eq!(
+            first.invoice.version,
+            sent.version + 1,
+            "the rejection still claims the invoice"
+        );
+        assert_eq!(first.concluded.len(), 1);
+        assert_eq!(Rejection::parse("ledger_refused"), Some(Rejection::LedgerRefused));
     }
 
     /// What the inbox and the worker do to a stream of deliveries: the first delivery of each

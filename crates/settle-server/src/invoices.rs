@@ -349,9 +349,22 @@ async fn receive(
     let stored = if fresh {
         event
     } else {
-        tx.get_payment_event(&merchant_id, &event.event_id)
+        let stored = tx
+            .get_payment_event(&merchant_id, &event.event_id)
             .await?
-            .ok_or_else(|| ApiError::Internal("a duplicate payment event vanished".into()))?
+            .ok_or_else(|| ApiError::Internal("a duplicate payment event vanished".into()))?;
+        if (&stored.invoice_id, stored.amount) != (&event.invoice_id, event.amount) {
+            return Err(ApiError::Unprocessable {
+                code: "event_id_reused",
+                message: format!(
+                    "event `{}` was already received for invoice `{}` with `amount_cents` {}: \
+                     a redelivery must repeat the event, a new payment needs a new `event_id`",
+                    stored.event_id, stored.invoice_id, stored.amount
+                ),
+                param: Some("event_id".into()),
+            });
+        }
+        stored
     };
     let mut data = payment_event_json(&stored);
     data["duplicate"] = Value::Bool(!fresh);
@@ -398,12 +411,9 @@ pub async fn try_execute_invoice_payments(state: &AppState) -> Result<usize, Api
         .collect();
     let mut tasks = JoinSet::new();
     for (key, events) in groups {
-        let (merchant_id, _) = key.clone();
         let invoice = invoices.remove(&key);
-        let currency = invoice.as_ref().map(|i| i.currency);
-        let (transfers, then) = plan(state, invoice, &events);
         let state = state.clone();
-        tasks.spawn(async move { commit(&state, &merchant_id, currency, transfers, then).await });
+        tasks.spawn(async move { conclude(&state, &key.0, invoice, &events).await });
     }
     let mut concluded = 0;
     let mut failure = None;
@@ -429,8 +439,44 @@ pub async fn try_execute_invoice_payments(state: &AppState) -> Result<usize, Api
     }
 }
 
-/// What one invoice's events do: the transfers to post, and the rows to write with them.
-fn plan(state: &AppState, invoice: Option<Invoice>, events: &[PaymentEvent]) -> (Vec<TransferRequest>, Then) {
+/// Concludes one invoice's events; `Ok(0)` when another worker got there first. When the
+/// ledger refuses an event's transfer (its account's totals would overflow), that event is
+/// rejected, the events before it are decided again, and those after it wait for the next
+/// round: a refusal is concluded, never retried forever ahead of other merchants' events.
+async fn conclude(
+    state: &AppState,
+    merchant_id: &str,
+    invoice: Option<Invoice>,
+    events: &[PaymentEvent],
+) -> Result<usize, ApiError> {
+    let currency = invoice.as_ref().map(|i| i.currency);
+    let mut refused: Option<usize> = None;
+    loop {
+        let (transfers, then) = plan(state, invoice.clone(), events, refused);
+        let transfer_id = match commit(state, merchant_id, currency, transfers, then).await? {
+            Committed::Concluded(n) => return Ok(n),
+            Committed::Refused(transfer_id) => transfer_id,
+        };
+        // Each pass refuses an earlier event than the last, so this ends.
+        let at = events
+            .iter()
+            .position(|e| invoice::transfer_id(&e.event_id) == transfer_id)
+            .filter(|at| refused.is_none_or(|before| *at < before))
+            .ok_or_else(|| {
+                ApiError::Internal(format!("the ledger refused transfer {transfer_id} of no pending event"))
+            })?;
+        refused = Some(at);
+    }
+}
+
+/// What one invoice's events do: the transfers to post, and the rows to write with them
+/// (with the event at `refused`, if any, rejected because the ledger refused its transfer).
+fn plan(
+    state: &AppState,
+    invoice: Option<Invoice>,
+    events: &[PaymentEvent],
+    refused: Option<usize>,
+) -> (Vec<TransferRequest>, Then) {
     let now = state.clock.now();
     let Some(invoice) = invoice else {
         let concluded = events
@@ -445,7 +491,10 @@ fn plan(state: &AppState, invoice: Option<Invoice>, events: &[PaymentEvent]) -> 
             },
         );
     };
-    let outcome = invoice::apply_events(&invoice, events, now);
+    let outcome = match refused {
+        Some(at) => invoice::apply_events_refusing(&invoice, events, at, now),
+        None => invoice::apply_events(&invoice, events, now),
+    };
     let records = outcome
         .records
         .iter()
@@ -469,42 +518,53 @@ fn plan(state: &AppState, invoice: Option<Invoice>, events: &[PaymentEvent]) -> 
     (outcome.transfers, then)
 }
 
-/// Commits one invoice's plan; `Ok(0)` when another worker got there first.
+/// What committing one plan came to.
+enum Committed {
+    /// This many events concluded (0: another worker got there first).
+    Concluded(usize),
+    /// The ledger refused the transfer with this id; nothing was written.
+    Refused(String),
+}
+
+/// Commits one invoice's plan.
 async fn commit(
     state: &AppState,
     merchant_id: &str,
     currency: Option<Currency>,
     transfers: Vec<TransferRequest>,
     then: Then,
-) -> Result<usize, ApiError> {
+) -> Result<Committed, ApiError> {
     let concluded = then.invoice_payments.len();
     let written = match currency {
         Some(currency) if !transfers.is_empty() => {
             let key = format!("{merchant_id}/invoices/{}", currency.code());
             payments::service::ensure_accounts(state, merchant_id, &key, &invoice::chart(currency), currency).await?;
+            let ids: Vec<String> = transfers.iter().map(|t| t.id.clone()).collect();
             let posted = state.writer.post(merchant_id, transfers, true, Some(then)).await;
-            if let Some(e) = posted.as_ref().ok().and_then(|results| refusal(results)) {
-                // Nothing was written: the events stay `received`.
-                return Err(ApiError::Internal(format!(
-                    "the ledger refused an invoice payment: {}: {}",
-                    e.code(),
-                    e.message()
-                )));
+            if let Some((at, e)) = posted.as_ref().ok().and_then(|results| refusal(results)) {
+                tracing::warn!(
+                    merchant_id,
+                    transfer_id = %ids[at],
+                    code = e.code(),
+                    "the ledger refused an invoice payment; the event is rejected"
+                );
+                return Ok(Committed::Refused(ids[at].clone()));
             }
             posted.map(|_| ())
         }
         _ => write_alone(state, &then).await,
     };
     match written {
-        Ok(()) => Ok(concluded),
-        Err(e) if lost_race(&e) => Ok(0),
+        Ok(()) => Ok(Committed::Concluded(concluded)),
+        Err(e) if lost_race(&e) => Ok(Committed::Concluded(0)),
         Err(e) => Err(write_error(e)),
     }
 }
 
-fn refusal(results: &[TransferResult]) -> Option<&TransferError> {
-    results.iter().find_map(|r| match r {
-        TransferResult::Failed(e) => Some(e),
+/// The transfer the ledger refused (not one refused only because it was linked to it).
+fn refusal(results: &[TransferResult]) -> Option<(usize, &TransferError)> {
+    results.iter().enumerate().find_map(|(at, r)| match r {
+        TransferResult::Failed(e) if *e != TransferError::LinkedEventFailed => Some((at, e)),
         _ => None,
     })
 }

@@ -283,6 +283,16 @@ async fn payments_make_an_invoice_partially_paid_then_paid_and_move_money(app: T
     assert_eq!(replay.status, StatusCode::ACCEPTED, "{}", replay.text);
     assert_eq!(replay.json["duplicate"], true);
     assert_eq!(replay.json["id"], second.json["id"]);
+    // The same event id with another amount or invoice is not a redelivery: refused, naming it.
+    let event_id = second.json["event_id"].as_str().expect("event id").to_uppercase();
+    let other = app.sent_invoice(&m, 500).await;
+    for (invoice, amount) in [(&inv, 6_999), (&other, 7_000)] {
+        let reused = app
+            .post("/v1/invoice_payments", &m.key, payment(&event_id, invoice, amount))
+            .await;
+        assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reused.text);
+        assert_eq!((reused.code(), reused.param()), ("event_id_reused", "event_id"));
+    }
     assert_eq!(app.drain_invoice_payments().await, 1);
     let paid = app.get_invoice(&m, &inv).await;
     assert_eq!(paid["status"], "paid");
@@ -402,6 +412,78 @@ async fn payments_to_draft_and_void_invoices_are_rejected_and_recorded(app: Test
     // No money moved.
     assert_eq!(app.balance_or_zero(&m, "settle:invoice_receipts:USD").await, 0);
     assert_eq!(app.balance_or_zero(&m, "settle:merchant_pending:USD").await, 0);
+    app.verify_ok().await;
+}
+
+/// An event whose transfer the ledger refuses (the receipts account's debits would pass
+/// 2^63 - 1) is rejected with `ledger_refused`, once: it is not retried forever, and it does not
+/// hold back the events before it, after it, or of other merchants.
+async fn a_payment_the_ledger_refuses_is_rejected_not_retried_forever(app: TestApp) {
+    let email = format!("big-{}@example.test", crate::harness::rand_suffix());
+    let r = app
+        .post(
+            "/admin/v1/merchants",
+            crate::harness::ADMIN_TOKEN,
+            json!({ "name": "big", "email": email,
+                    "amount_limits": { "USD": { "min": 1, "max": i64::MAX } } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    let k = app
+        .post(
+            &format!("/admin/v1/merchants/{id}/api_keys"),
+            crate::harness::ADMIN_TOKEN,
+            json!({}),
+        )
+        .await;
+    assert_eq!(k.status, StatusCode::CREATED, "{}", k.text);
+    let big = Merchant {
+        id,
+        key: k.json["secret"].as_str().expect("secret").to_owned(),
+        key_id: k.json["id"].as_str().expect("key id").to_owned(),
+    };
+    let huge = app.sent_invoice(&big, i64::MAX).await;
+    app.pay_invoice(&big, &huge, i64::MAX).await;
+    assert_eq!(app.drain_invoice_payments().await, 1);
+    assert_eq!(app.get_invoice(&big, &huge).await["status"], "paid");
+
+    // The receipts account now holds i64::MAX of debits: the next payment cannot move.
+    let next = app.sent_invoice(&big, 1_000).await;
+    app.pay_invoice(&big, &next, 1).await;
+    app.pay_invoice(&big, &next, 2).await;
+    let other = app.merchant("other").await;
+    let theirs = app.sent_invoice(&other, 1_000).await;
+    app.pay_invoice(&other, &theirs, 250).await;
+    assert_eq!(app.drain_invoice_payments().await, 3, "every event concluded");
+    assert_eq!(app.drain_invoice_payments().await, 0);
+
+    let received = app.invoice_payments(&big, &next).await;
+    let outcomes: Vec<(&Value, &Value)> = received.iter().map(|e| (&e["status"], &e["reason"])).collect();
+    let refused = (&json!("rejected"), &json!("ledger_refused"));
+    assert_eq!(outcomes, [refused, refused], "{received:?}");
+    assert!(received[0]["reason_message"].is_string());
+    let invoice = app.get_invoice(&big, &next).await;
+    assert_eq!(
+        (&invoice["status"], &invoice["amount_paid"]),
+        (&json!("sent"), &json!(0))
+    );
+    let events = app.events_of(&big, &next).await;
+    assert_eq!(
+        types(&events),
+        [
+            "invoice.created",
+            "invoice.sent",
+            "invoice.payment_rejected",
+            "invoice.payment_rejected"
+        ]
+    );
+    assert_eq!(sequences(&events), [1, 2, 3, 4]);
+    let theirs = app.get_invoice(&other, &theirs).await;
+    assert_eq!(
+        (&theirs["status"], &theirs["amount_paid"]),
+        (&json!("partially_paid"), &json!(250))
+    );
     app.verify_ok().await;
 }
 
@@ -849,6 +931,7 @@ async fn another_merchants_invoices_answer_404(app: TestApp) {
 }
 
 crate::conformance!(
+    a_payment_the_ledger_refuses_is_rejected_not_retried_forever,
     an_invoice_is_created_sent_listed_and_voided,
     payments_make_an_invoice_partially_paid_then_paid_and_move_money,
     payments_to_draft_and_void_invoices_are_rejected_and_recorded,
