@@ -25,6 +25,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod metrics;
 pub mod observe;
+pub mod outbound;
 pub mod payments;
 pub(crate) mod strict_json;
 pub mod stripe;
@@ -96,6 +97,9 @@ pub struct Config {
     /// Whether webhook endpoints may be loopback or private addresses (refuse them in
     /// production so that an endpoint URL cannot reach into the operator's network).
     pub webhook_private_targets: bool,
+    /// Whether a connector account's `base_url` may be a loopback or private address (refuse
+    /// them in production: card data goes there).
+    pub connector_private_targets: bool,
     /// How often the webhook inbox worker runs when it found nothing to do.
     pub webhook_inbox_interval: Duration,
     /// Settle's own base URL (`http://127.0.0.1:8080`): the sandbox posts its delayed outcomes
@@ -126,6 +130,7 @@ impl Config {
             // The embedded default is for a laptop, where the receiver is on loopback;
             // PostgreSQL means production, where it is refused unless the operator says so.
             webhook_private_targets: engine == Engine::Sqlite,
+            connector_private_targets: engine == Engine::Sqlite,
             webhook_inbox_interval: Duration::from_millis(200),
             public_url: None,
         }
@@ -192,6 +197,7 @@ impl App {
         tasks.extend(inbox_tasks);
         let vault = vault::Vault::new(config.vault_key.expose());
         let connector_timeout = config.connector_timeout;
+        let connector_private_targets = config.connector_private_targets;
         let settings_cache_ttl = config.settings_cache_ttl;
         let webhook_client = webhooks::dispatch::client(config.webhook_timeout, config.webhook_private_targets);
         let (shutdown, stop) = watch::channel(false);
@@ -213,6 +219,7 @@ impl App {
                 },
                 BreakerPolicy::default(),
                 settings_cache_ttl,
+                connector_private_targets,
             ),
             cvcs: payments::methods::CvcCache::default(),
             recent: payments::service::Recent::default(),

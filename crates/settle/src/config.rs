@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// (default: allow on SQLite, refuse on PostgreSQL).
     #[arg(long, env = "SETTLE_WEBHOOK_PRIVATE_TARGETS", value_parser = ["allow", "refuse"])]
     pub webhook_private_targets: Option<String>,
+    /// Whether a connector account's `base_url` may be a loopback or private address: `allow`
+    /// or `refuse` (default: allow on SQLite, refuse on PostgreSQL).
+    #[arg(long, env = "SETTLE_CONNECTOR_PRIVATE_TARGETS", value_parser = ["allow", "refuse"])]
+    pub connector_private_targets: Option<String>,
     /// Longest wait for a webhook receiver's answer, in seconds.
     #[arg(long, env = "SETTLE_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10)]
     pub webhook_timeout_seconds: u64,
@@ -137,6 +141,9 @@ impl ServeArgs {
         config.run_jobs = !self.no_jobs;
         if let Some(choice) = &self.webhook_private_targets {
             config.webhook_private_targets = choice == "allow";
+        }
+        if let Some(choice) = &self.connector_private_targets {
+            config.connector_private_targets = choice == "allow";
         }
         config.webhook_timeout = Duration::from_secs(self.webhook_timeout_seconds.clamp(1, 60));
         Ok(config)

@@ -57,14 +57,24 @@ pub struct Connectors {
     policy: BreakerPolicy,
     breakers: Mutex<HashMap<String, Breaker>>,
     builtin: Arc<dyn Connector>,
+    /// Whether a `base_url` may be a loopback or private address.
+    private_targets: bool,
 }
 
 impl Connectors {
-    pub fn new(settings: ConnectorSettings, policy: BreakerPolicy, routing_ttl: Duration) -> Connectors {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
+    pub fn new(
+        settings: ConnectorSettings,
+        policy: BreakerPolicy,
+        routing_ttl: Duration,
+        private_targets: bool,
+    ) -> Connectors {
+        let builder = reqwest::Client::builder().timeout(settings.timeout);
+        let http = crate::outbound::restrict(builder, private_targets)
             .build()
-            .unwrap_or_default();
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "connector client with settings failed; using the default client");
+                reqwest::Client::new()
+            });
         let builtin = Arc::new(Sandbox::default().with_settings(&settings));
         Connectors {
             http,
@@ -74,6 +84,7 @@ impl Connectors {
             policy,
             breakers: Mutex::new(HashMap::new()),
             builtin,
+            private_targets,
         }
     }
 
@@ -107,6 +118,16 @@ impl Connectors {
             .map_err(|_| ApiError::Internal(format!("connector account {} credentials do not open", account.id)))?;
         let credentials: Value = serde_json::from_slice(&plain)
             .map_err(|_| ApiError::Internal(format!("connector account {} credentials unreadable", account.id)))?;
+        if !self.target_allowed(&credentials) {
+            // Made while private targets were allowed: not called once they are not.
+            return Err(ApiError::Upstream {
+                code: "connector_target_refused",
+                message: format!(
+                    "connector account {}'s `base_url` is a loopback or private address, which this server refuses",
+                    account.id
+                ),
+            });
+        }
         let connector = settle_connectors::build(
             &account.connector,
             &Secret::new(credentials),
@@ -124,8 +145,30 @@ impl Connectors {
     /// Checks credentials before they are stored.
     pub fn check_credentials(&self, connector: &str, credentials: &Value) -> Result<(), ApiError> {
         settle_connectors::build(connector, &Secret::new(credentials.clone()), &self.settings, &self.http)
-            .map(|_| ())
-            .map_err(|(field, message)| ApiError::invalid(field, message))
+            .map_err(|(field, message)| ApiError::invalid(field, message))?;
+        if !self.target_allowed(credentials) {
+            return Err(ApiError::invalid(
+                "credentials.base_url",
+                "`credentials.base_url` is a loopback or private address, which this server refuses \
+                 (`--connector-private-targets allow` permits it)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the credentials' `base_url`, if any, may be called: its host is checked here
+    /// when it is an address literal or `localhost` (a name is checked when it is resolved).
+    fn target_allowed(&self, credentials: &Value) -> bool {
+        if self.private_targets {
+            return true;
+        }
+        let Some(url) = credentials.get("base_url").and_then(Value::as_str) else {
+            return true;
+        };
+        reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(crate::outbound::public_host))
+            .unwrap_or(false)
     }
 
     /// The connector of the account that holds a payment's authorization.

@@ -23,18 +23,16 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use hmac::{Hmac, Mac};
 use rand::Rng;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use settle_domain::{
     event::Event,
     ledger::Key,
-    webhook::{self, is_public_ip, Api, Delivery, DeliveryAttempt, DeliveryStatus, Endpoint},
+    webhook::{self, Api, Delivery, DeliveryAttempt, DeliveryStatus, Endpoint},
     Timestamp,
 };
 use settle_store::{Mode, Scope};
@@ -58,38 +56,6 @@ pub const SIGNATURE_HEADER: &str = "Settle-Signature";
 pub const STRIPE_SIGNATURE_HEADER: &str = "Stripe-Signature";
 pub const EVENT_ID_HEADER: &str = "Settle-Event-Id";
 
-/// Whether a URL host (as `Url::host_str` gives it) may be a webhook target when private
-/// targets are refused: no private address literal, no `localhost`. Other names are checked
-/// when they are resolved.
-pub fn public_host(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<IpAddr>() {
-        Ok(ip) => is_public_ip(ip),
-        Err(_) => {
-            let name = bare.trim_end_matches('.').to_ascii_lowercase();
-            name != "localhost" && !name.ends_with(".localhost")
-        }
-    }
-}
-
-/// A resolver that answers only public addresses (and fails when a name has none).
-struct PublicOnly;
-
-impl Resolve for PublicOnly {
-    fn resolve(&self, name: Name) -> Resolving {
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let public: Vec<SocketAddr> = found.into_iter().filter(|a| is_public_ip(a.ip())).collect();
-            if public.is_empty() {
-                return Err(format!("{host} resolves to no public address").into());
-            }
-            let addrs: Addrs = Box::new(public.into_iter());
-            Ok(addrs)
-        })
-    }
-}
-
 /// The HTTP client webhooks go out with.
 pub fn client(timeout: Duration, private_targets: bool) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
@@ -99,9 +65,7 @@ pub fn client(timeout: Duration, private_targets: bool) -> reqwest::Client {
         .no_proxy()
         .user_agent(concat!("Settle/", env!("CARGO_PKG_VERSION"), " (webhooks)"))
         .pool_max_idle_per_host(IN_FLIGHT_MAX);
-    if !private_targets {
-        builder = builder.dns_resolver(Arc::new(PublicOnly));
-    }
+    builder = crate::outbound::restrict(builder, private_targets);
     builder.build().unwrap_or_else(|e| {
         tracing::error!(error = %e, "webhook client with settings failed; using the default client");
         reqwest::Client::new()
@@ -330,7 +294,7 @@ async fn send(
     let refused = !state.config.webhook_private_targets
         && reqwest::Url::parse(url)
             .ok()
-            .and_then(|u| u.host_str().map(|h| !public_host(h)))
+            .and_then(|u| u.host_str().map(|h| !crate::outbound::public_host(h)))
             .unwrap_or(true);
     let request = state
         .webhook_client
@@ -469,24 +433,6 @@ async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_are_judged_public_or_not() {
-        for private in [
-            "127.0.0.1",
-            "[::1]",
-            "localhost",
-            "LOCALHOST.",
-            "api.localhost",
-            "10.0.0.8",
-            "[fe80::1]",
-        ] {
-            assert!(!public_host(private), "{private}");
-        }
-        for public in ["example.com", "8.8.8.8", "[2606:4700:4700::1111]"] {
-            assert!(public_host(public), "{public}");
-        }
-    }
 
     #[test]
     fn signatures_follow_the_stripe_scheme() {

@@ -131,7 +131,7 @@ pub fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
         return Err(bad("must not carry credentials"));
     }
     let host = parsed.host_str().ok_or_else(|| bad("must name a host"))?;
-    if !state.config.webhook_private_targets && !dispatch::public_host(host) {
+    if !state.config.webhook_private_targets && !crate::outbound::public_host(host) {
         return Err(bad(
             "points at a loopback or private address, which this server refuses (see SETTLE_WEBHOOK_PRIVATE_TARGETS)",
         ));

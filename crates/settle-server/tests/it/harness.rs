@@ -150,6 +150,7 @@ impl TestApp {
         config.run_jobs = false;
         config.auth_cache_ttl = Duration::from_secs(60);
         config.webhook_private_targets = true;
+        config.connector_private_targets = true;
         tweak(&mut config);
         let app = App::build(store.clone(), Arc::new(clock.clone()), config)
             .await
@@ -205,6 +206,7 @@ impl TestApp {
         config.run_jobs = false;
         config.vault_key = self.state().config.vault_key.clone();
         config.webhook_private_targets = true;
+        config.connector_private_targets = true;
         let app = App::build(Arc::new(store), Arc::new(self.clock.clone()), config)
             .await
             .expect("build");

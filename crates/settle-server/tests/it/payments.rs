@@ -1332,3 +1332,79 @@ crate::conformance!(
     a_refund_the_sync_job_concluded_first_is_answered_as_it_is,
     a_confirm_nobody_waits_for_still_records_its_outcome,
 );
+
+/// When the operator refuses private targets, a connector account's `base_url` may not be a
+/// loopback or private address (card data goes there): refused at creation naming the field,
+/// and an account made while they were allowed is not called once they are not.
+async fn private_connector_targets_are_refused_when_the_operator_says_so(engine: settle_store::Engine) {
+    let Some(mut app) = TestApp::spawn(engine).await else {
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let m = app.merchant("shop").await;
+    let account = |base_url: &str| json!({ "connector": "stripe", "credentials": { "api_key": "sk_test_made_up", "base_url": base_url } });
+    let r = app.post("/v1/connector_accounts", &m.key, account(&base_url)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "allowed here: {}", r.text);
+
+    app.restart_with(|c| c.connector_private_targets = false).await;
+    for url in [
+        base_url.as_str(),
+        "http://localhost:9",
+        "http://[::1]:9",
+        "http://10.0.0.1",
+        "http://169.254.169.254",
+        "http://[::ffff:127.0.0.1]:9",
+        "http://[64:ff9b::7f00:1]:9",
+        "http://2130706433:9",
+    ] {
+        let r = app.post("/v1/connector_accounts", &m.key, account(url)).await;
+        assert_eq!(
+            (r.status, r.param()),
+            (StatusCode::BAD_REQUEST, "credentials.base_url"),
+            "{url}: {}",
+            r.text
+        );
+    }
+    let r = app
+        .post(
+            "/v1/connector_accounts",
+            &m.key,
+            account("https://api.stripe.example.test"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+
+    // The account made earlier is first in the routing order: not called.
+    let r = app
+        .pay(
+            &m,
+            json!({ "amount": 100, "currency": "USD", "confirm": true, "payment_method": card(VISA) }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text);
+    assert_eq!(r.code(), "connector_target_refused", "{}", r.text);
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached it"
+    );
+    app.verify_ok().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_connector_targets_are_refused_on_sqlite() {
+    private_connector_targets_are_refused_when_the_operator_says_so(settle_store::Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_connector_targets_are_refused_on_postgres() {
+    private_connector_targets_are_refused_when_the_operator_says_so(settle_store::Engine::Postgres).await;
+}
