@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API (embedded SQLite under ./settle-data unless a database URL is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate(Common),
     /// Check the ledger's invariants on a live database; exits 1 on any violation.
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Migrate(common) => migrate(common).await,
             Command::Verify(common) => verify(common).await,
             Command::Bench(args) => {
