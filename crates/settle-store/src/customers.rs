@@ -14,6 +14,9 @@ use crate::{Listing, PageRequest, Result};
 pub trait CustomerTx: Send {
     async fn insert_customer(&mut self, customer: &Customer) -> Result<()>;
     async fn get_customer(&mut self, merchant_id: &str, id: &str) -> Result<Option<Customer>>;
+    /// Whether the customer exists; if so it cannot be deleted before this transaction ends
+    /// (a share lock on PostgreSQL; SQLite's one writer serializes anyway).
+    async fn hold_customer(&mut self, merchant_id: &str, id: &str) -> Result<bool>;
     /// Stores the customer's details; `false` when there is no such customer.
     async fn update_customer(&mut self, customer: &Customer) -> Result<bool>;
     /// Deletes the customer and detaches its payment methods; `false` when there is none.
@@ -45,7 +48,7 @@ pub trait CustomerTx: Send {
 pub const CUSTOMER_COLS: &str = "merchant_id, id, email, name, phone, description, metadata, created_at, updated_at";
 
 macro_rules! customers_tx {
-    ($tx:ident, $row:ty) => {
+    ($tx:ident, $row:ty, $share_lock:expr) => {
         fn customer_from(row: &$row) -> $crate::Result<settle_domain::customer::Customer> {
             Ok(settle_domain::customer::Customer {
                 merchant_id: row.try_get("merchant_id")?,
@@ -117,7 +120,30 @@ macro_rules! customers_tx {
                 Ok(done.rows_affected() == 1)
             }
 
+            async fn hold_customer(&mut self, merchant_id: &str, id: &str) -> $crate::Result<bool> {
+                let sql = format!(
+                    "SELECT 1 FROM customers WHERE merchant_id = $1 AND id = $2{}",
+                    $share_lock
+                );
+                let found: Option<i32> = sqlx::query_scalar(&sql)
+                    .bind(merchant_id)
+                    .bind(id)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
+                Ok(found.is_some())
+            }
+
             async fn delete_customer(&mut self, merchant_id: &str, id: &str) -> $crate::Result<bool> {
+                // The row first: this waits for any attach that holds the customer, and the
+                // detach below (a statement of its own) then sees what that attach stored.
+                let done = sqlx::query("DELETE FROM customers WHERE merchant_id = $1 AND id = $2")
+                    .bind(merchant_id)
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
                 sqlx::query(
                     "UPDATE payment_methods SET customer_id = NULL WHERE merchant_id = $1 AND customer_id = $2",
                 )
@@ -125,12 +151,7 @@ macro_rules! customers_tx {
                 .bind(id)
                 .execute(&mut *self.tx)
                 .await?;
-                let done = sqlx::query("DELETE FROM customers WHERE merchant_id = $1 AND id = $2")
-                    .bind(merchant_id)
-                    .bind(id)
-                    .execute(&mut *self.tx)
-                    .await?;
-                Ok(done.rows_affected() == 1)
+                Ok(true)
             }
 
             async fn list_customers(

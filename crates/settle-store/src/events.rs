@@ -49,6 +49,9 @@ pub trait EventTx: Send {
     ) -> Result<Listing<Endpoint>>;
     /// A merchant's enabled endpoints (at most [`ENDPOINTS_MAX`]).
     async fn enabled_endpoints(&mut self, merchant_id: &str) -> Result<Vec<Endpoint>>;
+    /// How many endpoints the merchant has. Creators of a merchant's endpoints that count
+    /// first are serialized until their transactions end (a transaction-scoped advisory lock on
+    /// PostgreSQL; SQLite's one writer), so that a limit checked on the count holds.
     async fn count_endpoints(&mut self, merchant_id: &str) -> Result<i64>;
     async fn update_endpoint(&mut self, endpoint: &Endpoint) -> Result<bool>;
     async fn delete_endpoint(&mut self, merchant_id: &str, id: &str) -> Result<bool>;
@@ -104,7 +107,7 @@ pub fn patterns(text: &str) -> Result<Vec<String>> {
 }
 
 macro_rules! events_tx {
-    ($tx:ident, $row:ty, $skip_locked:expr) => {
+    ($tx:ident, $row:ty, $skip_locked:expr, $serialize:expr) => {
         use $crate::events as ev;
 
         fn event_from(row: &$row) -> $crate::Result<settle_domain::event::Event> {
@@ -327,6 +330,12 @@ macro_rules! events_tx {
             }
 
             async fn count_endpoints(&mut self, merchant_id: &str) -> $crate::Result<i64> {
+                if !$serialize.is_empty() {
+                    sqlx::query($serialize)
+                        .bind(format!("settle:webhook_endpoints:{merchant_id}"))
+                        .execute(&mut *self.tx)
+                        .await?;
+                }
                 Ok(sqlx::query_scalar("SELECT COUNT(*) FROM webhook_endpoints WHERE merchant_id = $1")
                     .bind(merchant_id)
                     .fetch_one(&mut *self.tx)

@@ -508,7 +508,12 @@ impl PgTx {
 
 shared_tx!(PgTx, PgRow, &PgPool);
 payments_tx!(PgTx, PgRow);
-events_tx!(PgTx, PgRow, " FOR UPDATE SKIP LOCKED");
+events_tx!(
+    PgTx,
+    PgRow,
+    " FOR UPDATE SKIP LOCKED",
+    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+);
 invoices_tx!(PgTx, PgRow);
-customers_tx!(PgTx, PgRow);
+customers_tx!(PgTx, PgRow, " FOR SHARE");
 inbox_tx!(PgTx, PgRow, " FOR UPDATE SKIP LOCKED");

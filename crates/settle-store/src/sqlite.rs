@@ -492,7 +492,7 @@ impl SqliteTx {
 
 shared_tx!(SqliteTx, SqliteRow, &mut SqliteConnection);
 payments_tx!(SqliteTx, SqliteRow);
-events_tx!(SqliteTx, SqliteRow, "");
+events_tx!(SqliteTx, SqliteRow, "", "");
 invoices_tx!(SqliteTx, SqliteRow);
-customers_tx!(SqliteTx, SqliteRow);
+customers_tx!(SqliteTx, SqliteRow, "");
 inbox_tx!(SqliteTx, SqliteRow, "");

@@ -166,6 +166,21 @@ impl MethodInput {
     }
 }
 
+/// A payment method attached to a customer pays only for that customer (as Stripe refuses a
+/// PaymentMethod of one Customer with another).
+pub fn usable_for(method: &PaymentMethod, customer: Option<&str>) -> Result<(), ApiError> {
+    match (method.customer_id.as_deref(), customer) {
+        (Some(owner), Some(customer)) if owner != customer => Err(ApiError::invalid(
+            "payment_method",
+            format!(
+                "payment method '{}' is attached to customer '{owner}', not to '{customer}'",
+                method.id
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn find(tx: &mut dyn Tx, merchant_id: &str, id: &str, param: &str) -> Result<PaymentMethod, ApiError> {
     tx.get_payment_method(merchant_id, id)
         .await?
@@ -274,6 +289,7 @@ pub async fn card_for(
             }
         },
     };
+    usable_for(&method, payment.customer_id.as_deref())?;
     let context = sealing_context(&method.merchant_id, &method.id);
     let number = state.vault.open(&method.number_sealed, &context).map_err(|_| {
         ApiError::Internal(format!(
@@ -375,8 +391,16 @@ pub async fn attach_method(
         .await?
         .ok_or_else(|| ApiError::not_found("payment method", id))?;
     if let Some(c) = customer {
-        if tx.get_customer(&merchant_id, c).await?.is_none() {
+        // Held until this transaction ends, so that the customer cannot be deleted under it.
+        if !tx.hold_customer(&merchant_id, c).await? {
             return Err(ApiError::invalid("customer", format!("no such customer: '{c}'")));
+        }
+        if let Some(owner) = method.customer_id.as_deref().filter(|owner| *owner != c) {
+            return Err(ApiError::Conflict {
+                code: "payment_method_unexpected_state",
+                message: format!("the payment method is attached to customer '{owner}': detach it first"),
+                param: Some("customer".into()),
+            });
         }
     } else if method.customer_id.is_none() {
         return Err(ApiError::Conflict {

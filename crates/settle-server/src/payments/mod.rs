@@ -385,6 +385,7 @@ pub async fn create_payment(
         let (method, new) = method
             .find_or_seal(state, &mut reader, &merchant_id, "payment_method")
             .await?;
+        methods::usable_for(&method, payment.customer_id.as_deref())?;
         payment.payment_method_id = Some(method.id.clone());
         payment.status = PaymentStatus::RequiresConfirmation;
         if new {

@@ -134,6 +134,134 @@ async fn customers_own_payments_and_cards(app: TestApp) {
     app.verify_ok().await;
 }
 
+/// A card attached to one customer is neither moved to another by an attach nor used for
+/// another's payment (Stripe refuses both); attaching to the same customer again is harmless.
+/// Attaching while the customer is deleted never leaves the card on a deleted customer.
+async fn a_customers_card_stays_with_that_customer(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let customer = |name: &'static str| {
+        let app = &app;
+        let key = m.key.clone();
+        async move {
+            let c = app.post("/v1/customers", &key, json!({ "name": name })).await;
+            assert_eq!(c.status, StatusCode::CREATED, "{}", c.text);
+            c.json["id"].as_str().expect("id").to_owned()
+        }
+    };
+    let card =
+        || json!({ "type": "card", "card": { "number": "4242424242424242", "exp_month": 12, "exp_year": 2099 } });
+    let (ann, bo) = (customer("Ann").await, customer("Bo").await);
+    let pm = app.post("/v1/payment_methods", &m.key, card()).await;
+    let pm = pm.json["id"].as_str().expect("pm").to_owned();
+    let attach = |pm: String, customer: String| {
+        let app = &app;
+        let key = m.key.clone();
+        async move {
+            app.post(
+                &format!("/v1/payment_methods/{pm}/attach"),
+                &key,
+                json!({ "customer": customer }),
+            )
+            .await
+        }
+    };
+    assert_eq!(attach(pm.clone(), ann.clone()).await.status, StatusCode::OK);
+    assert_eq!(
+        attach(pm.clone(), ann.clone()).await.status,
+        StatusCode::OK,
+        "again: harmless"
+    );
+    let moved = attach(pm.clone(), bo.clone()).await;
+    assert_eq!(
+        (moved.status, moved.code(), moved.param()),
+        (StatusCode::CONFLICT, "payment_method_unexpected_state", "customer"),
+        "{}",
+        moved.text
+    );
+    let stripe = app
+        .call(
+            Method::POST,
+            &format!("/stripe/v1/payment_methods/{pm}/attach"),
+            &m.key,
+            Some(&format!("customer={bo}")),
+            FORM,
+        )
+        .await;
+    assert_eq!(stripe.status, StatusCode::BAD_REQUEST, "{}", stripe.text);
+    assert_eq!(
+        app.get(&format!("/v1/payment_methods/{pm}"), &m.key).await.json["customer"],
+        ann.as_str()
+    );
+    for confirm in [false, true] {
+        let paid = app
+            .post(
+                "/v1/payments",
+                &m.key,
+                json!({ "amount": 500, "currency": "USD", "customer": bo, "payment_method": pm, "confirm": confirm }),
+            )
+            .await;
+        assert_eq!(
+            (paid.status, paid.param()),
+            (StatusCode::BAD_REQUEST, "payment_method"),
+            "{}",
+            paid.text
+        );
+    }
+    // Confirmed later with the other customer's card: refused before any authorization.
+    let p = app
+        .post(
+            "/v1/payments",
+            &m.key,
+            json!({ "amount": 500, "currency": "USD", "customer": bo }),
+        )
+        .await;
+    let id = p.json["id"].as_str().expect("id").to_owned();
+    let confirmed = app
+        .post(
+            &format!("/v1/payments/{id}/confirm"),
+            &m.key,
+            json!({ "payment_method": pm }),
+        )
+        .await;
+    assert_eq!(
+        (confirmed.status, confirmed.param()),
+        (StatusCode::BAD_REQUEST, "payment_method"),
+        "{}",
+        confirmed.text
+    );
+    let own = app
+        .post(
+            "/v1/payments",
+            &m.key,
+            json!({ "amount": 500, "currency": "USD", "customer": ann, "payment_method": pm, "confirm": true }),
+        )
+        .await;
+    assert_eq!(own.json["status"], "succeeded", "{}", own.text);
+
+    // Attach racing the customer's deletion.
+    for _ in 0..12 {
+        let doomed = customer("Cy").await;
+        let pm = app.post("/v1/payment_methods", &m.key, card()).await;
+        let pm = pm.json["id"].as_str().expect("pm").to_owned();
+        let path = format!("/v1/customers/{doomed}");
+        let delete = app.call(Method::DELETE, &path, &m.key, None, &[]);
+        let (attached, deleted) = tokio::join!(attach(pm.clone(), doomed.clone()), delete);
+        assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text);
+        assert!(
+            matches!(attached.status, StatusCode::OK | StatusCode::BAD_REQUEST),
+            "{}",
+            attached.text
+        );
+        let now = app.get(&format!("/v1/payment_methods/{pm}"), &m.key).await;
+        assert_eq!(
+            now.json["customer"],
+            serde_json::Value::Null,
+            "left on a deleted customer"
+        );
+    }
+    app.verify_ok().await;
+}
+
 async fn the_stripe_layer_answers_bad_input_in_stripes_shape(app: TestApp) {
     let m = app.merchant("shop").await;
     let post = |path: &'static str, body: &'static str| {
@@ -308,6 +436,7 @@ async fn the_stripe_layer_answers_bad_input_in_stripes_shape(app: TestApp) {
 }
 
 crate::conformance!(
+    a_customers_card_stays_with_that_customer,
     customers_own_payments_and_cards,
     the_stripe_layer_answers_bad_input_in_stripes_shape,
 );

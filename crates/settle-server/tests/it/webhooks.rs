@@ -841,6 +841,50 @@ async fn stripe_endpoints_get_stripe_shaped_events_signed_for_stripe(app: TestAp
     );
 }
 
+/// A merchant has at most 100 endpoints, also when the last ones are created at once.
+async fn the_endpoint_limit_holds_under_concurrent_creates(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let body = json!({ "url": "https://hooks.example.test/x", "enabled_events": ["*"] }).to_string();
+    for _ in 0..97 {
+        let r = crate::harness::call(
+            &app.router,
+            Method::POST,
+            "/v1/webhook_endpoints",
+            &m.key,
+            Some(&body),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let (router, key, body) = (app.router.clone(), m.key.clone(), body.clone());
+            tokio::spawn(async move {
+                crate::harness::call(&router, Method::POST, "/v1/webhook_endpoints", &key, Some(&body), &[]).await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        let r = task.await.expect("task");
+        match r.status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(r.code(), "too_many_endpoints", "{}", r.text),
+            other => panic!("{other}: {}", r.text),
+        }
+    }
+    assert_eq!(created, 3);
+    let listed = app.get("/v1/webhook_endpoints?limit=100", &m.key).await;
+    assert_eq!(
+        listed.json["data"].as_array().map(Vec::len),
+        Some(100),
+        "{}",
+        listed.text
+    );
+    assert_eq!(listed.json["has_more"], false);
+}
+
 /// A receiver that never answers does not hold a shutdown up: the delivery round in flight has
 /// the request timeout to finish, then is abandoned; the delivery stays due for the next start.
 async fn a_receiver_that_never_answers_does_not_hold_shutdown(app: TestApp) {
@@ -896,6 +940,7 @@ async fn a_receiver_that_never_answers_does_not_hold_shutdown(app: TestApp) {
 }
 
 crate::conformance!(
+    the_endpoint_limit_holds_under_concurrent_creates,
     a_receiver_that_never_answers_does_not_hold_shutdown,
     stripe_endpoints_get_stripe_shaped_events_signed_for_stripe,
     a_failing_receiver_gets_every_event_signed_after_retries_and_a_restart,
