@@ -557,4 +557,7 @@ pub struct PaymentFilter {
     pub customer_email: Option<String>,
     pub created_gte: Option<Timestamp>,
     pub created_lt: Option<Timestamp>,
+    /// Only payments that have a charge (Stripe's word): authorized (`requires_capture`,
+    /// `succeeded`) or with an amount captured.
+    pub charged: bool,
 }

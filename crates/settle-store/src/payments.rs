@@ -700,6 +700,10 @@ macro_rules! payments_tx {
                 if let Some(t) = filter.created_lt {
                     add("created_at < CAST(? AS BIGINT)", t.0.to_string());
                 }
+                if filter.charged {
+                    // As the Stripe layer's `has_charge`: authorized, or something captured.
+                    sql.push_str(" AND (status IN ('requires_capture', 'succeeded') OR amount_captured > 0)");
+                }
                 let binds: Vec<&str> = binds.iter().map(String::as_str).collect();
                 self.page(pay::PAYMENT_COLS, "payments", &sql, &binds, page, payment_from)
                     .await

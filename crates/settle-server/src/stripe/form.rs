@@ -31,12 +31,20 @@ pub fn parse(text: &str) -> Result<Map<String, Value>, ApiError> {
     let mut root = Value::Object(Map::new());
     for (key, value) in pairs {
         let path = split_key(&key)?;
+        // `metadata[]=x` would become a key `0`: metadata takes named keys only.
+        if path.windows(2).any(|w| w[0] == METADATA && w[1].is_empty()) {
+            return Err(ApiError::invalid(
+                &key,
+                format!("`{key}`: metadata takes named keys (`metadata[key]=value`), not a list"),
+            ));
+        }
         insert(&mut root, &path, value, &key)?;
     }
-    let Value::Object(map) = lists(root) else {
+    let Value::Object(map) = root else {
         return Err(ApiError::Internal("form root is not an object".into()));
     };
-    Ok(map)
+    // The top level is parameters by name, never a list (`0=a` is a parameter named `0`).
+    Ok(map.into_iter().map(|(k, v)| (k.clone(), child(&k, v))).collect())
 }
 
 /// `a[b][]` → `["a", "b", ""]`.
@@ -85,7 +93,9 @@ fn insert(node: &mut Value, path: &[String], value: String, key: &str) -> Result
     insert(child, rest, value, key)
 }
 
-/// Objects whose keys are all indexes become arrays, ordered by index.
+/// Objects whose keys are all indexes become arrays, ordered by index; a `metadata` object (at
+/// any depth) never does: its keys are the merchant's own, and `metadata[0]=a` or
+/// `metadata[2024]=x` are keys like any other.
 fn lists(node: Value) -> Value {
     match node {
         Value::Object(map) => {
@@ -101,12 +111,25 @@ fn lists(node: Value) -> Value {
                 items.sort_by_key(|(i, _)| *i);
                 Value::Array(items.into_iter().map(|(_, v)| v).collect())
             } else {
-                Value::Object(map.into_iter().map(|(k, v)| (k, lists(v))).collect())
+                Value::Object(map.into_iter().map(|(k, v)| (k.clone(), child(&k, v))).collect())
             }
         }
         other => other,
     }
 }
+
+/// An object's member `key`: metadata is kept as given (checked by the handler), the rest is
+/// read for lists.
+fn child(key: &str, value: Value) -> Value {
+    if key == METADATA {
+        value
+    } else {
+        lists(value)
+    }
+}
+
+/// The parameter whose object is never a list.
+const METADATA: &str = "metadata";
 
 #[cfg(test)]
 mod tests {
@@ -131,6 +154,30 @@ mod tests {
                 "items": [{ "x": "a" }, { "x": "b" }],
             })
         );
+    }
+
+    #[test]
+    fn metadata_with_numeric_keys_stays_an_object() {
+        let form = parse("metadata[0]=a&metadata[1]=b&items[0][metadata][2024]=x&items[1][x]=y&expand[0]=customer")
+            .expect("parse");
+        assert_eq!(
+            Value::Object(form),
+            json!({
+                "metadata": { "0": "a", "1": "b" },
+                "items": [{ "metadata": { "2024": "x" } }, { "x": "y" }],
+                "expand": ["customer"],
+            })
+        );
+        assert_eq!(
+            Value::Object(parse("metadata[2024]=x").expect("parse")),
+            json!({ "metadata": { "2024": "x" } })
+        );
+        // Top-level names are parameters, never a list.
+        assert_eq!(
+            Value::Object(parse("0=a&1=b").expect("parse")),
+            json!({ "0": "a", "1": "b" })
+        );
+        assert!(parse("metadata[]=x").is_err());
     }
 
     #[test]

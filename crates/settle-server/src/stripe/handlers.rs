@@ -393,28 +393,47 @@ fn created_filter(p: &mut Params, filter: &mut PaymentFilter) -> Result<(), ApiE
     Ok(())
 }
 
+/// One page of the merchant's payments for a list of payment intents or (`charges`) of charges:
+/// the charge list reads only payments that have a charge, so a page holds up to `limit`
+/// charges and `has_more` says whether more charges exist; a cursor naming a payment without
+/// one names no object of the list.
 async fn payments_page(
     state: &AppState,
     ctx: &Ctx,
     query: Option<String>,
+    charges: bool,
 ) -> Result<settle_store::Listing<Payment>, ApiError> {
     let mut p = Params::parse(query.as_deref().unwrap_or(""))?;
     let page = p.page(|id| shapes::payment_id(id).unwrap_or_else(|| id.to_owned()))?;
     let mut filter = PaymentFilter {
         customer_id: p.string("customer")?,
+        charged: charges,
         ..PaymentFilter::default()
     };
     created_filter(&mut p, &mut filter)?;
-    if let Some(pi) = p.string("payment_intent")? {
+    let intent = p.string("payment_intent")?;
+    p.finish()?;
+    if let Some(customer) = &filter.customer_id {
+        // A customer this merchant does not have is a 404 naming the filter, as the payment
+        // method list answers (not an empty list).
+        customers::load(state, ctx.merchant_id(), customer)
+            .await
+            .map_err(|e| match e {
+                ApiError::NotFound { id, .. } => ApiError::not_found_at("customer", id, "customer"),
+                other => other,
+            })?;
+    }
+    if let Some(pi) = intent {
         // Charges of one payment intent: its charge, if it has one.
-        p.finish()?;
         let payment = filtered_payment(state, ctx, "payment_intent", &pi).await?;
         return Ok(settle_store::Listing {
-            items: vec![payment],
+            items: vec![payment]
+                .into_iter()
+                .filter(|p| !charges || shapes::has_charge(p))
+                .collect(),
             has_more: false,
         });
     }
-    p.finish()?;
     let merchant_id = ctx.merchant_id().to_owned();
     let mut tx = state.reader(&merchant_id).await?;
     tx.list_payments(&merchant_id, &filter, &page.0)
@@ -427,7 +446,7 @@ async fn list_intents(
     ctx: Ctx,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let listing = payments_page(&state, &ctx, query).await?;
+    let listing = payments_page(&state, &ctx, query, false).await?;
     list(
         "payment_intents",
         listing.items.iter().map(shapes::intent).collect(),
@@ -463,15 +482,15 @@ async fn retrieve_charge(
     Ok(Reply::json(StatusCode::OK, &charge_of(&state, ctx.merchant_id(), &payment).await?)?.into_response())
 }
 
-/// Charges: the payments that have one, newest first (a page may hold fewer than `limit`).
+/// Charges: the payments that have one, newest first.
 async fn list_charges(
     State(state): State<AppState>,
     ctx: Ctx,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let listing = payments_page(&state, &ctx, query).await?;
-    let mut data = Vec::new();
-    for payment in listing.items.iter().filter(|p| shapes::has_charge(p)) {
+    let listing = payments_page(&state, &ctx, query, true).await?;
+    let mut data = Vec::with_capacity(listing.items.len());
+    for payment in &listing.items {
         data.push(charge_of(&state, ctx.merchant_id(), payment).await?);
     }
     list("charges", data, listing.has_more)
@@ -617,12 +636,14 @@ fn customer_body(body: &str) -> Result<CustomerBody, ApiError> {
             message: format!("Received unknown parameter (not supported by Settle's Stripe-compatible API): {message}"),
             param,
         },
-        other => other,
+        other => super::metadata_error(other),
     })
 }
 
 async fn create_customer(State(state): State<AppState>, ctx: Ctx, body: String) -> Result<Response, ApiError> {
-    customers::create_customer(&state, &ctx, customer_body(&body)?, &customer_reply).await
+    customers::create_customer(&state, &ctx, customer_body(&body)?, &customer_reply)
+        .await
+        .map_err(super::metadata_error)
 }
 
 async fn retrieve_customer(
@@ -641,7 +662,9 @@ async fn update_customer(
     Path(id): Path<String>,
     body: String,
 ) -> Result<Response, ApiError> {
-    customers::update_customer(&state, &ctx, &id, customer_body(&body)?, &customer_reply).await
+    customers::update_customer(&state, &ctx, &id, customer_body(&body)?, &customer_reply)
+        .await
+        .map_err(super::metadata_error)
 }
 
 async fn delete_customer(

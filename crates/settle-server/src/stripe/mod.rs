@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     handlers::router()
         .layer(from_fn_with_state(state.clone(), crate::idempotency::middleware))
         .layer(from_fn_with_state(state.clone(), handlers::expand))
+        .layer(from_fn(form_bodies))
         .layer(from_fn(crate::extract::no_query_on_posts))
         .layer(from_fn(crate::extract::buffered_body))
         .layer(from_fn_with_state(state, crate::auth::require_merchant))
@@ -58,6 +59,39 @@ pub fn rooted(app: Router) -> Router {
         req
     });
     Router::new().fallback_service(prefixed)
+}
+
+/// Refuses a JSON body (`Content-Type: application/json` or `…+json`, or a body that opens with
+/// `{` or `[`, which no form parameter does): Stripe's API, and so this one, takes
+/// `application/x-www-form-urlencoded` bodies, and reading JSON as a form would only answer
+/// with a garbled "unknown parameter".
+async fn form_bodies(req: Request, next: Next) -> Response {
+    if axum::body::HttpBody::size_hint(req.body()).exact() == Some(0) {
+        return next.run(req).await;
+    }
+    let json_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| mime.trim().to_ascii_lowercase())
+        .is_some_and(|mime| mime == "application/json" || mime.ends_with("+json"));
+    let (parts, body) = req.into_parts();
+    let bytes = match read_body(body).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
+    };
+    let opening = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    let json_body = matches!(opening, Some(b'{' | b'['));
+    if opening.is_some() && (json_type || json_body) {
+        return ApiError::invalid(
+            "body",
+            "Settle's Stripe-compatible API takes `application/x-www-form-urlencoded` bodies, as Stripe's \
+             does, not JSON: send e.g. `email=ann%40example.test&metadata[order]=42` (the Stripe SDKs do)",
+        )
+        .into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
 /// A request's parameters (form body or query string), taken one by one; whatever is left
@@ -88,9 +122,11 @@ impl Params {
         self.string(name)?
             .map(|s| {
                 // The value is not echoed: it may be a card number in the wrong field.
-                s.parse::<i64>().map_err(|_| ApiError::Invalid {
+                strict_integer(&s).ok_or_else(|| ApiError::Invalid {
                     code: "parameter_invalid_integer",
-                    message: format!("Invalid integer: `{name}` must be an integer"),
+                    message: format!(
+                        "Invalid integer: `{name}` must be an integer in decimal digits, without a sign `+` or leading zeros"
+                    ),
                     param: Some(name.to_owned()),
                 })
             })
@@ -127,7 +163,7 @@ impl Params {
     pub fn metadata(&mut self) -> Result<Option<Value>, ApiError> {
         match self.take("metadata") {
             Some(Value::String(s)) if s.is_empty() => Ok(None),
-            other => crate::fields::metadata(other, "metadata"),
+            other => crate::fields::metadata(other, "metadata").map_err(metadata_error),
         }
     }
 
@@ -168,18 +204,74 @@ impl Params {
     }
 }
 
+/// A metadata key's parameter in Stripe's terms: the native check names `metadata.<key>`, and
+/// the key may itself hold dots (`metadata[a.b]`), so it is bracketed here, whole.
+pub fn metadata_param(param: &str) -> String {
+    match param.strip_prefix("metadata.") {
+        Some(key) => format!("metadata[{key}]"),
+        None => param.to_owned(),
+    }
+}
+
+/// An error about metadata, naming the key as Stripe does (see [`metadata_param`]).
+pub fn metadata_error(e: ApiError) -> ApiError {
+    match e {
+        ApiError::Invalid {
+            code,
+            message,
+            param: Some(param),
+        } => ApiError::Invalid {
+            code,
+            message,
+            param: Some(metadata_param(&param)),
+        },
+        other => other,
+    }
+}
+
+/// An integer as written canonically: an optional `-`, then `0` or digits not starting with
+/// `0`. Rust's parser would also take `+5` and `007`; an amount is read one way only.
+fn strict_integer(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let canonical =
+        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'));
+    if canonical {
+        s.parse().ok()
+    } else {
+        None
+    }
+}
+
 /// A Stripe list.
 pub fn list(url: &str, data: Vec<Value>, has_more: bool) -> Result<Response, ApiError> {
     let body = json!({ "object": "list", "url": format!("/v1/{url}"), "has_more": has_more, "data": data });
     Ok(Reply::json(StatusCode::OK, &body)?.into_response())
 }
 
-/// `a.b.c` → `a[b][c]` (Stripe names nested parameters with brackets).
+/// `a.b.c` → `a[b][c]` (Stripe names nested parameters with brackets). A dot inside brackets
+/// is part of a key (`metadata[a.b]`), not a separator.
 fn bracketed(param: &str) -> String {
-    let mut parts = param.split('.');
-    let mut out = parts.next().unwrap_or_default().to_owned();
-    for p in parts {
-        out.push_str(&format!("[{p}]"));
+    let mut out = String::with_capacity(param.len() + 2);
+    let mut depth = 0usize;
+    let mut open = false;
+    for c in param.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if c == '.' && depth == 0 {
+            if open {
+                out.push(']');
+            }
+            out.push('[');
+            open = true;
+        } else {
+            out.push(c);
+        }
+    }
+    if open {
+        out.push(']');
     }
     out
 }
@@ -261,6 +353,32 @@ mod tests {
         assert_eq!(bracketed("card.number"), "card[number]");
         assert_eq!(bracketed("amount"), "amount");
         assert_eq!(bracketed("metadata.a.b"), "metadata[a][b]");
+        assert_eq!(bracketed("metadata[a.b]"), "metadata[a.b]");
+        assert_eq!(bracketed("items[0].amount"), "items[0][amount]");
+        assert_eq!(bracketed(&metadata_param("metadata.a.b")), "metadata[a.b]");
+        assert_eq!(metadata_param("amount"), "amount");
+    }
+
+    #[test]
+    fn integers_are_read_one_way_only() {
+        for (text, value) in [("0", Some(0)), ("5", Some(5)), ("-5", Some(-5)), ("2000", Some(2000))] {
+            assert_eq!(strict_integer(text), value, "{text}");
+        }
+        for bad in [
+            "+5",
+            "01",
+            "007",
+            "-01",
+            "",
+            "-",
+            "1e3",
+            " 5",
+            "5 ",
+            "99999999999999999999",
+            "１",
+        ] {
+            assert_eq!(strict_integer(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -15,5 +15,6 @@ mod ledger;
 mod ops;
 mod payments;
 mod payments_stripe;
+mod stripe_compat;
 mod tenancy;
 mod webhooks;

@@ -515,6 +515,32 @@ class PaginationTests(SettleTestCase):
         self.assertEqual(len(seen), len(set(seen)), "no intent twice")
         self.assertEqual(seen, list(reversed(created)), "exactly the 25, newest first")
 
+    def test_charges_of_a_customer_page_one_at_a_time(self):
+        label = tag()
+        # Metadata keys that are all digits stay keys (the SDK sends `metadata[0]=a`).
+        customer = stripe.Customer.create(
+            email="charges-%s@example.com" % label, metadata={"0": "a", "2024": "x"}
+        )
+        self.assertEqual(customer.metadata["0"], "a")
+        self.assertEqual(customer.metadata["2024"], "x")
+        charged = []
+        for i in range(7):
+            if i % 3 == 0:
+                pi = paid_intent(amount=300 + i, customer=customer.id)
+                charged.append(pi.id.replace("pi_", "ch_", 1))
+            else:
+                # No charge: never confirmed.
+                stripe.PaymentIntent.create(amount=300 + i, currency="usd", customer=customer.id)
+
+        first = stripe.Charge.list(customer=customer.id, limit=1)
+        self.assertEqual(len(first.data), 1, "a page is never empty while charges remain")
+        self.assertTrue(first.has_more)
+        seen = []
+        for charge in first.auto_paging_iter():
+            seen.append(charge.id)
+            self.assertLessEqual(len(seen), len(charged), "the iteration yields more than was charged")
+        self.assertEqual(seen, list(reversed(charged)), "exactly the charges, newest first")
+
     def test_customers_page_two_at_a_time(self):
         label = tag()
         fresh = []
