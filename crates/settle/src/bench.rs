@@ -32,7 +32,8 @@ pub struct BenchArgs {
 enum What {
     /// One ledger scenario.
     Ledger(LedgerArgs),
-    /// The four scenarios of the foundation issue, plus pgbench, as one table.
+    /// The four ledger scenarios (single transfers, batches of 100, a hot account; PostgreSQL
+    /// and SQLite), plus pgbench, as one table with their targets.
     Suite(SuiteArgs),
     /// Payments: create + confirm + capture through the sandbox connector, then verify.
     Payments(crate::bench_payments::PaymentsArgs),
@@ -54,7 +55,7 @@ pub struct LedgerArgs {
     /// Transfers per request (1 = single-transfer requests).
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Measured seconds (after the warm-up, `bench::WARMUP`).
+    /// Measured seconds (after a 2-second warm-up).
     #[arg(long, default_value_t = 10)]
     duration_seconds: u64,
     /// Stop after this many transfers even if time remains.
@@ -138,7 +139,7 @@ impl Outcome {
             self.errors,
             self.p50_ms,
             self.p99_ms,
-            if self.verified { "OK" } else { "FAILED" }
+            if self.verified { "ok" } else { "FAILED" }
         )
     }
 }

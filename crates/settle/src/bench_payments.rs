@@ -21,7 +21,7 @@ pub struct PaymentsArgs {
     /// Concurrent HTTP clients.
     #[arg(long, default_value_t = 32)]
     clients: usize,
-    /// Measured seconds (after the warm-up, `bench::WARMUP`).
+    /// Measured seconds (after a 2-second warm-up).
     #[arg(long, default_value_t = 10)]
     duration_seconds: u64,
     /// Stop after this many payments even if time remains.

@@ -33,13 +33,14 @@ pub struct WebhooksArgs {
     /// Concurrent HTTP clients (posting webhooks; creating the outbound events).
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    /// Inbound: measured seconds (after the warm-up, `bench::WARMUP`).
+    /// Inbound: measured seconds (after a 2-second warm-up).
     #[arg(long, default_value_t = 10)]
     pub duration_seconds: u64,
     /// Inbound: stop after this many webhooks (the warm-up's included) even if time remains.
     #[arg(long, default_value_t = 1_000_000)]
     pub webhooks_max: u64,
-    /// Inbound: skip draining the backlog.
+    /// Inbound: skip draining the backlog of accepted webhooks (the drain of webhooks that move
+    /// money is `--applied`; 0 skips it).
     #[arg(long)]
     pub no_drain: bool,
     /// Inbound: then drain this many webhooks that each authorize a processing payment.

@@ -1026,6 +1026,7 @@ async fn a_confirm_nobody_waits_for_still_records_its_outcome(app: TestApp) {
         )
         .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.code(), "request_timeout", "says what happened: {}", r.text);
     let mut last = Value::Null;
     for _ in 0..300 {
         last = app.get("/v1/payments", &m.key).await.json["data"][0].clone();
