@@ -279,7 +279,7 @@ async fn create(
     payment.description = description(body.description)?;
     payment.metadata = fields::metadata(body.metadata, "metadata")?.unwrap_or_else(|| json!({}));
     payment.splits = splits(body.splits, body.amount, body.application_fee_amount)?;
-    payment.application_fee_amount = body.application_fee_amount.filter(|f| *f > 0);
+    payment.application_fee_amount = body.application_fee_amount;
     payment.connector = body.connector;
     let render = |p: &Payment| Reply::json(StatusCode::CREATED, &payment_json(p));
     create_payment(&state, &ctx, payment, method, body.confirm, &render).await

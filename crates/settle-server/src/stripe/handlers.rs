@@ -211,7 +211,7 @@ async fn create_intent(State(state): State<AppState>, ctx: Ctx, body: String) ->
                 "`application_fee_amount` must be between 0 and `amount`",
             ));
         }
-        payment.application_fee_amount = Some(fee).filter(|f| *f > 0);
+        payment.application_fee_amount = Some(fee);
     }
     card_only(&mut p)?;
     p.finish()?;

@@ -198,6 +198,21 @@ async fn splits_and_fee_are_allocated_to_the_cent(app: TestApp) {
     ] {
         assert_eq!(app.ledger_balance(&m, account).await, 0, "{account}");
     }
+    // A fee of 0 is shown as sent and moves nothing.
+    let r = app
+        .pay(
+            &m,
+            json!({ "amount": 500, "currency": "USD", "confirm": true, "payment_method": card(VISA),
+                    "application_fee_amount": 0 }),
+        )
+        .await;
+    assert_eq!(
+        (&r.json["status"], &r.json["application_fee_amount"]),
+        (&json!("succeeded"), &json!(0)),
+        "{}",
+        r.text
+    );
+    assert_eq!(app.ledger_balance(&m, "settle:platform_fees:USD").await, 0);
     app.verify_ok().await;
 }
 
