@@ -236,9 +236,11 @@ pub fn endpoint_after(
 }
 
 /// Whether `ip` is an address on the public internet: not loopback, private, link-local,
-/// carrier-grade NAT, unspecified, broadcast, multicast or documentation space (IPv4-mapped
-/// IPv6 addresses are judged as the IPv4 address they carry). Webhooks may be refused to all
-/// the others, so that an endpoint URL cannot reach into the operator's own network.
+/// site-local, carrier-grade NAT, unspecified, broadcast, multicast, documentation, benchmarking
+/// or other special-purpose space (IPv6 addresses that carry an IPv4 address — mapped, NAT64,
+/// 6to4 — are judged as that address; IPv4-compatible and local-use NAT64 ones are not public).
+/// Outbound calls to addresses a merchant chose (webhook endpoints, connector `base_url`s) may
+/// be refused to all the others, so that they cannot reach into the operator's own network.
 pub fn is_public_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -253,6 +255,8 @@ pub fn is_public_ip(ip: IpAddr) -> bool {
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
                 || (a == 198 && (b == 18 || b == 19))
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
+                || (a == 192 && b == 88 && v4.octets()[2] == 99)
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
@@ -269,12 +273,16 @@ pub fn is_public_ip(ip: IpAddr) -> bool {
                 return is_public_ip(IpAddr::V4(embedded(segments[1], segments[2])));
             }
             let first = segments[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
+            !(segments[..6] == [0; 6] // ::/96: unspecified, loopback, IPv4-compatible
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link-local
+                || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || segments[..3] == [0x64, 0xff9b, 1] // local-use NAT64
+                || segments[..4] == [0x100, 0, 0, 0] // discard-only
+                || (first == 0x2001 && segments[1] < 0x0200) // Teredo, benchmarking, ORCHID, …
+                || (first == 0x2001 && segments[1] == 0x0db8) // documentation
+                || (first & 0xfff0) == 0x3ff0) // documentation (3fff::/20)
         }
     }
 }
@@ -306,6 +314,16 @@ mod tests {
             "64:ff9b::7f00:1",
             "64:ff9b::a00:1",
             "2002:7f00:1::",
+            "::7f00:1",
+            "::808:808",
+            "64:ff9b:1::808:808",
+            "fec0::1",
+            "100::1",
+            "2001::1",
+            "2001:2::1",
+            "3fff::1",
+            "192.0.0.8",
+            "192.88.99.1",
         ] {
             assert!(!is_public_ip(private.parse().expect("ip")), "{private}");
         }

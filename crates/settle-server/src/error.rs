@@ -54,8 +54,8 @@ pub enum ApiError {
     Upstream { code: &'static str, message: String },
     /// 503: shutting down or the database is unreachable.
     Unavailable,
-    /// 503: the request did not finish within the request timeout (a write goes on).
-    TimedOut,
+    /// 503: the request did not finish within the request timeout; `write`: it goes on.
+    TimedOut { write: bool },
     /// 500: opaque to the client; the cause is logged once.
     Internal(String),
 }
@@ -124,7 +124,7 @@ impl ApiError {
             }
             ApiError::IdempotencyReused { .. } | ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable | ApiError::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::TimedOut { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -190,12 +190,17 @@ impl ApiError {
                 "the service is unavailable".into(),
                 None,
             ),
-            ApiError::TimedOut => (
+            ApiError::TimedOut { write } => (
                 "api_error",
-                "request_timeout",
-                "the request did not finish within the server's request timeout; a change it was making \
-                 goes on: retry with the same Idempotency-Key to get its outcome"
-                    .into(),
+                "server_timeout",
+                if *write {
+                    "the request did not finish within the server's request timeout; what it was doing goes \
+                     on: retried with the same Idempotency-Key, it answers with its outcome (without a key, \
+                     read the object before trying again)"
+                } else {
+                    "the request did not finish within the server's request timeout; try again"
+                }
+                .into(),
                 None,
             ),
             ApiError::Internal(_) => ("api_error", "internal_error", "an internal error occurred".into(), None),

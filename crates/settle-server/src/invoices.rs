@@ -542,11 +542,20 @@ async fn commit(
             let ids: Vec<String> = transfers.iter().map(|t| t.id.clone()).collect();
             let posted = state.writer.post(merchant_id, transfers, true, Some(then)).await;
             if let Some((at, e)) = posted.as_ref().ok().and_then(|results| refusal(results)) {
+                if !final_refusal(e) {
+                    // Nothing was written: the events stay `received`.
+                    return Err(ApiError::Internal(format!(
+                        "the ledger refused invoice payment transfer {}: {}: {}",
+                        ids[at],
+                        e.code(),
+                        e.message()
+                    )));
+                }
                 tracing::warn!(
                     merchant_id,
                     transfer_id = %ids[at],
                     code = e.code(),
-                    "the ledger refused an invoice payment; the event is rejected"
+                    "the ledger refused an invoice payment for good (overflow); the event is rejected"
                 );
                 return Ok(Committed::Refused(ids[at].clone()));
             }
@@ -567,6 +576,13 @@ fn refusal(results: &[TransferResult]) -> Option<(usize, &TransferError)> {
         TransferResult::Failed(e) if *e != TransferError::LinkedEventFailed => Some((at, e)),
         _ => None,
     })
+}
+
+/// Whether a refusal is the payment's own and final (its accounts' totals would overflow, and
+/// totals only grow), so that its event is rejected. Any other refusal is a fault to look into:
+/// the events stay `received` and the round fails loudly.
+fn final_refusal(e: &TransferError) -> bool {
+    matches!(e, TransferError::OverflowsDebits | TransferError::OverflowsCredits)
 }
 
 /// Writes rows that move no money (rejections only) in a transaction of their own.

@@ -96,7 +96,7 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
             crate::extract::closing(ApiError::RequestTimeout.into_response())
         }
         // The connection may hold a body the request has not read yet: it is closed.
-        Err(_) => crate::extract::closing(ApiError::TimedOut.into_response()),
+        Err(_) => crate::extract::closing(ApiError::TimedOut { write: !read_only }.into_response()),
     };
     drop(waiter);
     let elapsed = started.elapsed();

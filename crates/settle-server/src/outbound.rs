@@ -42,13 +42,26 @@ impl Resolve for PublicOnly {
     }
 }
 
-/// `builder`, with its names resolved to public addresses only when private targets are
-/// refused. Address literals are not resolved: check them with [`public_host`] before calling.
+/// Whether `url` may be called: always when private targets are allowed, otherwise only when
+/// it parses and its host passes [`public_host`].
+pub fn url_allowed(url: &str, private_targets: bool) -> bool {
+    private_targets
+        || reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(public_host))
+            .unwrap_or(false)
+}
+
+/// `builder` that follows no redirect (a redirect could lead anywhere, with the request's
+/// body) and, when private targets are refused, uses no proxy (a proxy would resolve names
+/// itself) and resolves names to public addresses only. Address literals are not resolved:
+/// check them with [`url_allowed`] before calling.
 pub fn restrict(builder: reqwest::ClientBuilder, private_targets: bool) -> reqwest::ClientBuilder {
+    let builder = builder.redirect(reqwest::redirect::Policy::none());
     if private_targets {
         builder
     } else {
-        builder.dns_resolver(Arc::new(PublicOnly))
+        builder.no_proxy().dns_resolver(Arc::new(PublicOnly))
     }
 }
 

@@ -15,7 +15,7 @@ pub trait CustomerTx: Send {
     async fn insert_customer(&mut self, customer: &Customer) -> Result<()>;
     async fn get_customer(&mut self, merchant_id: &str, id: &str) -> Result<Option<Customer>>;
     /// Whether the customer exists; if so it cannot be deleted before this transaction ends
-    /// (a share lock on PostgreSQL; SQLite's one writer serializes anyway).
+    /// (a key-share lock on PostgreSQL; SQLite's one writer serializes anyway).
     async fn hold_customer(&mut self, merchant_id: &str, id: &str) -> Result<bool>;
     /// Stores the customer's details; `false` when there is no such customer.
     async fn update_customer(&mut self, customer: &Customer) -> Result<bool>;
@@ -28,12 +28,14 @@ pub trait CustomerTx: Send {
         filter: &CustomerFilter,
         page: &PageRequest,
     ) -> Result<Listing<Customer>>;
-    /// Attaches a payment method to a customer (`Some`) or detaches it (`None`); `false` when
-    /// there is no such payment method.
+    /// Attaches a payment method to a customer (`Some`) or detaches it (`None`), only while it
+    /// is attached to `was` (compare-and-set); `false` when it is not (or there is no such
+    /// payment method).
     async fn set_payment_method_customer(
         &mut self,
         merchant_id: &str,
         id: &str,
+        was: Option<&str>,
         customer_id: Option<&str>,
     ) -> Result<bool>;
     /// The payment methods attached to a customer, newest first.
@@ -190,15 +192,19 @@ macro_rules! customers_tx {
                 &mut self,
                 merchant_id: &str,
                 id: &str,
+                was: Option<&str>,
                 customer_id: Option<&str>,
             ) -> $crate::Result<bool> {
-                let done =
-                    sqlx::query("UPDATE payment_methods SET customer_id = $3 WHERE merchant_id = $1 AND id = $2")
-                        .bind(merchant_id)
-                        .bind(id)
-                        .bind(customer_id)
-                        .execute(&mut *self.tx)
-                        .await?;
+                let done = sqlx::query(
+                    "UPDATE payment_methods SET customer_id = $4 \
+                     WHERE merchant_id = $1 AND id = $2 AND customer_id IS NOT DISTINCT FROM $3",
+                )
+                .bind(merchant_id)
+                .bind(id)
+                .bind(was)
+                .bind(customer_id)
+                .execute(&mut *self.tx)
+                .await?;
                 Ok(done.rows_affected() == 1)
             }
 

@@ -515,5 +515,5 @@ events_tx!(
     "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 );
 invoices_tx!(PgTx, PgRow);
-customers_tx!(PgTx, PgRow, " FOR SHARE");
+customers_tx!(PgTx, PgRow, " FOR KEY SHARE");
 inbox_tx!(PgTx, PgRow, " FOR UPDATE SKIP LOCKED");

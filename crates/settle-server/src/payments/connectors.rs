@@ -30,6 +30,8 @@ use crate::{cache::TtlCache, error::ApiError, vault::Vault};
 
 /// The built-in sandbox's account id, usable by every merchant without configuration.
 pub const BUILTIN_SANDBOX: &str = "sandbox";
+/// The code of an account whose `base_url` may not be called.
+const TARGET_REFUSED: &str = "connector_target_refused";
 /// Most connector accounts one authorization tries (breaker skips do not count).
 pub const FAILOVER_CANDIDATES_MAX: usize = 3;
 /// Most circuit breakers kept in memory; beyond it the oldest state is forgotten (closed).
@@ -121,7 +123,7 @@ impl Connectors {
         if !self.target_allowed(&credentials) {
             // Made while private targets were allowed: not called once they are not.
             return Err(ApiError::Upstream {
-                code: "connector_target_refused",
+                code: TARGET_REFUSED,
                 message: format!(
                     "connector account {}'s `base_url` is a loopback or private address, which this server refuses",
                     account.id
@@ -159,16 +161,10 @@ impl Connectors {
     /// Whether the credentials' `base_url`, if any, may be called: its host is checked here
     /// when it is an address literal or `localhost` (a name is checked when it is resolved).
     fn target_allowed(&self, credentials: &Value) -> bool {
-        if self.private_targets {
-            return true;
-        }
-        let Some(url) = credentials.get("base_url").and_then(Value::as_str) else {
-            return true;
-        };
-        reqwest::Url::parse(url)
-            .ok()
-            .and_then(|u| u.host_str().map(crate::outbound::public_host))
-            .unwrap_or(false)
+        credentials
+            .get("base_url")
+            .and_then(Value::as_str)
+            .is_none_or(|url| crate::outbound::url_allowed(url, self.private_targets))
     }
 
     /// The connector of the account that holds a payment's authorization.
@@ -216,7 +212,27 @@ impl Connectors {
                 param: requested.map(|_| "connector".to_owned()),
             });
         }
-        ordered.into_iter().map(|a| self.build(vault, a)).collect()
+        let mut candidates = Vec::with_capacity(ordered.len());
+        let mut refused = None;
+        for account in ordered {
+            match self.build(vault, account) {
+                Ok(candidate) => candidates.push(candidate),
+                // Passed over, as an open circuit is; the others may still be tried.
+                Err(
+                    e @ ApiError::Upstream {
+                        code: TARGET_REFUSED, ..
+                    },
+                ) => {
+                    tracing::warn!(merchant_id = %account.merchant_id, account_id = %account.id, "connector account passed over: {e:?}");
+                    refused.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match (candidates.is_empty(), refused) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(candidates),
+        }
     }
 
     fn breaker_key(merchant_id: &str, account_id: &str) -> String {

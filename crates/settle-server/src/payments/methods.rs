@@ -409,7 +409,15 @@ pub async fn attach_method(
             param: None,
         });
     }
-    tx.set_payment_method_customer(&merchant_id, id, customer).await?;
+    let was = method.customer_id.as_deref();
+    if !tx.set_payment_method_customer(&merchant_id, id, was, customer).await? {
+        // Another request attached or detached it since it was read.
+        return Err(ApiError::Conflict {
+            code: "payment_method_unexpected_state",
+            message: "the payment method was attached or detached by another request: read it again".into(),
+            param: None,
+        });
+    }
     method.customer_id = customer.map(str::to_owned);
     let action = if customer.is_some() {
         "payment_method.attach"

@@ -58,18 +58,18 @@ pub const EVENT_ID_HEADER: &str = "Settle-Event-Id";
 
 /// The HTTP client webhooks go out with.
 pub fn client(timeout: Duration, private_targets: bool) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .user_agent(concat!("Settle/", env!("CARGO_PKG_VERSION"), " (webhooks)"))
         .pool_max_idle_per_host(IN_FLIGHT_MAX);
-    builder = crate::outbound::restrict(builder, private_targets);
-    builder.build().unwrap_or_else(|e| {
-        tracing::error!(error = %e, "webhook client with settings failed; using the default client");
-        reqwest::Client::new()
-    })
+    crate::outbound::restrict(builder, private_targets)
+        .build()
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "webhook client with settings failed; using the default client");
+            reqwest::Client::new()
+        })
 }
 
 /// `t=<unix>,v1=<hex>,…`: one signature per secret, over `"<t>.<body>"`.
@@ -291,11 +291,7 @@ async fn send(
     let t = state.clock.now().unix_seconds();
     let started = Instant::now();
     // An endpoint made while private targets were allowed is refused once they are not.
-    let refused = !state.config.webhook_private_targets
-        && reqwest::Url::parse(url)
-            .ok()
-            .and_then(|u| u.host_str().map(|h| !crate::outbound::public_host(h)))
-            .unwrap_or(true);
+    let refused = !crate::outbound::url_allowed(url, state.config.webhook_private_targets);
     let request = state
         .webhook_client
         .post(url)

@@ -130,8 +130,8 @@ pub fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(bad("must not carry credentials"));
     }
-    let host = parsed.host_str().ok_or_else(|| bad("must name a host"))?;
-    if !state.config.webhook_private_targets && !crate::outbound::public_host(host) {
+    parsed.host_str().ok_or_else(|| bad("must name a host"))?;
+    if !crate::outbound::url_allowed(parsed.as_str(), state.config.webhook_private_targets) {
         return Err(bad(
             "points at a loopback or private address, which this server refuses (see SETTLE_WEBHOOK_PRIVATE_TARGETS)",
         ));

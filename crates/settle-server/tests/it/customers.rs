@@ -238,6 +238,22 @@ async fn a_customers_card_stays_with_that_customer(app: TestApp) {
         .await;
     assert_eq!(own.json["status"], "succeeded", "{}", own.text);
 
+    // Two attaches of one card at once: one wins, the other is told.
+    for _ in 0..12 {
+        let (c1, c2) = (customer("Di").await, customer("Ed").await);
+        let pm = app.post("/v1/payment_methods", &m.key, card()).await;
+        let pm = pm.json["id"].as_str().expect("pm").to_owned();
+        let (a1, a2) = tokio::join!(attach(pm.clone(), c1.clone()), attach(pm.clone(), c2.clone()));
+        let won: Vec<&String> = [(&a1, &c1), (&a2, &c2)]
+            .into_iter()
+            .filter(|(r, _)| r.status == StatusCode::OK)
+            .map(|(_, c)| c)
+            .collect();
+        assert_eq!(won.len(), 1, "{} / {}", a1.text, a2.text);
+        let now = app.get(&format!("/v1/payment_methods/{pm}"), &m.key).await;
+        assert_eq!(now.json["customer"], won[0].as_str());
+    }
+
     // Attach racing the customer's deletion.
     for _ in 0..12 {
         let doomed = customer("Cy").await;

@@ -1041,7 +1041,7 @@ async fn a_confirm_nobody_waits_for_still_records_its_outcome(app: TestApp) {
         )
         .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
-    assert_eq!(r.code(), "request_timeout", "says what happened: {}", r.text);
+    assert_eq!(r.code(), "server_timeout", "says what happened: {}", r.text);
     let mut last = Value::Null;
     for _ in 0..300 {
         last = app.get("/v1/payments", &m.key).await.json["data"][0].clone();
@@ -1397,14 +1397,36 @@ async fn private_connector_targets_are_refused_when_the_operator_says_so(engine:
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-
-    // The account made earlier is first in the routing order: not called.
+    let public = r.json["id"].as_str().expect("id").to_owned();
     let r = app
-        .pay(
-            &m,
-            json!({ "amount": 100, "currency": "USD", "confirm": true, "payment_method": card(VISA) }),
+        .post(
+            &format!("/v1/connector_accounts/{public}"),
+            &m.key,
+            json!({ "enabled": false }),
         )
         .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = app
+        .post("/v1/connector_accounts", &m.key, json!({ "connector": "sandbox" }))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let sandbox = r.json["id"].as_str().expect("id").to_owned();
+
+    // The account made earlier is first in the routing order: passed over, not called.
+    let body = json!({ "amount": 100, "currency": "USD", "confirm": true, "payment_method": card(VISA) });
+    let r = app.pay(&m, body.clone()).await;
+    assert_eq!(r.json["status"], "succeeded", "{}", r.text);
+    assert_eq!(r.json["connector_account_id"], sandbox.as_str(), "{}", r.text);
+    // With nothing else to try, the payment says why.
+    let r = app
+        .post(
+            &format!("/v1/connector_accounts/{sandbox}"),
+            &m.key,
+            json!({ "enabled": false }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = app.pay(&m, body).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text);
     assert_eq!(r.code(), "connector_target_refused", "{}", r.text);
     assert_eq!(
