@@ -306,6 +306,13 @@ pub trait Tx: PaymentTx + CustomerTx + EventTx + InvoiceTx + InboxTx + Send {
 
     async fn get_setting(&mut self, name: &str) -> Result<Option<String>>;
     async fn put_setting(&mut self, name: &str, value: &str) -> Result<()>;
+    /// Stores the setting unless one of that name exists: whether this call stored it (when
+    /// several processes start at once, exactly one does).
+    async fn insert_setting_if_absent(&mut self, name: &str, value: &str) -> Result<bool>;
+    /// One value sealed by the card vault with the row it is bound to, to check a vault key
+    /// against: `(merchant id, row id, sealed bytes)` of the first vaulted card, else of the
+    /// first connector account's credentials; `None` when nothing is sealed yet.
+    async fn sealed_sample(&mut self) -> Result<Option<(String, String, Vec<u8>)>>;
 
     async fn insert_merchant(&mut self, merchant: &Merchant) -> Result<()>;
     async fn get_merchant(&mut self, id: &str) -> Result<Option<Merchant>>;
