@@ -15,5 +15,6 @@ mod ledger;
 mod ops;
 mod payments;
 mod payments_stripe;
+mod startup;
 mod tenancy;
 mod webhooks;
