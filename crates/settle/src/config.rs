@@ -10,10 +10,11 @@ use settle_store::{Engine, Store, StoreOptions};
 
 #[derive(Args, Clone, Debug)]
 pub struct Common {
-    /// PostgreSQL URL (`postgres://user@host/db`); without it, SQLite at <data-dir>/settle.db.
+    /// PostgreSQL URL (`postgres://user@host/db`, or `postgresql://`); without it, SQLite at
+    /// <data-dir>/settle.db. Other schemes are refused.
     #[arg(long, env = "SETTLE_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Where the embedded database and the admin token file live.
+    /// Where the embedded database, its lock file, its vault key and the admin token file live.
     #[arg(long, env = "SETTLE_DATA_DIR", default_value = "./settle-data")]
     pub data_dir: PathBuf,
     /// Most database connections this process opens.
@@ -89,7 +90,8 @@ impl Common {
                 path.to_string_lossy().into_owned()
             }
             (Some(url), _) => url.clone(),
-            (None, None) => unreachable_engine(),
+            // PostgreSQL is chosen only by a URL.
+            (None, None) => return Err("no database URL".into()),
         };
         let defaults = StoreOptions::default();
         let options = StoreOptions {
@@ -136,11 +138,6 @@ impl Common {
             Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
         }
     }
-}
-
-/// `sqlite_path` is `None` only on PostgreSQL, which always has a URL.
-fn unreachable_engine() -> ! {
-    unreachable!("PostgreSQL is chosen only by a URL")
 }
 
 /// A failed PostgreSQL connection, named by host and port (never the URL: it may hold a
