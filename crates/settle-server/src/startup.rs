@@ -2,14 +2,14 @@
 //! the database's sealed data was made with, and the operator's admin token, whose digest lives
 //! in the database so that every process sharing it accepts the same token.
 
-use settle_store::{Mode, Scope, Store, StoreError};
+use settle_store::{Mode, Scope, SealedKind, Store, StoreError};
 
 use crate::{
     auth,
     error::ApiError,
     payments::connectors::sealing_context,
     vault::{Vault, KEY_LEN},
-    AppState,
+    webhooks, AppState,
 };
 
 /// The settings row holding [`Vault::key_check`] of the key the database was first used with.
@@ -49,7 +49,7 @@ impl std::fmt::Display for VaultKeyError {
             ),
             VaultKeyError::DoesNotOpen => f.write_str(
                 "the card-vault key does not open the card numbers or connector credentials \
-                 already sealed in this database",
+                 (or webhook secrets) already sealed in this database",
             ),
             VaultKeyError::Store(e) => write!(f, "cannot check the card-vault key: {e}"),
         }
@@ -66,11 +66,14 @@ pub async fn check_vault_key(store: &dyn Store, master: &[u8; KEY_LEN]) -> Resul
         return compare(&stored, &check);
     }
     // An installation older than the check: its sealed data tells whether the key is right.
-    if let Some((merchant_id, id, sealed)) = tx.sealed_sample().await? {
-        if Vault::new(master)
-            .open(&sealed, &sealing_context(&merchant_id, &id))
-            .is_err()
-        {
+    if let Some(sample) = tx.sealed_sample().await? {
+        let context = match sample.kind {
+            SealedKind::CardNumber | SealedKind::ConnectorCredentials => {
+                sealing_context(&sample.merchant_id, &sample.id)
+            }
+            SealedKind::WebhookSecret => webhooks::sealing_context(&sample.merchant_id, &sample.id),
+        };
+        if Vault::new(master).open(&sample.sealed, &context).is_err() {
             return Err(VaultKeyError::DoesNotOpen);
         }
     }

@@ -341,15 +341,31 @@ macro_rules! shared_tx {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn sealed_sample(&mut self) -> $crate::Result<Option<(String, String, Vec<u8>)>> {
-                for sql in [
-                    "SELECT merchant_id, id, number_sealed FROM payment_methods ORDER BY seq LIMIT 1",
-                    "SELECT merchant_id, id, credentials_sealed FROM connector_accounts ORDER BY seq LIMIT 1",
+            async fn sealed_sample(&mut self) -> $crate::Result<Option<$crate::SealedSample>> {
+                use $crate::SealedKind;
+                for (kind, sql) in [
+                    (
+                        SealedKind::CardNumber,
+                        "SELECT merchant_id, id, number_sealed FROM payment_methods ORDER BY seq LIMIT 1",
+                    ),
+                    (
+                        SealedKind::ConnectorCredentials,
+                        "SELECT merchant_id, id, credentials_sealed FROM connector_accounts ORDER BY seq LIMIT 1",
+                    ),
+                    (
+                        SealedKind::WebhookSecret,
+                        "SELECT merchant_id, id, secret_sealed FROM webhook_endpoints ORDER BY seq LIMIT 1",
+                    ),
                 ] {
                     let row: Option<(String, String, Vec<u8>)> =
                         sqlx::query_as(sql).fetch_optional(&mut *self.tx).await?;
-                    if row.is_some() {
-                        return Ok(row);
+                    if let Some((merchant_id, id, sealed)) = row {
+                        return Ok(Some($crate::SealedSample {
+                            kind,
+                            merchant_id,
+                            id,
+                            sealed,
+                        }));
                     }
                 }
                 Ok(None)

@@ -26,23 +26,33 @@ pub async fn the_vault_key_is_the_databases(app: TestApp) {
     let refused = check_vault_key(store.as_ref(), &other).await;
     assert!(matches!(refused, Err(VaultKeyError::Differs)), "{refused:?}");
 
-    // Sealed data, then the check value removed as before the check existed.
+    // Sealed data (a webhook secret only, then connector credentials too), then the check
+    // value removed as before the check existed.
     let m = app.merchant("Acme").await;
-    let created = app
-        .post(
+    let sealers = [
+        (
+            "/v1/webhook_endpoints",
+            json!({ "url": "http://127.0.0.1:9/hook", "enabled_events": ["*"] }),
+        ),
+        (
             "/v1/connector_accounts",
-            &m.key,
             json!({ "connector": "sandbox", "credentials": {} }),
-        )
-        .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
-    app.exec("DELETE FROM settings WHERE name = 'vault_key_check'").await;
-    let refused = check_vault_key(store.as_ref(), &other).await;
-    assert!(matches!(refused, Err(VaultKeyError::DoesNotOpen)), "{refused:?}");
-    let check = check_vault_key(store.as_ref(), &key).await.expect("upgrade");
-    assert_eq!(check, VaultKeyCheck::Recorded);
-    let refused = check_vault_key(store.as_ref(), &other).await;
-    assert!(matches!(refused, Err(VaultKeyError::Differs)), "{refused:?}");
+        ),
+    ];
+    for (path, body) in sealers {
+        let created = app.post(path, &m.key, body).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{path}: {}", created.text);
+        app.exec("DELETE FROM settings WHERE name = 'vault_key_check'").await;
+        let refused = check_vault_key(store.as_ref(), &other).await;
+        assert!(
+            matches!(refused, Err(VaultKeyError::DoesNotOpen)),
+            "{path}: {refused:?}"
+        );
+        let check = check_vault_key(store.as_ref(), &key).await.expect("upgrade");
+        assert_eq!(check, VaultKeyCheck::Recorded, "{path}");
+        let refused = check_vault_key(store.as_ref(), &other).await;
+        assert!(matches!(refused, Err(VaultKeyError::Differs)), "{path}: {refused:?}");
+    }
 }
 
 /// A process that finds a token in the database keeps it: its own generated one is not stored.
