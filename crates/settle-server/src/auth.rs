@@ -166,7 +166,10 @@ pub async fn require_merchant(State(state): State<AppState>, mut req: Request, n
 
 /// Middleware for `/admin`: the operator's admin token.
 pub async fn require_admin(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let expected = state.admin_token_digest.read().ok().and_then(|d| d.clone());
+    let expected = match admin_token_digest(&state).await {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
+    };
     let ok = match (bearer(&req), expected) {
         (Some(token), Some(expected)) => same_digest(&sha256_hex(token), &expected),
         _ => false,
@@ -176,4 +179,20 @@ pub async fn require_admin(State(state): State<AppState>, mut req: Request, next
     }
     req.extensions_mut().insert(Caller::Admin);
     next.run(req).await
+}
+
+/// The admin token's digest: the one read from the database less than `auth_cache_ttl` ago,
+/// else the database's now (another process sharing it may have set a new token).
+pub async fn admin_token_digest(state: &AppState) -> Result<Option<String>, ApiError> {
+    if let Some(digest) = state.admin_token_digest.get(&(), state.config.auth_cache_ttl) {
+        return Ok(digest);
+    }
+    let digest = crate::startup::stored_admin_token_digest(state).await?;
+    state.admin_token_digest.put((), digest.clone());
+    Ok(digest)
+}
+
+/// Makes the next admin request read the digest from the database.
+pub fn admin_token_digest_forget(state: &AppState) {
+    state.admin_token_digest.forget(&());
 }

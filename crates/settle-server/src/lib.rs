@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod observe;
 pub mod outbound;
 pub mod payments;
+pub mod startup;
 pub(crate) mod strict_json;
 pub mod stripe;
 pub mod vault;
@@ -35,7 +36,7 @@ pub mod webhooks;
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -148,8 +149,9 @@ pub struct Inner {
     pub requests: observe::Requests,
     pub writer: LedgerWriter,
     pub metrics: Arc<Metrics>,
-    /// SHA-256 (hex) of the admin token.
-    pub admin_token_digest: RwLock<Option<String>>,
+    /// SHA-256 (hex) of the admin token, as last read from the database (it is read again
+    /// after `auth_cache_ttl`, as another process sharing the database may have replaced it).
+    pub admin_token_digest: cache::TtlCache<(), Option<String>>,
     pub vault: vault::Vault,
     pub connectors: payments::connectors::Connectors,
     pub cvcs: payments::methods::CvcCache,
@@ -193,6 +195,8 @@ impl App {
             let mut tx = store.begin(Scope::System, Mode::Read).await?;
             tx.get_setting(auth::ADMIN_TOKEN_SETTING).await?
         };
+        let admin_token_digest = cache::TtlCache::default();
+        admin_token_digest.put((), digest);
         let (inbox_writer, inbox_tasks) = inbound::writer::InboxWriter::start(store.clone());
         tasks.extend(inbox_tasks);
         let vault = vault::Vault::new(config.vault_key.expose());
@@ -211,7 +215,7 @@ impl App {
             requests: observe::Requests::default(),
             writer,
             metrics,
-            admin_token_digest: RwLock::new(digest),
+            admin_token_digest,
             vault,
             connectors: payments::connectors::Connectors::new(
                 ConnectorSettings {
@@ -329,16 +333,17 @@ impl<'a> LazyReader<'a> {
     }
 }
 
-/// Sets the admin token (stores its digest) and makes it effective in this process.
-pub async fn set_admin_token(state: &AppState, token: &str) -> Result<(), ApiError> {
+/// Sets the admin token (stores its digest, replacing any other) and makes it effective in
+/// this process at once (in the others sharing the database within `auth_cache_ttl`). Returns
+/// the digest it replaced.
+pub async fn set_admin_token(state: &AppState, token: &str) -> Result<Option<String>, ApiError> {
     let digest = auth::sha256_hex(token);
     let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
+    let previous = tx.get_setting(auth::ADMIN_TOKEN_SETTING).await?;
     tx.put_setting(auth::ADMIN_TOKEN_SETTING, &digest).await?;
     tx.commit().await?;
-    if let Ok(mut d) = state.admin_token_digest.write() {
-        *d = Some(digest);
-    }
-    Ok(())
+    state.admin_token_digest.put((), Some(digest));
+    Ok(previous)
 }
 
 pub fn router(state: AppState) -> Router {

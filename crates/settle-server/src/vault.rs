@@ -97,6 +97,13 @@ impl Vault {
             .map_err(|_| SealBroken)
     }
 
+    /// A value derived from the master key (HMAC-SHA256 of a fixed label, hex) that a database
+    /// stores to recognise the key it was sealed with; it reveals neither the key nor its
+    /// sub-keys.
+    pub fn key_check(master: &[u8; KEY_LEN]) -> String {
+        hex::encode(derive(master, b"settle vault key check v1"))
+    }
+
     /// The same card number gives the same fingerprint within one merchant, and different ones
     /// across merchants.
     pub fn fingerprint(&self, merchant_id: &str, number: &str) -> String {
@@ -122,6 +129,9 @@ mod tests {
         let other = Vault::new(&Vault::generate_key());
         assert_eq!(other.open(&sealed, "m1/pm_1"), Err(SealBroken));
         assert_ne!(vault.seal(b"x", "c"), vault.seal(b"x", "c"), "random nonces");
+        assert_eq!(Vault::key_check(&[7; KEY_LEN]), Vault::key_check(&[7; KEY_LEN]));
+        assert_ne!(Vault::key_check(&[7; KEY_LEN]), Vault::key_check(&[8; KEY_LEN]));
+        assert!(!Vault::key_check(&[7; KEY_LEN]).contains(&hex::encode([7; KEY_LEN])));
     }
 
     #[test]

@@ -299,6 +299,23 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// Where a sealed value comes from (each kind binds its row with its own sealing context).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealedKind {
+    CardNumber,
+    ConnectorCredentials,
+    WebhookSecret,
+}
+
+/// A value sealed by the card vault and the row it belongs to (see [`Tx::sealed_sample`]).
+#[derive(Clone, Debug)]
+pub struct SealedSample {
+    pub kind: SealedKind,
+    pub merchant_id: String,
+    pub id: String,
+    pub sealed: Vec<u8>,
+}
+
 /// One database transaction. Dropping it without [`Tx::commit`] rolls it back.
 #[async_trait]
 pub trait Tx: PaymentTx + CustomerTx + EventTx + InvoiceTx + InboxTx + Send {
@@ -306,6 +323,13 @@ pub trait Tx: PaymentTx + CustomerTx + EventTx + InvoiceTx + InboxTx + Send {
 
     async fn get_setting(&mut self, name: &str) -> Result<Option<String>>;
     async fn put_setting(&mut self, name: &str, value: &str) -> Result<()>;
+    /// Stores the setting unless one of that name exists: whether this call stored it (when
+    /// several processes start at once, exactly one does).
+    async fn insert_setting_if_absent(&mut self, name: &str, value: &str) -> Result<bool>;
+    /// One value sealed by the card vault with the row it is bound to, to check a vault key
+    /// against: the first vaulted card's number, else the first connector account's
+    /// credentials, else the first webhook endpoint's secret; `None` when nothing is sealed.
+    async fn sealed_sample(&mut self) -> Result<Option<SealedSample>>;
 
     async fn insert_merchant(&mut self, merchant: &Merchant) -> Result<()>;
     async fn get_merchant(&mut self, id: &str) -> Result<Option<Merchant>>;

@@ -331,6 +331,46 @@ macro_rules! shared_tx {
                 Ok(())
             }
 
+            async fn insert_setting_if_absent(&mut self, name: &str, value: &str) -> $crate::Result<bool> {
+                let done =
+                    sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                        .bind(name)
+                        .bind(value)
+                        .execute(&mut *self.tx)
+                        .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn sealed_sample(&mut self) -> $crate::Result<Option<$crate::SealedSample>> {
+                use $crate::SealedKind;
+                for (kind, sql) in [
+                    (
+                        SealedKind::CardNumber,
+                        "SELECT merchant_id, id, number_sealed FROM payment_methods ORDER BY seq LIMIT 1",
+                    ),
+                    (
+                        SealedKind::ConnectorCredentials,
+                        "SELECT merchant_id, id, credentials_sealed FROM connector_accounts ORDER BY seq LIMIT 1",
+                    ),
+                    (
+                        SealedKind::WebhookSecret,
+                        "SELECT merchant_id, id, secret_sealed FROM webhook_endpoints ORDER BY seq LIMIT 1",
+                    ),
+                ] {
+                    let row: Option<(String, String, Vec<u8>)> =
+                        sqlx::query_as(sql).fetch_optional(&mut *self.tx).await?;
+                    if let Some((merchant_id, id, sealed)) = row {
+                        return Ok(Some($crate::SealedSample {
+                            kind,
+                            merchant_id,
+                            id,
+                            sealed,
+                        }));
+                    }
+                }
+                Ok(None)
+            }
+
             async fn insert_merchant(&mut self, m: &settle_domain::tenancy::Merchant) -> $crate::Result<()> {
                 sqlx::query(&format!(
                     "INSERT INTO merchants ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

@@ -76,14 +76,30 @@ fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     config::init_logging(&args.log_format);
+    // Everything that can be refused without the database is, before it is touched.
+    let engine = args.common.engine()?;
+    // Held until the process ends (the OS releases it however that happens).
+    let _lock = args.common.lock_sqlite()?;
+    let (vault_key, key_source) = args.vault_key(engine)?;
     let writers = args
         .ledger_writers()
         .unwrap_or(Config::for_engine(Engine::Postgres).ledger_writers);
     let store = args
         .common
-        .open_store(Some(settle_server::ledger::writer::write_alone_tasks(writers)))
+        .open_store(Some(settle_server::ledger::writer::write_alone_tasks(writers)), true)
         .await?;
     store.migrate().await.map_err(|e| format!("migrations failed: {e}"))?;
+    // A new key is on disk before the database records it (so that a recorded key is never
+    // lost), and removed again if the database was sealed with another.
+    key_source.keep(&vault_key, &args.common.data_dir)?;
+    match settle_server::startup::check_vault_key(store.as_ref(), &vault_key).await {
+        Ok(_) => {}
+        Err(e @ settle_server::startup::VaultKeyError::Store(_)) => return Err(e.to_string()),
+        Err(e) => {
+            key_source.discard();
+            return Err(format!("{e}: {}", key_source.mismatch_hint(&args.common.data_dir)));
+        }
+    }
     if store.bypasses_row_security().await.unwrap_or(false) {
         tracing::warn!("the database role is a superuser or has BYPASSRLS: row-level security is not enforced; connect as an ordinary role in production");
     }
@@ -103,15 +119,15 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .as_ref()
         .map(|l| l.local_addr().map_err(|e| e.to_string()))
         .transpose()?;
-    let mut server_config = args.server_config(store.engine())?;
+    let mut server_config = args.server_config(engine, vault_key)?;
     // Where the sandbox posts its webhooks: the given public URL, else this listener.
     server_config.public_url = Some(args.public_url.clone().unwrap_or_else(|| config::own_url(addr)));
     let app = App::build(store.clone(), Arc::new(SystemClock), server_config)
         .await
         .map_err(|e| format!("cannot build the app: {e:?}"))?;
-    let token_note = config::ensure_admin_token(&app.state, &args).await?;
+    let token_note = config::ensure_admin_token(&app.state, &args, engine).await?;
     // Not `println!`: a closed stdout must not take the server down.
-    let text = config::getting_started(addr, stripe_addr, store.engine(), &args, token_note.as_deref());
+    let text = config::getting_started(addr, stripe_addr, engine, &args, &token_note);
     let _ = writeln!(std::io::stdout(), "{text}");
     tracing::info!(%addr, stripe = ?stripe_addr, engine = store.engine().as_str(), "listening");
     // One signal stops both listeners.
@@ -137,7 +153,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
 }
 
 async fn migrate(common: Common) -> Result<ExitCode, String> {
-    let store = common.open_store(None).await?;
+    let store = common.open_store(None, true).await?;
     store.migrate().await.map_err(|e| format!("migrations failed: {e}"))?;
     println!("migrations applied ({})", store.engine().as_str());
     store.close().await;
@@ -145,7 +161,8 @@ async fn migrate(common: Common) -> Result<ExitCode, String> {
 }
 
 async fn verify(common: Common) -> Result<ExitCode, String> {
-    let store = common.open_store(None).await?;
+    // A check reads: a missing SQLite database is refused, not created empty.
+    let store = common.open_store(None, false).await?;
     store.migrate().await.map_err(|e| format!("migrations failed: {e}"))?;
     let report = settle_server::verify::verify(store.as_ref())
         .await

@@ -23,8 +23,10 @@ fn serve(dir: &std::path::Path, port: u16) -> (Child, String) {
     serve_with(dir, port, &[])
 }
 
-fn serve_with(dir: &std::path::Path, port: u16, extra: &[&str]) -> (Child, String) {
-    let mut child = settle()
+/// `settle serve` on `<dir>/settle-data` and `port`, with no `SETTLE_*` database, token or key.
+fn serve_command(dir: &std::path::Path, port: u16, extra: &[&str]) -> Command {
+    let mut command = settle();
+    command
         .args([
             "serve",
             "--listen",
@@ -36,6 +38,12 @@ fn serve_with(dir: &std::path::Path, port: u16, extra: &[&str]) -> (Child, Strin
         .env("SETTLE_DATA_DIR", dir.join("settle-data"))
         .env_remove("SETTLE_DATABASE_URL")
         .env_remove("SETTLE_ADMIN_TOKEN")
+        .env_remove("SETTLE_VAULT_KEY");
+    command
+}
+
+fn serve_with(dir: &std::path::Path, port: u16, extra: &[&str]) -> (Child, String) {
+    let mut child = serve_command(dir, port, extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -616,4 +624,328 @@ fn verify_exits_non_zero_on_a_tampered_ledger_and_migrate_is_idempotent() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{report}");
     assert!(report.contains("VIOLATIONS"), "{report}");
+}
+
+/// Runs a command that must refuse to start: waits for it to exit (killing it, and failing,
+/// if it is still running after two minutes, i.e. if it started) and returns its stderr.
+fn refused(command: &mut Command) -> String {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn settle");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("settle did not refuse to start: {}", reader.join().unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = reader.join().expect("stderr");
+    assert!(!status.success(), "settle exited successfully: {text}");
+    text
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn read_token(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+async fn admin_status(http: &reqwest::Client, base: &str, token: &str) -> u16 {
+    http.get(format!("{base}/admin/v1/merchants"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("admin request")
+        .status()
+        .as_u16()
+}
+
+/// Regression: a second server on one SQLite data directory started and then failed its
+/// writes with "database is locked". It is refused; a kill -9 of the first frees the lock.
+#[test]
+fn a_second_serve_on_one_sqlite_data_dir_is_refused_until_the_first_dies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, text) = serve(dir.path(), free_port());
+    assert!(text.contains("curl"), "{text}");
+    let second = refused(&mut serve_command(dir.path(), free_port(), &[]));
+    assert!(second.contains("another settle process is serving"), "{second}");
+    assert!(second.contains("settle.db.lock"), "{second}");
+    stop(first); // SIGKILL
+    let (again, text) = serve(dir.path(), free_port());
+    stop(again);
+    assert!(text.contains("curl"), "a restart after kill -9 starts: {text}");
+}
+
+/// Regression: an exported SETTLE_VAULT_KEY silently replaced the data directory's key and
+/// every payment failed with a 500. A key other than the database's is refused at start.
+#[test]
+fn a_vault_key_other_than_the_sqlite_databases_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, _) = serve(dir.path(), free_port());
+    stop(first);
+    let other = vault_key();
+    let text = refused(serve_command(dir.path(), free_port(), &[]).env("SETTLE_VAULT_KEY", &other));
+    assert!(
+        text.contains("differs from the one this database was created with"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SETTLE_VAULT_KEY") && text.contains("vault-key"),
+        "{text}"
+    );
+    // The right key (the generated file's, or the same given explicitly) starts.
+    let key = read_token(&dir.path().join("settle-data/vault-key"));
+    let (again, text) = serve_with(dir.path(), free_port(), &["--vault-key", &key]);
+    stop(again);
+    assert!(text.contains("curl"), "{text}");
+    let bad = refused(&mut serve_command(dir.path(), free_port(), &["--vault-key", "nothex"]));
+    assert!(bad.contains("--vault-key / SETTLE_VAULT_KEY"), "{bad}");
+}
+
+/// A database made before the key check (sealed data, no check value) gets the check on its
+/// first start with the right key; with a key that does not open its data it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_database_is_checked_against_its_sealed_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (first, _) = serve(dir.path(), port);
+    let data = dir.path().join("settle-data");
+    let admin = read_token(&data.join("admin-token"));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let key = merchant_with_accounts(&http, &base, &admin).await;
+    let (status, _) = post(
+        &http,
+        &format!("{base}/v1/connector_accounts"),
+        &key,
+        json!({ "connector": "sandbox", "credentials": {} }),
+    )
+    .await;
+    assert_eq!(status, 201);
+    stop(first);
+    let db = format!("sqlite://{}", data.join("settle.db").display());
+    let check = |db: String| async move {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&db).await.expect("open");
+        let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE name = 'vault_key_check'")
+            .fetch_optional(&mut c)
+            .await
+            .expect("read");
+        sqlx::query("DELETE FROM settings WHERE name = 'vault_key_check'")
+            .execute(&mut c)
+            .await
+            .expect("delete");
+        value
+    };
+    assert!(
+        check(db.clone()).await.is_some(),
+        "a new database records its key check"
+    );
+    let other = vault_key();
+    let text = refused(&mut serve_command(dir.path(), port, &["--vault-key", &other]));
+    assert!(text.contains("does not open"), "{text}");
+    let (again, text) = serve(dir.path(), port);
+    stop(again);
+    assert!(text.contains("curl"), "{text}");
+    assert!(check(db).await.is_some(), "the upgraded database records its key check");
+}
+
+/// Regression: a second process with another SETTLE_VAULT_KEY started on a shared PostgreSQL
+/// and its payments failed. It is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_key_other_than_the_postgres_databases_is_refused() {
+    let Some((pg, name, db_url)) = fresh_database("settle_cli_key").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = vault_key();
+    let flags = |key: &str| {
+        vec![
+            "--database-url".to_owned(),
+            db_url.clone(),
+            "--vault-key".to_owned(),
+            key.to_owned(),
+        ]
+    };
+    let first_flags = flags(&key);
+    let first_flags: Vec<&str> = first_flags.iter().map(String::as_str).collect();
+    let (first, text) = serve_with(dir.path(), free_port(), &first_flags);
+    assert!(text.contains("curl"), "{text}");
+    let other = flags(&vault_key());
+    let other: Vec<&str> = other.iter().map(String::as_str).collect();
+    let text = refused(&mut serve_command(&dir.path().join("b"), free_port(), &other));
+    stop(first);
+    assert!(
+        text.contains("differs from the one this database was created with"),
+        "{text}"
+    );
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&pg)
+        .await
+        .expect("drop database");
+}
+
+/// Regression: PostgreSQL without a vault key used `./settle-data/vault-key` (SQLite's). It is
+/// refused before any migration or warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_without_a_vault_key_is_refused_before_migrating() {
+    let Some((pg, name, db_url)) = fresh_database("settle_cli_nokey").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("settle-data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(data.join("vault-key"), vault_key()).expect("sqlite's key");
+    let text = refused(&mut serve_command(
+        dir.path(),
+        free_port(),
+        &["--database-url", &db_url],
+    ));
+    assert!(
+        text.contains("--vault-key / SETTLE_VAULT_KEY is required with PostgreSQL"),
+        "{text}"
+    );
+    assert!(!text.contains("WARN") && !text.contains("superuser"), "{text}");
+    let tables: i64 = {
+        let db = sqlx::PgPool::connect(&db_url).await.expect("connect");
+        let n = sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+            .fetch_one(&db)
+            .await
+            .expect("count");
+        db.close().await;
+        n
+    };
+    assert_eq!(tables, 0, "nothing was migrated");
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&pg)
+        .await
+        .expect("drop database");
+}
+
+/// Regression: a PostgreSQL start in SQLite's directory overwrote SQLite's admin token, and
+/// each process on one PostgreSQL accepted only the token it had generated. The token's
+/// digest is the database's: the first process writes its file (one per engine), later ones
+/// accept the same token, and `--admin-token` replaces it everywhere, removing the file that
+/// held the replaced token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_on_one_postgres_share_its_admin_token_and_leave_sqlites_alone() {
+    let Some((pg, name, db_url)) = fresh_database("settle_cli_token").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("settle-data");
+    let (sqlite, _) = serve(dir.path(), free_port());
+    stop(sqlite);
+    let sqlite_token = read_token(&data.join("admin-token"));
+    let key = vault_key();
+    let pg_flags = ["--database-url", db_url.as_str(), "--vault-key", key.as_str()];
+    let (port_a, port_b) = (free_port(), free_port());
+    let (a, text) = serve_with(dir.path(), port_a, &pg_flags);
+    assert!(text.contains("admin-token-postgres"), "{text}");
+    let token = read_token(&data.join("admin-token-postgres"));
+    assert_eq!(
+        read_token(&data.join("admin-token")),
+        sqlite_token,
+        "SQLite's token is untouched"
+    );
+    let b_dir = dir.path().join("b");
+    let mut b_flags = pg_flags.to_vec();
+    b_flags.extend(["--auth-cache-seconds", "0"]);
+    let (b, text) = serve_with(&b_dir, port_b, &b_flags);
+    assert!(text.contains("first started on this database"), "{text}");
+    assert!(!text.contains("$(cat"), "no file to point to: {text}");
+    assert!(!b_dir.join("settle-data/admin-token-postgres").exists());
+    let http = reqwest::Client::new();
+    let (base_a, base_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    assert_eq!(admin_status(&http, &base_a, &token).await, 200);
+    assert_eq!(admin_status(&http, &base_b, &token).await, 200, "b accepts a's token");
+    stop(a);
+    // A restart with --admin-token replaces the token, and its stale file goes.
+    let given = format!("sat_{}", rand::random::<u64>());
+    let mut c_flags = pg_flags.to_vec();
+    c_flags.extend(["--admin-token", given.as_str()]);
+    let (c, text) = serve_with(dir.path(), port_a, &c_flags);
+    assert!(text.contains("was removed"), "{text}");
+    assert!(!data.join("admin-token-postgres").exists());
+    assert_eq!(
+        read_token(&data.join("admin-token")),
+        sqlite_token,
+        "SQLite's token is untouched"
+    );
+    assert_eq!(
+        admin_status(&http, &base_b, &given).await,
+        200,
+        "b accepts the new token"
+    );
+    assert_eq!(
+        admin_status(&http, &base_b, &token).await,
+        401,
+        "b refuses the replaced one"
+    );
+    stop(c);
+    stop(b);
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&pg)
+        .await
+        .expect("drop database");
+}
+
+/// Regression: `settle verify` with no database created an empty one and reported it sound.
+#[test]
+fn verify_without_a_database_refuses_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("settle-data");
+    let text = refused(
+        settle()
+            .arg("verify")
+            .env("SETTLE_DATA_DIR", &data)
+            .env_remove("SETTLE_DATABASE_URL"),
+    );
+    assert!(text.contains("no database at") && text.contains("--data-dir"), "{text}");
+    assert!(!data.exists(), "nothing was created");
+}
+
+/// A database URL of another engine is refused (not taken for a SQLite path), and an
+/// unreachable PostgreSQL is named by host and port.
+#[test]
+fn database_urls_of_other_engines_and_closed_ports_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in ["mysql://root@127.0.0.1/settle", "postgresql:/bad"] {
+        let text = refused(&mut serve_command(dir.path(), free_port(), &["--database-url", url]));
+        assert!(text.contains("--database-url / SETTLE_DATABASE_URL"), "{url}: {text}");
+    }
+    assert!(!dir.path().join("settle-data").exists(), "nothing was created");
+    let closed = free_port();
+    let text = refused(
+        settle()
+            .args(["migrate", "--database-url"])
+            .arg(format!("postgres://postgres@127.0.0.1:{closed}/postgres")),
+    );
+    assert!(
+        text.contains(&format!("cannot connect to PostgreSQL at 127.0.0.1:{closed}")),
+        "{text}"
+    );
+    assert!(text.contains("the connection was refused"), "{text}");
 }

@@ -257,8 +257,9 @@ async fn run_suites(python_base: &str, stripe_port: u16, key: &str) -> Result<()
     Ok(())
 }
 
-fn admin_token(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("settle-data/admin-token"))
+/// The token the server generated: `file` is `admin-token` (SQLite) or `admin-token-postgres`.
+fn admin_token(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join("settle-data").join(file))
         .expect("admin token file")
         .trim()
         .to_owned()
@@ -270,7 +271,7 @@ async fn stripe_sdk_suites_on_sqlite() {
     let (port, stripe_port) = (free_port(), free_port());
     let server = serve(dir.path(), port, stripe_port, &[]);
     let base = format!("http://127.0.0.1:{port}");
-    let key = merchant_key(&base, &admin_token(dir.path())).await;
+    let key = merchant_key(&base, &admin_token(dir.path(), "admin-token")).await;
     // The Python SDK at the Stripe listener's root, as stripe-node.
     let outcome = run_suites(&format!("http://127.0.0.1:{stripe_port}"), stripe_port, &key).await;
     let log = server.log_tail(80);
@@ -295,7 +296,7 @@ async fn stripe_sdk_suites_on_postgres() {
         &["--database-url", db_url.as_str(), "--vault-key", vault_key.as_str()],
     );
     let base = format!("http://127.0.0.1:{port}");
-    let key = merchant_key(&base, &admin_token(dir.path())).await;
+    let key = merchant_key(&base, &admin_token(dir.path(), "admin-token-postgres")).await;
     // The Python SDK at `/stripe` on the main listener.
     let outcome = run_suites(&format!("{base}/stripe"), stripe_port, &key).await;
     let log = server.log_tail(80);

@@ -48,7 +48,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/events/{id}/redeliver", post(redeliver))
 }
 
-fn sealing_context(merchant_id: &str, id: &str) -> String {
+pub(crate) fn sealing_context(merchant_id: &str, id: &str) -> String {
     format!("webhook_endpoint:{merchant_id}:{id}")
 }
 

@@ -15,6 +15,7 @@ mod ledger;
 mod ops;
 mod payments;
 mod payments_stripe;
+mod startup;
 mod stripe_compat;
 mod tenancy;
 mod webhooks;
