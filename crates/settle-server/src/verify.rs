@@ -33,6 +33,16 @@ struct Totals {
     credits_posted: i128,
 }
 
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "debits {} pending + {} posted, credits {} pending + {} posted",
+            self.debits_pending, self.debits_posted, self.credits_pending, self.credits_posted
+        )
+    }
+}
+
 pub async fn verify(store: &dyn Store) -> Result<Report, StoreError> {
     let mut report = Report::default();
     let merchants = {
@@ -91,14 +101,14 @@ async fn verify_merchant(store: &dyn Store, merchant: &str, report: &mut Report)
             let from_transfers = computed.remove(&a.id).unwrap_or_default();
             if stored != from_transfers {
                 report.violations.push(format!(
-                    "{merchant}/{}: stored totals {stored:?} differ from the sum of its transfers {from_transfers:?}",
+                    "{merchant}/{}: stored totals ({stored}) differ from the sum of its transfers ({from_transfers})",
                     a.id
                 ));
             }
             if !b.within_limits(a.flags) {
                 report
                     .violations
-                    .push(format!("{merchant}/{}: beyond its balance limit: {b:?}", a.id));
+                    .push(format!("{merchant}/{}: beyond its balance limit ({stored})", a.id));
             }
             let sum = per_currency.entry(a.currency.code()).or_default();
             sum.debits_pending += stored.debits_pending;

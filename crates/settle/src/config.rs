@@ -18,7 +18,7 @@ pub struct Common {
     #[arg(long, env = "SETTLE_DATA_DIR", default_value = "./settle-data")]
     pub data_dir: PathBuf,
     /// Most database connections this process opens.
-    #[arg(long, env = "SETTLE_DB_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, env = "SETTLE_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_size: u32,
 }
 
@@ -186,8 +186,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SETTLE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Ledger group-commit writers (default: 1).
-    #[arg(long, env = "SETTLE_LEDGER_WRITERS")]
-    pub ledger_writers: Option<usize>,
+    #[arg(long, env = "SETTLE_LEDGER_WRITERS", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub ledger_writers: Option<u64>,
     /// Hours an idempotency key is kept.
     #[arg(long, env = "SETTLE_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 24)]
     pub idempotency_retention_hours: u64,
@@ -199,20 +199,20 @@ pub struct ServeArgs {
     #[arg(long, env = "SETTLE_SETTINGS_CACHE_SECONDS", default_value_t = 2)]
     pub settings_cache_seconds: u64,
     /// Longest time one request may take, in seconds.
-    #[arg(long, env = "SETTLE_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
+    #[arg(long, env = "SETTLE_REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout_seconds: u64,
     /// Do not run background jobs in this process (another process runs them).
-    #[arg(long, env = "SETTLE_NO_JOBS")]
+    #[arg(long, env = "SETTLE_NO_JOBS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_jobs: bool,
     /// Log format: json or text.
-    #[arg(long, env = "SETTLE_LOG_FORMAT", default_value = "json")]
+    #[arg(long, env = "SETTLE_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     pub log_format: String,
     /// The card vault's key, 64 hex digits (default: generated into the data directory on
     /// SQLite; required on PostgreSQL, where every process must use the same one).
     #[arg(long, env = "SETTLE_VAULT_KEY", hide_env_values = true)]
     pub vault_key: Option<String>,
     /// Longest wait for one call to a payment connector, in seconds.
-    #[arg(long, env = "SETTLE_CONNECTOR_TIMEOUT_SECONDS", default_value_t = 10)]
+    #[arg(long, env = "SETTLE_CONNECTOR_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub connector_timeout_seconds: u64,
     /// Hours after which an uncaptured authorization is voided and its payment canceled.
     #[arg(long, env = "SETTLE_AUTHORIZATION_TTL_HOURS", default_value_t = 168)]
@@ -226,7 +226,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SETTLE_CONNECTOR_PRIVATE_TARGETS", value_parser = ["allow", "refuse"])]
     pub connector_private_targets: Option<String>,
     /// Longest wait for a webhook receiver's answer, in seconds.
-    #[arg(long, env = "SETTLE_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10)]
+    #[arg(long, env = "SETTLE_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub webhook_timeout_seconds: u64,
     /// Settle's own base URL, where the sandbox posts its webhooks (default: the listen
     /// address, with 127.0.0.1 for an unspecified one).
@@ -249,15 +249,16 @@ pub fn own_url(addr: std::net::SocketAddr) -> String {
 }
 
 impl ServeArgs {
-    /// The ledger writer tasks asked for, within bounds (`None`: the engine's default).
+    /// The ledger writer tasks asked for (1–64, checked when parsed; `None`: the engine's
+    /// default).
     pub fn ledger_writers(&self) -> Option<usize> {
-        self.ledger_writers.map(|w| w.clamp(1, 64))
+        self.ledger_writers.and_then(|w| usize::try_from(w).ok())
     }
 
     pub fn server_config(&self, engine: Engine, vault_key: [u8; KEY_LEN]) -> Result<Config, String> {
         let mut config = Config::for_engine(engine);
         config.vault_key = Secret::new(vault_key);
-        config.connector_timeout = Duration::from_secs(self.connector_timeout_seconds.clamp(1, 120));
+        config.connector_timeout = Duration::from_secs(self.connector_timeout_seconds);
         config.authorization_ttl = Duration::from_secs(self.authorization_ttl_hours.max(1).saturating_mul(3600));
         if let Some(w) = self.ledger_writers() {
             config.ledger_writers = w;
@@ -265,7 +266,7 @@ impl ServeArgs {
         config.idempotency_retention = Duration::from_secs(self.idempotency_retention_hours.saturating_mul(3600));
         config.auth_cache_ttl = Duration::from_secs(self.auth_cache_seconds);
         config.settings_cache_ttl = Duration::from_secs(self.settings_cache_seconds);
-        config.request_timeout = Duration::from_secs(self.request_timeout_seconds.max(1));
+        config.request_timeout = Duration::from_secs(self.request_timeout_seconds);
         config.run_jobs = !self.no_jobs;
         if let Some(choice) = &self.webhook_private_targets {
             config.webhook_private_targets = choice == "allow";
@@ -273,7 +274,17 @@ impl ServeArgs {
         if let Some(choice) = &self.connector_private_targets {
             config.connector_private_targets = choice == "allow";
         }
-        config.webhook_timeout = Duration::from_secs(self.webhook_timeout_seconds.clamp(1, 60));
+        config.webhook_timeout = Duration::from_secs(self.webhook_timeout_seconds);
+        if let Some(url) = &self.public_url {
+            let parsed = reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"));
+            if parsed.is_none_or(|u| u.host_str().is_none()) {
+                return Err(format!(
+                    "--public-url / SETTLE_PUBLIC_URL: '{url}' is not an http or https URL with a host"
+                ));
+            }
+        }
         Ok(config)
     }
 
@@ -365,6 +376,7 @@ pub fn init_logging(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "text" {
         let _ = builder.try_init();
@@ -577,6 +589,43 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         serve: ServeArgs,
+    }
+
+    /// Settings out of range or malformed are refused at start, naming the flag.
+    #[test]
+    fn settings_out_of_range_are_refused() {
+        for args in [
+            ["--webhook-timeout-seconds", "0"],
+            ["--webhook-timeout-seconds", "61"],
+            ["--connector-timeout-seconds", "0"],
+            ["--request-timeout-seconds", "0"],
+            ["--ledger-writers", "0"],
+            ["--db-pool-size", "0"],
+            ["--log-format", "xml"],
+        ] {
+            let refused = Cli::try_parse_from(["settle", args[0], args[1]])
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                refused.as_deref().is_some_and(|e| e.contains(args[0])),
+                "{args:?}: {refused:?}"
+            );
+        }
+        for url in ["notaurl", "ftp://x", "http://"] {
+            let serve = Cli::parse_from(["settle", "--public-url", url]).serve;
+            let refused = serve.server_config(Engine::Sqlite, [7; KEY_LEN]).err();
+            assert!(refused.is_some_and(|e| e.contains("--public-url")), "{url}");
+        }
+        let serve = Cli::parse_from([
+            "settle",
+            "--public-url",
+            "https://pay.example.test",
+            "--ledger-writers",
+            "3",
+        ])
+        .serve;
+        let config = serve.server_config(Engine::Sqlite, [7; KEY_LEN]).expect("valid");
+        assert_eq!(config.ledger_writers, 3);
     }
 
     /// The example reads the token from where it is: the generated file, or the variable.

@@ -129,7 +129,10 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     // Not `println!`: a closed stdout must not take the server down.
     let text = config::getting_started(addr, stripe_addr, engine, &args, &token_note);
     let _ = writeln!(std::io::stdout(), "{text}");
-    tracing::info!(%addr, stripe = ?stripe_addr, engine = store.engine().as_str(), "listening");
+    match stripe_addr {
+        Some(stripe) => tracing::info!(%addr, %stripe, engine = store.engine().as_str(), "listening"),
+        None => tracing::info!(%addr, engine = store.engine().as_str(), "listening"),
+    }
     // One signal stops both listeners.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
