@@ -467,9 +467,9 @@ fn transfer_error(e: &TransferError) -> ApiError {
     let (code, message, param) = (e.code(), e.message(), e.param().map(str::to_owned));
     match e {
         TransferError::ExistsWithDifferentFields { .. }
-        | TransferError::PendingTransferAlreadyPosted
-        | TransferError::PendingTransferAlreadyVoided
-        | TransferError::PendingTransferExpired => ApiError::Conflict { code, message, param },
+        | TransferError::PendingTransferAlreadyPosted { .. }
+        | TransferError::PendingTransferAlreadyVoided { .. }
+        | TransferError::PendingTransferExpired { .. } => ApiError::Conflict { code, message, param },
         _ => ApiError::Unprocessable { code, message, param },
     }
 }
