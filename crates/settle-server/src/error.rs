@@ -198,6 +198,11 @@ impl ApiError {
     }
 }
 
+/// Whether `text` holds a card number, as [`without_card_numbers`] finds them.
+pub(crate) fn has_card_number(text: &str) -> bool {
+    text.bytes().filter(u8::is_ascii_digit).count() >= 13 && without_card_numbers(text) != text
+}
+
 /// `text` with every card number in it masked: 13 to 19 digits, maybe grouped by single spaces
 /// or dashes, that pass the Luhn check. An error may name what the client sent (an unknown id, an
 /// unknown field), and a card number sent there must not come back.

@@ -150,7 +150,8 @@ pub fn description(value: Option<String>) -> Result<Option<String>, ApiError> {
                 format!("`description` must be at most {DESCRIPTION_LEN_MAX} printable characters"),
             ))
         }
-        other => Ok(other),
+        Some(d) => fields::no_card_number(&d, "description").map(|()| Some(d)),
+        None => Ok(None),
     }
 }
 
@@ -770,10 +771,10 @@ async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery
     for (name, value) in filters {
         match name.as_str() {
             "status" => {
-                filter.status = Some(
-                    PaymentStatus::parse(&value)
-                        .ok_or_else(|| ApiError::invalid("status", "unknown payment status"))?,
-                )
+                filter.status = Some(PaymentStatus::parse(&value).ok_or_else(|| {
+                    let valid: Vec<&str> = PaymentStatus::ALL.iter().map(|s| s.as_str()).collect();
+                    ApiError::invalid("status", format!("`status` must be one of {}", valid.join(", ")))
+                })?)
             }
             "customer_email" => filter.customer_email = Some(value.trim().to_lowercase()),
             "created[gte]" => filter.created_gte = Some(timestamp_param(&value, "created[gte]")?),

@@ -1421,6 +1421,26 @@ async fn routing_rules_and_credentials_that_cannot_work_are_refused(app: TestApp
     );
 }
 
+/// A 409 names the payment's status once, and an unknown status filter lists the valid ones.
+async fn refusals_say_the_status_once_and_filters_list_their_values(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let r = app.pay(&m, json!({ "amount": 500, "currency": "USD" })).await;
+    let id = r.json["id"].as_str().expect("id");
+    let capture = app.post(&format!("/v1/payments/{id}/capture"), &m.key, json!({})).await;
+    assert_eq!(capture.status, StatusCode::CONFLICT);
+    assert_eq!(
+        capture.json["error"]["message"],
+        "cannot capture a payment whose status is `requires_payment_method`"
+    );
+    let list = app.get("/v1/payments?status=paid", &m.key).await;
+    assert_eq!((list.status, list.param()), (StatusCode::BAD_REQUEST, "status"));
+    let message = list.json["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("requires_payment_method") && message.contains("succeeded"),
+        "{message}"
+    );
+}
+
 crate::conformance!(
     automatic_capture_moves_the_money_and_keeps_a_history,
     partial_capture_releases_the_rest,
@@ -1448,6 +1468,7 @@ crate::conformance!(
     a_refund_the_sync_job_concluded_first_is_answered_as_it_is,
     a_confirm_nobody_waits_for_still_records_its_outcome,
     routing_rules_and_credentials_that_cannot_work_are_refused,
+    refusals_say_the_status_once_and_filters_list_their_values,
 );
 
 /// When the operator refuses private targets, a connector account's `base_url` may not be a
