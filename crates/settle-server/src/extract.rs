@@ -413,6 +413,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn type_errors_are_said_plainly() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Inner {
+            n: u32,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Outer {
+            inner: Option<Inner>,
+            kind: Option<Kind>,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(rename_all = "snake_case")]
+        enum Kind {
+            Card,
+            Bank,
+        }
+        for (body, param, message) in [
+            (r#"{"inner": [5]}"#, "inner", "`inner` must be an object"),
+            (
+                r#"{"inner": {"n": -1}}"#,
+                "inner.n",
+                "`inner.n` must be an integer from 0 to 4294967295",
+            ),
+            (
+                r#"{"inner": {"n": "4242424242424242"}}"#,
+                "inner.n",
+                "`inner.n` must be an integer",
+            ),
+            (r#"{"kind": "x"}"#, "kind", "`kind` must be `card` or `bank`"),
+            (r#"{"kind": 1}"#, "kind", "`kind` must be `card` or `bank`"),
+        ] {
+            match from_value::<Outer>(parse_value(body.as_bytes()).expect("json")) {
+                Err(ApiError::Invalid {
+                    message: m, param: p, ..
+                }) => {
+                    assert_eq!((p.as_deref(), m.as_str()), (Some(param), message), "{body}");
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn decodes_query_pairs() {
         assert_eq!(
             query_pairs("limit=5&starting_after=la_1%3Ax&x=a+b&bad=%zz&end=%4"),

@@ -170,6 +170,20 @@ impl<'de> Strict<'de> {
     }
 }
 
+/// What an enum expects, worded as serde words an unknown variant's error.
+struct OneOf(&'static [&'static str]);
+
+impl de::Expected for OneOf {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self.0 {
+            [] => f.write_str("nothing"),
+            [one] => write!(f, "`{one}`"),
+            [a, b] => write!(f, "`{a}` or `{b}`"),
+            all => write!(f, "one of `{}`", all.join("`, `")),
+        }
+    }
+}
+
 impl<'de> Deserializer<'de> for Strict<'de> {
     type Error = serde_json::Error;
 
@@ -216,13 +230,13 @@ impl<'de> Deserializer<'de> for Strict<'de> {
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         _name: &'static str,
-        _variants: &'static [&'static str],
+        variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         match self.0 {
             Value::String(s) => visitor.visit_enum(s.as_str().into_deserializer()),
             Value::Object(map) if map.len() == 1 => visitor.visit_enum(MapAccessDeserializer::new(Self::entries(map))),
-            _ => Err(de::Error::invalid_type(self.unexpected(), &visitor)),
+            _ => Err(de::Error::invalid_type(self.unexpected(), &OneOf(variants))),
         }
     }
 

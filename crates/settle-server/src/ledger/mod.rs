@@ -354,14 +354,18 @@ fn parse_transfer(value: Value, at: &str) -> Result<TransferRequest, ApiError> {
 
 fn prefix_param(e: ApiError, at: &str) -> ApiError {
     match e {
-        ApiError::Invalid { code, message, param } if !at.is_empty() => ApiError::Invalid {
-            code,
-            message,
-            param: Some(match param.as_deref() {
-                None | Some("body") => at.trim_end_matches('.').to_owned(),
-                Some(p) => format!("{at}{p}"),
-            }),
-        },
+        ApiError::Invalid { code, message, param } if !at.is_empty() => {
+            let given = param.unwrap_or_else(|| "body".into());
+            let named = match given.as_str() {
+                "body" => at.trim_end_matches('.').to_owned(),
+                p => format!("{at}{p}"),
+            };
+            ApiError::Invalid {
+                code,
+                message: message.replacen(&format!("`{given}`"), &format!("`{named}`"), 1),
+                param: Some(named),
+            }
+        }
         other => other,
     }
 }

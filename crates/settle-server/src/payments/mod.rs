@@ -269,10 +269,14 @@ async fn create(
         }
         Some(other) => {
             let body: CustomerBody = crate::extract::from_value(other).map_err(|e| match e {
-                ApiError::Invalid { code, message, param } => ApiError::Invalid {
+                ApiError::Invalid {
                     code,
                     message,
-                    param: Some(param.map_or_else(|| "customer".into(), |p| format!("customer.{p}"))),
+                    param: Some(p),
+                } => ApiError::Invalid {
+                    code,
+                    message: message.replacen(&format!("`{p}`"), &format!("`customer.{p}`"), 1),
+                    param: Some(format!("customer.{p}")),
                 },
                 other => other,
             })?;

@@ -577,6 +577,24 @@ pub async fn nested_objects_are_objects_and_wrong_types_are_told_plainly(app: Te
             "currency",
             "`currency` must be a string",
         ),
+        (
+            "/v1/payments",
+            json!({ "amount": 100, "currency": "USD", "payment_method": { "type": "card", "card": ["4242424242424242", 12, 2030] } }),
+            "payment_method.card",
+            "`payment_method.card` must be an object",
+        ),
+        (
+            "/v1/payments",
+            json!({ "amount": 100, "currency": "USD", "customer": { "email": "a@b.co", "name": 5 } }),
+            "customer.name",
+            "`customer.name` must be a string",
+        ),
+        (
+            "/v1/ledger/transfers",
+            json!({ "transfers": [{ "id": "t", "debit_account_id": "a", "credit_account_id": "b", "amount": 1.5, "currency": "USD" }] }),
+            "transfers[0].amount",
+            "`transfers[0].amount` must be an integer",
+        ),
     ];
     for (path, body, param, message) in cases {
         let r = app.post(path, &m.key, body.clone()).await;
