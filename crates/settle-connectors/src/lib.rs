@@ -187,6 +187,15 @@ impl Default for ConnectorSettings {
     }
 }
 
+/// The credential keys the connector `name` takes (none for an unknown connector).
+pub fn credential_keys(name: &str) -> &'static [&'static str] {
+    match name {
+        sandbox::NAME => sandbox::CREDENTIAL_KEYS,
+        stripe::NAME => stripe::CREDENTIAL_KEYS,
+        _ => &[],
+    }
+}
+
 /// Builds the connector `name` from a connector account's decrypted credentials (a JSON
 /// object; which keys each connector reads is documented on its module). The error names the
 /// offending field.

@@ -44,6 +44,10 @@ use crate::{
 
 pub const NAME: &str = "sandbox";
 
+/// The keys a sandbox account's credentials may hold (`webhook_secret` signs its inbound
+/// webhooks); any other is refused when the account is created.
+pub const CREDENTIAL_KEYS: &[&str] = &["latency_ms", "failure", "resolve_after_seconds", "webhook_secret"];
+
 pub const CARD_DECLINED: &str = "4000000000000002";
 pub const CARD_INSUFFICIENT_FUNDS: &str = "4000000000009995";
 pub const CARD_PROCESSING_ERROR: &str = "4000000000000119";

@@ -78,6 +78,10 @@ use crate::{
 
 pub const NAME: &str = "stripe";
 
+/// The keys a Stripe account's credentials may hold (`webhook_secret` verifies its inbound
+/// webhooks); any other is refused when the account is created.
+pub const CREDENTIAL_KEYS: &[&str] = &["api_key", "base_url", "webhook_secret"];
+
 pub const DEFAULT_BASE_URL: &str = "https://api.stripe.com";
 
 /// PaymentIntents asked for per page when syncing by reference (Stripe's maximum).

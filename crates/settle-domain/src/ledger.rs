@@ -325,12 +325,12 @@ pub enum TransferError {
     OverflowsDebits,
     OverflowsCredits,
     OverflowsTimeout,
-    PendingTransferNotFound,
-    PendingTransferNotPending,
+    PendingTransferNotFound { field: &'static str },
+    PendingTransferNotPending { field: &'static str },
     PendingTransferHasDifferentField { field: &'static str },
-    PendingTransferAlreadyPosted,
-    PendingTransferAlreadyVoided,
-    PendingTransferExpired,
+    PendingTransferAlreadyPosted { field: &'static str },
+    PendingTransferAlreadyVoided { field: &'static str },
+    PendingTransferExpired { field: &'static str },
     ExceedsPendingTransferAmount,
     LinkedEventFailed,
 }
@@ -347,12 +347,12 @@ impl TransferError {
             TransferError::OverflowsDebits => "overflows_debits",
             TransferError::OverflowsCredits => "overflows_credits",
             TransferError::OverflowsTimeout => "overflows_timeout",
-            TransferError::PendingTransferNotFound => "pending_transfer_not_found",
-            TransferError::PendingTransferNotPending => "pending_transfer_not_pending",
+            TransferError::PendingTransferNotFound { .. } => "pending_transfer_not_found",
+            TransferError::PendingTransferNotPending { .. } => "pending_transfer_not_pending",
             TransferError::PendingTransferHasDifferentField { .. } => "pending_transfer_has_different_field",
-            TransferError::PendingTransferAlreadyPosted => "pending_transfer_already_posted",
-            TransferError::PendingTransferAlreadyVoided => "pending_transfer_already_voided",
-            TransferError::PendingTransferExpired => "pending_transfer_expired",
+            TransferError::PendingTransferAlreadyPosted { .. } => "pending_transfer_already_posted",
+            TransferError::PendingTransferAlreadyVoided { .. } => "pending_transfer_already_voided",
+            TransferError::PendingTransferExpired { .. } => "pending_transfer_expired",
             TransferError::ExceedsPendingTransferAmount => "exceeds_pending_transfer_amount",
             TransferError::LinkedEventFailed => "linked_event_failed",
         }
@@ -364,7 +364,12 @@ impl TransferError {
             TransferError::ExistsWithDifferentFields { field }
             | TransferError::AccountNotFound { field }
             | TransferError::CurrencyMismatch { field }
-            | TransferError::PendingTransferHasDifferentField { field } => Some(field),
+            | TransferError::PendingTransferHasDifferentField { field }
+            | TransferError::PendingTransferNotFound { field }
+            | TransferError::PendingTransferNotPending { field }
+            | TransferError::PendingTransferAlreadyPosted { field }
+            | TransferError::PendingTransferAlreadyVoided { field }
+            | TransferError::PendingTransferExpired { field } => Some(field),
             TransferError::AccountsMustDiffer => Some("credit_account_id"),
             TransferError::ExceedsCredits
             | TransferError::ExceedsDebits
@@ -372,11 +377,7 @@ impl TransferError {
             | TransferError::OverflowsCredits
             | TransferError::ExceedsPendingTransferAmount => Some("amount"),
             TransferError::OverflowsTimeout => Some("timeout_seconds"),
-            TransferError::PendingTransferNotFound
-            | TransferError::PendingTransferNotPending
-            | TransferError::PendingTransferAlreadyPosted
-            | TransferError::PendingTransferAlreadyVoided
-            | TransferError::PendingTransferExpired => Some("pending_id"),
+
             TransferError::LinkedEventFailed => None,
         }
     }
@@ -396,14 +397,16 @@ impl TransferError {
             TransferError::OverflowsDebits => "the debit account's debits would overflow".into(),
             TransferError::OverflowsCredits => "the credit account's credits would overflow".into(),
             TransferError::OverflowsTimeout => "the timeout would overflow".into(),
-            TransferError::PendingTransferNotFound => "no pending transfer has this id".into(),
-            TransferError::PendingTransferNotPending => "the referenced transfer is not a pending transfer".into(),
+            TransferError::PendingTransferNotFound { .. } => "no pending transfer has this id".into(),
+            TransferError::PendingTransferNotPending { .. } => {
+                "the referenced transfer is not a pending transfer".into()
+            }
             TransferError::PendingTransferHasDifferentField { field } => {
                 format!("`{field}` differs from the pending transfer's")
             }
-            TransferError::PendingTransferAlreadyPosted => "the pending transfer was already posted".into(),
-            TransferError::PendingTransferAlreadyVoided => "the pending transfer was already voided".into(),
-            TransferError::PendingTransferExpired => "the pending transfer expired".into(),
+            TransferError::PendingTransferAlreadyPosted { .. } => "the pending transfer was already posted".into(),
+            TransferError::PendingTransferAlreadyVoided { .. } => "the pending transfer was already voided".into(),
+            TransferError::PendingTransferExpired { .. } => "the pending transfer expired".into(),
             TransferError::ExceedsPendingTransferAmount => "the amount exceeds the pending transfer's amount".into(),
             TransferError::LinkedEventFailed => "another transfer of the atomic batch failed".into(),
         }
@@ -726,14 +729,20 @@ impl Book {
                 unreachable!("new transfers go through create_new")
             }
         };
+        // The field the client named the pending transfer by.
+        let field = if kind == TransferKind::PostPending {
+            "post_pending_id"
+        } else {
+            "void_pending_id"
+        };
         let pk = key(merchant_id, pending_id);
         let pending = self
             .transfers
             .get(&pk)
-            .ok_or(TransferError::PendingTransferNotFound)?
+            .ok_or(TransferError::PendingTransferNotFound { field })?
             .clone();
         if pending.kind != TransferKind::Pending {
-            return Err(TransferError::PendingTransferNotPending);
+            return Err(TransferError::PendingTransferNotPending { field });
         }
         let mismatch = |field| Err(TransferError::PendingTransferHasDifferentField { field });
         if expect
@@ -755,13 +764,13 @@ impl Book {
         }
         match self.pending.get(&pk) {
             Some(PendingStatus::Pending) => {}
-            Some(PendingStatus::Posted) => return Err(TransferError::PendingTransferAlreadyPosted),
-            Some(PendingStatus::Voided) => return Err(TransferError::PendingTransferAlreadyVoided),
-            Some(PendingStatus::Expired) => return Err(TransferError::PendingTransferExpired),
-            None => return Err(TransferError::PendingTransferNotFound),
+            Some(PendingStatus::Posted) => return Err(TransferError::PendingTransferAlreadyPosted { field }),
+            Some(PendingStatus::Voided) => return Err(TransferError::PendingTransferAlreadyVoided { field }),
+            Some(PendingStatus::Expired) => return Err(TransferError::PendingTransferExpired { field }),
+            None => return Err(TransferError::PendingTransferNotFound { field }),
         }
         if pending.expires_at.is_some_and(|at| at <= now) {
-            return Err(TransferError::PendingTransferExpired);
+            return Err(TransferError::PendingTransferExpired { field });
         }
         let amount = match (kind, amount) {
             (TransferKind::PostPending, Some(a)) if a > pending.amount => {
@@ -929,10 +938,10 @@ fn differing_field(existing: &Transfer, request: &TransferRequest) -> Option<&'s
             } else {
                 TransferKind::Single
             }) {
-                Some(if existing.pending_id.is_some() {
-                    "pending_id"
-                } else {
-                    "pending"
+                Some(match existing.kind {
+                    TransferKind::PostPending => "post_pending_id",
+                    TransferKind::VoidPending => "void_pending_id",
+                    TransferKind::Single | TransferKind::Pending => "pending",
                 })
             } else if *debit_account_id != existing.debit_account_id {
                 Some("debit_account_id")

@@ -70,9 +70,22 @@ fn email(value: &str) -> Result<String, ApiError> {
 /// `{"USD": {"min": 50, "max": 1000000}}`: per-currency payment amount limits in minor units.
 fn amount_limits(value: Option<Map<String, Value>>) -> Result<Value, ApiError> {
     let mut out = Map::new();
+    // The key each currency was given by: `usd` and `USD` are one currency, given twice.
+    let mut given: Vec<(Currency, String)> = Vec::new();
     for (code, limit) in value.unwrap_or_default() {
         let param = format!("amount_limits.{code}");
         let currency: Currency = fields::currency(&code, &param)?;
+        if let Some((_, first)) = given.iter().find(|(c, _)| *c == currency) {
+            let param = format!("amount_limits.{first}");
+            return Err(ApiError::invalid(
+                &param,
+                format!(
+                    "`amount_limits` gives {} twice (`{first}` and `{code}`)",
+                    currency.code()
+                ),
+            ));
+        }
+        given.push((currency, code.clone()));
         let limit: LimitBody = crate::extract::from_value(limit).map_err(|_| {
             ApiError::invalid(
                 &param,

@@ -213,20 +213,36 @@ impl ApiError {
     }
 }
 
-/// `text` with every card number in it masked: 13 to 19 digits, maybe grouped by single spaces
-/// or dashes, that pass the Luhn check. An error may name what the client sent (an unknown id, an
-/// unknown field), and a card number sent there must not come back.
-fn without_card_numbers(text: &str) -> String {
+/// Whether `text` holds a card number of a known brand: a run [`without_card_numbers`] would
+/// mask whose digits start in a card brand's range.
+pub(crate) fn has_card_number(text: &str) -> bool {
+    text.bytes().filter(u8::is_ascii_digit).count() >= 13
+        && card_runs(text).any(|digits| settle_domain::card::brand(&digits) != settle_domain::card::CardBrand::Unknown)
+}
+
+/// The digits of each run of 13 to 19 digits in `text` (maybe grouped by single spaces or
+/// dashes) that passes the Luhn check.
+fn card_runs(text: &str) -> impl Iterator<Item = String> + '_ {
+    runs(text).filter_map(|(run, is_digits)| card_digits(&run, is_digits))
+}
+
+/// A run's digits when they could be a card number: 13 to 19 of them passing the Luhn check.
+fn card_digits(run: &str, is_digits: bool) -> Option<String> {
+    let digits: String = run.chars().filter(char::is_ascii_digit).collect();
+    (is_digits && (13..=19).contains(&digits.len()) && settle_domain::card::luhn_valid(&digits)).then_some(digits)
+}
+
+/// `text` cut into runs of digits (with single spaces or dashes between digits) and the rest,
+/// one character at a time: `(run, true)` for a run of digits, `(char, false)` otherwise.
+fn runs(text: &str) -> impl Iterator<Item = (String, bool)> + '_ {
     let chars: Vec<char> = text.chars().collect();
-    let mut out = String::with_capacity(text.len());
     let mut i = 0;
-    while i < chars.len() {
-        if !chars[i].is_ascii_digit() {
-            out.push(chars[i]);
+    std::iter::from_fn(move || {
+        let first = *chars.get(i)?;
+        if !first.is_ascii_digit() {
             i += 1;
-            continue;
+            return Some((first.to_string(), false));
         }
-        // The run of digits and single separators between digits that starts here.
         let mut end = i;
         while end + 1 < chars.len()
             && (chars[end + 1].is_ascii_digit()
@@ -235,15 +251,21 @@ fn without_card_numbers(text: &str) -> String {
             end += 1;
         }
         let run: String = chars[i..=end].iter().collect();
-        let digits: String = run.chars().filter(char::is_ascii_digit).collect();
-        if (13..=19).contains(&digits.len()) && settle_domain::card::luhn_valid(&digits) {
-            out.push_str("[redacted]");
-        } else {
-            out.push_str(&run);
-        }
         i = end + 1;
-    }
-    out
+        Some((run, true))
+    })
+}
+
+/// `text` with every card number in it masked: 13 to 19 digits, maybe grouped by single spaces
+/// or dashes, that pass the Luhn check. An error may name what the client sent (an unknown id, an
+/// unknown field), and a card number sent there must not come back.
+fn without_card_numbers(text: &str) -> String {
+    runs(text)
+        .map(|(run, is_digits)| match card_digits(&run, is_digits) {
+            Some(_) => "[redacted]".to_owned(),
+            None => run,
+        })
+        .collect()
 }
 
 impl IntoResponse for ApiError {

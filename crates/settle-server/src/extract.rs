@@ -136,7 +136,7 @@ pub fn require_object(value: Value, param: &str) -> Result<Value, ApiError> {
 
 /// Converts a JSON value into `T`, naming the offending field (`transfers[2].amount`) on error.
 pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    serde_path_to_error::deserialize(crate::strict_json::Strict(&value)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         // The path of an unknown field already ends with the field's name; that of a missing
@@ -153,7 +153,7 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
         } else if missing {
             ("parameter_missing", format!("`{param}` is required"))
         } else {
-            ("parameter_invalid", format!("`{param}`: {}", without_value(&inner)))
+            ("parameter_invalid", plain(&param, &inner))
         };
         ApiError::Invalid {
             code,
@@ -163,19 +163,40 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     })
 }
 
-/// serde's "invalid type: integer `4242…`, expected a string" without the value sent, which
-/// may be a card number or CVC in the wrong field or of the wrong type: no value a client sent
-/// is echoed in an error.
-fn without_value(message: &str) -> String {
-    for kind in ["invalid type", "invalid value", "unknown variant"] {
-        if message.starts_with(kind) {
-            if let Some((_, expected)) = message.split_once(", expected ") {
-                return format!("{kind}, expected {expected}");
-            }
-            return kind.to_owned();
+/// serde's "invalid type: integer `4242…`, expected a string" said plainly ("`cvc` must be a
+/// string") and without the value sent, which may be a card number or CVC in the wrong field or
+/// of the wrong type: no value a client sent is echoed in an error, nor a Rust type's name.
+fn plain(param: &str, message: &str) -> String {
+    let Some((kind, expected)) = message.split_once(", expected ") else {
+        return format!("`{param}`: {message}");
+    };
+    let (min, max) = match expected {
+        "u8" => (0, i128::from(u8::MAX)),
+        "u16" => (0, i128::from(u16::MAX)),
+        "u32" => (0, i128::from(u32::MAX)),
+        "u64" | "usize" => (0, i128::from(u64::MAX)),
+        "i8" => (i128::from(i8::MIN), i128::from(i8::MAX)),
+        "i16" => (i128::from(i16::MIN), i128::from(i16::MAX)),
+        "i32" => (i128::from(i32::MIN), i128::from(i32::MAX)),
+        "i64" | "isize" => (i128::from(i64::MIN), i128::from(i64::MAX)),
+        _ => {
+            let what = match expected {
+                "f32" | "f64" => "a number",
+                "a string" | "a borrowed string" | "a character" | "char" => "a string",
+                "a boolean" => "true or false",
+                "a sequence" => "an array",
+                e if e.starts_with("struct ") || e.contains("map") || e == "an object" => "an object",
+                e if e.starts_with("one of ") || e.starts_with('`') => e,
+                _ => return format!("`{param}` is invalid"),
+            };
+            return format!("`{param}` must be {what}");
         }
+    };
+    if kind.starts_with("invalid value") {
+        format!("`{param}` must be an integer from {min} to {max}")
+    } else {
+        format!("`{param}` must be an integer")
     }
-    message.to_owned()
 }
 
 /// serde names the field in "unknown field `x`, expected …" and "missing field `x`".
@@ -390,6 +411,52 @@ pub fn unstorable_pair(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_errors_are_said_plainly() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Inner {
+            n: u32,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Outer {
+            inner: Option<Inner>,
+            kind: Option<Kind>,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(rename_all = "snake_case")]
+        enum Kind {
+            Card,
+            Bank,
+        }
+        for (body, param, message) in [
+            (r#"{"inner": [5]}"#, "inner", "`inner` must be an object"),
+            (
+                r#"{"inner": {"n": -1}}"#,
+                "inner.n",
+                "`inner.n` must be an integer from 0 to 4294967295",
+            ),
+            (
+                r#"{"inner": {"n": "4242424242424242"}}"#,
+                "inner.n",
+                "`inner.n` must be an integer",
+            ),
+            (r#"{"kind": "x"}"#, "kind", "`kind` must be `card` or `bank`"),
+            (r#"{"kind": 1}"#, "kind", "`kind` must be `card` or `bank`"),
+        ] {
+            match from_value::<Outer>(parse_value(body.as_bytes()).expect("json")) {
+                Err(ApiError::Invalid {
+                    message: m, param: p, ..
+                }) => {
+                    assert_eq!((p.as_deref(), m.as_str()), (Some(param), message), "{body}");
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn decodes_query_pairs() {

@@ -72,17 +72,40 @@ pub fn merge_metadata(current: &Value, changes: Value, param: &str) -> Result<Va
     Ok(metadata(Some(Value::Object(merged)), param)?.unwrap_or_default())
 }
 
-/// A phone number: digits, `+ - ( ) .` and spaces, at most 32 characters.
+/// Most digits in a phone number (E.164).
+pub const PHONE_DIGITS_MAX: usize = 15;
+
+/// A phone number: digits, `+ - ( ) .` and spaces, at most 32 characters and
+/// [`PHONE_DIGITS_MAX`] digits (so not the 16 to 19 digits of most card numbers; a Luhn check
+/// would refuse one long phone number in ten, so there is none).
 pub fn phone(value: Option<String>, param: &str) -> Result<Option<String>, ApiError> {
-    match value {
-        Some(p) if p.len() > 32 || !p.chars().all(|ch| ch.is_ascii_digit() || "+-() .".contains(ch)) => {
-            Err(ApiError::invalid(
-                param,
-                format!("`{param}` must be a phone number (digits, + - ( ) . and spaces, at most 32)"),
-            ))
-        }
-        other => Ok(other),
+    let Some(p) = value else { return Ok(None) };
+    let digits = p.chars().filter(char::is_ascii_digit).count();
+    if p.len() > 32
+        || !(1..=PHONE_DIGITS_MAX).contains(&digits)
+        || !p.chars().all(|ch| ch.is_ascii_digit() || "+-() .".contains(ch))
+    {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "`{param}` must be a phone number: 1-{PHONE_DIGITS_MAX} digits, with + - ( ) . and spaces, at most 32 characters"
+            ),
+        ));
     }
+    Ok(Some(p))
+}
+
+/// Refuses free text holding a card number (13-19 digits of a known card brand's range passing
+/// the Luhn check; other long numbers, a millisecond timestamp say, pass): card numbers are kept
+/// in the vault only, never in a plain column. The message does not repeat the value.
+pub fn no_card_number(value: &str, param: &str) -> Result<(), ApiError> {
+    if crate::error::has_card_number(value) {
+        return Err(ApiError::invalid(
+            param,
+            format!("`{param}` must not contain a card number: card numbers go in a payment method"),
+        ));
+    }
+    Ok(())
 }
 
 pub fn client_id(value: &str, param: &str) -> Result<String, ApiError> {
@@ -126,7 +149,8 @@ pub fn name(value: Option<String>, param: &str) -> Result<Option<String>, ApiErr
                 format!("`{param}` must be 1-{NAME_LEN_MAX} printable characters"),
             ))
         }
-        other => Ok(other),
+        Some(n) => no_card_number(&n, param).map(|()| Some(n)),
+        None => Ok(None),
     }
 }
 

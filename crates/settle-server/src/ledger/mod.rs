@@ -354,14 +354,18 @@ fn parse_transfer(value: Value, at: &str) -> Result<TransferRequest, ApiError> {
 
 fn prefix_param(e: ApiError, at: &str) -> ApiError {
     match e {
-        ApiError::Invalid { code, message, param } if !at.is_empty() => ApiError::Invalid {
-            code,
-            message,
-            param: Some(match param.as_deref() {
-                None | Some("body") => at.trim_end_matches('.').to_owned(),
-                Some(p) => format!("{at}{p}"),
-            }),
-        },
+        ApiError::Invalid { code, message, param } if !at.is_empty() => {
+            let given = param.unwrap_or_else(|| "body".into());
+            let named = match given.as_str() {
+                "body" => at.trim_end_matches('.').to_owned(),
+                p => format!("{at}{p}"),
+            };
+            ApiError::Invalid {
+                code,
+                message: message.replacen(&format!("`{given}`"), &format!("`{named}`"), 1),
+                param: Some(named),
+            }
+        }
         other => other,
     }
 }
@@ -467,9 +471,9 @@ fn transfer_error(e: &TransferError) -> ApiError {
     let (code, message, param) = (e.code(), e.message(), e.param().map(str::to_owned));
     match e {
         TransferError::ExistsWithDifferentFields { .. }
-        | TransferError::PendingTransferAlreadyPosted
-        | TransferError::PendingTransferAlreadyVoided
-        | TransferError::PendingTransferExpired => ApiError::Conflict { code, message, param },
+        | TransferError::PendingTransferAlreadyPosted { .. }
+        | TransferError::PendingTransferAlreadyVoided { .. }
+        | TransferError::PendingTransferExpired { .. } => ApiError::Conflict { code, message, param },
         _ => ApiError::Unprocessable { code, message, param },
     }
 }

@@ -146,6 +146,20 @@ impl Connectors {
 
     /// Checks credentials before they are stored.
     pub fn check_credentials(&self, connector: &str, credentials: &Value) -> Result<(), ApiError> {
+        let known = settle_connectors::credential_keys(connector);
+        if let Some(key) = credentials
+            .as_object()
+            .and_then(|map| map.keys().find(|k| !known.contains(&k.as_str())))
+        {
+            return Err(ApiError::Invalid {
+                code: "parameter_unknown",
+                message: format!(
+                    "unknown field `credentials.{key}`: a {connector} account's credentials take {}",
+                    known.join(", ")
+                ),
+                param: Some(format!("credentials.{key}")),
+            });
+        }
         settle_connectors::build(connector, &Secret::new(credentials.clone()), &self.settings, &self.http)
             .map_err(|(field, message)| ApiError::invalid(field, message))?;
         if !self.target_allowed(credentials) {

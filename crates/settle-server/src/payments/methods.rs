@@ -194,11 +194,14 @@ fn prefix(e: ApiError, param: &str) -> ApiError {
             code,
             message,
             param: Some(p),
-        } => ApiError::Invalid {
-            code,
-            message,
-            param: Some(format!("{param}.{p}")),
-        },
+        } => {
+            let named = format!("{param}.{p}");
+            ApiError::Invalid {
+                code,
+                message: message.replacen(&format!("`{p}`"), &format!("`{named}`"), 1),
+                param: Some(named),
+            }
+        }
         other => other,
     }
 }

@@ -150,7 +150,8 @@ pub fn description(value: Option<String>) -> Result<Option<String>, ApiError> {
                 format!("`description` must be at most {DESCRIPTION_LEN_MAX} printable characters"),
             ))
         }
-        other => Ok(other),
+        Some(d) => fields::no_card_number(&d, "description").map(|()| Some(d)),
+        None => Ok(None),
     }
 }
 
@@ -260,12 +261,22 @@ async fn create(
     match body.customer {
         None => {}
         Some(Value::String(id)) => payment.customer_id = Some(fields::client_id(&id, "customer")?),
+        Some(other) if !other.is_object() => {
+            return Err(ApiError::invalid(
+                "customer",
+                "`customer` must be a customer id or an object",
+            ))
+        }
         Some(other) => {
             let body: CustomerBody = crate::extract::from_value(other).map_err(|e| match e {
-                ApiError::Invalid { code, message, param } => ApiError::Invalid {
+                ApiError::Invalid {
                     code,
                     message,
-                    param: Some(param.map_or_else(|| "customer".into(), |p| format!("customer.{p}"))),
+                    param: Some(p),
+                } => ApiError::Invalid {
+                    code,
+                    message: message.replacen(&format!("`{p}`"), &format!("`customer.{p}`"), 1),
+                    param: Some(format!("customer.{p}")),
                 },
                 other => other,
             })?;
@@ -764,10 +775,10 @@ async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery
     for (name, value) in filters {
         match name.as_str() {
             "status" => {
-                filter.status = Some(
-                    PaymentStatus::parse(&value)
-                        .ok_or_else(|| ApiError::invalid("status", "unknown payment status"))?,
-                )
+                filter.status = Some(PaymentStatus::parse(&value).ok_or_else(|| {
+                    let valid: Vec<&str> = PaymentStatus::ALL.iter().map(|s| s.as_str()).collect();
+                    ApiError::invalid("status", format!("`status` must be one of {}", valid.join(", ")))
+                })?)
             }
             "customer_email" => filter.customer_email = Some(value.trim().to_lowercase()),
             "created[gte]" => filter.created_gte = Some(timestamp_param(&value, "created[gte]")?),
@@ -901,6 +912,60 @@ pub fn routing_rules(value: &Value) -> Result<Vec<Rule>, ApiError> {
     items.iter().enumerate().map(|(i, item)| rule(i, item)).collect()
 }
 
+/// Parses routing rules a client submitted: [`routing_rules`], and each rule can match some
+/// payment. Rules stored before these checks are still read by [`routing_rules`].
+pub fn submitted_routing_rules(value: &Value) -> Result<Vec<Rule>, ApiError> {
+    let rules = routing_rules(value)?;
+    for (i, rule) in rules.iter().enumerate() {
+        let c = &rule.conditions;
+        let p = |f: &str| format!("rules[{i}].conditions.{f}");
+        if let (Some(min), Some(max)) = (c.amount_min, c.amount_max) {
+            if min > max {
+                let param = p("amount_max");
+                return Err(ApiError::invalid(
+                    &param,
+                    format!("`{param}` must be at least `amount_min` ({min})"),
+                ));
+            }
+        }
+        let currencies = c.currencies.as_ref().map(|v| v.iter().map(|c| c.code()).collect());
+        let brands = c.card_brands.as_ref().map(|v| v.iter().map(|b| b.as_str()).collect());
+        for (field, listed, what, known) in [
+            (
+                "currencies",
+                currencies,
+                "currency",
+                settle_domain::money::CURRENCIES.len(),
+            ),
+            ("card_brands", brands, "card brand", CardBrand::ALL.len()),
+        ] {
+            let Some(listed): Option<Vec<&str>> = listed else {
+                continue;
+            };
+            let param = p(field);
+            if listed.is_empty() {
+                return Err(ApiError::invalid(
+                    &param,
+                    format!("`{param}` must list at least one {what} (leave it out to match any)"),
+                ));
+            }
+            if listed.len() > known {
+                return Err(ApiError::invalid(
+                    &param,
+                    format!("`{param}` may list at most {known} values, each once"),
+                ));
+            }
+            if let Some((j, twice)) = listed.iter().enumerate().find(|(j, l)| listed[..*j].contains(l)) {
+                return Err(ApiError::invalid(
+                    format!("{param}[{j}]"),
+                    format!("`{param}` lists {twice} twice"),
+                ));
+            }
+        }
+    }
+    Ok(rules)
+}
+
 fn rule(i: usize, item: &Value) -> Result<Rule, ApiError> {
     let p = |f: &str| format!("rules[{i}].{f}");
     let Some(obj) = item.as_object() else {
@@ -912,10 +977,14 @@ fn rule(i: usize, item: &Value) -> Result<Rule, ApiError> {
     {
         return Err(ApiError::invalid(p(k), format!("unknown field `{}`", p(k))));
     }
-    let account = obj
-        .get("connector_account_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::missing(p("connector_account_id")))?;
+    let account = match obj.get("connector_account_id") {
+        None | Some(Value::Null) => return Err(ApiError::missing(p("connector_account_id"))),
+        Some(Value::String(account)) => account,
+        Some(_) => {
+            let param = p("connector_account_id");
+            return Err(ApiError::invalid(&param, format!("`{param}` must be a string")));
+        }
+    };
     let c = obj.get("conditions").cloned().unwrap_or_else(|| json!({}));
     let Some(c) = c.as_object() else {
         return Err(ApiError::invalid(p("conditions"), "`conditions` must be an object"));

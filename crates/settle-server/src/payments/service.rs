@@ -113,13 +113,13 @@ impl Actor<'_> {
 
 pub fn refusal(r: Refusal) -> ApiError {
     match r {
-        Refusal::IllegalTransition { status, .. } | Refusal::InProgress(status) => ApiError::Conflict {
+        Refusal::IllegalTransition { .. } | Refusal::InProgress(_) => ApiError::Conflict {
             code: if matches!(r, Refusal::InProgress(_)) {
                 "payment_in_progress"
             } else {
                 "payment_unexpected_state"
             },
-            message: format!("{} (current status: {})", r.message(), status.as_str()),
+            message: r.message(),
             param: None,
         },
         Refusal::MissingPaymentMethod => ApiError::Invalid {

@@ -18,7 +18,7 @@ use crate::{
     events::new_event,
     extract::JsonBody,
     fields,
-    payments::{connectors::sealing_context, routing_rules, rule_json},
+    payments::{connectors::sealing_context, rule_json, submitted_routing_rules},
     AppState,
 };
 
@@ -104,7 +104,9 @@ async fn create(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
-    enabled: bool,
+    enabled: Option<bool>,
+    /// Never changed: read only to say so.
+    credentials: Option<serde::de::IgnoredAny>,
 }
 
 async fn update(
@@ -113,12 +115,16 @@ async fn update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateBody>,
 ) -> Result<Response, ApiError> {
+    if body.credentials.is_some() {
+        return Err(ApiError::invalid(
+            "credentials",
+            "a connector account's `credentials` cannot be changed: create a new account and disable this one",
+        ));
+    }
+    let enabled = body.enabled.ok_or_else(|| ApiError::missing("enabled"))?;
     let merchant_id = ctx.merchant_id().to_owned();
     let mut tx = state.begin_write(&merchant_id).await?;
-    if !tx
-        .set_connector_account_enabled(&merchant_id, &id, body.enabled)
-        .await?
-    {
+    if !tx.set_connector_account_enabled(&merchant_id, &id, enabled).await? {
         return Err(ApiError::not_found("connector account", &id));
     }
     let account = tx
@@ -197,7 +203,7 @@ async fn put_routing(
     JsonBody(body): JsonBody<RoutingBody>,
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
-    let rules = routing_rules(&body.rules)?;
+    let rules = submitted_routing_rules(&body.rules)?;
     let mut tx = state.begin_write(&merchant_id).await?;
     for (i, rule) in rules.iter().enumerate() {
         let known = tx

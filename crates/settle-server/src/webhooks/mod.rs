@@ -115,8 +115,8 @@ fn delivery_json(d: &Delivery) -> Value {
     })
 }
 
-/// Checks an endpoint URL: http or https, a host, no credentials, at most [`URL_LEN_MAX`]
-/// characters; and when private targets are refused, no loopback or private address literal
+/// Checks an endpoint URL: http or https, a host, no credentials, no fragment, at most
+/// [`URL_LEN_MAX`] characters as stored (normalized); and when private targets are refused, no loopback or private address literal
 /// and no `localhost` (names are checked again when resolved, at each delivery).
 pub fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
     let bad = |why: &str| ApiError::invalid("url", format!("`url` {why}"));
@@ -136,7 +136,17 @@ pub fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
             "points at a loopback or private address, which this server refuses (see SETTLE_WEBHOOK_PRIVATE_TARGETS)",
         ));
     }
-    Ok(parsed.to_string())
+    if parsed.fragment().is_some() {
+        return Err(bad("must not have a `#` fragment (it is never sent)"));
+    }
+    // The URL as stored: non-ASCII characters percent-encoded, which may triple its length.
+    let normalized = parsed.to_string();
+    if normalized.len() > URL_LEN_MAX {
+        return Err(bad(&format!(
+            "must be at most {URL_LEN_MAX} characters once normalized (non-ASCII characters are percent-encoded)"
+        )));
+    }
+    Ok(normalized)
 }
 
 /// Checks `enabled_events` against the endpoint's API: Settle's types and patterns, or the

@@ -152,8 +152,29 @@ pub async fn bad_credentials_are_401(app: TestApp) {
     }
 }
 
+/// A currency's limits given twice (`usd` and `USD`) are refused, not collapsed into one.
+pub async fn a_currency_s_amount_limits_given_twice_are_refused(app: TestApp) {
+    let r = app
+        .post(
+            "/admin/v1/merchants",
+            ADMIN_TOKEN,
+            json!({ "name": "Acme", "email": "ops@acme.test",
+            "amount_limits": { "usd": { "min": 50, "max": 100 }, "USD": { "min": 1, "max": 1_000_000 } } }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.param()),
+        (StatusCode::BAD_REQUEST, "amount_limits.USD"),
+        "{}",
+        r.text
+    );
+    let list = app.get("/admin/v1/merchants", ADMIN_TOKEN).await;
+    assert_eq!(list.json["data"], json!([]), "nothing was written: {}", list.text);
+}
+
 conformance!(
     merchants_are_created_listed_fetched_and_deactivated,
+    a_currency_s_amount_limits_given_twice_are_refused,
     keys_are_shown_once_scoped_and_revocable,
     bad_credentials_are_401,
 );

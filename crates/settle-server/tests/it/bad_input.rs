@@ -524,6 +524,92 @@ impl axum::body::HttpBody for Unfinished {
     }
 }
 
+/// serde's derived structs also read an array of their fields in order: a nested object given as
+/// an array is refused naming the field, and a value of the wrong type is told plainly.
+pub async fn nested_objects_are_objects_and_wrong_types_are_told_plainly(app: TestApp) {
+    let m = app.merchant("acme").await;
+    let cases = [
+        (
+            "/v1/payment_methods",
+            json!({ "type": "card", "card": ["4242424242424242", 12, 2030, "123"] }),
+            "card",
+            "`card` must be an object",
+        ),
+        (
+            "/v1/payments",
+            json!({ "amount": 100, "currency": "USD", "customer": ["arr@y.co", "Arr", "123"] }),
+            "customer",
+            "`customer` must be a customer id or an object",
+        ),
+        (
+            "/v1/payments",
+            json!({ "amount": 100, "currency": "USD", "customer": 5 }),
+            "customer",
+            "`customer` must be a customer id or an object",
+        ),
+        (
+            "/v1/invoices",
+            json!({ "customer": ["arr@y.co", "Arr"], "amount_due": 100, "currency": "USD" }),
+            "customer",
+            "`customer` must be an object",
+        ),
+        (
+            "/v1/payments",
+            json!({ "amount": "100", "currency": "USD" }),
+            "amount",
+            "`amount` must be an integer",
+        ),
+        (
+            "/v1/payments",
+            json!({ "amount": 100, "currency": "USD", "splits": [["acct", 5]] }),
+            "splits[0]",
+            "`splits[0]` must be an object",
+        ),
+        (
+            "/v1/payments",
+            json!({ "amount": 100, "currency": "USD", "confirm": "yes" }),
+            "confirm",
+            "`confirm` must be true or false",
+        ),
+        (
+            "/v1/payments",
+            json!({ "amount": 100, "currency": 840 }),
+            "currency",
+            "`currency` must be a string",
+        ),
+        (
+            "/v1/payments",
+            json!({ "amount": 100, "currency": "USD", "payment_method": { "type": "card", "card": ["4242424242424242", 12, 2030] } }),
+            "payment_method.card",
+            "`payment_method.card` must be an object",
+        ),
+        (
+            "/v1/payments",
+            json!({ "amount": 100, "currency": "USD", "customer": { "email": "a@b.co", "name": 5 } }),
+            "customer.name",
+            "`customer.name` must be a string",
+        ),
+        (
+            "/v1/ledger/transfers",
+            json!({ "transfers": [{ "id": "t", "debit_account_id": "a", "credit_account_id": "b", "amount": 1.5, "currency": "USD" }] }),
+            "transfers[0].amount",
+            "`transfers[0].amount` must be an integer",
+        ),
+    ];
+    for (path, body, param, message) in cases {
+        let r = app.post(path, &m.key, body.clone()).await;
+        assert_eq!(
+            (r.status, r.param()),
+            (StatusCode::BAD_REQUEST, param),
+            "{body}: {}",
+            r.text
+        );
+        assert_eq!(r.json["error"]["message"], message, "{body}");
+    }
+    let r = app.get("/v1/payments", &m.key).await;
+    assert_eq!(r.json["data"], json!([]), "nothing was written");
+}
+
 conformance!(
     bad_transfers_name_the_field,
     malformed_and_oversized_bodies_are_400,
@@ -531,4 +617,5 @@ conformance!(
     nul_characters_and_bad_utf8_are_refused_naming_the_parameter,
     unknown_ids_name_the_field_that_gave_them,
     ambiguous_or_unfinished_requests_are_refused,
+    nested_objects_are_objects_and_wrong_types_are_told_plainly,
 );

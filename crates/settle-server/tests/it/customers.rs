@@ -451,8 +451,78 @@ async fn the_stripe_layer_answers_bad_input_in_stripes_shape(app: TestApp) {
     app.verify_ok().await;
 }
 
+/// A card number is never kept outside the vault: a phone, name or description holding one is
+/// refused without echoing it; a phone is a phone's shape (at most 15 digits).
+async fn card_numbers_in_contact_fields_are_refused_and_phones_are_phones(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let cases = [
+        ("/v1/customers", json!({ "phone": "4242424242424242" }), "phone"),
+        ("/v1/customers", json!({ "phone": "+1 (415) 555-2671 ext 2" }), "phone"),
+        ("/v1/customers", json!({ "phone": "1234567890123456" }), "phone"),
+        // An Amex test number (15 digits) in free text.
+        ("/v1/customers", json!({ "description": "amex 378282246310005" }), "description"),
+        ("/v1/customers", json!({ "name": "Ann 4242 4242 4242 4242" }), "name"),
+        (
+            "/v1/customers",
+            json!({ "description": "card 4242-4242-4242-4242" }),
+            "description",
+        ),
+        (
+            "/v1/payments",
+            json!({ "amount": 100, "currency": "USD", "customer": { "email": "a@b.co", "phone": "4242424242424242" } }),
+            "customer.phone",
+        ),
+        (
+            "/v1/payments",
+            json!({ "amount": 100, "currency": "USD", "description": "4242424242424242" }),
+            "description",
+        ),
+    ];
+    for (path, body, param) in cases {
+        let r = app.post(path, &m.key, body.clone()).await;
+        assert_eq!(
+            (r.status, r.param()),
+            (StatusCode::BAD_REQUEST, param),
+            "{body}: {}",
+            r.text
+        );
+        assert!(!r.text.contains("4242") && !r.text.contains("3782"), "{}", r.text);
+    }
+    let ok = app
+        .post(
+            "/v1/customers",
+            &m.key,
+            json!({ "phone": "+1 (415) 555-2671", "name": "Ann", "description": "order 12345, at 1764594000002" }),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "a Luhn-valid timestamp is no card: {}", ok.text);
+    // A phone is not Luhn-checked: one long phone number in ten would fail it.
+    let long = app
+        .post("/v1/customers", &m.key, json!({ "phone": "+49 378282246310005" }))
+        .await;
+    assert_eq!(long.status, StatusCode::BAD_REQUEST, "17 digits is no phone: {}", long.text);
+    let long = app
+        .post("/v1/customers", &m.key, json!({ "phone": "+378282246310005" }))
+        .await;
+    assert_eq!(long.status, StatusCode::CREATED, "15 digits: {}", long.text);
+    let id = ok.json["id"].as_str().expect("id");
+    let r = app
+        .post(
+            &format!("/v1/customers/{id}"),
+            &m.key,
+            json!({ "phone": "4242424242424242" }),
+        )
+        .await;
+    assert_eq!((r.status, r.param()), (StatusCode::BAD_REQUEST, "phone"), "{}", r.text);
+    assert_eq!(
+        app.get(&format!("/v1/customers/{id}"), &m.key).await.json["phone"],
+        "+1 (415) 555-2671"
+    );
+}
+
 crate::conformance!(
     a_customers_card_stays_with_that_customer,
     customers_own_payments_and_cards,
     the_stripe_layer_answers_bad_input_in_stripes_shape,
+    card_numbers_in_contact_fields_are_refused_and_phones_are_phones,
 );

@@ -536,6 +536,55 @@ pub async fn settle_s_own_ledger_ids_are_refused_to_clients(app: TestApp) {
     app.verify_ok().await;
 }
 
+/// An error about the pending transfer a post or void names it by the field the client sent:
+/// `post_pending_id` or `void_pending_id`.
+pub async fn pending_resolution_errors_name_the_field_as_sent(app: TestApp) {
+    let m = app.merchant_with_ab("acme").await;
+    let hold = json!({ "id": "h1", "debit_account_id": "a", "credit_account_id": "b", "amount": 100,
+        "currency": "USD", "pending": true });
+    assert_eq!(app.transfer(&m, hold).await.status, StatusCode::CREATED);
+    let post = app.transfer(&m, json!({ "id": "p1", "post_pending_id": "h1" })).await;
+    assert_eq!(post.status, StatusCode::CREATED, "{}", post.text);
+    for (body, code, param) in [
+        (
+            json!({ "id": "p2", "post_pending_id": "h1" }),
+            "pending_transfer_already_posted",
+            "post_pending_id",
+        ),
+        (
+            json!({ "id": "v1", "void_pending_id": "h1" }),
+            "pending_transfer_already_posted",
+            "void_pending_id",
+        ),
+        (
+            json!({ "id": "v2", "void_pending_id": "nope" }),
+            "pending_transfer_not_found",
+            "void_pending_id",
+        ),
+        (
+            json!({ "id": "v3", "void_pending_id": "p1" }),
+            "pending_transfer_not_pending",
+            "void_pending_id",
+        ),
+        (
+            json!({ "id": "p1", "debit_account_id": "a", "credit_account_id": "b", "amount": 100, "currency": "USD" }),
+            "exists_with_different_fields",
+            "post_pending_id",
+        ),
+    ] {
+        let r = app.transfer(&m, body.clone()).await;
+        assert_eq!((r.code(), r.param()), (code, param), "{body}: {}", r.text);
+    }
+    let batch = app
+        .transfer(&m, json!({ "transfers": [{ "id": "v4", "void_pending_id": "h1" }] }))
+        .await;
+    assert_eq!(
+        batch.json["results"][0]["error"]["param"], "void_pending_id",
+        "{}",
+        batch.text
+    );
+}
+
 conformance!(
     a_retried_transfer_answers_exists_even_when_it_could_not_run_again,
     a_transfer_moves_money_and_retrying_its_id_has_no_second_effect,
@@ -550,4 +599,5 @@ conformance!(
     the_writers_copies_gone_stale_decide_nothing,
     shutdown_waits_for_a_write_whose_client_has_gone,
     settle_s_own_ledger_ids_are_refused_to_clients,
+    pending_resolution_errors_name_the_field_as_sent,
 );

@@ -1321,6 +1321,142 @@ async fn payments_go_through_after_every_connection_is_cut(app: TestApp) {
     app.verify_ok().await;
 }
 
+/// Routing rules that could never match, or that repeat or overflow a list, are refused naming
+/// the field; so are credential keys a connector does not take, and a change of credentials.
+async fn routing_rules_and_credentials_that_cannot_work_are_refused(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let account = app.sandbox_account(&m, json!({ "latency_ms": 0 })).await;
+    let rule = |conditions: Value| json!({ "rules": [{ "connector_account_id": account, "conditions": conditions }] });
+    let brands: Vec<&str> = std::iter::repeat_n("visa", 20_000).collect();
+    let cases = [
+        (
+            json!({ "rules": [{ "connector_account_id": 5 }] }),
+            "rules[0].connector_account_id",
+            "parameter_invalid",
+        ),
+        (
+            rule(json!({ "amount_min": 500, "amount_max": 100 })),
+            "rules[0].conditions.amount_max",
+            "parameter_invalid",
+        ),
+        (
+            rule(json!({ "currencies": [] })),
+            "rules[0].conditions.currencies",
+            "parameter_invalid",
+        ),
+        (
+            rule(json!({ "card_brands": [] })),
+            "rules[0].conditions.card_brands",
+            "parameter_invalid",
+        ),
+        (
+            rule(json!({ "currencies": ["usd", "EUR", "USD"] })),
+            "rules[0].conditions.currencies[2]",
+            "parameter_invalid",
+        ),
+        (
+            rule(json!({ "card_brands": brands })),
+            "rules[0].conditions.card_brands",
+            "parameter_invalid",
+        ),
+    ];
+    for (body, param, code) in cases {
+        let r = app.post("/v1/routing", &m.key, body.clone()).await;
+        assert_eq!(
+            (r.status, r.param(), r.code()),
+            (StatusCode::BAD_REQUEST, param, code),
+            "{}",
+            r.text
+        );
+    }
+    let fine = app
+        .post(
+            "/v1/routing",
+            &m.key,
+            rule(json!({ "amount_min": 100, "amount_max": 100, "currencies": ["USD"], "card_brands": ["visa"] })),
+        )
+        .await;
+    assert_eq!(fine.status, StatusCode::OK, "{}", fine.text);
+
+    for (connector, credentials, param) in [
+        ("sandbox", json!({ "unknown": 1 }), "credentials.unknown"),
+        ("sandbox", json!({ "api_key": "sk_test_x" }), "credentials.api_key"),
+        (
+            "stripe",
+            json!({ "api_key": "sk_test_x", "latency_ms": 1 }),
+            "credentials.latency_ms",
+        ),
+    ] {
+        let r = app
+            .post(
+                "/v1/connector_accounts",
+                &m.key,
+                json!({ "connector": connector, "credentials": credentials }),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.param(), r.code()),
+            (StatusCode::BAD_REQUEST, param, "parameter_unknown"),
+            "{}",
+            r.text
+        );
+    }
+    let r = app
+        .post(
+            &format!("/v1/connector_accounts/{account}"),
+            &m.key,
+            json!({ "credentials": { "latency_ms": 5 } }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.param()),
+        (StatusCode::BAD_REQUEST, "credentials"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.json["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("create a new account"),
+        "{}",
+        r.text
+    );
+    let r = app
+        .post(
+            &format!("/v1/connector_accounts/{account}"),
+            &m.key,
+            json!({ "enabled": false }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.json["enabled"]),
+        (StatusCode::OK, &json!(false)),
+        "{}",
+        r.text
+    );
+}
+
+/// A 409 names the payment's status once, and an unknown status filter lists the valid ones.
+async fn refusals_say_the_status_once_and_filters_list_their_values(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let r = app.pay(&m, json!({ "amount": 500, "currency": "USD" })).await;
+    let id = r.json["id"].as_str().expect("id");
+    let capture = app.post(&format!("/v1/payments/{id}/capture"), &m.key, json!({})).await;
+    assert_eq!(capture.status, StatusCode::CONFLICT);
+    assert_eq!(
+        capture.json["error"]["message"],
+        "cannot capture a payment whose status is `requires_payment_method`"
+    );
+    let list = app.get("/v1/payments?status=paid", &m.key).await;
+    assert_eq!((list.status, list.param()), (StatusCode::BAD_REQUEST, "status"));
+    let message = list.json["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("requires_payment_method") && message.contains("succeeded"),
+        "{message}"
+    );
+}
+
 crate::conformance!(
     automatic_capture_moves_the_money_and_keeps_a_history,
     partial_capture_releases_the_rest,
@@ -1347,6 +1483,8 @@ crate::conformance!(
     a_refund_whose_process_died_is_finished_by_the_sync_job,
     a_refund_the_sync_job_concluded_first_is_answered_as_it_is,
     a_confirm_nobody_waits_for_still_records_its_outcome,
+    routing_rules_and_credentials_that_cannot_work_are_refused,
+    refusals_say_the_status_once_and_filters_list_their_values,
 );
 
 /// When the operator refuses private targets, a connector account's `base_url` may not be a

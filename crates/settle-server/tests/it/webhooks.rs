@@ -939,6 +939,34 @@ async fn a_receiver_that_never_answers_does_not_hold_shutdown(app: TestApp) {
     assert!(started.elapsed() < Duration::from_secs(45));
 }
 
+/// An endpoint URL is at most 2,048 characters as stored (percent-encoded), and one with a
+/// `#fragment`, which is never sent, is refused.
+async fn endpoint_urls_are_bounded_as_stored_and_keep_no_fragment(app: TestApp) {
+    let m = app.merchant("acme").await;
+    let long = format!("https://example.test/{}", "ü".repeat(999));
+    assert!(long.len() < 2_048);
+    for url in [long, "https://example.test/hook#part".to_owned()] {
+        let r = app
+            .post(
+                "/v1/webhook_endpoints",
+                &m.key,
+                json!({ "url": url, "enabled_events": ["*"] }),
+            )
+            .await;
+        assert_eq!((r.status, r.param()), (StatusCode::BAD_REQUEST, "url"), "{}", r.text);
+    }
+    let fine = format!("https://example.test/{}", "ü".repeat(300));
+    let r = app
+        .post(
+            "/v1/webhook_endpoints",
+            &m.key,
+            json!({ "url": fine, "enabled_events": ["*"] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert!(r.json["url"].as_str().is_some_and(|u| u.len() <= 2_048), "{}", r.text);
+}
+
 crate::conformance!(
     the_endpoint_limit_holds_under_concurrent_creates,
     a_receiver_that_never_answers_does_not_hold_shutdown,
@@ -951,4 +979,5 @@ crate::conformance!(
     an_endpoint_failing_for_three_days_is_disabled_and_its_deliveries_dead,
     endpoints_are_managed_and_bad_input_is_named,
     a_private_endpoint_is_not_called_once_refused,
+    endpoint_urls_are_bounded_as_stored_and_keep_no_fragment,
 );
