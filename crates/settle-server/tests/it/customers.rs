@@ -460,7 +460,11 @@ async fn card_numbers_in_contact_fields_are_refused_and_phones_are_phones(app: T
         ("/v1/customers", json!({ "phone": "+1 (415) 555-2671 ext 2" }), "phone"),
         ("/v1/customers", json!({ "phone": "1234567890123456" }), "phone"),
         // An Amex test number (15 digits) in free text.
-        ("/v1/customers", json!({ "description": "amex 378282246310005" }), "description"),
+        (
+            "/v1/customers",
+            json!({ "description": "amex 378282246310005" }),
+            "description",
+        ),
         ("/v1/customers", json!({ "name": "Ann 4242 4242 4242 4242" }), "name"),
         (
             "/v1/customers",
@@ -495,12 +499,22 @@ async fn card_numbers_in_contact_fields_are_refused_and_phones_are_phones(app: T
             json!({ "phone": "+1 (415) 555-2671", "name": "Ann", "description": "order 12345, at 1764594000002" }),
         )
         .await;
-    assert_eq!(ok.status, StatusCode::CREATED, "a Luhn-valid timestamp is no card: {}", ok.text);
+    assert_eq!(
+        ok.status,
+        StatusCode::CREATED,
+        "a Luhn-valid timestamp is no card: {}",
+        ok.text
+    );
     // A phone is not Luhn-checked: one long phone number in ten would fail it.
     let long = app
         .post("/v1/customers", &m.key, json!({ "phone": "+49 378282246310005" }))
         .await;
-    assert_eq!(long.status, StatusCode::BAD_REQUEST, "17 digits is no phone: {}", long.text);
+    assert_eq!(
+        long.status,
+        StatusCode::BAD_REQUEST,
+        "17 digits is no phone: {}",
+        long.text
+    );
     let long = app
         .post("/v1/customers", &m.key, json!({ "phone": "+378282246310005" }))
         .await;
