@@ -113,7 +113,11 @@ fn api_key(req: &Request) -> Option<String> {
 /// Looks a merchant API key up (cache first) and checks it is live.
 pub async fn verify_api_key(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     if token.len() != API_KEY_LEN || !token.starts_with(API_KEY_PREFIX) || !token.is_ascii() {
-        return Err(ApiError::Unauthenticated);
+        return Err(ApiError::Credentials {
+            code: "invalid_api_key",
+            message: "this is not an API key (API keys start with `sk_test_` and are 51 characters; \
+                      the admin token is for /admin only)",
+        });
     }
     let digest = sha256_hex(token);
     if let Some(principal) = state.auth.keys.get(&digest, state.config.auth_cache_ttl) {
@@ -146,7 +150,10 @@ pub async fn verify_api_key(state: &AppState, token: &str) -> Result<Principal, 
 pub async fn require_merchant(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let principal = match api_key(&req) {
         Some(token) => verify_api_key(&state, &token).await,
-        None => Err(ApiError::Unauthenticated),
+        None => Err(ApiError::Credentials {
+            code: "missing_api_key",
+            message: "no API key: send `Authorization: Bearer sk_test_…` (or HTTP Basic with the key as user name)",
+        }),
     };
     let principal = match principal {
         Ok(p) => p,
@@ -170,12 +177,19 @@ pub async fn require_admin(State(state): State<AppState>, mut req: Request, next
         Ok(d) => d,
         Err(e) => return e.into_response(),
     };
-    let ok = match (bearer(&req), expected) {
-        (Some(token), Some(expected)) => same_digest(&sha256_hex(token), &expected),
-        _ => false,
+    let refusal = match (bearer(&req), expected) {
+        (Some(token), Some(expected)) if same_digest(&sha256_hex(token), &expected) => None,
+        (None, _) => Some(ApiError::Credentials {
+            code: "missing_admin_token",
+            message: "no admin token: send `Authorization: Bearer <admin token>`",
+        }),
+        (Some(_), _) => Some(ApiError::Credentials {
+            code: "invalid_admin_token",
+            message: "this is not the admin token (an API key is for /v1, not /admin)",
+        }),
     };
-    if !ok {
-        return ApiError::Unauthenticated.into_response();
+    if let Some(refusal) = refusal {
+        return refusal.into_response();
     }
     req.extensions_mut().insert(Caller::Admin);
     next.run(req).await

@@ -18,6 +18,8 @@ pub enum ApiError {
     },
     /// 401: no, unknown, revoked or deactivated credentials.
     Unauthenticated,
+    /// 401, saying what is wrong with the credentials sent (none, or not of the right kind).
+    Credentials { code: &'static str, message: &'static str },
     /// 403: the key lacks the scope this call needs.
     Forbidden(&'static str),
     /// 404: no such object for this merchant (another merchant's ids answer the same).
@@ -114,7 +116,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthenticated | ApiError::Credentials { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -138,9 +140,10 @@ impl ApiError {
             ApiError::Unauthenticated => (
                 "authentication_error",
                 "invalid_api_key",
-                "missing, unknown, revoked or deactivated credentials".into(),
+                "unknown or revoked API key, or its merchant is deactivated".into(),
                 None,
             ),
+            ApiError::Credentials { code, message } => ("authentication_error", code, (*message).into(), None),
             ApiError::Forbidden(scope) => (
                 "permission_error",
                 "insufficient_scope",

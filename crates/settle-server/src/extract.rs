@@ -77,7 +77,20 @@ pub fn parse_value(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(serde_json::Map::new()));
     }
-    let value = parse_json(bytes)?;
+    let value = parse_json(bytes).map_err(|e| match e {
+        ApiError::Invalid {
+            code: "invalid_json",
+            message,
+            param,
+        } => ApiError::Invalid {
+            code: "invalid_json",
+            message: format!(
+                "{message} (this API takes JSON bodies; the Stripe-compatible API under /stripe/v1 takes form bodies)"
+            ),
+            param,
+        },
+        other => other,
+    })?;
     // JSON can carry a NUL only escaped; a body without the escape is looked at no further.
     if bytes.windows(6).any(|w| w == b"\\u0000") {
         if let Some(param) = nul_path(&value) {

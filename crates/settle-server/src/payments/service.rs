@@ -876,6 +876,13 @@ pub async fn after_authorization(
     let mut next = payment::authorization_ended(claimed, outcome, now);
     let error_code = next.last_payment_error.as_ref().map(|e| e.code.clone());
     let mut changes = vec![change(state, Some(claimed), &next, actor, error_code)];
+    if let AuthorizationOutcome::Pending { .. } = outcome {
+        // Still `processing`: the history says why.
+        changes[0]
+            .row
+            .reason
+            .get_or_insert_with(|| "pending_at_connector".to_owned());
+    }
     let mut transfers = Vec::new();
     if let AuthorizationOutcome::Authorized { connector_name, .. } = outcome {
         ensure_chart(state, &next.merchant_id, connector_name, next.currency).await?;

@@ -135,20 +135,28 @@ pub async fn keys_are_shown_once_scoped_and_revocable(app: TestApp) {
 pub async fn bad_credentials_are_401(app: TestApp) {
     let m = app.merchant("acme").await;
     let forged = format!("{}{}", &m.key[..50], if m.key.ends_with('A') { 'B' } else { 'A' });
-    for token in ["", "sk_test_short", forged.as_str(), ADMIN_TOKEN] {
+    // Each 401 says what is wrong: nothing sent, not a key at all, or a key that is not live.
+    for (token, code, says) in [
+        ("", "missing_api_key", "no API key"),
+        ("sk_test_short", "invalid_api_key", "not an API key"),
+        (ADMIN_TOKEN, "invalid_api_key", "admin token is for /admin"),
+        (forged.as_str(), "invalid_api_key", "unknown or revoked"),
+    ] {
         let r = app.get("/v1/ledger/accounts", token).await;
         assert_eq!(
-            (r.status, r.json["error"]["type"].as_str()),
-            (StatusCode::UNAUTHORIZED, Some("authentication_error")),
+            (r.status, r.json["error"]["type"].as_str(), r.code()),
+            (StatusCode::UNAUTHORIZED, Some("authentication_error"), code),
             "{token}"
         );
+        assert!(r.text.contains(says), "{token}: {}", r.text);
     }
-    for token in ["", m.key.as_str(), "sat_wrong"] {
-        assert_eq!(
-            app.get("/admin/v1/merchants", token).await.status,
-            StatusCode::UNAUTHORIZED,
-            "{token}"
-        );
+    for (token, code) in [
+        ("", "missing_admin_token"),
+        (m.key.as_str(), "invalid_admin_token"),
+        ("sat_wrong", "invalid_admin_token"),
+    ] {
+        let r = app.get("/admin/v1/merchants", token).await;
+        assert_eq!((r.status, r.code()), (StatusCode::UNAUTHORIZED, code), "{token}");
     }
 }
 

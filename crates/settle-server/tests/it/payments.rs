@@ -683,6 +683,18 @@ async fn delayed_payments_are_resolved_by_the_sync_job(app: TestApp) {
         .await;
     assert_eq!(p.json["status"], "processing", "{}", p.text);
     let id = p.json["id"].as_str().expect("id");
+    let history = app.get(&format!("/v1/payments/{id}/events"), &m.key).await;
+    let last = history.json["data"]
+        .as_array()
+        .and_then(|h| h.iter().find(|e| e["from"] == "processing"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&last["to"], &last["reason"]),
+        (&json!("processing"), &json!("pending_at_connector")),
+        "the history says why it is still processing: {}",
+        history.text
+    );
     app.clock.advance_seconds(10);
     let changed = jobs::try_execute_payment_sync(app.state()).await.expect("sync");
     assert_eq!(changed, 1);
