@@ -81,6 +81,25 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     // Held until the process ends (the OS releases it however that happens).
     let _lock = args.common.lock_sqlite()?;
     let (vault_key, key_source) = args.vault_key(engine)?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (--listen / SETTLE_LISTEN): {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let stripe_listener = match &args.stripe_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot listen on {a} (--stripe-listen): {e}"))?,
+        ),
+        None => None,
+    };
+    let stripe_addr = stripe_listener
+        .as_ref()
+        .map(|l| l.local_addr().map_err(|e| e.to_string()))
+        .transpose()?;
+    let mut server_config = args.server_config(engine, vault_key)?;
+    // Where the sandbox posts its webhooks: the given public URL, else this listener.
+    server_config.public_url = Some(args.public_url.clone().unwrap_or_else(|| config::own_url(addr)));
     let writers = args
         .ledger_writers()
         .unwrap_or(Config::for_engine(Engine::Postgres).ledger_writers);
@@ -103,25 +122,6 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     if store.bypasses_row_security().await.unwrap_or(false) {
         tracing::warn!("the database role is a superuser or has BYPASSRLS: row-level security is not enforced; connect as an ordinary role in production");
     }
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let stripe_listener = match &args.stripe_listen {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .map_err(|e| format!("cannot listen on {a} (--stripe-listen): {e}"))?,
-        ),
-        None => None,
-    };
-    let stripe_addr = stripe_listener
-        .as_ref()
-        .map(|l| l.local_addr().map_err(|e| e.to_string()))
-        .transpose()?;
-    let mut server_config = args.server_config(engine, vault_key)?;
-    // Where the sandbox posts its webhooks: the given public URL, else this listener.
-    server_config.public_url = Some(args.public_url.clone().unwrap_or_else(|| config::own_url(addr)));
     let app = App::build(store.clone(), Arc::new(SystemClock), server_config)
         .await
         .map_err(|e| format!("cannot build the app: {e:?}"))?;
