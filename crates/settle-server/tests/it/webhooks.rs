@@ -846,15 +846,13 @@ async fn the_endpoint_limit_holds_under_concurrent_creates(app: TestApp) {
     let m = app.merchant("shop").await;
     let body = json!({ "url": "https://hooks.example.test/x", "enabled_events": ["*"] }).to_string();
     for _ in 0..97 {
-        let r = crate::harness::call(
-            &app.router,
-            Method::POST,
-            "/v1/webhook_endpoints",
-            &m.key,
-            Some(&body),
-            &[],
-        )
-        .await;
+        let r = app
+            .post(
+                "/v1/webhook_endpoints",
+                &m.key,
+                json!({ "url": "https://hooks.example.test/x", "enabled_events": ["*"] }),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     }
     let tasks: Vec<_> = (0..12)
