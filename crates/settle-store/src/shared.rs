@@ -278,9 +278,16 @@ macro_rules! shared_tx {
                 let cursor = match page.ending_before.as_deref().or(page.starting_after.as_deref()) {
                     None => None,
                     Some(id) => {
-                        let sql = format!("SELECT seq FROM {table} WHERE {filter} AND id = ${}", binds.len() + 1);
+                        // Any of the merchant's rows is a cursor, also one that no longer matches
+                        // the filter (a payment captured since it was listed as requires_capture):
+                        // the page goes on from its place.
+                        // The filter's first condition scopes the list (`merchant_id = $1`, or
+                        // none for the operator's lists); the others narrow it.
+                        let scope = filter.split(" AND ").next().unwrap_or(filter);
+                        let scope_binds = &binds[..scope.matches('$').count().min(binds.len())];
+                        let sql = format!("SELECT seq FROM {table} WHERE {scope} AND id = ${}", scope_binds.len() + 1);
                         let mut q = sqlx::query_scalar::<_, i64>(&sql);
-                        for b in binds {
+                        for b in scope_binds {
                             q = q.bind(*b);
                         }
                         Some(

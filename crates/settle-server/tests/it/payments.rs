@@ -656,6 +656,44 @@ async fn bad_input_names_the_field(app: TestApp) {
     assert_eq!(bad_list.param(), "status");
 }
 
+/// A filtered list pages on from a cursor that no longer matches its filter (Stripe's lists take
+/// any object as a cursor): the payment listed as `requires_capture` was captured since.
+async fn a_cursor_that_left_the_filter_keeps_its_place(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let mut ids = Vec::new();
+    for amount in [100, 200, 300] {
+        ids.push(app.authorized(&m, amount, json!({})).await);
+    }
+    let first = app.get("/v1/payments?status=requires_capture&limit=1", &m.key).await;
+    assert_eq!(first.json["data"][0]["id"], ids[2].as_str(), "{}", first.text);
+    let r = app
+        .post(&format!("/v1/payments/{}/capture", ids[2]), &m.key, json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let next = app
+        .get(
+            &format!("/v1/payments?status=requires_capture&limit=5&starting_after={}", ids[2]),
+            &m.key,
+        )
+        .await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.text);
+    let listed: Vec<&str> = next.json["data"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|p| p["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(listed, [ids[1].as_str(), ids[0].as_str()], "{}", next.text);
+    let other = app.merchant("other").await;
+    let foreign = app
+        .get(&format!("/v1/payments?starting_after={}", ids[0]), &other.key)
+        .await;
+    assert_eq!(
+        (foreign.status, foreign.param()),
+        (StatusCode::BAD_REQUEST, "starting_after"),
+        "another merchant's id is no cursor: {}",
+        foreign.text
+    );
+}
+
 async fn payments_of_other_merchants_are_not_found(app: TestApp) {
     let a = app.merchant("a").await;
     let b = app.merchant("b").await;
@@ -1470,6 +1508,7 @@ async fn refusals_say_the_status_once_and_filters_list_their_values(app: TestApp
 }
 
 crate::conformance!(
+    a_cursor_that_left_the_filter_keeps_its_place,
     automatic_capture_moves_the_money_and_keeps_a_history,
     partial_capture_releases_the_rest,
     illegal_transitions_answer_409_naming_the_status,
