@@ -421,6 +421,20 @@ pub enum TransferResult {
     Failed(TransferError),
 }
 
+/// Why an atomic batch failed: the transfer that failed on its own (its place and error), not
+/// one of the others that failed only because they were linked to it.
+pub fn refusal(results: &[TransferResult]) -> Option<(usize, &TransferError)> {
+    let failed = || {
+        results.iter().enumerate().filter_map(|(at, r)| match r {
+            TransferResult::Failed(e) => Some((at, e)),
+            _ => None,
+        })
+    };
+    failed()
+        .find(|(_, e)| **e != TransferError::LinkedEventFailed)
+        .or_else(|| failed().next())
+}
+
 /// A pending transfer's status row to write (insert or update).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PendingRow {

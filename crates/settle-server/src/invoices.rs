@@ -39,7 +39,7 @@ use settle_domain::{
         self, Command, IllegalTransition, Invoice, InvoiceFilter, InvoiceStatus, PaymentEvent, PaymentEventStatus,
         Rejection,
     },
-    ledger::{Key, TransferError, TransferRequest, TransferResult},
+    ledger::{Key, TransferError, TransferRequest},
     Currency, Timestamp,
 };
 use settle_store::{Mode, Scope};
@@ -541,7 +541,11 @@ async fn commit(
             payments::service::ensure_accounts(state, merchant_id, &key, &invoice::chart(currency), currency).await?;
             let ids: Vec<String> = transfers.iter().map(|t| t.id.clone()).collect();
             let posted = state.writer.post(merchant_id, transfers, true, Some(then)).await;
-            if let Some((at, e)) = posted.as_ref().ok().and_then(|results| refusal(results)) {
+            if let Some((at, e)) = posted
+                .as_ref()
+                .ok()
+                .and_then(|results| settle_domain::ledger::refusal(results))
+            {
                 if !final_refusal(e) {
                     // Nothing was written: the events stay `received`.
                     return Err(ApiError::Internal(format!(
@@ -568,14 +572,6 @@ async fn commit(
         Err(e) if lost_race(&e) => Ok(Committed::Concluded(0)),
         Err(e) => Err(write_error(e)),
     }
-}
-
-/// The transfer the ledger refused (not one refused only because it was linked to it).
-fn refusal(results: &[TransferResult]) -> Option<(usize, &TransferError)> {
-    results.iter().enumerate().find_map(|(at, r)| match r {
-        TransferResult::Failed(e) if *e != TransferError::LinkedEventFailed => Some((at, e)),
-        _ => None,
-    })
 }
 
 /// Whether a refusal is the payment's own and final (its accounts' totals would overflow, and

@@ -166,14 +166,21 @@ impl MethodInput {
     }
 }
 
-/// A payment method attached to a customer pays only for that customer (as Stripe refuses a
-/// PaymentMethod of one Customer with another).
+/// A payment method attached to a customer pays only for that customer, named (as Stripe
+/// refuses a Customer's PaymentMethod without that Customer).
 pub fn usable_for(method: &PaymentMethod, customer: Option<&str>) -> Result<(), ApiError> {
     match (method.customer_id.as_deref(), customer) {
         (Some(owner), Some(customer)) if owner != customer => Err(ApiError::invalid(
             "payment_method",
             format!(
                 "payment method '{}' is attached to customer '{owner}', not to '{customer}'",
+                method.id
+            ),
+        )),
+        (Some(owner), None) => Err(ApiError::invalid(
+            "payment_method",
+            format!(
+                "payment method '{}' is attached to customer '{owner}': give `customer` as well",
                 method.id
             ),
         )),

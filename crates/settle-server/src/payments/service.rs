@@ -22,7 +22,7 @@ use serde_json::json;
 use settle_connectors::{AuthorizeRequest, CardData, ConnectorError, ProviderStatus, Synced};
 use settle_domain::{
     event::{self, NewEvent},
-    ledger::{Account, AccountFlags, Balances, Key, TransferRequest, TransferResult},
+    ledger::{Account, AccountFlags, Balances, Key, TransferRequest},
     payment::{
         self, Attempt, AuthorizationOutcome, CaptureMethod, Command, Decision, Payment, PaymentError, PaymentMethod,
         PaymentStatus, Plan, PlannedTry, Refusal, StatusChange,
@@ -571,11 +571,8 @@ pub async fn post(
         .post(merchant_id, requests, true, then)
         .await
         .map_err(PostError::Write)?;
-    match results.into_iter().find_map(|r| match r {
-        TransferResult::Failed(e) => Some(e),
-        _ => None,
-    }) {
-        Some(e) => Err(PostError::Refused(e.code().to_owned(), e.message())),
+    match settle_domain::ledger::refusal(&results) {
+        Some((_, e)) => Err(PostError::Refused(e.code().to_owned(), e.message())),
         None => Ok(()),
     }
 }

@@ -207,6 +207,30 @@ async fn a_customers_card_stays_with_that_customer(app: TestApp) {
             paid.text
         );
     }
+    // Nor without naming its customer (anyone could charge a saved card by leaving it out).
+    let anonymous = app
+        .post(
+            "/v1/payments",
+            &m.key,
+            json!({ "amount": 500, "currency": "USD", "payment_method": pm, "confirm": true }),
+        )
+        .await;
+    assert_eq!(
+        (anonymous.status, anonymous.param()),
+        (StatusCode::BAD_REQUEST, "payment_method"),
+        "{}",
+        anonymous.text
+    );
+    let stripe = app
+        .call(
+            Method::POST,
+            "/stripe/v1/payment_intents",
+            &m.key,
+            Some(&format!("amount=500&currency=usd&confirm=true&payment_method={pm}")),
+            FORM,
+        )
+        .await;
+    assert_eq!(stripe.status, StatusCode::BAD_REQUEST, "{}", stripe.text);
     // Confirmed later with the other customer's card: refused before any authorization.
     let p = app
         .post(

@@ -994,9 +994,20 @@ async fn a_refund_the_ledger_refuses_can_be_retried_with_its_key(app: TestApp) {
             "{}",
             r.text
         );
-        ids.push(r.json["error"]["message"].as_str().unwrap_or("").to_owned());
+        let message = r.json["error"]["message"].as_str().unwrap_or("").to_owned();
+        assert!(
+            message.contains("exceeds_credits"),
+            "the venue's own refusal, not its batch's: {message}"
+        );
+        ids.push(message);
     }
     assert_ne!(ids[0], ids[1], "the retry ran again: {ids:?}");
+    let refunds = app.get(&format!("/v1/refunds?payment_id={id}"), &m.key).await;
+    assert_eq!(
+        refunds.json["data"][0]["failure_code"], "exceeds_credits",
+        "{}",
+        refunds.text
+    );
     let p = app.get(&format!("/v1/payments/{id}"), &m.key).await;
     assert_eq!(p.json["amount_refunded"], 0, "{}", p.text);
     app.verify_ok().await;
