@@ -21,7 +21,6 @@ use serde_json::{json, Value};
 use settle_connectors::CONNECTORS;
 use settle_domain::{
     card::CardBrand,
-    ledger::AccountFlags,
     payment::{
         self, AuthorizationOutcome, CaptureMethod, Command, Customer, Payment, PaymentFilter, PaymentStatus, Split,
     },
@@ -212,12 +211,7 @@ async fn check_payees(tx: &mut dyn settle_store::Tx, merchant_id: &str, payment:
                 "the payee account's currency differs from the payment's",
             ));
         }
-        if account.flags
-            == (AccountFlags {
-                debits_must_not_exceed_credits: false,
-                credits_must_not_exceed_debits: true,
-            })
-        {
+        if account.flags.credits_must_not_exceed_debits {
             return Err(ApiError::invalid(
                 param,
                 "the payee account refuses credits (credits_must_not_exceed_debits)",

@@ -534,7 +534,14 @@ async fn card_numbers_and_cvcs_are_never_at_rest(app: TestApp) {
 
 async fn bad_input_names_the_field(app: TestApp) {
     let m = app.merchant("shop").await;
+    // A payee that cannot be credited.
+    app.account(&m, "debit_only", json!({ "credits_must_not_exceed_debits": true }))
+        .await;
     let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({ "amount": 100, "currency": "USD", "splits": [{ "payee_account_id": "debit_only", "amount": 10 }] }),
+            "splits[0].payee_account_id",
+        ),
         (json!({ "currency": "USD" }), "amount"),
         (json!({ "amount": 0, "currency": "USD" }), "amount"),
         (json!({ "amount": "10", "currency": "USD" }), "amount"),
