@@ -205,7 +205,10 @@ fn plain(param: &str, message: &str) -> String {
             return format!("`{param}` must be {what}");
         }
     };
-    if kind.starts_with("invalid value") {
+    if kind.starts_with("invalid value") && min == i128::from(i64::MIN) {
+        // Amounts, mostly: a 64-bit range's lower end would suggest that negatives are taken.
+        format!("`{param}` must be an integer no larger than {max}")
+    } else if kind.starts_with("invalid value") {
         format!("`{param}` must be an integer from {min} to {max}")
     } else {
         format!("`{param}` must be an integer")
@@ -313,6 +316,9 @@ pub fn page_and_filters(query: &str, filters: &[&str]) -> Result<(Page, Vec<(Str
             }
             "starting_after" => page.starting_after = Some(value),
             "ending_before" => page.ending_before = Some(value),
+            other if filters.contains(&other) && value.is_empty() => {
+                return Err(ApiError::invalid(other, format!("`{other}` must not be empty")));
+            }
             other if filters.contains(&other) => picked.push((name, value)),
             other => return Err(unknown_parameter(other)),
         }
@@ -438,6 +444,7 @@ mod tests {
         struct Outer {
             inner: Option<Inner>,
             kind: Option<Kind>,
+            amount: Option<i64>,
         }
         #[derive(serde::Deserialize, Debug)]
         #[serde(rename_all = "snake_case")]
@@ -459,6 +466,11 @@ mod tests {
             ),
             (r#"{"kind": "x"}"#, "kind", "`kind` must be `card` or `bank`"),
             (r#"{"kind": 1}"#, "kind", "`kind` must be `card` or `bank`"),
+            (
+                r#"{"amount": 9223372036854775808}"#,
+                "amount",
+                "`amount` must be an integer no larger than 9223372036854775807",
+            ),
         ] {
             match from_value::<Outer>(parse_value(body.as_bytes()).expect("json")) {
                 Err(ApiError::Invalid {

@@ -285,6 +285,20 @@ pub async fn bad_accounts_and_merchants_name_the_field(app: TestApp) {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}");
         assert!(!r.param().is_empty(), "{q}");
     }
+    // An empty filter is no filter silently dropped: refused, naming it.
+    for (path, param) in [
+        ("/v1/refunds?payment_id=", "payment_id"),
+        ("/v1/payments?status=", "status"),
+        ("/v1/events?type=", "type"),
+    ] {
+        let r = app.get(path, &m.key).await;
+        assert_eq!(
+            (r.status, r.param()),
+            (StatusCode::BAD_REQUEST, param),
+            "{path}: {}",
+            r.text
+        );
+    }
 }
 
 /// A NUL character (no text column holds one; PostgreSQL refuses it) or bytes that are not
