@@ -188,6 +188,20 @@ pub struct App {
 impl App {
     /// Builds the app on a migrated store. Loads the admin token's digest from the settings.
     pub async fn build(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Result<App, ApiError> {
+        // The outbound clients first: without them (and their private-target policy) nothing
+        // starts.
+        let client_error = |e: reqwest::Error| ApiError::Internal(format!("cannot build an HTTP client: {e}"));
+        let webhook_client =
+            webhooks::dispatch::client(config.webhook_timeout, config.webhook_private_targets).map_err(client_error)?;
+        let connectors = payments::connectors::Connectors::new(
+            ConnectorSettings {
+                timeout: config.connector_timeout,
+            },
+            BreakerPolicy::default(),
+            config.settings_cache_ttl,
+            config.connector_private_targets,
+        )
+        .map_err(client_error)?;
         let metrics = Arc::new(Metrics::default());
         let (writer, mut tasks) =
             LedgerWriter::start(store.clone(), clock.clone(), metrics.clone(), config.ledger_writers);
@@ -200,10 +214,6 @@ impl App {
         let (inbox_writer, inbox_tasks) = inbound::writer::InboxWriter::start(store.clone());
         tasks.extend(inbox_tasks);
         let vault = vault::Vault::new(config.vault_key.expose());
-        let connector_timeout = config.connector_timeout;
-        let connector_private_targets = config.connector_private_targets;
-        let settings_cache_ttl = config.settings_cache_ttl;
-        let webhook_client = webhooks::dispatch::client(config.webhook_timeout, config.webhook_private_targets);
         let (shutdown, stop) = watch::channel(false);
         let state = AppState(Arc::new(Inner {
             ids: Ids::new(clock.clone()),
@@ -217,14 +227,7 @@ impl App {
             metrics,
             admin_token_digest,
             vault,
-            connectors: payments::connectors::Connectors::new(
-                ConnectorSettings {
-                    timeout: connector_timeout,
-                },
-                BreakerPolicy::default(),
-                settings_cache_ttl,
-                connector_private_targets,
-            ),
+            connectors,
             cvcs: payments::methods::CvcCache::default(),
             recent: payments::service::Recent::default(),
             charts: Mutex::new(HashSet::new()),

@@ -64,21 +64,18 @@ pub struct Connectors {
 }
 
 impl Connectors {
+    /// An error when the connectors' HTTP client cannot be built as asked (there is no client
+    /// without the private-target policy).
     pub fn new(
         settings: ConnectorSettings,
         policy: BreakerPolicy,
         routing_ttl: Duration,
         private_targets: bool,
-    ) -> Connectors {
+    ) -> reqwest::Result<Connectors> {
         let builder = reqwest::Client::builder().timeout(settings.timeout);
-        let http = crate::outbound::restrict(builder, private_targets)
-            .build()
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "connector client with settings failed; using the default client");
-                reqwest::Client::new()
-            });
+        let http = crate::outbound::restrict(builder, private_targets).build()?;
         let builtin = Arc::new(Sandbox::default().with_settings(&settings));
-        Connectors {
+        Ok(Connectors {
             http,
             routing: TtlCache::default(),
             routing_ttl,
@@ -87,7 +84,7 @@ impl Connectors {
             breakers: Mutex::new(HashMap::new()),
             builtin,
             private_targets,
-        }
+        })
     }
 
     /// The merchant's routing as cached, if still fresh.

@@ -56,20 +56,16 @@ pub const SIGNATURE_HEADER: &str = "Settle-Signature";
 pub const STRIPE_SIGNATURE_HEADER: &str = "Stripe-Signature";
 pub const EVENT_ID_HEADER: &str = "Settle-Event-Id";
 
-/// The HTTP client webhooks go out with.
-pub fn client(timeout: Duration, private_targets: bool) -> reqwest::Client {
+/// The HTTP client webhooks go out with (an error when it cannot be built as asked: no
+/// client without the private-target policy).
+pub fn client(timeout: Duration, private_targets: bool) -> reqwest::Result<reqwest::Client> {
     let builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
         .no_proxy()
         .user_agent(concat!("Settle/", env!("CARGO_PKG_VERSION"), " (webhooks)"))
         .pool_max_idle_per_host(IN_FLIGHT_MAX);
-    crate::outbound::restrict(builder, private_targets)
-        .build()
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "webhook client with settings failed; using the default client");
-            reqwest::Client::new()
-        })
+    crate::outbound::restrict(builder, private_targets).build()
 }
 
 /// `t=<unix>,v1=<hex>,…`: one signature per secret, over `"<t>.<body>"`.
