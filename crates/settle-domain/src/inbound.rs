@@ -134,7 +134,13 @@ pub fn outcome(kind: &str, event: &Value) -> Option<(Outcome, Subject)> {
         "payment_intent.processing" => Outcome::Processing,
         "payment_intent.amount_capturable_updated" => Outcome::Authorized,
         "payment_intent.succeeded" => Outcome::Captured {
-            amount: object["amount_received"].as_i64(),
+            // Absent (or null): the whole amount. Present but not an integer ("400", 400.0): 0,
+            // which no capture matches, so the event is ignored as `amount_mismatch` instead of
+            // capturing everything.
+            amount: match &object["amount_received"] {
+                Value::Null => None,
+                received => Some(received.as_i64().unwrap_or(0)),
+            },
         },
         "payment_intent.payment_failed" => {
             let error = &object["last_payment_error"];
@@ -463,6 +469,14 @@ mod tests {
             verdict(PaymentStatus::RequiresCapture, Outcome::Captured { amount: Some(5000) }),
             Verdict::Ignore("amount_mismatch")
         );
+        // A malformed amount (read as 0) captures nothing, whatever the state.
+        for status in [PaymentStatus::RequiresCapture, PaymentStatus::Processing] {
+            assert_eq!(
+                verdict(status, Outcome::Captured { amount: Some(0) }),
+                Verdict::Ignore("amount_mismatch"),
+                "{status:?}"
+            );
+        }
     }
 
     #[test]
@@ -510,6 +524,11 @@ mod tests {
             }
         );
         assert_eq!(outcome("charge.refunded", &event), None);
+        for malformed in [json!("400"), json!(400.0), json!(true), json!({})] {
+            let event = json!({ "data": { "object": { "id": "pi_9", "amount_received": malformed } } });
+            let (o, _) = outcome("payment_intent.succeeded", &event).expect("supported");
+            assert_eq!(o, Outcome::Captured { amount: Some(0) }, "{malformed}");
+        }
         let (_, s) = outcome("payment_intent.processing", &json!({})).expect("supported");
         assert_eq!(s.provider_ref, None);
     }
