@@ -21,6 +21,25 @@ pub const WEBHOOK_ROUNDS_MAX: usize = 50;
 /// Most invoice payment rounds one tick runs (while each finds a full round of work).
 pub const INVOICE_ROUNDS_PER_TICK_MAX: usize = 10;
 
+/// Drains a backlog in bounded rounds: runs `round` while each does a full round's work (`full`),
+/// at most `rounds` times; a failed round is logged and ends the drain until the next tick.
+async fn drain<F, Fut>(rounds: usize, full: usize, what: &str, mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, ApiError>>,
+{
+    for _ in 0..rounds {
+        match round().await {
+            Ok(n) if n == full => continue,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = ?e, "{what} failed");
+                break;
+            }
+        }
+    }
+}
+
 /// Releases pending transfers whose timeout has passed. Returns how many were released.
 pub async fn try_execute_expiry(state: &AppState) -> Result<usize, ApiError> {
     let due = {
@@ -108,17 +127,13 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
             },
         )),
         tokio::spawn(every(inbox, stop.clone(), state.clone(), Last::None, |s| async move {
-            // Drain a backlog in bounded rounds.
-            for _ in 0..50 {
-                match crate::inbound::worker::try_execute_webhook_inbox(&s).await {
-                    Ok(n) if n == crate::inbound::worker::ROUND_MAX as usize => continue,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = ?e, "webhook inbox round failed");
-                        break;
-                    }
-                }
-            }
+            drain(
+                50,
+                crate::inbound::worker::ROUND_MAX as usize,
+                "webhook inbox round",
+                || crate::inbound::worker::try_execute_webhook_inbox(&s),
+            )
+            .await;
         })),
         tokio::spawn(every(
             payments,
@@ -146,34 +161,23 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
             state.clone(),
             Last::None,
             |s| async move {
-                // Drain a backlog in bounded rounds.
-                for _ in 0..INVOICE_ROUNDS_PER_TICK_MAX {
-                    match crate::invoices::try_execute_invoice_payments(&s).await {
-                        Ok(n) if n == crate::invoices::PAYMENT_EVENTS_PER_ROUND_MAX as usize => continue,
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(error = ?e, "invoice payments failed");
-                            break;
-                        }
-                    }
-                }
+                drain(
+                    INVOICE_ROUNDS_PER_TICK_MAX,
+                    crate::invoices::PAYMENT_EVENTS_PER_ROUND_MAX as usize,
+                    "invoice payments",
+                    || crate::invoices::try_execute_invoice_payments(&s),
+                )
+                .await;
             },
         )),
         tokio::spawn(every(expiry, stop.clone(), state.clone(), Last::None, |s| async move {
             if let Err(e) = try_execute_upkeep(&s).await {
                 tracing::warn!(error = ?e, "store upkeep failed");
             }
-            // Drain a backlog in bounded rounds.
-            for _ in 0..10 {
-                match try_execute_expiry(&s).await {
-                    Ok(n) if n == EXPIRY_BATCH_MAX as usize => continue,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = ?e, "pending expiry failed");
-                        break;
-                    }
-                }
-            }
+            drain(10, EXPIRY_BATCH_MAX as usize, "pending expiry", || {
+                try_execute_expiry(&s)
+            })
+            .await;
         })),
         tokio::spawn(every(housekeeping, stop, state, Last::Round, |s| async move {
             if let Err(e) = try_execute_prune(&s).await {
