@@ -240,8 +240,13 @@ fn request(reference: &str, number: &str, amount: i64) -> AuthorizeRequest {
     }
 }
 
-fn closed_port_url() -> String {
-    format!("http://127.0.0.1:{}", free_port())
+/// A URL whose port is held bound but not listening: connections are refused, and no other
+/// test's server can take the port while the socket lives.
+fn closed_port_url() -> (tokio::net::TcpSocket, String) {
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let url = format!("http://{}", held.local_addr().expect("address"));
+    (held, url)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -588,7 +593,8 @@ async fn sync_of_an_unknown_id_is_not_found() {
 
 #[tokio::test]
 async fn connection_refused_is_unavailable() {
-    let stripe = stripe(&closed_port_url(), Duration::from_secs(5));
+    let (_held, url) = closed_port_url();
+    let stripe = stripe(&url, Duration::from_secs(5));
     match stripe.authorize(&request("att_down_1", CARD_OK, 1000)).await {
         Err(ConnectorError::Unavailable(message)) => assert!(!message.contains(CARD_OK), "{message}"),
         other => panic!("closed port: {other:?}"),

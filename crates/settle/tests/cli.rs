@@ -937,7 +937,11 @@ fn database_urls_of_other_engines_and_closed_ports_are_named() {
         assert!(text.contains("--database-url / SETTLE_DATABASE_URL"), "{url}: {text}");
     }
     assert!(!dir.path().join("settle-data").exists(), "nothing was created");
-    let closed = free_port();
+    // A port held bound but not listening: connections to it are refused, and no other test's
+    // server can take it meanwhile (a port merely found free could be, and once was).
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let closed = held.local_addr().expect("address").port();
     let text = refused(
         settle()
             .args(["migrate", "--database-url"])
