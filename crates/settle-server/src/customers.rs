@@ -20,7 +20,7 @@ use crate::{
     extract::{from_value, page_and_filters, JsonBody},
     fields,
     ledger::{cursor_error, list_reply},
-    payments::{description, methods::method_json, Render},
+    payments::{methods::method_json, Render},
     AppState,
 };
 
@@ -61,7 +61,7 @@ impl CustomerBody {
             customer.phone = fields::phone(phone, "phone")?;
         }
         if let Some(d) = cleared(self.description) {
-            customer.description = description(d)?;
+            customer.description = crate::fields::description(d)?;
         }
         if let Some(changes) = self.metadata {
             customer.metadata = fields::merge_metadata(&customer.metadata, changes, "metadata")?;

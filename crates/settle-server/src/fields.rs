@@ -13,7 +13,7 @@ pub const NAME_LEN_MAX: usize = 200;
 pub const EMAIL_LEN_MAX: usize = 254;
 
 /// Stripe's metadata rules: an object of at most 50 string values, keys ≤ 40 and values ≤ 500
-/// characters.
+/// characters; and, as in every free text, no card number ([`no_card_number`]).
 pub fn metadata(value: Option<Value>, param: &str) -> Result<Option<Value>, ApiError> {
     let Some(value) = value else {
         return Ok(None);
@@ -39,7 +39,10 @@ pub fn metadata(value: Option<Value>, param: &str) -> Result<Option<Value>, ApiE
             ));
         }
         match v {
-            Value::String(s) if s.chars().count() <= METADATA_VALUE_LEN_MAX => {}
+            Value::String(s) if s.chars().count() <= METADATA_VALUE_LEN_MAX => {
+                no_card_number(k, &field)?;
+                no_card_number(s, &field)?;
+            }
             Value::String(_) => {
                 return Err(ApiError::invalid(
                     field,
@@ -139,6 +142,24 @@ pub fn ledger_id(value: &str, param: &str) -> Result<String, ApiError> {
 
 pub fn currency(value: &str, param: &str) -> Result<Currency, ApiError> {
     Currency::parse(value).ok_or_else(|| ApiError::invalid(param, format!("`{param}`: unknown currency")))
+}
+
+/// Longest description (payments, invoices, customers, webhook endpoints).
+pub const DESCRIPTION_LEN_MAX: usize = 1_000;
+
+/// A description: at most [`DESCRIPTION_LEN_MAX`] characters, no control character but a line
+/// break, no card number.
+pub fn description(value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(d) if d.chars().count() > DESCRIPTION_LEN_MAX || d.chars().any(|c| c.is_control() && c != '\n') => {
+            Err(ApiError::invalid(
+                "description",
+                format!("`description` must be at most {DESCRIPTION_LEN_MAX} printable characters"),
+            ))
+        }
+        Some(d) => no_card_number(&d, "description").map(|()| Some(d)),
+        None => Ok(None),
+    }
 }
 
 pub fn name(value: Option<String>, param: &str) -> Result<Option<String>, ApiError> {

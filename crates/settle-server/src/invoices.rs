@@ -144,7 +144,7 @@ async fn create(
     fields::positive_amount(body.amount_due, "amount_due")?;
     let currency = fields::currency(&body.currency, "currency")?;
     let due_date = due_date(body.due_date)?;
-    let description = payments::description(body.description)?;
+    let description = fields::description(body.description)?;
     let metadata = fields::metadata(body.metadata, "metadata")?.unwrap_or_else(|| json!({}));
     let mut tx = state.begin_write(&merchant_id).await?;
     let merchant = merchant(tx.as_mut(), &merchant_id).await?;

@@ -61,7 +61,6 @@ pub fn router() -> Router<AppState> {
 }
 
 pub const SPLITS_MAX: usize = 10;
-pub const DESCRIPTION_LEN_MAX: usize = 1_000;
 pub const CANCELLATION_REASONS: &[&str] = &["duplicate", "fraudulent", "requested_by_customer", "abandoned"];
 
 #[derive(Deserialize)]
@@ -139,19 +138,6 @@ fn customer(body: Option<CustomerBody>) -> Result<Option<Customer>, ApiError> {
         name: fields::name(c.name, "customer.name")?,
         phone,
     }))
-}
-
-pub fn description(value: Option<String>) -> Result<Option<String>, ApiError> {
-    match value {
-        Some(d) if d.chars().count() > DESCRIPTION_LEN_MAX || d.chars().any(|c| c.is_control() && c != '\n') => {
-            Err(ApiError::invalid(
-                "description",
-                format!("`description` must be at most {DESCRIPTION_LEN_MAX} printable characters"),
-            ))
-        }
-        Some(d) => fields::no_card_number(&d, "description").map(|()| Some(d)),
-        None => Ok(None),
-    }
 }
 
 fn splits(body: Option<Vec<SplitBody>>, amount: i64, fee: Option<i64>) -> Result<Vec<Split>, ApiError> {
@@ -281,7 +267,7 @@ async fn create(
         .receipt_email
         .map(|e| fields::email(&e, "receipt_email"))
         .transpose()?;
-    payment.description = description(body.description)?;
+    payment.description = fields::description(body.description)?;
     payment.metadata = fields::metadata(body.metadata, "metadata")?.unwrap_or_else(|| json!({}));
     payment.splits = splits(body.splits, body.amount, body.application_fee_amount)?;
     payment.application_fee_amount = body.application_fee_amount;
@@ -572,7 +558,7 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let changes = PaymentUpdate {
         amount: body.amount,
-        description: body.description.map(|d| description(Some(d))).transpose()?,
+        description: body.description.map(|d| fields::description(Some(d))).transpose()?,
         metadata: fields::metadata(body.metadata, "metadata")?,
     };
     let render = |p: &Payment| Reply::json(StatusCode::OK, &payment_json(p));

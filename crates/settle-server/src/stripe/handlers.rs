@@ -202,7 +202,7 @@ async fn create_intent(State(state): State<AppState>, ctx: Ctx, body: String) ->
         .string("receipt_email")?
         .map(|e| fields::email(&e, "receipt_email"))
         .transpose()?;
-    payment.description = payments::description(p.string("description")?)?;
+    payment.description = crate::fields::description(p.string("description")?)?;
     payment.metadata = p.metadata()?.unwrap_or_else(|| json!({}));
     if let Some(fee) = p.integer("application_fee_amount")? {
         if fee < 0 || fee > amount {
@@ -261,7 +261,7 @@ async fn update_intent(
         amount: p.integer("amount")?,
         description: p
             .string("description")?
-            .map(|d| payments::description(Some(d).filter(|d| !d.is_empty())))
+            .map(|d| crate::fields::description(Some(d).filter(|d| !d.is_empty())))
             .transpose()?,
         metadata: p.metadata()?,
     };

@@ -179,15 +179,6 @@ fn check_patterns(api: Api, patterns: Vec<String>) -> Result<Vec<String>, ApiErr
     Ok(unique)
 }
 
-fn description(value: Option<String>) -> Result<Option<String>, ApiError> {
-    match value {
-        Some(d) if d.chars().count() > 1_000 || d.chars().any(|c| c.is_control() && c != '\n') => Err(
-            ApiError::invalid("description", "`description` must be at most 1000 printable characters"),
-        ),
-        other => Ok(other),
-    }
-}
-
 /// How an API shows an endpoint.
 pub type Shape = fn(&Endpoint) -> Value;
 
@@ -265,7 +256,7 @@ pub async fn create_endpoint(
     let merchant_id = ctx.merchant_id().to_owned();
     let url = check_url(state, &input.url)?;
     let enabled_events = check_patterns(api, input.enabled_events)?;
-    let description = description(input.description)?;
+    let description = crate::fields::description(input.description)?;
     let id = state.ids.make("we");
     let secret = state.ids.secret(SECRET_PREFIX);
     let now = state.clock.now();
@@ -345,7 +336,7 @@ pub async fn update_endpoint(
 ) -> Result<Response, ApiError> {
     let merchant_id = ctx.merchant_id().to_owned();
     let url = changes.url.map(|u| check_url(state, &u)).transpose()?;
-    let description = description(changes.description)?;
+    let description = crate::fields::description(changes.description)?;
     let mut tx = state.begin_write(&merchant_id).await?;
     let mut endpoint = load(tx.as_mut(), &merchant_id, id, api).await?;
     if let Some(patterns) = changes.enabled_events {

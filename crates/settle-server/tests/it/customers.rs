@@ -475,8 +475,8 @@ async fn the_stripe_layer_answers_bad_input_in_stripes_shape(app: TestApp) {
     app.verify_ok().await;
 }
 
-/// A card number is never kept outside the vault: a phone, name or description holding one is
-/// refused without echoing it; a phone is a phone's shape (at most 15 digits).
+/// A card number is never kept outside the vault: a phone, name, description or metadata key or
+/// value holding one is refused without echoing it; a phone is a phone's shape (at most 15 digits).
 async fn card_numbers_in_contact_fields_are_refused_and_phones_are_phones(app: TestApp) {
     let m = app.merchant("shop").await;
     let cases = [
@@ -505,6 +505,26 @@ async fn card_numbers_in_contact_fields_are_refused_and_phones_are_phones(app: T
             json!({ "amount": 100, "currency": "USD", "description": "4242424242424242" }),
             "description",
         ),
+        (
+            "/v1/payments",
+            json!({ "amount": 100, "currency": "USD", "metadata": { "card": "4242 4242 4242 4242" } }),
+            "metadata.card",
+        ),
+        (
+            "/v1/customers",
+            json!({ "metadata": { "4242424242424242": "x" } }),
+            "metadata.[redacted]",
+        ),
+        (
+            "/v1/ledger/accounts",
+            json!({ "id": "acct_card", "currency": "USD", "metadata": { "n": "378282246310005" } }),
+            "metadata.n",
+        ),
+        (
+            "/v1/webhook_endpoints",
+            json!({ "url": "https://example.com/hook", "enabled_events": ["*"], "description": "4242424242424242" }),
+            "description",
+        ),
     ];
     for (path, body, param) in cases {
         let r = app.post(path, &m.key, body.clone()).await;
@@ -520,7 +540,8 @@ async fn card_numbers_in_contact_fields_are_refused_and_phones_are_phones(app: T
         .post(
             "/v1/customers",
             &m.key,
-            json!({ "phone": "+1 (415) 555-2671", "name": "Ann", "description": "order 12345, at 1764594000002" }),
+            json!({ "phone": "+1 (415) 555-2671", "name": "Ann", "description": "order 12345, at 1764594000002",
+                    "metadata": { "at": "1764594000002" } }),
         )
         .await;
     assert_eq!(
