@@ -57,6 +57,16 @@ impl PaymentStatus {
         PaymentStatus::ALL.into_iter().find(|status| status.as_str() == s)
     }
 
+    /// The statuses in which a payment has a charge (Stripe's word) whatever it captured:
+    /// authorized, awaiting capture or succeeded.
+    pub const CHARGED: [PaymentStatus; 2] = [PaymentStatus::RequiresCapture, PaymentStatus::Succeeded];
+
+    /// Whether a payment in this status with `amount_captured` has a charge: in a
+    /// [`PaymentStatus::CHARGED`] status, or once anything was captured.
+    pub fn has_charge(self, amount_captured: i64) -> bool {
+        PaymentStatus::CHARGED.contains(&self) || amount_captured > 0
+    }
+
     /// Whether nothing can change the status any more (refunds change amounts, not status).
     pub fn is_terminal(self) -> bool {
         matches!(self, PaymentStatus::Succeeded | PaymentStatus::Canceled)
@@ -557,7 +567,6 @@ pub struct PaymentFilter {
     pub customer_email: Option<String>,
     pub created_gte: Option<Timestamp>,
     pub created_lt: Option<Timestamp>,
-    /// Only payments that have a charge (Stripe's word): authorized (`requires_capture`,
-    /// `succeeded`) or with an amount captured.
+    /// Only payments that have a charge ([`PaymentStatus::has_charge`]).
     pub charged: bool,
 }

@@ -701,8 +701,9 @@ macro_rules! payments_tx {
                     add("created_at < CAST(? AS BIGINT)", t.0.to_string());
                 }
                 if filter.charged {
-                    // As the Stripe layer's `has_charge`: authorized, or something captured.
-                    sql.push_str(" AND (status IN ('requires_capture', 'succeeded') OR amount_captured > 0)");
+                    // `PaymentStatus::has_charge`, in SQL.
+                    let statuses = settle_domain::payment::PaymentStatus::CHARGED.map(|s| format!("'{}'", s.as_str()));
+                    sql.push_str(&format!(" AND (status IN ({}) OR amount_captured > 0)", statuses.join(", ")));
                 }
                 let binds: Vec<&str> = binds.iter().map(String::as_str).collect();
                 self.page(pay::PAYMENT_COLS, "payments", &sql, &binds, page, payment_from)

@@ -429,7 +429,7 @@ async fn payments_page(
         return Ok(settle_store::Listing {
             items: vec![payment]
                 .into_iter()
-                .filter(|p| !charges || shapes::has_charge(p))
+                .filter(|p| !charges || p.status.has_charge(p.amount_captured))
                 .collect(),
             has_more: false,
         });
@@ -476,7 +476,7 @@ async fn retrieve_charge(
     let payment = payments::load(&state, ctx.merchant_id(), &payment_id(&id, "charge")?)
         .await
         .map_err(|_| ApiError::not_found("charge", &id))?;
-    if !shapes::has_charge(&payment) {
+    if !payment.status.has_charge(payment.amount_captured) {
         return Err(ApiError::not_found("charge", &id));
     }
     Ok(Reply::json(StatusCode::OK, &charge_of(&state, ctx.merchant_id(), &payment).await?)?.into_response())

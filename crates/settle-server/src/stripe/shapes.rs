@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use settle_domain::{
     customer::Customer,
     event::{stripe_type, Event},
-    payment::{Payment, PaymentMethod},
+    payment::{Payment, PaymentMethod, PaymentStatus},
     webhook::Endpoint,
     Timestamp,
 };
@@ -56,11 +56,6 @@ pub fn decline(code: &str) -> (&str, Option<&'static str>) {
     }
 }
 
-/// Whether a payment in `status` with `amount_captured` has a charge: once authorized.
-fn charged(status: &str, amount_captured: i64) -> bool {
-    matches!(status, "requires_capture" | "succeeded") || amount_captured > 0
-}
-
 /// A PaymentIntent from a payment's native JSON.
 pub fn payment_intent(p: &Value) -> Value {
     let id = p["id"].as_str().unwrap_or_default();
@@ -90,7 +85,8 @@ pub fn payment_intent(p: &Value) -> Value {
         "customer": p["customer_id"],
         "description": p["description"],
         "last_payment_error": last_payment_error,
-        "latest_charge": charged(p["status"].as_str().unwrap_or_default(), p["amount_captured"].as_i64().unwrap_or(0))
+        "latest_charge": PaymentStatus::parse(p["status"].as_str().unwrap_or_default())
+            .is_some_and(|s| s.has_charge(p["amount_captured"].as_i64().unwrap_or(0)))
             .then(|| charge_id(id)),
         "livemode": false,
         "metadata": p["metadata"],
@@ -148,10 +144,6 @@ pub fn charge(p: &Value, method: Option<&PaymentMethod>) -> Value {
         "refunded": refunded > 0 && refunded == captured,
         "status": "succeeded",
     })
-}
-
-pub fn has_charge(p: &Payment) -> bool {
-    charged(p.status.as_str(), p.amount_captured)
 }
 
 /// A refund from its native JSON.
