@@ -283,6 +283,12 @@ impl Refusal {
 
 /// Decides a command against the payment's current state. `has_method` says whether the
 /// request supplies a payment method (for `Confirm`, in addition to any already attached).
+/// The largest amount of one payment, in minor units, whatever a merchant's limits say: 10^13,
+/// so that a ledger account's totals (64-bit) can only overflow after about a million payments
+/// of that amount through it. A payment step the ledger refused after the connector acted
+/// could not be undone in the ledger alone.
+pub const AMOUNT_MAX: i64 = 10_000_000_000_000;
+
 pub fn decide(payment: &Payment, command: &Command, has_method: bool, now: Timestamp) -> Result<Decision, Refusal> {
     use PaymentStatus::*;
     if payment.claimed_until.is_some_and(|until| until > now) {

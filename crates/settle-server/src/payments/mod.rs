@@ -98,14 +98,18 @@ struct CreateBody {
 }
 
 /// The merchant's limits for `currency` in minor units: its own, or 0.01–100,000.00 in major
-/// units (at least one minor unit).
+/// units (at least one minor unit); never above [`payment::AMOUNT_MAX`] (limits a database
+/// kept from before that bound are cut to it).
 pub fn amount_limits(merchant: &Merchant, currency: Currency) -> (i64, i64) {
     let configured = &merchant.amount_limits[currency.code()];
-    if let (Some(min), Some(max)) = (configured["min"].as_i64(), configured["max"].as_i64()) {
-        return (min, max);
-    }
-    let unit = 10i64.pow(u32::from(currency.exponent()));
-    ((unit / 100).max(1), unit.saturating_mul(100_000))
+    let (min, max) = match (configured["min"].as_i64(), configured["max"].as_i64()) {
+        (Some(min), Some(max)) => (min, max),
+        _ => {
+            let unit = 10i64.pow(u32::from(currency.exponent()));
+            ((unit / 100).max(1), unit.saturating_mul(100_000))
+        }
+    };
+    (min.min(payment::AMOUNT_MAX), max.min(payment::AMOUNT_MAX))
 }
 
 /// `amount` (named by `param`) checked against the merchant's limits for `currency`.
