@@ -363,8 +363,35 @@ fn redact(text: &str) -> String {
     out
 }
 
+/// Longest provider message kept, in characters.
+const MESSAGE_CHARS_MAX: usize = 500;
+/// Longest provider code kept.
+const CODE_LEN_MAX: usize = 64;
+
+/// The provider's message as Settle keeps it: card numbers redacted, at most
+/// [`MESSAGE_CHARS_MAX`] [`printable`] characters.
 fn error_message(error: &Value) -> Option<String> {
-    error.get("message").and_then(Value::as_str).map(redact)
+    error
+        .get("message")
+        .and_then(Value::as_str)
+        .map(|m| printable(&redact(m), MESSAGE_CHARS_MAX))
+}
+
+/// The first `max` characters of text a provider sent, control characters (a NUL, which no
+/// PostgreSQL text takes, say) as spaces.
+fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// A code the provider sent (a decline code, a refund's failure reason), if it is shaped as
+/// one: 1-64 of `a-z A-Z 0-9 _`. Anything else is no code.
+fn provider_code(value: Option<&Value>) -> Option<&str> {
+    value
+        .and_then(Value::as_str)
+        .filter(|c| (1..=CODE_LEN_MAX).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
 /// `stripe: HTTP 400: <Stripe's message>`.
@@ -382,7 +409,7 @@ fn rejected(status: StatusCode, error: &Value) -> ConnectorError {
 /// A card error (a 402's `error`, or a PaymentIntent's `last_payment_error`) as a [`Decline`]:
 /// the `decline_code` when the `code` is only the generic `card_declined`, otherwise the `code`.
 fn decline_from(error: &Value) -> Decline {
-    let text = |key: &str| error.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let text = |key: &str| provider_code(error.get(key));
     let code = match (text("code"), text("decline_code")) {
         (Some("card_declined") | None, Some(decline_code)) => decline_code,
         (Some(code), _) => code,
@@ -422,7 +449,7 @@ fn payment_intent_status(intent: &Value) -> ConnectorResult<ProviderStatus> {
         (other, _) => {
             return Err(ConnectorError::Unavailable(format!(
                 "stripe: unexpected payment intent status '{}'",
-                other.chars().take(40).collect::<String>()
+                printable(other, 40)
             )))
         }
     })
@@ -435,10 +462,7 @@ fn refund_outcome(refund: &Value) -> ConnectorResult<RefundOutcome> {
     let provider_ref = object_id(refund, "refund")?;
     let failed = |default_code: &str, message: &str| {
         RefundStatus::Failed(Decline {
-            code: refund
-                .get("failure_reason")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
+            code: provider_code(refund.get("failure_reason"))
                 .unwrap_or(default_code)
                 .to_owned(),
             message: message.to_owned(),
@@ -452,7 +476,7 @@ fn refund_outcome(refund: &Value) -> ConnectorResult<RefundOutcome> {
         other => {
             return Err(ConnectorError::Unavailable(format!(
                 "stripe: unexpected refund status '{}'",
-                other.chars().take(40).collect::<String>()
+                printable(other, 40)
             )))
         }
     };
@@ -703,6 +727,21 @@ mod tests {
         assert!(decline_from(&processing).retryable());
         assert_eq!(decline_from(&json!({"code": "card_declined"})).code, "card_declined");
         assert_eq!(decline_from(&json!({})).code, "card_declined");
+        // What is not shaped as a code is none; a message is printable and bounded.
+        let hostile = json!({"code": "card_declined", "decline_code": "bad\u{0}code", "message": format!("a\u{0}b{}", "x".repeat(900))});
+        let d = decline_from(&hostile);
+        assert_eq!(d.code, "card_declined");
+        assert!(
+            d.message.starts_with("a b") && d.message.chars().count() == MESSAGE_CHARS_MAX,
+            "{}",
+            d.message
+        );
+        assert_eq!(decline_from(&json!({"code": "x".repeat(65)})).code, "card_declined");
+        let refund = json!({"id": "re_1", "status": "failed", "failure_reason": "a b"});
+        match refund_outcome(&refund).expect("outcome").status {
+            RefundStatus::Failed(d) => assert_eq!(d.code, "refund_failed"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

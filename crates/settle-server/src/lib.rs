@@ -95,6 +95,9 @@ pub struct Config {
     pub webhook_interval: Duration,
     /// Longest wait for a webhook receiver's answer.
     pub webhook_timeout: Duration,
+    /// How long a delivery round waits for its requests before the next round may start; a
+    /// request still out then records its own attempt (see `webhooks::dispatch`).
+    pub webhook_round_wait: Duration,
     /// Whether webhook endpoints may be loopback or private addresses (refuse them in
     /// production so that an endpoint URL cannot reach into the operator's network).
     pub webhook_private_targets: bool,
@@ -128,6 +131,7 @@ impl Config {
             payment_sync_interval: Duration::from_secs(5),
             webhook_interval: Duration::from_millis(200),
             webhook_timeout: Duration::from_secs(10),
+            webhook_round_wait: Duration::from_secs(1),
             // The embedded default is for a laptop, where the receiver is on loopback;
             // PostgreSQL means production, where it is refused unless the operator says so.
             webhook_private_targets: engine == Engine::Sqlite,
@@ -160,6 +164,8 @@ pub struct Inner {
     pub charts: Mutex<HashSet<String>>,
     /// The client webhooks go out with (see `webhooks::dispatch`).
     pub webhook_client: reqwest::Client,
+    /// The webhook requests in flight in this process.
+    pub webhook_flights: webhooks::dispatch::Flights,
     /// Inbound webhooks: the inbox writer, the endpoint cache, the sandbox's sender.
     pub inbound: inbound::Inbound,
     /// Becomes `true` when shutdown begins: a task that may wait long (a sandbox webhook due
@@ -232,6 +238,7 @@ impl App {
             recent: payments::service::Recent::default(),
             charts: Mutex::new(HashSet::new()),
             webhook_client,
+            webhook_flights: webhooks::dispatch::Flights::default(),
             inbound: inbound::Inbound::new(inbox_writer),
             stopping: stop.clone(),
         }));

@@ -13,6 +13,15 @@
 //!   dispatchers never send the same attempt at the same time: a delivery is leased by one at a
 //!   time, and its attempt numbers are unique.
 //!
+//! One merchant's slow receivers must not hold up the others' webhooks. A round waits for its
+//! requests only `Config::webhook_round_wait`; one still out then records its own attempt when
+//! it ends, and the next round starts meanwhile. The requests in flight are bounded per process
+//! ([`IN_FLIGHT_MAX`], so a round leases no more than there is room for) and per endpoint
+//! ([`ENDPOINT_IN_FLIGHT_MAX`]). A delivery beyond its endpoint's limit goes back untried: due
+//! again at once when this round filled the limit, left alone for [`HELD_BACK_SECONDS`] when
+//! earlier rounds' requests fill it (a slow receiver), so that the next rounds lease other
+//! endpoints' deliveries instead.
+//!
 //! Requests: `POST` of the event's JSON, `Settle-Signature: t=<unix>,v1=<hex>` with one `v1`
 //! per signing secret (HMAC-SHA256 of `"<t>.<body>"`, Stripe's scheme), `Settle-Event-Id`, a
 //! 10 s timeout; endpoints made through `/stripe/v1` get the Stripe-shaped event and the same
@@ -23,7 +32,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -37,7 +46,7 @@ use settle_domain::{
 };
 use settle_store::{Mode, Scope};
 use sha2::Sha256;
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::{error::ApiError, events::event_json, stripe::shapes, webhooks::secrets, AppState};
 
@@ -49,6 +58,12 @@ pub const OUTBOX_BATCH_MAX: u32 = 1_000;
 pub const DELIVERY_BATCH_MAX: u32 = 500;
 /// Most requests in flight at once per process.
 pub const IN_FLIGHT_MAX: usize = 128;
+/// Most requests in flight at once to one endpoint per process: half of [`IN_FLIGHT_MAX`], so
+/// the other endpoints always have the other half.
+pub const ENDPOINT_IN_FLIGHT_MAX: usize = IN_FLIGHT_MAX / 2;
+/// How long a delivery to an endpoint whose requests fill its limit from earlier rounds (a slow
+/// receiver) is left alone.
+pub const HELD_BACK_SECONDS: i64 = 2;
 /// How much of a response body an attempt keeps.
 pub const RESPONSE_KEPT_BYTES: usize = 1_024;
 pub const SIGNATURE_HEADER: &str = "Settle-Signature";
@@ -170,24 +185,93 @@ struct Sent {
     attempt: DeliveryAttempt,
 }
 
-/// Leases due deliveries, sends them, records the attempts; returns how many were attempted.
+/// The webhook requests in flight in this process: one of [`IN_FLIGHT_MAX`] permits each, and
+/// how many go to each endpoint.
+pub struct Flights {
+    permits: Arc<Semaphore>,
+    per_endpoint: Arc<Mutex<HashMap<Key, usize>>>,
+}
+
+impl Default for Flights {
+    fn default() -> Self {
+        Flights {
+            permits: Arc::new(Semaphore::new(IN_FLIGHT_MAX)),
+            per_endpoint: Arc::default(),
+        }
+    }
+}
+
+/// A request's place in [`Flights`], given back when dropped.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    endpoint: Key,
+    per_endpoint: Arc<Mutex<HashMap<Key, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.per_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.endpoint) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.endpoint);
+            }
+        }
+    }
+}
+
+impl Flights {
+    /// How many more requests the process may send now.
+    fn room(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// The endpoints whose requests in flight fill their limit.
+    fn full(&self) -> Vec<Key> {
+        let counts = self.per_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        counts
+            .iter()
+            .filter(|(_, n)| **n >= ENDPOINT_IN_FLIGHT_MAX)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// A place for one more request to `endpoint`, if the process and the endpoint have room.
+    fn take(&self, endpoint: &Key) -> Option<Slot> {
+        let mut counts = self.per_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.get(endpoint).copied().unwrap_or(0) >= ENDPOINT_IN_FLIGHT_MAX {
+            return None;
+        }
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        *counts.entry(endpoint.clone()).or_insert(0) += 1;
+        Some(Slot {
+            _permit: permit,
+            endpoint: endpoint.clone(),
+            per_endpoint: self.per_endpoint.clone(),
+        })
+    }
+}
+
+/// Leases due deliveries, sends them, records the attempts; returns how many requests it sent.
 pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError> {
     let now = state.clock.now();
     let until = now
         .checked_add_seconds(LEASE_SECONDS)
         .ok_or_else(|| ApiError::Internal("lease time overflows".into()))?;
-    if !state
-        .store
-        .begin(Scope::System, Mode::Read)
-        .await?
-        .deliveries_due(now)
-        .await?
+    let room = state.webhook_flights.room().min(DELIVERY_BATCH_MAX as usize);
+    if room == 0
+        || !state
+            .store
+            .begin(Scope::System, Mode::Read)
+            .await?
+            .deliveries_due(now)
+            .await?
     {
         return Ok(0);
     }
     let leased = {
         let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
-        let leased = tx.lease_deliveries(now, until, DELIVERY_BATCH_MAX).await?;
+        let leased = tx.lease_deliveries(now, until, room as u32).await?;
         tx.commit().await?;
         leased
     };
@@ -217,9 +301,12 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
                 .collect::<HashMap<Key, Endpoint>>(),
         )
     };
-    let limit = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
-    let mut flights = JoinSet::new();
+    // Endpoints whose earlier requests are still out in full: slow receivers.
+    let slow = state.webhook_flights.full();
+    let (done, mut arrived) = mpsc::unbounded_channel::<Sent>();
+    let mut flying = 0;
     let mut dropped = Vec::new();
+    let mut held_back = Vec::new();
     // Each endpoint's secrets, opened once per round.
     let mut opened: HashMap<Key, Arc<Vec<String>>> = HashMap::new();
     for delivery in leased {
@@ -253,26 +340,70 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
             dropped.push((delivery, "event_not_in_api"));
             continue;
         };
-        let url = endpoint.url.clone();
-        let state = state.clone();
-        let limit = limit.clone();
-        flights.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            let attempt = send(&state, &delivery, &url, header, &secrets, body).await;
-            Sent { delivery, attempt }
-        });
+        let key = (endpoint.merchant_id.clone(), endpoint.id.clone());
+        let Some(slot) = state.webhook_flights.take(&key) else {
+            let wait = slow.contains(&key);
+            held_back.push((delivery, wait));
+            continue;
+        };
+        flying += 1;
+        tokio::spawn(fly(
+            state.clone(),
+            slot,
+            delivery,
+            endpoint.clone(),
+            (body, header, secrets),
+            done.clone(),
+            until,
+        ));
     }
+    drop(done);
     let mut sent = Vec::new();
-    while let Some(done) = flights.join_next().await {
-        match done {
-            Ok(s) => sent.push(s),
-            Err(e) => tracing::error!(error = %e, "a webhook request task failed; its lease will expire"),
+    let wait_until = tokio::time::Instant::now() + state.config.webhook_round_wait;
+    while sent.len() < flying {
+        match tokio::time::timeout_at(wait_until, arrived.recv()).await {
+            Ok(Some(s)) => sent.push(s),
+            Ok(None) | Err(_) => break,
         }
     }
-    let attempted = sent.len();
-    record(state, sent, dropped, &endpoints, until).await?;
-    state.metrics.job_changes("webhook_delivery", attempted as u64);
-    Ok(attempted)
+    // From here a request still out records its own attempt.
+    arrived.close();
+    while let Ok(s) = arrived.try_recv() {
+        sent.push(s);
+    }
+    record(state, sent, dropped, held_back, &endpoints, until).await?;
+    state.metrics.job_changes("webhook_delivery", flying as u64);
+    Ok(flying)
+}
+
+/// One request, in a task of its own: its outcome goes to the round that sent it, or, once
+/// that round stopped waiting, is recorded on its own. At shutdown it has the request timeout
+/// to finish, then is abandoned (its lease expires and the delivery is tried again).
+async fn fly(
+    state: AppState,
+    slot: Slot,
+    delivery: Delivery,
+    endpoint: Endpoint,
+    (body, header, secrets): (String, &'static str, Arc<Vec<String>>),
+    round: mpsc::UnboundedSender<Sent>,
+    until: Timestamp,
+) {
+    let mut stopping = state.stopping.clone();
+    let grace = state.config.request_timeout;
+    let attempt = tokio::select! {
+        attempt = send(&state, &delivery, &endpoint.url, header, &secrets, body) => attempt,
+        _ = async {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        } => return,
+    };
+    drop(slot);
+    if let Err(mpsc::error::SendError(late)) = round.send(Sent { delivery, attempt }) {
+        let endpoints = HashMap::from([((endpoint.merchant_id.clone(), endpoint.id.clone()), endpoint)]);
+        if let Err(e) = record(&state, vec![late], Vec::new(), Vec::new(), &endpoints, until).await {
+            tracing::warn!(error = ?e, "a late webhook attempt was not recorded; its lease will expire");
+        }
+    }
 }
 
 /// One attempt: the request, and what came back (status, latency, the first KiB of the body).
@@ -311,7 +442,9 @@ async fn send(
                 }
             }
             kept.truncate(RESPONSE_KEPT_BYTES);
-            let text = String::from_utf8_lossy(&kept).into_owned();
+            // Kept as text: bytes that are not UTF-8 become U+FFFD, and so does a NUL, which no
+            // text column of PostgreSQL takes.
+            let text = String::from_utf8_lossy(&kept).replace('\0', "\u{FFFD}");
             let error = (!(200..300).contains(&code)).then(|| "status".to_owned());
             (Some(code), Some(text), error)
         }
@@ -352,16 +485,29 @@ fn transport_error(e: &reqwest::Error) -> String {
 }
 
 /// Records the round's attempts and the deliveries' next states under their lease, the
-/// endpoints' health, and the disabling of endpoints that have failed for the whole window.
+/// endpoints' health, and the disabling of endpoints that have failed for the whole window;
+/// gives the deliveries `held_back` untried back (with `true`: left alone for
+/// [`HELD_BACK_SECONDS`]; otherwise due again at once).
 async fn record(
     state: &AppState,
     sent: Vec<Sent>,
     dropped: Vec<(Delivery, &'static str)>,
+    held_back: Vec<(Delivery, bool)>,
     endpoints: &HashMap<Key, Endpoint>,
     leased_until: Timestamp,
 ) -> Result<(), ApiError> {
     let now = state.clock.now();
     let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
+    let left_until = now
+        .checked_add_seconds(HELD_BACK_SECONDS)
+        .ok_or_else(|| ApiError::Internal("lease time overflows".into()))?;
+    for (delivery, wait) in held_back {
+        let next = Delivery {
+            lease_until: wait.then_some(left_until),
+            ..delivery
+        };
+        tx.update_delivery(&next, leased_until).await?;
+    }
     let mut attempts = Vec::with_capacity(sent.len());
     // Per endpoint: whether any attempt succeeded, and the oldest delivery that died.
     let mut health: HashMap<Key, (bool, Option<Timestamp>)> = HashMap::new();

@@ -151,6 +151,9 @@ impl TestApp {
         config.auth_cache_ttl = Duration::from_secs(60);
         config.webhook_private_targets = true;
         config.connector_private_targets = true;
+        // A delivery round records every attempt before it returns (tests read them right
+        // after), unless a test says otherwise.
+        config.webhook_round_wait = Duration::from_secs(30);
         tweak(&mut config);
         let app = App::build(store.clone(), Arc::new(clock.clone()), config)
             .await
@@ -207,6 +210,7 @@ impl TestApp {
         config.vault_key = self.state().config.vault_key.clone();
         config.webhook_private_targets = true;
         config.connector_private_targets = true;
+        config.webhook_round_wait = Duration::from_secs(30);
         let app = App::build(Arc::new(store), Arc::new(self.clock.clone()), config)
             .await
             .expect("build");

@@ -965,7 +965,110 @@ async fn endpoint_urls_are_bounded_as_stored_and_keep_no_fragment(app: TestApp) 
     assert!(r.json["url"].as_str().is_some_and(|u| u.len() <= 2_048), "{}", r.text);
 }
 
+/// One merchant's receiver that never answers holds up no other merchant's webhooks: a round
+/// waits for its requests only a while, an endpoint has at most half the process's requests in
+/// flight, and deliveries to an endpoint whose requests are all still out are left alone for a
+/// moment, untried, so that the next rounds lease other endpoints' deliveries.
+async fn a_receiver_that_never_answers_holds_up_no_other_merchants_webhooks(mut app: TestApp) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hanging = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (counted, stop) = (accepted.clone(), tokio::sync::watch::channel(false));
+    let (stop_tx, mut stop_rx) = stop;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                Ok((socket, _)) = listener.accept() => {
+                    held.push(socket);
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+                _ = stop_rx.changed() => break, // the held connections close
+            }
+        }
+    });
+    app.restart_with(|c| {
+        c.webhook_round_wait = Duration::from_millis(100);
+        c.webhook_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let slow = app.merchant_with_ab("slow").await;
+    app.endpoint(&slow, &hanging, json!(["transfer_batch.created"])).await;
+    let transfer = |i: usize| json!({ "id": format!("t{i}"), "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" });
+    let backlog = dispatch::IN_FLIGHT_MAX + dispatch::ENDPOINT_IN_FLIGHT_MAX;
+    for i in 0..backlog {
+        assert!(app.transfer(&slow, transfer(i)).await.status.is_success());
+    }
+    // The slow merchant's deliveries are due first.
+    dispatch::try_execute_outbox(app.state()).await.expect("fan-out");
+    app.clock.advance_seconds(1);
+    let receiver = Receiver::start(0, Duration::ZERO).await;
+    let other = app.merchant_with_ab("other").await;
+    app.endpoint(&other, &receiver.url, json!(["transfer_batch.created"]))
+        .await;
+    assert!(app.transfer(&other, transfer(0)).await.status.is_success());
+    let mut rounds = 0;
+    while receiver.seen().is_empty() {
+        rounds += 1;
+        assert!(
+            rounds <= 10,
+            "the other merchant's event waited behind the slow receiver"
+        );
+        app.dispatch().await;
+    }
+    assert_eq!(
+        webhooks::count(app.state(), DeliveryStatus::Delivered)
+            .await
+            .expect("count"),
+        1
+    );
+    // The slow endpoint never had more than its share of requests out, and its deliveries
+    // wait, untried, for their requests' answers or timeouts.
+    let out = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=dispatch::ENDPOINT_IN_FLIGHT_MAX).contains(&out),
+        "{out} requests to one endpoint at once"
+    );
+    assert_eq!(
+        webhooks::count(app.state(), DeliveryStatus::Pending)
+            .await
+            .expect("count"),
+        backlog as i64
+    );
+    let _ = stop_tx.send(true);
+}
+
+/// A receiver's answer is kept as text whatever its bytes: a NUL (which no PostgreSQL text
+/// takes) and bytes that are not UTF-8 become U+FFFD, and the attempt is recorded.
+async fn a_receivers_nul_and_binary_bytes_are_kept_as_text(app: TestApp) {
+    let answer = Router::new().route("/hook", post(|| async { (StatusCode::OK, b"a\0b\xffc".to_vec()) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, answer).await;
+    });
+    let m = app.merchant_with_ab("shop").await;
+    let (endpoint, _) = app.endpoint(&m, &url, json!(["transfer_batch.created"])).await;
+    let t = json!({ "id": "t1", "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" });
+    assert!(app.transfer(&m, t).await.status.is_success());
+    assert_eq!(app.dispatch().await, 1);
+    let attempts = app
+        .get(&format!("/v1/webhook_endpoints/{endpoint}/deliveries"), &m.key)
+        .await;
+    assert_eq!(attempts.status, StatusCode::OK, "{}", attempts.text);
+    assert_eq!(attempts.json["data"][0]["status_code"], 200, "{}", attempts.text);
+    assert_eq!(attempts.json["data"][0]["response_body"], "a\u{FFFD}b\u{FFFD}c");
+    assert_eq!(
+        webhooks::count(app.state(), DeliveryStatus::Delivered)
+            .await
+            .expect("count"),
+        1
+    );
+}
+
 crate::conformance!(
+    a_receiver_that_never_answers_holds_up_no_other_merchants_webhooks,
+    a_receivers_nul_and_binary_bytes_are_kept_as_text,
     the_endpoint_limit_holds_under_concurrent_creates,
     a_receiver_that_never_answers_does_not_hold_shutdown,
     stripe_endpoints_get_stripe_shaped_events_signed_for_stripe,
