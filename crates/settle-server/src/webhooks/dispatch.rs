@@ -16,11 +16,12 @@
 //! One merchant's slow receivers must not hold up the others' webhooks. A round waits for its
 //! requests only `Config::webhook_round_wait`; one still out then records its own attempt when
 //! it ends, and the next round starts meanwhile. The requests in flight are bounded per process
-//! ([`IN_FLIGHT_MAX`], so a round leases no more than there is room for) and per endpoint
-//! ([`ENDPOINT_IN_FLIGHT_MAX`]). A delivery beyond its endpoint's limit goes back untried: due
-//! again at once when this round filled the limit, left alone for [`HELD_BACK_SECONDS`] when
-//! earlier rounds' requests fill it (a slow receiver), so that the next rounds lease other
-//! endpoints' deliveries instead.
+//! ([`IN_FLIGHT_MAX`]; no round leases when there is no room) and per endpoint
+//! ([`ENDPOINT_IN_FLIGHT_MAX`], so the other endpoints always have the other half): a request
+//! waits for both permits while it could still end within its lease, else its delivery goes
+//! back untried, due again at once. A delivery to an endpoint whose requests from earlier rounds
+//! fill its share (a slow receiver) goes back untried at once and is left alone for
+//! [`HELD_BACK_SECONDS`], so that the next rounds lease other endpoints' deliveries instead.
 //!
 //! Requests: `POST` of the event's JSON, `Settle-Signature: t=<unix>,v1=<hex>` with one `v1`
 //! per signing secret (HMAC-SHA256 of `"<t>.<body>"`, Stripe's scheme), `Settle-Event-Id`, a
@@ -31,7 +32,7 @@
 //! addresses, so a public name that resolves into the operator's network is refused too.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -185,40 +186,32 @@ struct Sent {
     attempt: DeliveryAttempt,
 }
 
-/// The webhook requests in flight in this process: one of [`IN_FLIGHT_MAX`] permits each, and
-/// how many go to each endpoint.
+/// The webhook requests in flight in this process: each holds one of [`IN_FLIGHT_MAX`] permits
+/// and one of its endpoint's [`ENDPOINT_IN_FLIGHT_MAX`].
 pub struct Flights {
     permits: Arc<Semaphore>,
-    per_endpoint: Arc<Mutex<HashMap<Key, usize>>>,
+    endpoints: Mutex<HashMap<Key, Share>>,
+}
+
+/// One endpoint's share of the requests, and how many of its requests outlasted their round's
+/// wait and have not ended yet (briefly below zero when one ends before its round counted it).
+#[derive(Clone)]
+struct Share {
+    permits: Arc<Semaphore>,
+    late: i64,
 }
 
 impl Default for Flights {
     fn default() -> Self {
         Flights {
             permits: Arc::new(Semaphore::new(IN_FLIGHT_MAX)),
-            per_endpoint: Arc::default(),
+            endpoints: Mutex::default(),
         }
     }
 }
 
-/// A request's place in [`Flights`], given back when dropped.
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    endpoint: Key,
-    per_endpoint: Arc<Mutex<HashMap<Key, usize>>>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut counts = self.per_endpoint.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.endpoint) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.endpoint);
-            }
-        }
-    }
-}
+/// A request's permits, given back when dropped.
+type Slot = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 impl Flights {
     /// How many more requests the process may send now.
@@ -226,40 +219,58 @@ impl Flights {
         self.permits.available_permits()
     }
 
-    /// The endpoints whose requests in flight fill their limit.
-    fn full(&self) -> Vec<Key> {
-        let counts = self.per_endpoint.lock().unwrap_or_else(|p| p.into_inner());
-        counts
+    /// The slow receivers: endpoints whose share is taken and some of whose requests outlasted
+    /// their round's wait. Forgets the endpoints nothing holds, waits for or counts.
+    fn slow(&self) -> HashSet<Key> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        endpoints.retain(|_, s| {
+            Arc::strong_count(&s.permits) > 1 || s.permits.available_permits() < ENDPOINT_IN_FLIGHT_MAX || s.late != 0
+        });
+        endpoints
             .iter()
-            .filter(|(_, n)| **n >= ENDPOINT_IN_FLIGHT_MAX)
+            .filter(|(_, s)| s.late > 0 && s.permits.available_permits() == 0)
             .map(|(k, _)| k.clone())
             .collect()
     }
 
-    /// A place for one more request to `endpoint`, if the process and the endpoint have room.
-    fn take(&self, endpoint: &Key) -> Option<Slot> {
-        let mut counts = self.per_endpoint.lock().unwrap_or_else(|p| p.into_inner());
-        if counts.get(endpoint).copied().unwrap_or(0) >= ENDPOINT_IN_FLIGHT_MAX {
-            return None;
-        }
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        *counts.entry(endpoint.clone()).or_insert(0) += 1;
-        Some(Slot {
-            _permit: permit,
-            endpoint: endpoint.clone(),
-            per_endpoint: self.per_endpoint.clone(),
-        })
+    /// Runs `f` on `endpoint`'s share, made if there is none.
+    fn with_share<T>(&self, endpoint: &Key, f: impl FnOnce(&mut Share) -> T) -> T {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        f(endpoints.entry(endpoint.clone()).or_insert_with(|| Share {
+            permits: Arc::new(Semaphore::new(ENDPOINT_IN_FLIGHT_MAX)),
+            late: 0,
+        }))
+    }
+
+    /// `endpoint`'s share of the requests.
+    fn share(&self, endpoint: &Key) -> Arc<Semaphore> {
+        self.with_share(endpoint, |s| s.permits.clone())
+    }
+
+    /// Counts `n` more (or, negative, fewer) of `endpoint`'s requests as late.
+    fn late(&self, endpoint: &Key, n: i64) {
+        self.with_share(endpoint, |s| s.late += n);
+    }
+
+    /// Waits, at most `patience`, until a request to the endpoint of `share` may go out.
+    async fn take(&self, share: Arc<Semaphore>, patience: Duration) -> Option<Slot> {
+        let permits = self.permits.clone();
+        let both = async move {
+            let endpoint = share.acquire_owned().await.ok()?;
+            let process = permits.acquire_owned().await.ok()?;
+            Some((endpoint, process))
+        };
+        tokio::time::timeout(patience, both).await.ok().flatten()
     }
 }
 
-/// Leases due deliveries, sends them, records the attempts; returns how many requests it sent.
+/// Leases due deliveries, sends them, records the attempts; returns how many it took on.
 pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError> {
     let now = state.clock.now();
     let until = now
         .checked_add_seconds(LEASE_SECONDS)
         .ok_or_else(|| ApiError::Internal("lease time overflows".into()))?;
-    let room = state.webhook_flights.room().min(DELIVERY_BATCH_MAX as usize);
-    if room == 0
+    if state.webhook_flights.room() == 0
         || !state
             .store
             .begin(Scope::System, Mode::Read)
@@ -271,7 +282,7 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
     }
     let leased = {
         let mut tx = state.store.begin(Scope::System, Mode::Write).await?;
-        let leased = tx.lease_deliveries(now, until, room as u32).await?;
+        let leased = tx.lease_deliveries(now, until, DELIVERY_BATCH_MAX).await?;
         tx.commit().await?;
         leased
     };
@@ -301,9 +312,13 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
                 .collect::<HashMap<Key, Endpoint>>(),
         )
     };
-    // Endpoints whose earlier requests are still out in full: slow receivers.
-    let slow = state.webhook_flights.full();
-    let (done, mut arrived) = mpsc::unbounded_channel::<Sent>();
+    // A request waits for its permits only while it could still end within the lease.
+    let patience = Duration::from_secs(LEASE_SECONDS.unsigned_abs())
+        .saturating_sub(state.config.webhook_timeout + Duration::from_secs(1));
+    let slow = state.webhook_flights.slow();
+    // Per endpoint, the requests this round sent out and has not heard back from.
+    let mut out: HashMap<Key, i64> = HashMap::new();
+    let (done, mut arrived) = mpsc::unbounded_channel::<Flown>();
     let mut flying = 0;
     let mut dropped = Vec::new();
     let mut held_back = Vec::new();
@@ -324,10 +339,14 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
             continue;
         };
         let key = (endpoint.merchant_id.clone(), endpoint.id.clone());
+        if slow.contains(&key) {
+            held_back.push((delivery, true));
+            continue;
+        }
         let secrets = match opened.get(&key) {
             Some(secrets) => secrets.clone(),
             None => match secrets(state, endpoint, now) {
-                Ok(found) => opened.entry(key).or_insert(Arc::new(found)).clone(),
+                Ok(found) => opened.entry(key.clone()).or_insert(Arc::new(found)).clone(),
                 Err(e) => {
                     // One endpoint's broken secret must not stall the others: its delivery
                     // waits for its lease to expire and is tried again.
@@ -340,16 +359,13 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
             dropped.push((delivery, "event_not_in_api"));
             continue;
         };
-        let key = (endpoint.merchant_id.clone(), endpoint.id.clone());
-        let Some(slot) = state.webhook_flights.take(&key) else {
-            let wait = slow.contains(&key);
-            held_back.push((delivery, wait));
-            continue;
-        };
         flying += 1;
+        *out.entry(key.clone()).or_insert(0) += 1;
+        let share = state.webhook_flights.share(&key);
         tokio::spawn(fly(
             state.clone(),
-            slot,
+            share,
+            patience,
             delivery,
             endpoint.clone(),
             (body, header, secrets),
@@ -359,48 +375,82 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
     }
     drop(done);
     let mut sent = Vec::new();
+    let mut heard = |flown: Flown, sent: &mut Vec<Sent>, held_back: &mut Vec<(Delivery, bool)>| {
+        let delivery = match &flown {
+            Ok(s) => &s.delivery,
+            Err(untried) => untried,
+        };
+        if let Some(n) = out.get_mut(&(delivery.merchant_id.clone(), delivery.endpoint_id.clone())) {
+            *n -= 1;
+        }
+        match flown {
+            Ok(s) => sent.push(s),
+            Err(untried) => held_back.push((untried, false)),
+        }
+    };
     let wait_until = tokio::time::Instant::now() + state.config.webhook_round_wait;
-    while sent.len() < flying {
+    for _ in 0..flying {
         match tokio::time::timeout_at(wait_until, arrived.recv()).await {
-            Ok(Some(s)) => sent.push(s),
+            Ok(Some(flown)) => heard(flown, &mut sent, &mut held_back),
             Ok(None) | Err(_) => break,
         }
     }
-    // From here a request still out records its own attempt.
+    // From here a request still out is late: it records its own attempt when it ends.
     arrived.close();
-    while let Ok(s) = arrived.try_recv() {
-        sent.push(s);
+    while let Ok(flown) = arrived.try_recv() {
+        heard(flown, &mut sent, &mut held_back);
+    }
+    for (endpoint, n) in out.into_iter().filter(|(_, n)| *n > 0) {
+        state.webhook_flights.late(&endpoint, n);
     }
     record(state, sent, dropped, held_back, &endpoints, until).await?;
     state.metrics.job_changes("webhook_delivery", flying as u64);
     Ok(flying)
 }
 
-/// One request, in a task of its own: its outcome goes to the round that sent it, or, once
-/// that round stopped waiting, is recorded on its own. At shutdown it has the request timeout
-/// to finish, then is abandoned (its lease expires and the delivery is tried again).
+/// A request's outcome: its attempt, or its delivery untried (no permit came in time).
+type Flown = Result<Sent, Delivery>;
+
+/// One request, in a task of its own, once its endpoint and the process have room for it: its
+/// outcome goes to the round that sent it, or, once that round stopped waiting, is recorded on
+/// its own. At shutdown it has the request timeout to finish, then is abandoned (its lease
+/// expires and the delivery is tried again).
+#[allow(clippy::too_many_arguments)]
 async fn fly(
     state: AppState,
-    slot: Slot,
+    share: Arc<Semaphore>,
+    patience: Duration,
     delivery: Delivery,
     endpoint: Endpoint,
     (body, header, secrets): (String, &'static str, Arc<Vec<String>>),
-    round: mpsc::UnboundedSender<Sent>,
+    round: mpsc::UnboundedSender<Flown>,
     until: Timestamp,
 ) {
     let mut stopping = state.stopping.clone();
     let grace = state.config.request_timeout;
-    let attempt = tokio::select! {
-        attempt = send(&state, &delivery, &endpoint.url, header, &secrets, body) => attempt,
+    let flight = async {
+        let _slot = state.webhook_flights.take(share, patience).await?;
+        Some(send(&state, &delivery, &endpoint.url, header, &secrets, body).await)
+    };
+    let flown = tokio::select! {
+        attempt = flight => match attempt {
+            Some(attempt) => Ok(Sent { delivery, attempt }),
+            None => Err(delivery),
+        },
         _ = async {
             let _ = stopping.wait_for(|stop| *stop).await;
             tokio::time::sleep(grace).await;
         } => return,
     };
-    drop(slot);
-    if let Err(mpsc::error::SendError(late)) = round.send(Sent { delivery, attempt }) {
-        let endpoints = HashMap::from([((endpoint.merchant_id.clone(), endpoint.id.clone()), endpoint)]);
-        if let Err(e) = record(&state, vec![late], Vec::new(), Vec::new(), &endpoints, until).await {
+    if let Err(mpsc::error::SendError(late)) = round.send(flown) {
+        let key = (endpoint.merchant_id.clone(), endpoint.id.clone());
+        state.webhook_flights.late(&key, -1);
+        let (sent, held_back) = match late {
+            Ok(s) => (vec![s], Vec::new()),
+            Err(untried) => (Vec::new(), vec![(untried, false)]),
+        };
+        let endpoints = HashMap::from([(key, endpoint)]);
+        if let Err(e) = record(&state, sent, Vec::new(), held_back, &endpoints, until).await {
             tracing::warn!(error = ?e, "a late webhook attempt was not recorded; its lease will expire");
         }
     }
