@@ -57,6 +57,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "refund_keys",
         sql: include_str!("../migrations/postgres/0010_refund_keys.sql"),
     },
+    Migration {
+        version: 11,
+        name: "expiry_by_authorization",
+        sql: include_str!("../migrations/postgres/0011_expiry_by_authorization.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -99,6 +104,11 @@ pub const SQLITE: &[Migration] = &[
         version: 8,
         name: "refund_keys",
         sql: include_str!("../migrations/sqlite/0008_refund_keys.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "expiry_by_authorization",
+        sql: include_str!("../migrations/sqlite/0009_expiry_by_authorization.sql"),
     },
 ];
 

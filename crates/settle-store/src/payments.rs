@@ -57,12 +57,13 @@ pub trait PaymentTx: Send {
         filter: &PaymentFilter,
         page: &PageRequest,
     ) -> Result<Listing<Payment>>;
-    /// Payments of every merchant in `status`, not claimed at `now`, last changed before
-    /// `updated_before`; oldest first. For the jobs, which then claim each one.
+    /// Payments of every merchant in `status` whose clock started before `before`, unclaimed at `now`, oldest
+    /// first: awaiting capture since their authorization ([`due_clock`]), otherwise since their
+    /// last change. For the jobs, which then claim each one.
     async fn due_payments(
         &mut self,
         status: PaymentStatus,
-        updated_before: Timestamp,
+        before: Timestamp,
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<Payment>>;
@@ -95,6 +96,15 @@ pub trait PaymentTx: Send {
         payment_id: Option<&str>,
         page: &PageRequest,
     ) -> Result<Listing<Refund>>;
+}
+
+/// The column [`PaymentTx::due_payments`] times a payment in `status` by (each has its partial
+/// index): an authorization expires by its age, a stuck payment is synced by its last change.
+pub fn due_clock(status: PaymentStatus) -> &'static str {
+    match status {
+        PaymentStatus::RequiresCapture => "authorized_at",
+        _ => "updated_at",
+    }
 }
 
 pub const PAYMENT_COLS: &str = "merchant_id, id, amount, currency, capture_method, status, amount_capturable, \
@@ -713,20 +723,21 @@ macro_rules! payments_tx {
             async fn due_payments(
                 &mut self,
                 status: settle_domain::payment::PaymentStatus,
-                updated_before: settle_domain::Timestamp,
+                before: settle_domain::Timestamp,
                 now: settle_domain::Timestamp,
                 limit: u32,
             ) -> $crate::Result<Vec<settle_domain::payment::Payment>> {
                 // The status is written as a literal so that a plan made once (PostgreSQL plans
-                // generically) can still use the partial index over the statuses jobs look for.
+                // generically) can still use the partial index of the status.
+                let clock = pay::due_clock(status);
                 let sql = format!(
-                    "SELECT {} FROM payments WHERE status = '{}' AND updated_at < $1 \
-                     AND (claimed_until IS NULL OR claimed_until <= $2) ORDER BY updated_at LIMIT $3",
+                    "SELECT {} FROM payments WHERE status = '{}' AND {clock} < $1 \
+                     AND (claimed_until IS NULL OR claimed_until <= $2) ORDER BY {clock} LIMIT $3",
                     pay::PAYMENT_COLS,
                     status.as_str()
                 );
                 let rows = sqlx::query(&sql)
-                    .bind(updated_before.0)
+                    .bind(before.0)
                     .bind(now.0)
                     .bind(i64::from(limit))
                     .fetch_all(&mut *self.tx)

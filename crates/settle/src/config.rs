@@ -189,7 +189,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SETTLE_LEDGER_WRITERS", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub ledger_writers: Option<u64>,
     /// Hours an idempotency key is kept.
-    #[arg(long, env = "SETTLE_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 24)]
+    #[arg(long, env = "SETTLE_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=720))]
     pub idempotency_retention_hours: u64,
     /// Seconds a verified API key (and the admin token's digest) is trusted without a database read.
     #[arg(long, env = "SETTLE_AUTH_CACHE_SECONDS", default_value_t = 2)]
@@ -215,7 +215,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SETTLE_CONNECTOR_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     pub connector_timeout_seconds: u64,
     /// Hours after which an uncaptured authorization is voided and its payment canceled.
-    #[arg(long, env = "SETTLE_AUTHORIZATION_TTL_HOURS", default_value_t = 168)]
+    #[arg(long, env = "SETTLE_AUTHORIZATION_TTL_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=8760))]
     pub authorization_ttl_hours: u64,
     /// Whether webhook endpoints may be loopback or private addresses: `allow` or `refuse`
     /// (default: allow on SQLite, refuse on PostgreSQL).
@@ -259,7 +259,7 @@ impl ServeArgs {
         let mut config = Config::for_engine(engine);
         config.vault_key = Secret::new(vault_key);
         config.connector_timeout = Duration::from_secs(self.connector_timeout_seconds);
-        config.authorization_ttl = Duration::from_secs(self.authorization_ttl_hours.max(1).saturating_mul(3600));
+        config.authorization_ttl = Duration::from_secs(self.authorization_ttl_hours.saturating_mul(3600));
         if let Some(w) = self.ledger_writers() {
             config.ledger_writers = w;
         }
@@ -601,6 +601,8 @@ mod tests {
             ["--request-timeout-seconds", "0"],
             ["--ledger-writers", "0"],
             ["--db-pool-size", "0"],
+            ["--authorization-ttl-hours", "0"],
+            ["--idempotency-retention-hours", "0"],
             ["--log-format", "xml"],
         ] {
             let refused = Cli::try_parse_from(["settle", args[0], args[1]])

@@ -753,18 +753,31 @@ async fn delayed_payments_are_resolved_by_the_sync_job(app: TestApp) {
     app.verify_ok().await;
 }
 
+/// An authorization expires 7 days after it was made, whatever changed on its payment since.
 async fn uncaptured_authorizations_expire(app: TestApp) {
     let m = app.merchant("shop").await;
     let id = app.authorized(&m, 800, json!({})).await;
+    let updated = app.authorized(&m, 900, json!({})).await;
     assert_eq!(
         jobs::try_execute_authorization_expiry(app.state()).await.expect("job"),
         0
     );
-    app.clock.advance_seconds(7 * 24 * 3600 + 1);
+    app.clock.advance_seconds(6 * 24 * 3600);
+    let r = app
+        .post(
+            &format!("/v1/payments/{updated}"),
+            &m.key,
+            json!({ "metadata": { "k": "v" } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    app.clock.advance_seconds(24 * 3600 + 1);
     assert_eq!(
         jobs::try_execute_authorization_expiry(app.state()).await.expect("job"),
-        1
+        2
     );
+    let p = app.get(&format!("/v1/payments/{updated}"), &m.key).await;
+    assert_eq!(p.json["status"], "canceled", "{}", p.text);
     let p = app.get(&format!("/v1/payments/{id}"), &m.key).await;
     assert_eq!(p.json["status"], "canceled");
     assert_eq!(p.json["cancellation_reason"], "expired");
