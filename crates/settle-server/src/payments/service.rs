@@ -905,7 +905,10 @@ pub async fn after_authorization(
     Ok((next, changes, transfers))
 }
 
-/// Captures at the connector; returns the captured payment and the ledger batch to post.
+/// Captures at the connector; returns the captured payment and the ledger batch to post. A
+/// capture the connector did not confirm (a timeout, or a refusal because the payment is
+/// captured already: an earlier capture whose answer was lost, or a crash) is decided by what
+/// the provider holds: captured there, it is captured here too.
 pub async fn capture_now(
     state: &AppState,
     holder: &Candidate,
@@ -941,10 +944,22 @@ pub async fn capture_now(
                 started,
                 actor,
             ));
-            return Err(ApiError::Upstream {
-                code: e.code(),
-                message: format!("the connector did not capture: {e}"),
-            });
+            let synced = sync_attempt(
+                state,
+                payment,
+                holder,
+                &payment.id,
+                Some(&provider_ref),
+                actor,
+                attempts,
+            )
+            .await;
+            if !matches!(synced.map(|s| s.status), Some(ProviderStatus::Captured)) {
+                return Err(ApiError::Upstream {
+                    code: e.code(),
+                    message: format!("the connector did not capture: {e}"),
+                });
+            }
         }
     }
     let batch = postings::capture(payment, amount)

@@ -459,7 +459,39 @@ async fn stripe_capture_of_a_dead_process_is_finished_by_recovery(app: TestApp) 
     app.verify_ok().await;
 }
 
+/// A capture the provider made but whose answer never arrived (here: captured at localstripe
+/// directly) is finished by asking the provider: the next capture's refusal ("already
+/// captured") is followed by a sync, which finds the intent captured, and the payment, ledger
+/// included, is captured too. (localstripe captures a canceled intent, so the refusal that
+/// stands, the sync finding it not captured, is not shown here.)
+async fn stripe_capture_already_made_at_the_provider_is_finished_by_its_sync(app: TestApp) {
+    let server = localstripe_or_skip!();
+    let (m, account) = stripe_merchant(&app, &server).await;
+    let (id, pi) = authorized(&app, &m, &account, 1000).await;
+    let captured = server.post(&format!("/v1/payment_intents/{pi}/capture")).await;
+    assert_eq!(captured["status"], "succeeded", "{captured}");
+
+    let r = app.post(&format!("/v1/payments/{id}/capture"), &m.key, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["status"], "succeeded", "{}", r.text);
+    assert_eq!(r.json["amount_captured"], 1000, "{}", r.text);
+    let ops: Vec<(Value, Value)> = attempts(&app, &m, &id)
+        .await
+        .iter()
+        .map(|a| (a["operation"].clone(), a["outcome"].clone()))
+        .collect();
+    assert_eq!(ops[0], (json!("authorize"), json!("succeeded")));
+    assert_eq!(ops[1].0, json!("capture"));
+    assert_ne!(ops[1].1, json!("succeeded"), "{ops:?}");
+    assert_eq!(ops[2], (json!("sync"), json!("succeeded")));
+    let clearing = ledger(&app, &m, "settle:clearing:stripe:USD").await;
+    assert_eq!(clearing.json["balance"], 1000, "{}", clearing.text);
+    assert_eq!(clearing.json["debits_pending"], 0, "{}", clearing.text);
+    app.verify_ok().await;
+}
+
 crate::conformance!(
+    stripe_capture_already_made_at_the_provider_is_finished_by_its_sync,
     stripe_capture_of_a_dead_process_is_finished_by_recovery,
     stripe_authorize_partial_capture_and_partial_refund,
     stripe_decline_leaves_nothing_in_the_ledger,
