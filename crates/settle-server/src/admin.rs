@@ -10,7 +10,6 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use settle_domain::{
-    payment::AMOUNT_MAX,
     tenancy::{ApiKey, Merchant, MerchantStatus, Scopes},
     Currency, Timestamp,
 };
@@ -93,11 +92,8 @@ fn amount_limits(value: Option<Map<String, Value>>) -> Result<Value, ApiError> {
                 format!("`{param}` must be {{\"min\": <minor units>, \"max\": <minor units>}}"),
             )
         })?;
-        if limit.min < 1 || limit.max < limit.min || limit.max > AMOUNT_MAX {
-            return Err(ApiError::invalid(
-                &param,
-                format!("`{param}` needs 1 <= min <= max <= {AMOUNT_MAX}"),
-            ));
+        if limit.min < 1 || limit.max < limit.min {
+            return Err(ApiError::invalid(&param, format!("`{param}` needs 1 <= min <= max")));
         }
         out.insert(
             currency.code().to_owned(),

@@ -129,13 +129,14 @@ async fn run(state: AppState, req: Request, next: Next) -> Result<Response, ApiE
         path,
     };
 
-    let _claim = state
-        .inflight
-        .claim(&scope, &draft.key)
-        .ok_or(ApiError::IdempotencyInUse)?;
+    // A request with this key running in this process holds the claim; so, for a moment, does
+    // a replay of a finished one: a request that finds the claim taken replays the stored
+    // answer if there is one.
+    let claim = state.inflight.claim(&scope, &draft.key);
     if let Some(stored) = lookup(&state, &scope, &draft.key).await? {
         return replay(&stored, &draft);
     }
+    let _claim = claim.ok_or(ApiError::IdempotencyInUse)?;
     parts.extensions.insert(draft.clone());
     let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     // Lost to another process with the same key, or refused because the same request, run

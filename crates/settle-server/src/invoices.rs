@@ -148,7 +148,12 @@ async fn create(
     let metadata = fields::metadata(body.metadata, "metadata")?.unwrap_or_else(|| json!({}));
     let mut tx = state.begin_write(&merchant_id).await?;
     let merchant = merchant(tx.as_mut(), &merchant_id).await?;
-    payments::within_limits(&merchant, currency, body.amount_due, "amount_due")?;
+    payments::within_limits(
+        amount_limits(&merchant, currency),
+        currency,
+        body.amount_due,
+        "amount_due",
+    )?;
     let invoice = Invoice {
         merchant_id: merchant_id.clone(),
         id: state.ids.make("inv"),

@@ -153,6 +153,9 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
                 if let Err(e) = crate::payments::jobs::try_execute_authorization_expiry(&s).await {
                     tracing::warn!(error = ?e, "authorization expiry failed");
                 }
+                if let Err(e) = crate::payments::jobs::try_execute_late_authorization_check(&s).await {
+                    tracing::warn!(error = ?e, "late authorization check failed");
+                }
             },
         )),
         tokio::spawn(every(

@@ -62,6 +62,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "expiry_by_authorization",
         sql: include_str!("../migrations/postgres/0011_expiry_by_authorization.sql"),
     },
+    Migration {
+        version: 12,
+        name: "late_authorizations",
+        sql: include_str!("../migrations/postgres/0012_late_authorizations.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -109,6 +114,11 @@ pub const SQLITE: &[Migration] = &[
         version: 9,
         name: "expiry_by_authorization",
         sql: include_str!("../migrations/sqlite/0009_expiry_by_authorization.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "late_authorizations",
+        sql: include_str!("../migrations/sqlite/0010_late_authorizations.sql"),
     },
 ];
 

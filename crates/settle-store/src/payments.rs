@@ -70,6 +70,11 @@ pub trait PaymentTx: Send {
 
     async fn insert_attempts(&mut self, attempts: &[Attempt]) -> Result<()>;
     async fn list_attempts(&mut self, merchant_id: &str, payment_id: &str) -> Result<Vec<Attempt>>;
+    /// `authorize` attempts of every merchant whose outcome stayed unknown (error code
+    /// [`UNKNOWN_OUTCOME_CODES`]), made from `after` to before `before`, that have no
+    /// [`late_check_id`] attempt yet; oldest first.
+    async fn unknown_authorizations(&mut self, after: Timestamp, before: Timestamp, limit: u32)
+        -> Result<Vec<Attempt>>;
     async fn insert_status_changes(&mut self, changes: &[StatusChange]) -> Result<()>;
     async fn list_status_changes(&mut self, merchant_id: &str, payment_id: &str) -> Result<Vec<StatusChange>>;
 
@@ -105,6 +110,17 @@ pub fn due_clock(status: PaymentStatus) -> &'static str {
         PaymentStatus::RequiresCapture => "authorized_at",
         _ => "updated_at",
     }
+}
+
+/// The error codes of a connector call whose outcome is unknown: it may have been carried out.
+pub const UNKNOWN_OUTCOME_CODES: [&str; 2] = ["connector_timeout", "connector_unavailable"];
+
+/// What [`late_check_id`] appends.
+pub(crate) const LATE_CHECK_SUFFIX: &str = ":late";
+
+/// The id of the attempt that looked an unknown authorization (attempt `id`) up once more.
+pub fn late_check_id(id: &str) -> String {
+    format!("{id}{LATE_CHECK_SUFFIX}")
 }
 
 pub const PAYMENT_COLS: &str = "merchant_id, id, amount, currency, capture_method, status, amount_capturable, \
@@ -759,6 +775,30 @@ macro_rules! payments_tx {
                 payment_id: &str,
             ) -> $crate::Result<Vec<settle_domain::payment::Attempt>> {
                 self.of_payment(pay::ATTEMPT_COLS, "payment_attempts", merchant_id, payment_id, attempt_from).await
+            }
+
+            async fn unknown_authorizations(
+                &mut self,
+                after: settle_domain::Timestamp,
+                before: settle_domain::Timestamp,
+                limit: u32,
+            ) -> $crate::Result<Vec<settle_domain::payment::Attempt>> {
+                // The codes as literals, as in the partial index that serves this.
+                let codes = pay::UNKNOWN_OUTCOME_CODES.map(|c| format!("'{c}'")).join(", ");
+                let sql = format!(
+                    "SELECT {} FROM payment_attempts a WHERE operation = 'authorize' AND error_code IN ({codes}) \
+                     AND created_at >= $1 AND created_at < $2 AND NOT EXISTS (SELECT 1 FROM payment_attempts l \
+                     WHERE l.merchant_id = a.merchant_id AND l.id = a.id || '{}') ORDER BY created_at LIMIT $3",
+                    pay::ATTEMPT_COLS,
+                    pay::LATE_CHECK_SUFFIX
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(after.0)
+                    .bind(before.0)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+                rows.iter().map(attempt_from).collect()
             }
 
             async fn insert_status_changes(

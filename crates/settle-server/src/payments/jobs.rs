@@ -1,5 +1,6 @@
-//! The payment jobs: expire old authorizations, resolve payments stuck in `processing`, and
-//! recover the claims of processes that died mid-call.
+//! The payment jobs: expire old authorizations, resolve payments stuck in `processing`, recover
+//! the claims of processes that died mid-call, and void authorizations that reached a provider
+//! after Settle had moved on.
 //!
 //! All are safe when several processes run them at once: each payment is claimed with a
 //! compare-and-set on its version before anything is called, so one process works on it and
@@ -323,6 +324,128 @@ async fn recover_one(state: &AppState, p: &Payment) -> Result<bool, ApiError> {
     service::finish(state, &claimed, &next, changes, log, &[], &actor, None, transfers).await?;
     tracing::info!(payment = %next.id, status = next.status.as_str(), "claim recovered from the connector's state");
     Ok(true)
+}
+
+/// How long after an authorize call with an unknown outcome its reference is looked up again.
+pub const LATE_CHECK_AFTER_SECONDS: i64 = 600;
+/// How long such a reference is looked for (beyond that, the provider's own expiry of an
+/// uncaptured authorization releases it).
+pub const LATE_CHECK_WINDOW_SECONDS: i64 = 48 * 3600;
+
+/// Voids authorizations a provider made after Settle had moved on. An authorize call whose
+/// outcome was unknown (a timeout, a 5xx) is synced before the next connector is tried, but a
+/// request still on its way can reach the provider after that sync found nothing. So each such
+/// reference is looked up once more [`LATE_CHECK_AFTER_SECONDS`] later, once its payment is no
+/// longer being worked on; an authorization found there that is not the payment's own is voided.
+/// The lookup is recorded as an attempt (`<reference>:late`), so each reference is looked up
+/// once. Returns how many authorizations it voided.
+pub async fn try_execute_late_authorization_check(state: &AppState) -> Result<usize, ApiError> {
+    let now = state.clock.now();
+    let due = {
+        let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
+        tx.unknown_authorizations(
+            before(now, LATE_CHECK_WINDOW_SECONDS),
+            before(now, LATE_CHECK_AFTER_SECONDS),
+            JOB_BATCH_MAX,
+        )
+        .await?
+    };
+    let mut voided = 0;
+    for attempt in due {
+        match check_late(state, &attempt, now).await {
+            Ok(true) => voided += 1,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(attempt = %attempt.id, error = ?e, "late authorization check failed; retried next round")
+            }
+        }
+    }
+    state.metrics.job_changes("late_authorization_check", voided as u64);
+    Ok(voided)
+}
+
+async fn check_late(state: &AppState, attempt: &Attempt, now: Timestamp) -> Result<bool, ApiError> {
+    let payment = {
+        let mut tx = state.reader(&attempt.merchant_id).await?;
+        tx.get_payment(&attempt.merchant_id, &attempt.payment_id).await?
+    };
+    let Some(payment) = payment else { return Ok(false) };
+    // Still being worked on (the sync job may adopt this very reference): a later round.
+    if payment.status == PaymentStatus::Processing || payment.claimed_until.is_some_and(|until| until > now) {
+        return Ok(false);
+    }
+    let mut log = Vec::new();
+    let voided = match account_of(state, &payment, &attempt.connector_account_id).await {
+        Ok(candidate) => look_again(state, &payment, &candidate, attempt, &mut log).await,
+        Err(e) => {
+            tracing::error!(payment = %payment.id, attempt = %attempt.id, error = ?e, "an authorization that may have reached its provider late cannot be looked up: its connector account is unusable");
+            false
+        }
+    };
+    // The lookup is recorded whatever came of it, so the reference is looked up once: a
+    // reference that cannot be settled must not hold up the others (rounds take the oldest).
+    if log.is_empty() {
+        log.push(Attempt {
+            outcome: "error".into(),
+            error_code: Some("connector_account_unusable".into()),
+            latency_ms: 0,
+            created_at: now,
+            ..attempt.clone()
+        });
+    }
+    if let Some(lookup) = log.first_mut() {
+        lookup.id = settle_store::payments::late_check_id(&attempt.id);
+        lookup.operation = "sync".into();
+    }
+    let mut tx = state.begin_write(&payment.merchant_id).await?;
+    tx.insert_attempts(&log).await?;
+    tx.commit().await?;
+    Ok(voided)
+}
+
+/// Looks `attempt`'s reference up at `candidate` and voids what the provider holds under it
+/// unless it is the payment's own authorization; whether it voided one. Every call goes in `log`.
+async fn look_again(
+    state: &AppState,
+    payment: &Payment,
+    candidate: &Candidate,
+    attempt: &Attempt,
+    log: &mut Vec<Attempt>,
+) -> bool {
+    let actor = service::Actor {
+        ctx: None,
+        reason: Some("late_authorization"),
+    };
+    // By the attempt's reference alone, not by the payment's authorization.
+    let unheld = Payment {
+        provider_ref: None,
+        ..payment.clone()
+    };
+    let Some(synced) = service::sync_attempt(state, &unheld, candidate, &attempt.id, None, &actor, log).await else {
+        tracing::error!(payment = %payment.id, attempt = %attempt.id, "an authorization that may have reached its provider late could not be looked up; check it at the provider");
+        return false;
+    };
+    let stray = synced
+        .provider_ref
+        .filter(|r| payment.provider_ref.as_deref() != Some(r.as_str()));
+    match (synced.status, stray) {
+        (ProviderStatus::Authorized | ProviderStatus::Processing, Some(provider_ref)) => {
+            let held = Payment {
+                provider_ref: Some(provider_ref.clone()),
+                ..payment.clone()
+            };
+            if service::void_now(state, candidate, &held, &actor, log).await.is_ok() {
+                tracing::warn!(payment = %payment.id, provider_ref = %provider_ref, "an authorization the provider made after Settle moved on was voided");
+                return true;
+            }
+            tracing::error!(payment = %payment.id, provider_ref = %provider_ref, "an authorization the provider made after Settle moved on could not be voided; void it at the provider");
+        }
+        (ProviderStatus::Captured, Some(provider_ref)) => {
+            tracing::error!(payment = %payment.id, provider_ref = %provider_ref, "the provider captured an authorization Settle had given up on; refund it at the provider");
+        }
+        _ => {}
+    }
+    false
 }
 
 fn declined(code: &str, message: &str) -> AuthorizationOutcome {

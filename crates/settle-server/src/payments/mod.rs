@@ -98,23 +98,26 @@ struct CreateBody {
 }
 
 /// The merchant's limits for `currency` in minor units: its own, or 0.01–100,000.00 in major
-/// units (at least one minor unit); never above [`payment::AMOUNT_MAX`] (limits a database
-/// kept from before that bound are cut to it).
+/// units (at least one minor unit).
 pub fn amount_limits(merchant: &Merchant, currency: Currency) -> (i64, i64) {
     let configured = &merchant.amount_limits[currency.code()];
-    let (min, max) = match (configured["min"].as_i64(), configured["max"].as_i64()) {
-        (Some(min), Some(max)) => (min, max),
-        _ => {
-            let unit = 10i64.pow(u32::from(currency.exponent()));
-            ((unit / 100).max(1), unit.saturating_mul(100_000))
-        }
-    };
+    if let (Some(min), Some(max)) = (configured["min"].as_i64(), configured["max"].as_i64()) {
+        return (min, max);
+    }
+    let unit = 10i64.pow(u32::from(currency.exponent()));
+    ((unit / 100).max(1), unit.saturating_mul(100_000))
+}
+
+/// A payment's limits for `currency`: the merchant's, never above [`payment::AMOUNT_MAX`].
+/// (An invoice takes the merchant's limits as they are: a payment of one the ledger refuses is
+/// rejected, where a payment step the ledger refused after its connector acted could not be.)
+pub fn payment_limits(merchant: &Merchant, currency: Currency) -> (i64, i64) {
+    let (min, max) = amount_limits(merchant, currency);
     (min.min(payment::AMOUNT_MAX), max.min(payment::AMOUNT_MAX))
 }
 
-/// `amount` (named by `param`) checked against the merchant's limits for `currency`.
-pub fn within_limits(merchant: &Merchant, currency: Currency, amount: i64, param: &str) -> Result<(), ApiError> {
-    let (min, max) = amount_limits(merchant, currency);
+/// `amount` (named by `param`) checked against `(min, max)` for `currency`.
+pub fn within_limits((min, max): (i64, i64), currency: Currency, amount: i64, param: &str) -> Result<(), ApiError> {
     if (min..=max).contains(&amount) {
         return Ok(());
     }
@@ -370,7 +373,7 @@ pub async fn create_payment(
         }
     }
     let merchant = ctx.merchant().ok_or(ApiError::Unauthenticated)?;
-    within_limits(merchant, currency, payment.amount, "amount")?;
+    within_limits(payment_limits(merchant, currency), currency, payment.amount, "amount")?;
     if !payment.splits.is_empty() {
         check_payees(reader.tx().await?, &merchant_id, &payment).await?;
     }
@@ -613,7 +616,12 @@ pub async fn update_payment(
             });
         }
         let merchant = tx.get_merchant(&merchant_id).await?.ok_or(ApiError::Unauthenticated)?;
-        within_limits(&merchant, stored.currency, amount, "amount")?;
+        within_limits(
+            payment_limits(&merchant, stored.currency),
+            stored.currency,
+            amount,
+            "amount",
+        )?;
         let taken: i64 =
             stored.splits.iter().map(|s| s.amount).sum::<i64>() + stored.application_fee_amount.unwrap_or(0);
         if taken > amount {

@@ -351,14 +351,16 @@ impl TestApp {
 
     /// A new merchant and a read+write API key for it.
     pub async fn merchant(&self, name: &str) -> Merchant {
-        let email = format!("{name}-{}@example.test", rand_suffix());
-        let m = self
-            .post(
-                "/admin/v1/merchants",
-                ADMIN_TOKEN,
-                json!({ "name": name, "email": email }),
-            )
-            .await;
+        self.merchant_with(name, json!({})).await
+    }
+
+    /// A new merchant with `fields` (`amount_limits`, say) beside its name and email.
+    pub async fn merchant_with(&self, name: &str, fields: Value) -> Merchant {
+        let mut body = json!({ "name": name, "email": format!("{name}-{}@example.test", rand_suffix()) });
+        if let (Some(body), Value::Object(fields)) = (body.as_object_mut(), fields) {
+            body.extend(fields);
+        }
+        let m = self.post("/admin/v1/merchants", ADMIN_TOKEN, body).await;
         assert_eq!(m.status, StatusCode::CREATED, "{}", m.text);
         let id = m.json["id"].as_str().expect("id").to_owned();
         let k = self

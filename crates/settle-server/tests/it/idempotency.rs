@@ -142,6 +142,32 @@ pub async fn concurrent_requests_with_one_key_have_exactly_one_effect(app: TestA
     assert_eq!(app.balance(&m, "a").await["debits_posted"], 10);
 }
 
+/// A finished request replayed many times at once: every copy gets the stored answer, none a
+/// 409 for a request that is no longer executing.
+pub async fn concurrent_replays_of_a_finished_request_all_replay(app: TestApp) {
+    let m = app.merchant_with_ab("acme").await;
+    let b = body("t1", 10);
+    let first = app.post_keyed("/v1/ledger/transfers", &m.key, &b, "done").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (app, key, b) = (app.clone(), m.key.clone(), b.clone());
+        tasks.push(tokio::spawn(async move {
+            app.post_keyed("/v1/ledger/transfers", &key, &b, "done").await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.expect("task");
+        assert_eq!((r.status, &r.text), (first.status, &first.text));
+        assert_eq!(
+            r.headers.get("idempotent-replayed").map(|v| v.as_bytes()),
+            Some(&b"true"[..])
+        );
+    }
+    assert_eq!(app.balance(&m, "a").await["debits_posted"], 10);
+}
+
 pub async fn malformed_keys_are_refused_and_the_operator_api_honours_keys(app: TestApp) {
     let m = app.merchant("acme").await;
     let long = "k".repeat(256);
@@ -196,6 +222,7 @@ conformance!(
     keys_are_scoped_per_merchant,
     a_failed_request_stores_nothing_so_a_retry_executes,
     concurrent_requests_with_one_key_have_exactly_one_effect,
+    concurrent_replays_of_a_finished_request_all_replay,
     malformed_keys_are_refused_and_the_operator_api_honours_keys,
     old_keys_are_pruned_by_the_job,
 );

@@ -419,30 +419,12 @@ async fn payments_to_draft_and_void_invoices_are_rejected_and_recorded(app: Test
 /// 2^63 - 1) is rejected with `ledger_refused`, once: it is not retried forever, and it does not
 /// hold back the events before it, after it, or of other merchants.
 async fn a_payment_the_ledger_refuses_is_rejected_not_retried_forever(app: TestApp) {
-    let email = format!("big-{}@example.test", crate::harness::rand_suffix());
-    let r = app
-        .post(
-            "/admin/v1/merchants",
-            crate::harness::ADMIN_TOKEN,
-            json!({ "name": "big", "email": email,
-                    "amount_limits": { "USD": { "min": 1, "max": i64::MAX } } }),
+    let big = app
+        .merchant_with(
+            "big",
+            json!({ "amount_limits": { "USD": { "min": 1, "max": i64::MAX } } }),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let id = r.json["id"].as_str().expect("id").to_owned();
-    let k = app
-        .post(
-            &format!("/admin/v1/merchants/{id}/api_keys"),
-            crate::harness::ADMIN_TOKEN,
-            json!({}),
-        )
-        .await;
-    assert_eq!(k.status, StatusCode::CREATED, "{}", k.text);
-    let big = Merchant {
-        id,
-        key: k.json["secret"].as_str().expect("secret").to_owned(),
-        key_id: k.json["id"].as_str().expect("key id").to_owned(),
-    };
     let huge = app.sent_invoice(&big, i64::MAX - 1).await;
     app.pay_invoice(&big, &huge, i64::MAX - 1).await;
     assert_eq!(app.drain_invoice_payments().await, 1);

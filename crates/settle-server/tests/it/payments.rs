@@ -36,7 +36,7 @@ impl TestApp {
         r.json["balance"].as_i64().expect("balance")
     }
 
-    async fn sandbox_account(&self, m: &Merchant, credentials: Value) -> String {
+    pub(crate) async fn sandbox_account(&self, m: &Merchant, credentials: Value) -> String {
         let r = self
             .post(
                 "/v1/connector_accounts",
@@ -754,6 +754,37 @@ async fn delayed_payments_are_resolved_by_the_sync_job(app: TestApp) {
 }
 
 /// An authorization expires 7 days after it was made, whatever changed on its payment since.
+/// A payment is at most `AMOUNT_MAX` minor units whatever its merchant's limits say (an invoice
+/// takes the limits as they are).
+async fn a_payment_is_bounded_whatever_the_limits(app: TestApp) {
+    let m = app
+        .merchant_with(
+            "big",
+            json!({ "amount_limits": { "USD": { "min": 1, "max": i64::MAX } } }),
+        )
+        .await;
+    let max = settle_domain::payment::AMOUNT_MAX;
+    let r = app.pay(&m, json!({ "amount": max + 1, "currency": "USD" })).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!((r.code(), r.param()), ("amount_out_of_range", "amount"), "{}", r.text);
+    assert!(r.text.contains(&max.to_string()), "{}", r.text);
+    let r = app.pay(&m, json!({ "amount": max, "currency": "USD" })).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.json["id"].as_str().expect("id");
+    let r = app
+        .post(&format!("/v1/payments/{id}"), &m.key, json!({ "amount": max + 1 }))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    let invoice = app
+        .post(
+            "/v1/invoices",
+            &m.key,
+            json!({ "customer": { "email": "ann@example.test" }, "amount_due": max + 1, "currency": "USD" }),
+        )
+        .await;
+    assert_eq!(invoice.status, StatusCode::CREATED, "{}", invoice.text);
+}
+
 async fn uncaptured_authorizations_expire(app: TestApp) {
     let m = app.merchant("shop").await;
     let id = app.authorized(&m, 800, json!({})).await;
@@ -1556,6 +1587,7 @@ crate::conformance!(
     payments_of_other_merchants_are_not_found,
     delayed_payments_are_resolved_by_the_sync_job,
     uncaptured_authorizations_expire,
+    a_payment_is_bounded_whatever_the_limits,
     reference_lists_are_served,
     a_retried_create_after_a_crash_finds_its_payment,
     a_retried_refund_finds_its_refund_and_a_duplicate_elsewhere_refunds_nothing,

@@ -240,6 +240,49 @@ async fn authorized(app: &TestApp, m: &Merchant, account: &str, amount: i64) -> 
     (id, pi)
 }
 
+/// A proxy to `upstream` on loopback that holds every `POST /v1/payment_intents` (a create) for
+/// `delay` before passing it on: a request that reaches the provider after its caller gave up.
+async fn slow_creates(upstream: &str, delay: Duration) -> String {
+    use axum::{body::Bytes, extract::Request, http::HeaderMap, response::IntoResponse};
+    let upstream = upstream.to_owned();
+    let http = reqwest::Client::new();
+    let forward = move |req: Request| {
+        let (upstream, http) = (upstream.clone(), http.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body: Bytes = axum::body::to_bytes(body, 1 << 20).await.expect("body");
+            let mut headers = HeaderMap::new();
+            for name in ["authorization", "content-type", "idempotency-key"] {
+                if let Some(v) = parts.headers.get(name) {
+                    headers.insert(name, v.clone());
+                }
+            }
+            let held = parts.method == axum::http::Method::POST && parts.uri.path() == "/v1/payment_intents";
+            // A task of its own: it goes on when the caller hangs up, as a request on its way does.
+            let passed_on = tokio::spawn(async move {
+                if held {
+                    tokio::time::sleep(delay).await;
+                }
+                let answer = http
+                    .request(parts.method, format!("{upstream}{}", parts.uri))
+                    .headers(headers)
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("upstream answers");
+                (answer.status(), answer.bytes().await.expect("upstream body"))
+            });
+            passed_on.await.expect("forward").into_response()
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, axum::Router::new().fallback(forward)).await;
+    });
+    url
+}
+
 async fn ledger(app: &TestApp, m: &Merchant, account: &str) -> Resp {
     app.get(&format!("/v1/ledger/accounts/{account}"), &m.key).await
 }
@@ -490,7 +533,91 @@ async fn stripe_capture_already_made_at_the_provider_is_finished_by_its_sync(app
     app.verify_ok().await;
 }
 
+/// An authorization that reaches Stripe after Settle gave up on it (timed out, synced, found
+/// nothing, and failed over to the next connector) is found by the late check and voided: the
+/// payment keeps its one authorization, at the connector that answered.
+async fn stripe_authorization_made_after_failover_is_voided_by_the_late_check(mut app: TestApp) {
+    let server = localstripe_or_skip!();
+    app.restart_with(|c| c.connector_timeout = Duration::from_secs(1)).await;
+    let proxy = slow_creates(&server.base_url, Duration::from_secs(3)).await;
+    let m = app.merchant("shop").await;
+    let r = app
+        .post(
+            "/v1/connector_accounts",
+            &m.key,
+            json!({ "connector": "stripe", "credentials": { "api_key": API_KEY, "base_url": proxy } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let slow = r.json["id"].as_str().expect("id").to_owned();
+    let sandbox = app.sandbox_account(&m, json!({})).await;
+    let rules = json!({ "rules": [{ "connector_account_id": slow }, { "connector_account_id": sandbox }] });
+    assert_eq!(app.post("/v1/routing", &m.key, rules).await.status, StatusCode::OK);
+    let r = app
+        .post(
+            "/v1/payments",
+            &m.key,
+            json!({ "amount": 700, "currency": "USD", "capture_method": "manual", "confirm": true,
+                    "payment_method": card(VISA) }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json["status"], "requires_capture", "{}", r.text);
+    assert_eq!(r.json["connector_account_id"], sandbox.as_str(), "{}", r.text);
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    let ops: Vec<(Value, Value)> = attempts(&app, &m, &id)
+        .await
+        .iter()
+        .map(|a| (a["operation"].clone(), a["outcome"].clone()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            (json!("authorize"), json!("timeout")),
+            (json!("sync"), json!("not_found")),
+            (json!("authorize"), json!("succeeded"))
+        ]
+    );
+
+    // The held create reaches localstripe: a second authorization, at the first connector.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stray = loop {
+        let intents = server.get("/v1/payment_intents?limit=100").await;
+        if let Some(pi) = intents["data"].as_array().and_then(|d| d.first()) {
+            break pi["id"].as_str().expect("id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "the held create never reached localstripe");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let intent = server.get(&format!("/v1/payment_intents/{stray}")).await;
+    assert_eq!(intent["status"], "requires_capture", "{intent}");
+
+    let late = || settle_server::payments::jobs::try_execute_late_authorization_check(app.state());
+    assert_eq!(late().await.expect("job"), 0, "not looked for again so soon");
+    app.clock
+        .advance_seconds(settle_server::payments::jobs::LATE_CHECK_AFTER_SECONDS + 1);
+    assert_eq!(late().await.expect("job"), 1);
+    let intent = server.get(&format!("/v1/payment_intents/{stray}")).await;
+    assert_eq!(intent["status"], "canceled", "{intent}");
+    let all = attempts(&app, &m, &id).await;
+    let void = all.last().expect("attempts");
+    assert_eq!(
+        (&void["operation"], &void["outcome"]),
+        (&json!("void"), &json!("succeeded")),
+        "{all:?}"
+    );
+    assert_eq!(void["provider_ref"], stray.as_str(), "{all:?}");
+    // Looked up once: the next rounds leave it alone.
+    assert_eq!(late().await.expect("job"), 0);
+    assert_eq!(attempts(&app, &m, &id).await.len(), all.len());
+    let p = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+    assert_eq!(p.json["status"], "requires_capture", "{}", p.text);
+    assert_eq!(p.json["connector_account_id"], sandbox.as_str(), "{}", p.text);
+    app.verify_ok().await;
+}
+
 crate::conformance!(
+    stripe_authorization_made_after_failover_is_voided_by_the_late_check,
     stripe_capture_already_made_at_the_provider_is_finished_by_its_sync,
     stripe_capture_of_a_dead_process_is_finished_by_recovery,
     stripe_authorize_partial_capture_and_partial_refund,
