@@ -111,8 +111,12 @@ pub struct RefundOutcome {
 pub enum ConnectorError {
     /// No answer in time: the provider may or may not have acted.
     Timeout,
-    /// The provider failed (5xx, connection refused or reset): it may or may not have acted.
+    /// The provider failed (5xx, a connection reset, an answer cut off): it may or may not have
+    /// acted.
     Unavailable(String),
+    /// The provider could not be reached (no address, connection refused, TLS failed): the
+    /// request never left, so it did not act.
+    Unreachable(String),
     /// The provider refused the request itself (a 4xx other than a card decline): it did not act.
     Rejected(String),
 }
@@ -123,6 +127,7 @@ impl std::fmt::Display for ConnectorError {
             ConnectorError::Timeout => f.write_str("the provider did not answer in time"),
             ConnectorError::Unavailable(detail) => write!(f, "the provider failed: {detail}"),
             ConnectorError::Rejected(detail) => write!(f, "the provider rejected the request: {detail}"),
+            ConnectorError::Unreachable(detail) => write!(f, "the provider could not be reached: {detail}"),
         }
     }
 }
@@ -133,6 +138,7 @@ impl ConnectorError {
             ConnectorError::Timeout => "connector_timeout",
             ConnectorError::Unavailable(_) => "connector_unavailable",
             ConnectorError::Rejected(_) => "connector_rejected",
+            ConnectorError::Unreachable(_) => "connector_unreachable",
         }
     }
 }

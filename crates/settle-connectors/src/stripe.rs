@@ -35,8 +35,9 @@
 //!
 //! Errors: other 4xx → [`ConnectorError::Rejected`]; 5xx, 409 (an idempotent request still in
 //! flight) and 429 (rate limited) → [`ConnectorError::Unavailable`], since the provider may have
-//! acted or the request may be retried; connection failures → `Unavailable`; no answer within the
-//! timeout → [`ConnectorError::Timeout`]. Error texts never carry the API key, card number or
+//! acted or the request may be retried; a connection never made (no address, refused, TLS failed)
+//! → [`ConnectorError::Unreachable`], since the request never left; one cut off → `Unavailable`;
+//! no answer within the timeout → [`ConnectorError::Timeout`]. Error texts never carry the API key, card number or
 //! CVC: the key travels only in a header, card data only in the payment-method body, and digit
 //! runs long enough to be a card number are redacted from messages the provider sends back.
 //!
@@ -336,7 +337,13 @@ fn transport_error(err: reqwest::Error) -> ConnectorError {
         detail.push_str(&cause.to_string());
         source = cause.source();
     }
-    ConnectorError::Unavailable(format!("stripe: {kind} ({})", redact(&detail)))
+    let detail = format!("stripe: {kind} ({})", redact(&detail));
+    // A connection never made carried no request: the provider cannot have acted on it.
+    if err.is_connect() {
+        ConnectorError::Unreachable(detail)
+    } else {
+        ConnectorError::Unavailable(detail)
+    }
 }
 
 /// Replaces runs of 12 or more digits (what a card number looks like) with `[redacted]`.

@@ -591,18 +591,21 @@ async fn sync_of_an_unknown_id_is_not_found() {
 // ---------------------------------------------------------------------------------------------
 // Failures, against loopback servers
 
+/// A connection refused, or a name with no address: the request never left (`Unreachable`).
 #[tokio::test]
-async fn connection_refused_is_unavailable() {
+async fn unreachable_providers_were_never_sent_anything() {
     let (_held, url) = closed_port_url();
-    let stripe = stripe(&url, Duration::from_secs(5));
-    match stripe.authorize(&request("att_down_1", CARD_OK, 1000)).await {
-        Err(ConnectorError::Unavailable(message)) => assert!(!message.contains(CARD_OK), "{message}"),
-        other => panic!("closed port: {other:?}"),
+    for url in [url.as_str(), "http://no-such-host.invalid"] {
+        let stripe = stripe(url, Duration::from_secs(5));
+        match stripe.authorize(&request("att_down_1", CARD_OK, 1000)).await {
+            Err(ConnectorError::Unreachable(message)) => assert!(!message.contains(CARD_OK), "{message}"),
+            other => panic!("{url}: {other:?}"),
+        }
+        assert!(matches!(
+            stripe.sync(None, "att_down_1").await.map(|s| s.status),
+            Err(ConnectorError::Unreachable(_))
+        ));
     }
-    assert!(matches!(
-        stripe.sync(None, "att_down_1").await.map(|s| s.status),
-        Err(ConnectorError::Unavailable(_))
-    ));
 }
 
 #[tokio::test]

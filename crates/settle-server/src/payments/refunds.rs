@@ -352,7 +352,11 @@ fn apply(refund: &mut Refund, answer: ConnectorResult<RefundOutcome>, now: Times
         Ok(outcome) => {
             refund.provider_ref = Some(outcome.provider_ref);
             match outcome.status {
-                ProviderRefund::Succeeded => refund.status = RefundStatus::Succeeded,
+                ProviderRefund::Succeeded => {
+                    refund.status = RefundStatus::Succeeded;
+                    // An earlier call's error (a timeout that left it pending) no longer applies.
+                    refund.failure_code = None;
+                }
                 ProviderRefund::Pending => {}
                 ProviderRefund::Failed(d) => {
                     refund.status = RefundStatus::Failed;
@@ -360,9 +364,10 @@ fn apply(refund: &mut Refund, answer: ConnectorResult<RefundOutcome>, now: Times
                 }
             }
         }
-        Err(ConnectorError::Rejected(_)) => {
+        // Refused, or never sent: the provider did not refund.
+        Err(e @ (ConnectorError::Rejected(_) | ConnectorError::Unreachable(_))) => {
             refund.status = RefundStatus::Failed;
-            refund.failure_code = Some("connector_rejected".into());
+            refund.failure_code = Some(e.code().to_owned());
         }
         Err(e) => refund.failure_code = Some(e.code().to_owned()),
     }

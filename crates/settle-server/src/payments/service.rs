@@ -753,7 +753,8 @@ pub async fn authorize(
                     .record(merchant, &candidate.account_id, false, state.clock.now());
                 record(outcome_of(&e), Some(e.code()), None);
                 last = declined(e.code(), "the connector failed; no authorization was made", name);
-                if matches!(e, ConnectorError::Rejected(_)) {
+                // Refused, or never sent: nothing to sync, the next candidate is tried.
+                if matches!(e, ConnectorError::Rejected(_) | ConnectorError::Unreachable(_)) {
                     continue;
                 }
                 match resolve_unknown(state, payment, candidate, &reference, actor, &mut attempts).await {
@@ -789,7 +790,7 @@ fn planned_reference(payment: &Payment, account_id: &str) -> Option<String> {
 fn outcome_of(e: &ConnectorError) -> &'static str {
     match e {
         ConnectorError::Timeout => "timeout",
-        ConnectorError::Unavailable(_) | ConnectorError::Rejected(_) => "error",
+        ConnectorError::Unavailable(_) | ConnectorError::Rejected(_) | ConnectorError::Unreachable(_) => "error",
     }
 }
 

@@ -754,6 +754,55 @@ async fn delayed_payments_are_resolved_by_the_sync_job(app: TestApp) {
 }
 
 /// An authorization expires 7 days after it was made, whatever changed on its payment since.
+/// A connector that cannot be reached was sent nothing: the next one is tried at once, without
+/// a sync; with none left the payment is declined (`connector_unreachable`), not left processing.
+async fn an_unreachable_connector_is_passed_over_at_once(app: TestApp) {
+    let m = app.merchant("shop").await;
+    let r = app
+        .post(
+            "/v1/connector_accounts",
+            &m.key,
+            json!({ "connector": "stripe", "credentials": { "api_key": "sk_test_unreachable", "base_url": "http://127.0.0.1:9" } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let down = r.json["id"].as_str().expect("id").to_owned();
+    let rules = json!({ "rules": [{ "connector_account_id": down }] });
+    assert_eq!(app.post("/v1/routing", &m.key, rules).await.status, StatusCode::OK);
+    let body = json!({ "amount": 900, "currency": "USD", "confirm": true, "payment_method": card(VISA) });
+    let p = app.pay(&m, body.clone()).await;
+    assert_eq!(p.json["status"], "requires_payment_method", "{}", p.text);
+    assert_eq!(
+        p.json["last_payment_error"]["code"], "connector_unreachable",
+        "{}",
+        p.text
+    );
+
+    let healthy = app.sandbox_account(&m, json!({})).await;
+    let rules = json!({ "rules": [{ "connector_account_id": down }, { "connector_account_id": healthy }] });
+    assert_eq!(app.post("/v1/routing", &m.key, rules).await.status, StatusCode::OK);
+    let p = app.pay(&m, body).await;
+    assert_eq!(p.json["status"], "succeeded", "{}", p.text);
+    let id = p.json["id"].as_str().expect("id");
+    let attempts = app.get(&format!("/v1/payments/{id}/attempts"), &m.key).await;
+    let ops: Vec<(&Value, &Value)> = attempts.json["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|a| (&a["operation"], &a["error_code"]))
+        .collect();
+    assert_eq!(
+        ops[..2],
+        [
+            (&json!("authorize"), &json!("connector_unreachable")),
+            (&json!("authorize"), &Value::Null)
+        ],
+        "{}",
+        attempts.text
+    );
+    app.verify_ok().await;
+}
+
 /// A payment is at most `AMOUNT_MAX` minor units whatever its merchant's limits say (an invoice
 /// takes the limits as they are).
 async fn a_payment_is_bounded_whatever_the_limits(app: TestApp) {
@@ -1588,6 +1637,7 @@ crate::conformance!(
     delayed_payments_are_resolved_by_the_sync_job,
     uncaptured_authorizations_expire,
     a_payment_is_bounded_whatever_the_limits,
+    an_unreachable_connector_is_passed_over_at_once,
     reference_lists_are_served,
     a_retried_create_after_a_crash_finds_its_payment,
     a_retried_refund_finds_its_refund_and_a_duplicate_elsewhere_refunds_nothing,
