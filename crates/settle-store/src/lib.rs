@@ -274,6 +274,8 @@ pub trait Store: Send + Sync + 'static {
     fn engine(&self) -> Engine;
     /// Applies pending migrations; safe when several processes start at once.
     async fn migrate(&self) -> Result<()>;
+    /// Whether Settle's migrations were ever applied to this database (`false`: a new one).
+    async fn has_schema(&self) -> Result<bool>;
     async fn ping(&self) -> Result<()>;
     async fn begin(&self, scope: Scope, mode: Mode) -> Result<Box<dyn Tx>>;
     /// Writes `rows` (every merchant's) as a transaction of their own, all or nothing: `false`

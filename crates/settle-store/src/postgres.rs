@@ -233,6 +233,14 @@ impl Store for PostgresStore {
         run_migrations(&self.pool, migrate::POSTGRES, Some(&lock)).await
     }
 
+    async fn has_schema(&self) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT to_regclass('settle_migrations') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -97,6 +97,14 @@ impl Store for SqliteStore {
         run_migrations(conn, migrate::SQLITE, None).await
     }
 
+    async fn has_schema(&self) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'settle_migrations')",
+        )
+        .fetch_one(&self.readers)
+        .await?)
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.readers).await?;
         Ok(())

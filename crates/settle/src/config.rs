@@ -72,6 +72,25 @@ impl Common {
         }))
     }
 
+    /// The database as messages name it: the SQLite file, or PostgreSQL's host, port and
+    /// database (never the password).
+    pub fn database_name(&self) -> String {
+        use sqlx::postgres::PgConnectOptions;
+        match (self.sqlite_path(), &self.database_url) {
+            (Ok(Some(path)), _) => path.display().to_string(),
+            (_, Some(url)) => match url.parse::<PgConnectOptions>() {
+                Ok(o) => format!(
+                    "PostgreSQL {}:{}/{}",
+                    o.get_host(),
+                    o.get_port(),
+                    o.get_database().unwrap_or_default()
+                ),
+                Err(_) => "--database-url".to_owned(),
+            },
+            _ => "--database-url".to_owned(),
+        }
+    }
+
     /// The store of `--database-url` (or the embedded default). `write_alone_max`: the
     /// server's writer tasks, when a server is to run on it (see [`StoreOptions`]). `create`:
     /// whether a missing SQLite database is created (`serve`, `migrate`) or refused (`verify`).
@@ -342,11 +361,12 @@ impl KeySource {
     }
 
     /// What to do when the database was sealed with another key than this one.
-    pub fn mismatch_hint(&self, data_dir: &std::path::Path) -> String {
+    pub fn mismatch_hint(&self, data_dir: &std::path::Path, engine: Engine) -> String {
         match self {
             KeySource::Given => {
+                // SQLite's generated key; never PostgreSQL's.
                 let file = data_dir.join("vault-key");
-                if file.exists() {
+                if engine == Engine::Sqlite && file.exists() {
                     format!(
                         "start with the key the data was sealed with; this key came from --vault-key / \
                          SETTLE_VAULT_KEY, while {} holds the key generated on first start (unset \
@@ -440,6 +460,22 @@ pub enum TokenNote {
 /// token file of this data directory, when it held the replaced token, is removed); otherwise
 /// the first process to start on a database generates one and writes it to its data
 /// directory's token file, and later processes accept the same token.
+/// Refuses a start that would generate an admin token for a PostgreSQL database while the token
+/// file exists: it is another database's (this one has none yet), maybe that token's only copy,
+/// and is never overwritten. (SQLite's file belongs to the database beside it, which is new when
+/// it has no token.) A given `--admin-token` writes no file.
+pub fn no_foreign_token_file(args: &ServeArgs, engine: Engine) -> Result<(), String> {
+    let path = admin_token_path(&args.common.data_dir, engine);
+    if engine == Engine::Postgres && args.admin_token.is_none() && path.exists() {
+        return Err(format!(
+            "{} holds the admin token of another PostgreSQL database (this one has none yet); move \
+             it away, or give --admin-token",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 pub async fn ensure_admin_token(state: &AppState, args: &ServeArgs, engine: Engine) -> Result<TokenNote, String> {
     let path = admin_token_path(&args.common.data_dir, engine);
     if let Some(token) = &args.admin_token {
@@ -472,16 +508,7 @@ pub async fn ensure_admin_token(state: &AppState, args: &ServeArgs, engine: Engi
             TokenNote::Elsewhere
         });
     }
-    // A token file left from a PostgreSQL database that is not this one (which has no token
-    // yet) may be the only copy of that database's token: never overwritten. (SQLite's file
-    // belongs to the database beside it, which is new when it has no token.)
-    if engine == Engine::Postgres && path.exists() {
-        return Err(format!(
-            "{} holds the admin token of another PostgreSQL database (this one has none yet); move \
-             it away, or give --admin-token",
-            path.display()
-        ));
-    }
+    no_foreign_token_file(args, engine)?;
     let token = Ids::new(state.clock.clone()).secret("sat_");
     let claimed = settle_server::startup::claim_admin_token(state, &token)
         .await

@@ -107,6 +107,11 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .common
         .open_store(Some(settle_server::ledger::writer::write_alone_tasks(writers)), true)
         .await?;
+    // A start that would be refused for a token file is refused before a new database is
+    // touched (migrated, tied to this vault key).
+    if !store.has_schema().await.map_err(|e| e.to_string())? {
+        config::no_foreign_token_file(&args, engine)?;
+    }
     store.migrate().await.map_err(|e| format!("migrations failed: {e}"))?;
     // A new key is on disk before the database records it (so that a recorded key is never
     // lost), and removed again if the database was sealed with another.
@@ -116,7 +121,10 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         Err(e @ settle_server::startup::VaultKeyError::Store(_)) => return Err(e.to_string()),
         Err(e) => {
             key_source.discard();
-            return Err(format!("{e}: {}", key_source.mismatch_hint(&args.common.data_dir)));
+            return Err(format!(
+                "{e}: {}",
+                key_source.mismatch_hint(&args.common.data_dir, engine)
+            ));
         }
     }
     if store.bypasses_row_security().await.unwrap_or(false) {
@@ -164,8 +172,16 @@ async fn migrate(common: Common) -> Result<ExitCode, String> {
 }
 
 async fn verify(common: Common) -> Result<ExitCode, String> {
-    // A check reads: a missing SQLite database is refused, not created empty.
+    // A check reads: a missing SQLite database is refused, not created empty, and a database
+    // without Settle's tables is refused, not migrated. (One of an older version is migrated.)
     let store = common.open_store(None, false).await?;
+    if !store.has_schema().await.map_err(|e| e.to_string())? {
+        store.close().await;
+        return Err(format!(
+            "no Settle database at {}: nothing to verify (`settle migrate` or `settle serve` creates one)",
+            common.database_name()
+        ));
+    }
     store.migrate().await.map_err(|e| format!("migrations failed: {e}"))?;
     let report = settle_server::verify::verify(store.as_ref())
         .await

@@ -792,12 +792,17 @@ async fn a_vault_key_other_than_the_postgres_databases_is_refused() {
     assert!(text.contains("curl"), "{text}");
     let other = flags(&vault_key());
     let other: Vec<&str> = other.iter().map(String::as_str).collect();
-    let text = refused(&mut serve_command(&dir.path().join("b"), free_port(), &other));
+    // A SQLite key file beside it is not PostgreSQL's, and the advice does not point to it.
+    let b = dir.path().join("b");
+    std::fs::create_dir_all(b.join("settle-data")).expect("data dir");
+    std::fs::write(b.join("settle-data/vault-key"), vault_key()).expect("sqlite's key");
+    let text = refused(&mut serve_command(&b, free_port(), &other));
     stop(first);
     assert!(
         text.contains("differs from the one this database was created with"),
         "{text}"
     );
+    assert!(!text.contains("vault-key holds"), "{text}");
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .execute(&pg)
         .await
@@ -835,6 +840,60 @@ async fn postgres_without_a_vault_key_is_refused_before_migrating() {
         n
     };
     assert_eq!(tables, 0, "nothing was migrated");
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&pg)
+        .await
+        .expect("drop database");
+}
+
+/// A start refused for its token file, and a `verify`, leave a new PostgreSQL database as it
+/// was: no tables, no vault key recorded. (Regression: the refused start had migrated it and
+/// tied it to its vault key, so the next start with another key was refused for that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_starts_and_verify_leave_a_new_postgres_database_untouched() {
+    let Some((pg, name, db_url)) = fresh_database("settle_cli_untouched").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("settle-data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(data.join("admin-token-postgres"), "sat_another_databases\n").expect("token file");
+    let key = vault_key();
+    let text = refused(&mut serve_command(
+        dir.path(),
+        free_port(),
+        &["--database-url", &db_url, "--vault-key", &key],
+    ));
+    assert!(
+        text.contains("holds the admin token of another PostgreSQL database"),
+        "{text}"
+    );
+    let text = refused(
+        settle()
+            .args(["verify", "--database-url", &db_url])
+            .env("SETTLE_DATA_DIR", &data),
+    );
+    assert!(text.contains("no Settle database at PostgreSQL"), "{text}");
+    assert!(!text.contains("postgres@"), "no credentials in the message: {text}");
+    let tables: i64 = {
+        let db = sqlx::PgPool::connect(&db_url).await.expect("connect");
+        let n = sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+            .fetch_one(&db)
+            .await
+            .expect("count");
+        db.close().await;
+        n
+    };
+    assert_eq!(tables, 0, "nothing was migrated");
+    // With the file moved away, another key than the refused start's is taken.
+    std::fs::remove_file(data.join("admin-token-postgres")).expect("move the file away");
+    let (server, text) = serve_with(
+        dir.path(),
+        free_port(),
+        &["--database-url", &db_url, "--vault-key", &vault_key()],
+    );
+    assert!(text.contains("admin-token-postgres"), "{text}");
+    stop(server);
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .execute(&pg)
         .await
