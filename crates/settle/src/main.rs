@@ -197,7 +197,7 @@ async fn verify(common: Common) -> Result<ExitCode, String> {
 
 pub fn print_report(report: &settle_server::verify::Report) {
     println!(
-        "verify: {} merchants, {} accounts, {} transfers: {}",
+        "verify: {} merchants with ledger accounts, {} accounts, {} transfers: {}",
         report.merchants,
         report.accounts,
         report.transfers,

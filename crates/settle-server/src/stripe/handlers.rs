@@ -896,6 +896,8 @@ async fn create_webhook_endpoint(State(state): State<AppState>, ctx: Ctx, body: 
             .strings("enabled_events")?
             .ok_or_else(|| ApiError::missing("enabled_events"))?,
         description: p.string("description")?,
+        // Stripe's create takes no `disabled`.
+        enabled: None,
     };
     webhook_api_version(&mut p)?;
     p.finish()?;

@@ -124,6 +124,12 @@ pub fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
         return Err(bad(&format!("must be at most {URL_LEN_MAX} characters")));
     }
     let parsed = reqwest::Url::parse(url).map_err(|e| bad(&format!("is not a valid URL: {e}")))?;
+    // Written as `scheme://host…`: a URL parser repairs `http:///x` or `http:x` into a URL of
+    // host `x`, which is not what was written.
+    let after_scheme = url.trim().split_once(':').map_or("", |(_, rest)| rest);
+    if !after_scheme.starts_with("//") || after_scheme[2..].starts_with(['/', '\\']) {
+        return Err(bad("must be written as http://host/… or https://host/…"));
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(bad("must use http or https"));
     }
@@ -189,6 +195,8 @@ pub struct EndpointInput {
     pub url: String,
     pub enabled_events: Vec<String>,
     pub description: Option<String>,
+    /// `false` makes it disabled (by the merchant) from the start.
+    pub enabled: Option<bool>,
 }
 
 /// Changes to an endpoint; an absent field is kept.
@@ -266,12 +274,12 @@ pub async fn create_endpoint(
         url,
         description,
         enabled_events,
-        enabled: true,
+        enabled: input.enabled.unwrap_or(true),
         secret_sealed: state.vault.seal(secret.as_bytes(), &sealing_context(&merchant_id, &id)),
         previous_secret_sealed: None,
         previous_secret_expires_at: None,
         failing_since: None,
-        disabled_reason: None,
+        disabled_reason: (input.enabled == Some(false)).then(|| "disabled_by_merchant".to_owned()),
         api,
         created_at: now,
         updated_at: now,

@@ -492,6 +492,28 @@ async fn endpoints_are_managed_and_bad_input_is_named(app: TestApp) {
         !app.dump_all_tables().await.contains(&secret[6..]),
         "secret stored in clear"
     );
+    // One made disabled from the start.
+    let off = app
+        .post(
+            "/v1/webhook_endpoints",
+            &m.key,
+            json!({ "url": url, "enabled_events": ["*"], "enabled": false }),
+        )
+        .await;
+    assert_eq!(off.status, StatusCode::CREATED, "{}", off.text);
+    assert_eq!(off.json["status"], "disabled", "{}", off.text);
+    assert_eq!(off.json["disabled_reason"], "disabled_by_merchant", "{}", off.text);
+    let off = off.json["id"].as_str().expect("id").to_owned();
+    let deleted = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/webhook_endpoints/{off}"),
+            &m.key,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text);
     let listed = app.get("/v1/webhook_endpoints", &m.key).await;
     assert_eq!(listed.json["data"][0]["id"], id.as_str());
     assert!(!listed.text.contains(&secret));
@@ -512,6 +534,11 @@ async fn endpoints_are_managed_and_bad_input_is_named(app: TestApp) {
         (json!({ "url": url }), "enabled_events"),
         (json!({ "url": "not a url", "enabled_events": ["*"] }), "url"),
         (json!({ "url": "ftp://example.test/x", "enabled_events": ["*"] }), "url"),
+        (
+            json!({ "url": "http:///example.test/x", "enabled_events": ["*"] }),
+            "url",
+        ),
+        (json!({ "url": "https:example.test/x", "enabled_events": ["*"] }), "url"),
         (
             json!({ "url": "https://user:pw@example.test/x", "enabled_events": ["*"] }),
             "url",
