@@ -57,13 +57,15 @@ pub trait PaymentTx: Send {
         filter: &PaymentFilter,
         page: &PageRequest,
     ) -> Result<Listing<Payment>>;
-    /// Payments of every merchant in `status` whose clock started before `before`, unclaimed at `now`, oldest
-    /// first: awaiting capture since their authorization ([`due_clock`]), otherwise since their
-    /// last change. For the jobs, which then claim each one.
+    /// Payments of every merchant in `status` whose clock started before `before`, unchanged
+    /// since `quiet_since`, unclaimed at `now`, oldest first: awaiting capture timed from their
+    /// authorization ([`due_clock`]), otherwise from their last change. For the jobs, which then
+    /// claim each one; `quiet_since` spaces out the tries of a payment a job could not conclude.
     async fn due_payments(
         &mut self,
         status: PaymentStatus,
         before: Timestamp,
+        quiet_since: Timestamp,
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<Payment>>;
@@ -740,6 +742,7 @@ macro_rules! payments_tx {
                 &mut self,
                 status: settle_domain::payment::PaymentStatus,
                 before: settle_domain::Timestamp,
+                quiet_since: settle_domain::Timestamp,
                 now: settle_domain::Timestamp,
                 limit: u32,
             ) -> $crate::Result<Vec<settle_domain::payment::Payment>> {
@@ -747,7 +750,7 @@ macro_rules! payments_tx {
                 // generically) can still use the partial index of the status.
                 let clock = pay::due_clock(status);
                 let sql = format!(
-                    "SELECT {} FROM payments WHERE status = '{}' AND {clock} < $1 \
+                    "SELECT {} FROM payments WHERE status = '{}' AND {clock} < $1 AND updated_at < $4 \
                      AND (claimed_until IS NULL OR claimed_until <= $2) ORDER BY {clock} LIMIT $3",
                     pay::PAYMENT_COLS,
                     status.as_str()
@@ -756,6 +759,7 @@ macro_rules! payments_tx {
                     .bind(before.0)
                     .bind(now.0)
                     .bind(i64::from(limit))
+                    .bind(quiet_since.0)
                     .fetch_all(&mut *self.tx)
                     .await?;
                 rows.iter().map(payment_from).collect()

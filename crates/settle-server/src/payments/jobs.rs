@@ -28,6 +28,10 @@ use crate::{
 
 /// Most payments one round of a job handles.
 pub const JOB_BATCH_MAX: u32 = 100;
+/// How long an authorization whose expiry could not be concluded (its void failed, say), or that
+/// just changed, waits before the expiry job tries it again: the job takes the oldest first, so
+/// ones it cannot conclude must not take every round.
+pub const EXPIRY_RETRY_SECONDS: i64 = 60;
 /// Syncs of one stuck payment before it is given up as failed.
 pub const SYNC_ATTEMPTS_MAX: usize = 10;
 /// Longest wait between two syncs of one payment.
@@ -44,8 +48,15 @@ pub async fn try_execute_authorization_expiry(state: &AppState) -> Result<usize,
     let ttl = i64::try_from(state.config.authorization_ttl.as_secs()).unwrap_or(i64::MAX);
     let due = {
         let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
-        tx.due_payments(PaymentStatus::RequiresCapture, before(now, ttl), now, JOB_BATCH_MAX)
-            .await?
+        let quiet_since = before(now, EXPIRY_RETRY_SECONDS);
+        tx.due_payments(
+            PaymentStatus::RequiresCapture,
+            before(now, ttl),
+            quiet_since,
+            now,
+            JOB_BATCH_MAX,
+        )
+        .await?
     };
     let mut expired = 0;
     for p in due {
@@ -86,7 +97,7 @@ pub async fn try_execute_payment_sync(state: &AppState) -> Result<usize, ApiErro
     let base = i64::try_from(state.config.payment_sync_interval.as_secs()).unwrap_or(1);
     let due = {
         let mut tx = state.store.begin(Scope::System, Mode::Read).await?;
-        tx.due_payments(PaymentStatus::Processing, before(now, 0), now, JOB_BATCH_MAX)
+        tx.due_payments(PaymentStatus::Processing, now, now, now, JOB_BATCH_MAX)
             .await?
     };
     let mut changed = 0;
