@@ -809,6 +809,17 @@ async fn a_vault_key_other_than_the_postgres_databases_is_refused() {
         .expect("drop database");
 }
 
+/// How many tables the database at `db_url` has in its `public` schema.
+async fn public_tables(db_url: &str) -> i64 {
+    let db = sqlx::PgPool::connect(db_url).await.expect("connect");
+    let n = sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+        .fetch_one(&db)
+        .await
+        .expect("count");
+    db.close().await;
+    n
+}
+
 /// Regression: PostgreSQL without a vault key used `./settle-data/vault-key` (SQLite's). It is
 /// refused before any migration or warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -830,16 +841,7 @@ async fn postgres_without_a_vault_key_is_refused_before_migrating() {
         "{text}"
     );
     assert!(!text.contains("WARN") && !text.contains("superuser"), "{text}");
-    let tables: i64 = {
-        let db = sqlx::PgPool::connect(&db_url).await.expect("connect");
-        let n = sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
-            .fetch_one(&db)
-            .await
-            .expect("count");
-        db.close().await;
-        n
-    };
-    assert_eq!(tables, 0, "nothing was migrated");
+    assert_eq!(public_tables(&db_url).await, 0, "nothing was migrated");
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .execute(&pg)
         .await
@@ -875,16 +877,7 @@ async fn refused_starts_and_verify_leave_a_new_postgres_database_untouched() {
     );
     assert!(text.contains("no Settle database at PostgreSQL"), "{text}");
     assert!(!text.contains("postgres@"), "no credentials in the message: {text}");
-    let tables: i64 = {
-        let db = sqlx::PgPool::connect(&db_url).await.expect("connect");
-        let n = sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
-            .fetch_one(&db)
-            .await
-            .expect("count");
-        db.close().await;
-        n
-    };
-    assert_eq!(tables, 0, "nothing was migrated");
+    assert_eq!(public_tables(&db_url).await, 0, "nothing was migrated");
     // With the file moved away, another key than the refused start's is taken.
     std::fs::remove_file(data.join("admin-token-postgres")).expect("move the file away");
     let (server, text) = serve_with(

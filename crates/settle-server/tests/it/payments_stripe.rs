@@ -211,16 +211,20 @@ async fn attempts(app: &TestApp, m: &Merchant, id: &str) -> Vec<Value> {
     r.json["data"].as_array().expect("attempts").clone()
 }
 
+/// A payment of `amount` USD with manual capture, confirmed at once with card `number`.
+async fn pay_manually(app: &TestApp, m: &Merchant, amount: i64, number: &str) -> Resp {
+    app.post(
+        "/v1/payments",
+        &m.key,
+        json!({ "amount": amount, "currency": "USD", "capture_method": "manual", "confirm": true,
+                "payment_method": card(number) }),
+    )
+    .await
+}
+
 /// A `requires_capture` payment of `amount` at `account`, and its PaymentIntent id.
 async fn authorized(app: &TestApp, m: &Merchant, account: &str, amount: i64) -> (String, String) {
-    let r = app
-        .post(
-            "/v1/payments",
-            &m.key,
-            json!({ "amount": amount, "currency": "USD", "capture_method": "manual", "confirm": true,
-                    "payment_method": card(VISA) }),
-        )
-        .await;
+    let r = pay_manually(app, m, amount, VISA).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.json["status"], "requires_capture", "{}", r.text);
     assert_eq!(r.json["connector"], "stripe", "{}", r.text);
@@ -373,14 +377,7 @@ async fn stripe_authorize_partial_capture_and_partial_refund(app: TestApp) {
 async fn stripe_decline_leaves_nothing_in_the_ledger(app: TestApp) {
     let server = localstripe_or_skip!();
     let (m, account) = stripe_merchant(&app, &server).await;
-    let r = app
-        .post(
-            "/v1/payments",
-            &m.key,
-            json!({ "amount": 1000, "currency": "USD", "capture_method": "manual", "confirm": true,
-                    "payment_method": card(DECLINED) }),
-        )
-        .await;
+    let r = pay_manually(&app, &m, 1000, DECLINED).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.json["status"], "requires_payment_method", "{}", r.text);
     assert_eq!(r.json["last_payment_error"]["code"], "card_declined", "{}", r.text);
@@ -553,14 +550,7 @@ async fn stripe_authorization_made_after_failover_is_voided_by_the_late_check(mu
     let sandbox = app.sandbox_account(&m, json!({})).await;
     let rules = json!({ "rules": [{ "connector_account_id": slow }, { "connector_account_id": sandbox }] });
     assert_eq!(app.post("/v1/routing", &m.key, rules).await.status, StatusCode::OK);
-    let r = app
-        .post(
-            "/v1/payments",
-            &m.key,
-            json!({ "amount": 700, "currency": "USD", "capture_method": "manual", "confirm": true,
-                    "payment_method": card(VISA) }),
-        )
-        .await;
+    let r = pay_manually(&app, &m, 700, VISA).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.json["status"], "requires_capture", "{}", r.text);
     assert_eq!(r.json["connector_account_id"], sandbox.as_str(), "{}", r.text);
