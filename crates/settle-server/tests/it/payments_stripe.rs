@@ -222,6 +222,15 @@ async fn pay_manually(app: &TestApp, m: &Merchant, amount: i64, number: &str) ->
     .await
 }
 
+/// Each attempt of a payment as (operation, outcome), oldest first.
+async fn operations(app: &TestApp, m: &Merchant, id: &str) -> Vec<(Value, Value)> {
+    attempts(app, m, id)
+        .await
+        .iter()
+        .map(|a| (a["operation"].clone(), a["outcome"].clone()))
+        .collect()
+}
+
 /// A `requires_capture` payment of `amount` at `account`, and its PaymentIntent id.
 async fn authorized(app: &TestApp, m: &Merchant, account: &str, amount: i64) -> (String, String) {
     let r = pay_manually(app, m, amount, VISA).await;
@@ -310,11 +319,7 @@ async fn stripe_authorize_partial_capture_and_partial_refund(app: TestApp) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["status"], "succeeded", "{}", r.text);
     assert_eq!(r.json["amount_captured"], 600, "{}", r.text);
-    let ops: Vec<(Value, Value)> = attempts(&app, &m, &id)
-        .await
-        .iter()
-        .map(|a| (a["operation"].clone(), a["outcome"].clone()))
-        .collect();
+    let ops = operations(&app, &m, &id).await;
     assert_eq!(
         ops,
         [
@@ -515,11 +520,7 @@ async fn stripe_capture_already_made_at_the_provider_is_finished_by_its_sync(app
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["status"], "succeeded", "{}", r.text);
     assert_eq!(r.json["amount_captured"], 1000, "{}", r.text);
-    let ops: Vec<(Value, Value)> = attempts(&app, &m, &id)
-        .await
-        .iter()
-        .map(|a| (a["operation"].clone(), a["outcome"].clone()))
-        .collect();
+    let ops = operations(&app, &m, &id).await;
     assert_eq!(ops[0], (json!("authorize"), json!("succeeded")));
     assert_eq!(ops[1].0, json!("capture"));
     assert_ne!(ops[1].1, json!("succeeded"), "{ops:?}");
@@ -555,11 +556,7 @@ async fn stripe_authorization_made_after_failover_is_voided_by_the_late_check(mu
     assert_eq!(r.json["status"], "requires_capture", "{}", r.text);
     assert_eq!(r.json["connector_account_id"], sandbox.as_str(), "{}", r.text);
     let id = r.json["id"].as_str().expect("id").to_owned();
-    let ops: Vec<(Value, Value)> = attempts(&app, &m, &id)
-        .await
-        .iter()
-        .map(|a| (a["operation"].clone(), a["outcome"].clone()))
-        .collect();
+    let ops = operations(&app, &m, &id).await;
     assert_eq!(
         ops,
         [
