@@ -17,7 +17,7 @@
 //! requests only `Config::webhook_round_wait`; one still out then records its own attempt when
 //! it ends, and the next round starts meanwhile. The requests in flight are bounded per process
 //! ([`IN_FLIGHT_MAX`]; no round leases when there is no room) and per endpoint
-//! ([`ENDPOINT_IN_FLIGHT_MAX`], so the other endpoints always have the other half): a request
+//! ([`ENDPOINT_IN_FLIGHT_MAX`], so one slow endpoint leaves the others three quarters): a request
 //! waits for both permits while it could still end within its lease, else its delivery goes
 //! back untried, due again at once. A delivery to an endpoint whose requests from earlier rounds
 //! fill its share (a slow receiver) goes back untried at once and is left alone for
@@ -59,9 +59,9 @@ pub const OUTBOX_BATCH_MAX: u32 = 1_000;
 pub const DELIVERY_BATCH_MAX: u32 = 500;
 /// Most requests in flight at once per process.
 pub const IN_FLIGHT_MAX: usize = 128;
-/// Most requests in flight at once to one endpoint per process: half of [`IN_FLIGHT_MAX`], so
-/// the other endpoints always have the other half.
-pub const ENDPOINT_IN_FLIGHT_MAX: usize = IN_FLIGHT_MAX / 2;
+/// Most requests in flight at once to one endpoint per process: a quarter of [`IN_FLIGHT_MAX`],
+/// so one slow endpoint leaves the others three quarters.
+pub const ENDPOINT_IN_FLIGHT_MAX: usize = IN_FLIGHT_MAX / 4;
 /// How long a delivery to an endpoint whose requests fill its limit from earlier rounds (a slow
 /// receiver) is left alone.
 pub const HELD_BACK_SECONDS: i64 = 2;

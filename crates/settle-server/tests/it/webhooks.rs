@@ -993,7 +993,7 @@ async fn endpoint_urls_are_bounded_as_stored_and_keep_no_fragment(app: TestApp) 
 }
 
 /// One merchant's receiver that never answers holds up no other merchant's webhooks: a round
-/// waits for its requests only a while, and an endpoint has at most half the process's requests
+/// waits for its requests only a while, and an endpoint has at most a quarter of the process's requests
 /// in flight, so another endpoint's request goes out beside them.
 async fn a_receiver_that_never_answers_holds_up_no_other_merchants_webhooks(mut app: TestApp) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
