@@ -16,12 +16,13 @@
 //! One merchant's slow receivers must not hold up the others' webhooks. A round waits for its
 //! requests only `Config::webhook_round_wait`; one still out then records its own attempt when
 //! it ends, and the next round starts meanwhile. The requests in flight are bounded per process
-//! ([`IN_FLIGHT_MAX`]; no round leases when there is no room) and per endpoint
-//! ([`ENDPOINT_IN_FLIGHT_MAX`], so one slow endpoint leaves the others three quarters): a request
-//! waits for both permits while it could still end within its lease, else its delivery goes
-//! back untried, due again at once. A delivery to an endpoint whose requests from earlier rounds
-//! fill its share (a slow receiver) goes back untried at once and is left alone for
-//! [`HELD_BACK_SECONDS`], so that the next rounds lease other endpoints' deliveries instead.
+//! ([`IN_FLIGHT_MAX`]; no round leases when there is no room), per merchant
+//! ([`MERCHANT_IN_FLIGHT_MAX`], so one merchant's slow receivers leave the others three quarters)
+//! and per endpoint ([`ENDPOINT_IN_FLIGHT_MAX`], half its merchant's): a request
+//! waits for its permits while it could still end within its lease, else its delivery goes back
+//! untried, due again at once. A delivery to an endpoint, or a merchant, whose share is taken by
+//! requests that outlasted their round's wait (slow receivers) goes back untried at once and is
+//! left alone for [`HELD_BACK_SECONDS`], so that the next rounds lease other deliveries instead.
 //!
 //! Requests: `POST` of the event's JSON, `Settle-Signature: t=<unix>,v1=<hex>` with one `v1`
 //! per signing secret (HMAC-SHA256 of `"<t>.<body>"`, Stripe's scheme), `Settle-Event-Id`, a
@@ -58,10 +59,13 @@ pub const OUTBOX_BATCH_MAX: u32 = 1_000;
 /// Most deliveries one delivery round leases.
 pub const DELIVERY_BATCH_MAX: u32 = 500;
 /// Most requests in flight at once per process.
-pub const IN_FLIGHT_MAX: usize = 128;
-/// Most requests in flight at once to one endpoint per process: a quarter of [`IN_FLIGHT_MAX`],
-/// so one slow endpoint leaves the others three quarters.
-pub const ENDPOINT_IN_FLIGHT_MAX: usize = IN_FLIGHT_MAX / 4;
+pub const IN_FLIGHT_MAX: usize = 256;
+/// Most requests in flight at once to one merchant's endpoints per process: a quarter of
+/// [`IN_FLIGHT_MAX`], so one merchant's slow receivers leave the others three quarters.
+pub const MERCHANT_IN_FLIGHT_MAX: usize = IN_FLIGHT_MAX / 4;
+/// Most requests in flight at once to one endpoint per process: half its merchant's, so one
+/// slow endpoint leaves the merchant's others half.
+pub const ENDPOINT_IN_FLIGHT_MAX: usize = MERCHANT_IN_FLIGHT_MAX / 2;
 /// How long a delivery to an endpoint whose requests fill its limit from earlier rounds (a slow
 /// receiver) is left alone.
 pub const HELD_BACK_SECONDS: i64 = 2;
@@ -186,16 +190,17 @@ struct Sent {
     attempt: DeliveryAttempt,
 }
 
-/// The webhook requests in flight in this process: each holds one of [`IN_FLIGHT_MAX`] permits
-/// and one of its endpoint's [`ENDPOINT_IN_FLIGHT_MAX`].
+/// The webhook requests in flight in this process: each holds one of [`IN_FLIGHT_MAX`] permits,
+/// one of its merchant's [`MERCHANT_IN_FLIGHT_MAX`] and one of its endpoint's
+/// [`ENDPOINT_IN_FLIGHT_MAX`].
 pub struct Flights {
     permits: Arc<Semaphore>,
-    endpoints: Mutex<HashMap<Key, Share>>,
+    /// Per endpoint (merchant id, endpoint id) and per merchant (merchant id, "").
+    shares: Mutex<HashMap<Key, Share>>,
 }
 
-/// One endpoint's share of the requests, and how many of its requests outlasted their round's
-/// wait and have not ended yet (briefly below zero when one ends before its round counted it).
-#[derive(Clone)]
+/// A share of the requests, and how many of its requests outlasted their round's wait and have
+/// not ended yet (briefly below zero when one ends before its round counted it).
 struct Share {
     permits: Arc<Semaphore>,
     late: i64,
@@ -205,13 +210,27 @@ impl Default for Flights {
     fn default() -> Self {
         Flights {
             permits: Arc::new(Semaphore::new(IN_FLIGHT_MAX)),
-            endpoints: Mutex::default(),
+            shares: Mutex::default(),
         }
     }
 }
 
-/// A request's permits, given back when dropped.
-type Slot = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+/// A request's permits (endpoint, merchant, process), given back when dropped.
+type Slot = [OwnedSemaphorePermit; 3];
+
+/// The key of `endpoint`'s merchant's share.
+fn merchant_of(endpoint: &Key) -> Key {
+    (endpoint.0.clone(), String::new())
+}
+
+/// How many requests a share holds: a merchant's or an endpoint's.
+fn share_size(key: &Key) -> usize {
+    if key.1.is_empty() {
+        MERCHANT_IN_FLIGHT_MAX
+    } else {
+        ENDPOINT_IN_FLIGHT_MAX
+    }
+}
 
 impl Flights {
     /// How many more requests the process may send now.
@@ -219,48 +238,53 @@ impl Flights {
         self.permits.available_permits()
     }
 
-    /// The slow receivers: endpoints whose share is taken and some of whose requests outlasted
-    /// their round's wait. Forgets the endpoints nothing holds, waits for or counts.
+    /// The slow receivers: endpoints and merchants whose share is taken and some of whose
+    /// requests outlasted their round's wait. Forgets the shares nothing holds, waits for or
+    /// counts.
     fn slow(&self) -> HashSet<Key> {
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        endpoints.retain(|_, s| {
-            Arc::strong_count(&s.permits) > 1 || s.permits.available_permits() < ENDPOINT_IN_FLIGHT_MAX || s.late != 0
+        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        shares.retain(|k, s| {
+            Arc::strong_count(&s.permits) > 1 || s.permits.available_permits() < share_size(k) || s.late != 0
         });
-        endpoints
+        shares
             .iter()
             .filter(|(_, s)| s.late > 0 && s.permits.available_permits() == 0)
             .map(|(k, _)| k.clone())
             .collect()
     }
 
-    /// Runs `f` on `endpoint`'s share, made if there is none.
-    fn with_share<T>(&self, endpoint: &Key, f: impl FnOnce(&mut Share) -> T) -> T {
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        f(endpoints.entry(endpoint.clone()).or_insert_with(|| Share {
-            permits: Arc::new(Semaphore::new(ENDPOINT_IN_FLIGHT_MAX)),
+    /// Runs `f` on the share of `key`, made if there is none.
+    fn with_share<T>(&self, key: &Key, f: impl FnOnce(&mut Share) -> T) -> T {
+        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        f(shares.entry(key.clone()).or_insert_with(|| Share {
+            permits: Arc::new(Semaphore::new(share_size(key))),
             late: 0,
         }))
     }
 
-    /// `endpoint`'s share of the requests.
-    fn share(&self, endpoint: &Key) -> Arc<Semaphore> {
-        self.with_share(endpoint, |s| s.permits.clone())
+    /// The shares a request to `endpoint` takes from: its endpoint's and its merchant's.
+    fn shares(&self, endpoint: &Key) -> [Arc<Semaphore>; 2] {
+        [endpoint.clone(), merchant_of(endpoint)].map(|k| self.with_share(&k, |s| s.permits.clone()))
     }
 
     /// Counts `n` more (or, negative, fewer) of `endpoint`'s requests as late.
     fn late(&self, endpoint: &Key, n: i64) {
-        self.with_share(endpoint, |s| s.late += n);
+        for key in [endpoint.clone(), merchant_of(endpoint)] {
+            self.with_share(&key, |s| s.late += n);
+        }
     }
 
-    /// Waits, at most `patience`, until a request to the endpoint of `share` may go out.
-    async fn take(&self, share: Arc<Semaphore>, patience: Duration) -> Option<Slot> {
-        let permits = self.permits.clone();
-        let both = async move {
-            let endpoint = share.acquire_owned().await.ok()?;
-            let process = permits.acquire_owned().await.ok()?;
-            Some((endpoint, process))
+    /// Waits, at most `patience`, until a request may go out from `shares` and the process.
+    async fn take(&self, [endpoint, merchant]: [Arc<Semaphore>; 2], patience: Duration) -> Option<Slot> {
+        let process = self.permits.clone();
+        let all = async move {
+            Some([
+                endpoint.acquire_owned().await.ok()?,
+                merchant.acquire_owned().await.ok()?,
+                process.acquire_owned().await.ok()?,
+            ])
         };
-        tokio::time::timeout(patience, both).await.ok().flatten()
+        tokio::time::timeout(patience, all).await.ok().flatten()
     }
 }
 
@@ -339,7 +363,7 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
             continue;
         };
         let key = (endpoint.merchant_id.clone(), endpoint.id.clone());
-        if slow.contains(&key) {
+        if slow.contains(&key) || slow.contains(&merchant_of(&key)) {
             held_back.push((delivery, true));
             continue;
         }
@@ -361,10 +385,10 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
         };
         flying += 1;
         *out.entry(key.clone()).or_insert(0) += 1;
-        let share = state.webhook_flights.share(&key);
+        let shares = state.webhook_flights.shares(&key);
         tokio::spawn(fly(
             state.clone(),
-            share,
+            shares,
             patience,
             delivery,
             endpoint.clone(),
@@ -418,7 +442,7 @@ type Flown = Result<Sent, Delivery>;
 #[allow(clippy::too_many_arguments)]
 async fn fly(
     state: AppState,
-    share: Arc<Semaphore>,
+    shares: [Arc<Semaphore>; 2],
     patience: Duration,
     delivery: Delivery,
     endpoint: Endpoint,
@@ -429,7 +453,7 @@ async fn fly(
     let mut stopping = state.stopping.clone();
     let grace = state.config.request_timeout;
     let flight = async {
-        let _slot = state.webhook_flights.take(share, patience).await?;
+        let _slot = state.webhook_flights.take(shares, patience).await?;
         Some(send(&state, &delivery, &endpoint.url, header, &secrets, body).await)
     };
     let flown = tokio::select! {
