@@ -325,9 +325,17 @@ async fn recover_one(state: &AppState, p: &Payment) -> Result<bool, ApiError> {
             service::release(state, &claimed, log).await?;
             return Ok(false);
         }
-        // No answer, or a state this plan cannot explain: leave the claim to expire and ask again.
-        _ => {
+        // No answer, or not decided yet: leave the claim to expire and ask again.
+        (None | Some(ProviderStatus::Processing), _) => {
             tracing::warn!(payment = %claimed.id, "claim recovery could not learn the connector's state");
+            return Ok(false);
+        }
+        // A state this plan cannot explain (captured at the provider while canceling, voided
+        // there while capturing): the claim ends, and the operator is told; asking again would
+        // not change the answer.
+        (Some(other), _) => {
+            tracing::error!(payment = %claimed.id, provider_state = ?other, "the provider's state contradicts the interrupted step; the payment is left as it is for the operator to reconcile");
+            service::release(state, &claimed, log).await?;
             return Ok(false);
         }
     };

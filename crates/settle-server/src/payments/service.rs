@@ -459,13 +459,27 @@ pub fn recovered_attempt(
     a
 }
 
+/// Whether a connector call's error leaves its outcome unknown (a timeout, a 5xx: the provider
+/// may have acted).
+pub fn outcome_unknown(e: &ApiError) -> bool {
+    matches!(e, ApiError::Upstream { code, .. } if settle_store::payments::UNKNOWN_OUTCOME_CODES.contains(code))
+}
+
 /// Releases a claim without another change (a capture or void the connector refused). A
 /// payment in `processing` keeps its plan: the sync job needs its attempt references.
 pub async fn release(state: &AppState, claimed: &Payment, attempts: Vec<Attempt>) -> Result<(), ApiError> {
+    store_claim(state, claimed, attempts, false).await
+}
+
+/// Stores a claim's `attempts` without another change, releasing the claim or (`keep`) leaving
+/// it, with its plan, to expire and be recovered.
+async fn store_claim(state: &AppState, claimed: &Payment, attempts: Vec<Attempt>, keep: bool) -> Result<(), ApiError> {
     let mut next = claimed.clone();
-    next.claimed_until = None;
-    if next.status != PaymentStatus::Processing {
-        next.plan = None;
+    if !keep {
+        next.claimed_until = None;
+        if next.status != PaymentStatus::Processing {
+            next.plan = None;
+        }
     }
     next.version += 1;
     next.updated_at = state.clock.now();
@@ -897,6 +911,13 @@ pub async fn after_authorization(
                     transfers.extend(batch);
                     changes.push(change(state, Some(&before), &next, actor, None));
                 }
+                // The provider may have captured: the payment stays claimed for the capture, which
+                // the recovery job finishes or releases from what the provider holds.
+                Err(e) if outcome_unknown(&e) => {
+                    tracing::warn!(payment = %next.id, error = ?e, "automatic capture has an unknown outcome; the recovery job settles it");
+                    next.claimed_until = claimed.claimed_until;
+                    next.plan = Some(Plan::Capture { amount: next.amount });
+                }
                 Err(e) => {
                     tracing::warn!(payment = %next.id, error = ?e, "automatic capture failed; the payment stays authorized")
                 }
@@ -1092,6 +1113,12 @@ pub async fn settle_claim(
     };
     let (next, transfers) = match acted {
         Ok(acted) => acted,
+        // The provider may have acted: the claim stays, for the recovery job to finish or
+        // release from what the provider holds once it expires.
+        Err(e) if outcome_unknown(&e) => {
+            store_claim(state, claimed, attempts, true).await?;
+            return Err(e);
+        }
         Err(e) => {
             release(state, claimed, attempts).await?;
             return Err(e);

@@ -253,9 +253,9 @@ async fn authorized(app: &TestApp, m: &Merchant, account: &str, amount: i64) -> 
     (id, pi)
 }
 
-/// A proxy to `upstream` on loopback that holds every `POST /v1/payment_intents` (a create) for
-/// `delay` before passing it on: a request that reaches the provider after its caller gave up.
-async fn slow_creates(upstream: &str, delay: Duration) -> String {
+/// A proxy to `upstream` on loopback that holds every `POST` whose path `held` picks for `delay`
+/// before passing it on: a request that reaches the provider after its caller gave up.
+async fn slow_proxy(upstream: &str, delay: Duration, held: fn(&str) -> bool) -> String {
     use axum::{body::Bytes, extract::Request, http::HeaderMap, response::IntoResponse};
     let upstream = upstream.to_owned();
     let http = reqwest::Client::new();
@@ -270,7 +270,7 @@ async fn slow_creates(upstream: &str, delay: Duration) -> String {
                     headers.insert(name, v.clone());
                 }
             }
-            let held = parts.method == axum::http::Method::POST && parts.uri.path() == "/v1/payment_intents";
+            let held = parts.method == axum::http::Method::POST && held(parts.uri.path());
             // A task of its own: it goes on when the caller hangs up, as a request on its way does.
             let passed_on = tokio::spawn(async move {
                 if held {
@@ -537,7 +537,10 @@ async fn stripe_capture_already_made_at_the_provider_is_finished_by_its_sync(app
 async fn stripe_authorization_made_after_failover_is_voided_by_the_late_check(mut app: TestApp) {
     let server = localstripe_or_skip!();
     app.restart_with(|c| c.connector_timeout = Duration::from_secs(1)).await;
-    let proxy = slow_creates(&server.base_url, Duration::from_secs(3)).await;
+    let proxy = slow_proxy(&server.base_url, Duration::from_secs(3), |path| {
+        path == "/v1/payment_intents"
+    })
+    .await;
     let m = app.merchant("shop").await;
     let r = app
         .post(
@@ -603,7 +606,99 @@ async fn stripe_authorization_made_after_failover_is_voided_by_the_late_check(mu
     app.verify_ok().await;
 }
 
+/// A capture that reaches Stripe after Settle timed out on it (its sync still found the intent
+/// only authorized): the payment stays claimed for the capture, so nothing else (a cancel) can
+/// act on it, and once the claim expires the recovery job finds it captured and captures it
+/// here too, ledger included. The same for an automatic capture right after its authorization.
+async fn stripe_capture_that_arrives_late_is_finished_by_recovery(mut app: TestApp) {
+    let server = localstripe_or_skip!();
+    app.restart_with(|c| c.connector_timeout = Duration::from_secs(1)).await;
+    let proxy = slow_proxy(&server.base_url, Duration::from_secs(2), |path| {
+        path.ends_with("/capture")
+    })
+    .await;
+    let m = app.merchant("shop").await;
+    let r = app
+        .post(
+            "/v1/connector_accounts",
+            &m.key,
+            json!({ "connector": "stripe", "credentials": { "api_key": API_KEY, "base_url": proxy } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = pay_manually(&app, &m, 1000, VISA).await;
+    assert_eq!(r.json["status"], "requires_capture", "{}", r.text);
+    let manual = r.json["id"].as_str().expect("id").to_owned();
+    let r = app
+        .post(
+            &format!("/v1/payments/{manual}/capture"),
+            &m.key,
+            json!({ "amount": 600 }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_GATEWAY, "connector_timeout"),
+        "{}",
+        r.text
+    );
+    let r = app
+        .post(&format!("/v1/payments/{manual}/cancel"), &m.key, json!({}))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "payment_in_progress"),
+        "{}",
+        r.text
+    );
+
+    let r = app
+        .post(
+            "/v1/payments",
+            &m.key,
+            json!({ "amount": 700, "currency": "USD", "confirm": true, "payment_method": card(VISA) }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json["status"], "requires_capture", "{}", r.text);
+    let automatic = r.json["id"].as_str().expect("id").to_owned();
+
+    // Both captures reach localstripe.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let intents = server.get("/v1/payment_intents?limit=100").await;
+        let succeeded = intents["data"]
+            .as_array()
+            .map_or(0, |d| d.iter().filter(|i| i["status"] == "succeeded").count());
+        if succeeded == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held captures never reached localstripe: {intents}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.clock.advance_seconds(200);
+    assert_eq!(
+        settle_server::payments::jobs::try_execute_claim_recovery(app.state())
+            .await
+            .expect("job"),
+        2
+    );
+    for (id, amount) in [(&manual, 600), (&automatic, 700)] {
+        let p = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+        assert_eq!(p.json["status"], "succeeded", "{}", p.text);
+        assert_eq!(p.json["amount_captured"], amount, "{}", p.text);
+    }
+    let clearing = ledger(&app, &m, "settle:clearing:stripe:USD").await;
+    assert_eq!(clearing.json["balance"], 1300, "{}", clearing.text);
+    assert_eq!(clearing.json["debits_pending"], 0, "{}", clearing.text);
+    app.verify_ok().await;
+}
+
 crate::conformance!(
+    stripe_capture_that_arrives_late_is_finished_by_recovery,
     stripe_authorization_made_after_failover_is_voided_by_the_late_check,
     stripe_capture_already_made_at_the_provider_is_finished_by_its_sync,
     stripe_capture_of_a_dead_process_is_finished_by_recovery,
