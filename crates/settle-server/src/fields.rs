@@ -195,9 +195,9 @@ pub fn email(value: &str, param: &str) -> Result<String, ApiError> {
             .split_once('@')
             .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
         && !email.chars().any(|ch| ch.is_whitespace() || ch.is_control());
-    if valid {
-        Ok(email)
-    } else {
-        Err(ApiError::invalid(param, format!("`{param}` must be an email address")))
+    if !valid {
+        return Err(ApiError::invalid(param, format!("`{param}` must be an email address")));
     }
+    no_card_number(&email, param)?;
+    Ok(email)
 }

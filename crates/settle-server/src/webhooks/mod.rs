@@ -127,9 +127,12 @@ pub fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
     // Written as `scheme://host…`: a URL parser repairs `http:///x` or `http:x` into a URL of
     // host `x`, which is not what was written.
     let after_scheme = url.trim().split_once(':').map_or("", |(_, rest)| rest);
-    if !after_scheme.starts_with("//") || after_scheme[2..].starts_with(['/', '\\']) {
-        return Err(bad("must be written as http://host/… or https://host/…"));
+    if !after_scheme.starts_with("//") || after_scheme[2..].starts_with(['/', '\\']) || url.contains('\\') {
+        return Err(bad(
+            "must be written as http://host/… or https://host/…, without backslashes",
+        ));
     }
+    crate::fields::no_card_number(url, "url")?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(bad("must use http or https"));
     }

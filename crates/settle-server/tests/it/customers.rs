@@ -525,6 +525,16 @@ async fn card_numbers_in_contact_fields_are_refused_and_phones_are_phones(app: T
             json!({ "url": "https://example.com/hook", "enabled_events": ["*"], "description": "4242424242424242" }),
             "description",
         ),
+        (
+            "/v1/webhook_endpoints",
+            json!({ "url": "https://example.com/hook?c=4242424242424242", "enabled_events": ["*"] }),
+            "url",
+        ),
+        (
+            "/v1/customers",
+            json!({ "email": "4242424242424242@example.com" }),
+            "email",
+        ),
     ];
     for (path, body, param) in cases {
         let r = app.post(path, &m.key, body.clone()).await;

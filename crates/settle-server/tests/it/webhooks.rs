@@ -540,6 +540,10 @@ async fn endpoints_are_managed_and_bad_input_is_named(app: TestApp) {
         ),
         (json!({ "url": "https:example.test/x", "enabled_events": ["*"] }), "url"),
         (
+            json!({ "url": "https://example.test\\@evil.test/x", "enabled_events": ["*"] }),
+            "url",
+        ),
+        (
             json!({ "url": "https://user:pw@example.test/x", "enabled_events": ["*"] }),
             "url",
         ),
