@@ -458,6 +458,9 @@ async fn sync_refund(state: &AppState, mut refund: Refund) -> Result<bool, ApiEr
                 .refund(&payment_ref, &refund.id, refund.amount, payment.currency)
                 .await
         }
+        // A lookup that could not be made, or was refused, decides nothing about the earlier
+        // call (which may have refunded): the refund stays pending.
+        Err(ConnectorError::Unreachable(m) | ConnectorError::Rejected(m)) => Err(ConnectorError::Unavailable(m)),
         Err(e) => Err(e),
     };
     apply(&mut refund, answer, state.clock.now());

@@ -254,8 +254,13 @@ async fn authorized(app: &TestApp, m: &Merchant, account: &str, amount: i64) -> 
 }
 
 /// A proxy to `upstream` on loopback that holds every `POST` whose path `held` picks for `delay`
-/// before passing it on: a request that reaches the provider after its caller gave up.
-async fn slow_proxy(upstream: &str, delay: Duration, held: fn(&str) -> bool) -> String {
+/// before passing it on: a request that reaches the provider after its caller gave up. It stops
+/// listening (connections to it are refused) when its sender is dropped or sent to.
+async fn slow_proxy(
+    upstream: &str,
+    delay: Duration,
+    held: fn(&str) -> bool,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
     use axum::{body::Bytes, extract::Request, http::HeaderMap, response::IntoResponse};
     let upstream = upstream.to_owned();
     let http = reqwest::Client::new();
@@ -290,10 +295,15 @@ async fn slow_proxy(upstream: &str, delay: Duration, held: fn(&str) -> bool) -> 
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, axum::Router::new().fallback(forward)).await;
+        let _ = axum::serve(listener, axum::Router::new().fallback(forward))
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
     });
-    url
+    (url, stop)
 }
 
 async fn ledger(app: &TestApp, m: &Merchant, account: &str) -> Resp {
@@ -537,7 +547,7 @@ async fn stripe_capture_already_made_at_the_provider_is_finished_by_its_sync(app
 async fn stripe_authorization_made_after_failover_is_voided_by_the_late_check(mut app: TestApp) {
     let server = localstripe_or_skip!();
     app.restart_with(|c| c.connector_timeout = Duration::from_secs(1)).await;
-    let proxy = slow_proxy(&server.base_url, Duration::from_secs(3), |path| {
+    let (proxy, _proxy) = slow_proxy(&server.base_url, Duration::from_secs(3), |path| {
         path == "/v1/payment_intents"
     })
     .await;
@@ -613,7 +623,7 @@ async fn stripe_authorization_made_after_failover_is_voided_by_the_late_check(mu
 async fn stripe_capture_that_arrives_late_is_finished_by_recovery(mut app: TestApp) {
     let server = localstripe_or_skip!();
     app.restart_with(|c| c.connector_timeout = Duration::from_secs(1)).await;
-    let proxy = slow_proxy(&server.base_url, Duration::from_secs(2), |path| {
+    let (proxy, _proxy) = slow_proxy(&server.base_url, Duration::from_secs(2), |path| {
         path.ends_with("/capture")
     })
     .await;
@@ -697,7 +707,46 @@ async fn stripe_capture_that_arrives_late_is_finished_by_recovery(mut app: TestA
     app.verify_ok().await;
 }
 
+/// A refund whose call timed out stays `pending` while its sync cannot reach the provider: a
+/// lookup that was never made says nothing about the refund the provider may have made.
+async fn stripe_refund_stays_pending_while_its_sync_cannot_reach_the_provider(mut app: TestApp) {
+    let server = localstripe_or_skip!();
+    app.restart_with(|c| c.connector_timeout = Duration::from_secs(1)).await;
+    let (proxy, stop) = slow_proxy(&server.base_url, Duration::from_secs(2), |path| path == "/v1/refunds").await;
+    let m = app.merchant("shop").await;
+    let r = app
+        .post(
+            "/v1/connector_accounts",
+            &m.key,
+            json!({ "connector": "stripe", "credentials": { "api_key": API_KEY, "base_url": proxy } }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = pay_manually(&app, &m, 1000, VISA).await;
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    let r = app.post(&format!("/v1/payments/{id}/capture"), &m.key, json!({})).await;
+    assert_eq!(r.json["status"], "succeeded", "{}", r.text);
+    let refund = app
+        .post("/v1/refunds", &m.key, json!({ "payment_id": id, "amount": 400 }))
+        .await;
+    assert_eq!(refund.json["status"], "pending", "{}", refund.text);
+    let refund = refund.json["id"].as_str().expect("id").to_owned();
+    // The held refund reaches localstripe; then the provider cannot be reached.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stop.send(());
+    app.clock.advance_seconds(3600);
+    settle_server::payments::refunds::try_execute_refund_sync(app.state())
+        .await
+        .expect("job");
+    let r = app.get(&format!("/v1/refunds/{refund}"), &m.key).await;
+    assert_eq!(r.json["status"], "pending", "{}", r.text);
+    let p = app.get(&format!("/v1/payments/{id}"), &m.key).await;
+    assert_eq!(p.json["amount_refunded"], 400, "still reserved: {}", p.text);
+    app.verify_ok().await;
+}
+
 crate::conformance!(
+    stripe_refund_stays_pending_while_its_sync_cannot_reach_the_provider,
     stripe_capture_that_arrives_late_is_finished_by_recovery,
     stripe_authorization_made_after_failover_is_voided_by_the_late_check,
     stripe_capture_already_made_at_the_provider_is_finished_by_its_sync,
