@@ -22,7 +22,8 @@
 //! waits for its permits while it could still end within its lease, else its delivery goes back
 //! untried, due again at once. A delivery to an endpoint, or a merchant, whose share is taken by
 //! requests that outlasted their round's wait (slow receivers) goes back untried at once and is
-//! left alone for [`HELD_BACK_SECONDS`], so that the next rounds lease other deliveries instead.
+//! due again only in [`HELD_BACK_SECONDS`], behind the deliveries due before it, so that the next
+//! rounds lease other deliveries instead.
 //!
 //! Requests: `POST` of the event's JSON, `Settle-Signature: t=<unix>,v1=<hex>` with one `v1`
 //! per signing secret (HMAC-SHA256 of `"<t>.<body>"`, Stripe's scheme), `Settle-Event-Id`, a
@@ -560,8 +561,8 @@ fn transport_error(e: &reqwest::Error) -> String {
 
 /// Records the round's attempts and the deliveries' next states under their lease, the
 /// endpoints' health, and the disabling of endpoints that have failed for the whole window;
-/// gives the deliveries `held_back` untried back (with `true`: left alone for
-/// [`HELD_BACK_SECONDS`]; otherwise due again at once).
+/// gives the deliveries `held_back` untried back (with `true`: due again in
+/// [`HELD_BACK_SECONDS`]; otherwise at once).
 async fn record(
     state: &AppState,
     sent: Vec<Sent>,
@@ -576,8 +577,12 @@ async fn record(
         .checked_add_seconds(HELD_BACK_SECONDS)
         .ok_or_else(|| ApiError::Internal("lease time overflows".into()))?;
     for (delivery, wait) in held_back {
+        // Left alone: due again only then, so that it moves behind the deliveries due before
+        // (rounds lease the earliest due first), instead of heading every round's lease.
+        let next_attempt_at = if wait { left_until } else { delivery.next_attempt_at };
         let next = Delivery {
-            lease_until: wait.then_some(left_until),
+            lease_until: None,
+            next_attempt_at,
             ..delivery
         };
         tx.update_delivery(&next, leased_until).await?;
