@@ -245,7 +245,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SETTLE_CONNECTOR_PRIVATE_TARGETS", value_parser = ["allow", "refuse"])]
     pub connector_private_targets: Option<String>,
     /// Longest wait for a webhook receiver's answer, in seconds.
-    #[arg(long, env = "SETTLE_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60))]
+    #[arg(long, env = "SETTLE_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=30))]
     pub webhook_timeout_seconds: u64,
     /// Settle's own base URL, where the sandbox posts its webhooks (default: the listen
     /// address, with 127.0.0.1 for an unspecified one).
@@ -623,7 +623,7 @@ mod tests {
     fn settings_out_of_range_are_refused() {
         for args in [
             ["--webhook-timeout-seconds", "0"],
-            ["--webhook-timeout-seconds", "61"],
+            ["--webhook-timeout-seconds", "31"],
             ["--connector-timeout-seconds", "0"],
             ["--request-timeout-seconds", "0"],
             ["--ledger-writers", "0"],

@@ -55,6 +55,9 @@ use crate::{error::ApiError, events::event_json, stripe::shapes, webhooks::secre
 
 /// How long a delivery round owns the deliveries it leased.
 pub const LEASE_SECONDS: i64 = 60;
+/// What a request must leave of its lease when it starts, beyond its timeout: the time to
+/// record it. (The webhook timeout is at most half the lease.)
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// Most outbox entries one fan-out round takes.
 pub const OUTBOX_BATCH_MAX: u32 = 1_000;
 /// Most deliveries one delivery round leases.
@@ -275,8 +278,8 @@ impl Flights {
         }
     }
 
-    /// Waits, at most `patience`, until a request may go out from `shares` and the process.
-    async fn take(&self, [endpoint, merchant]: [Arc<Semaphore>; 2], patience: Duration) -> Option<Slot> {
+    /// Waits, until `start_by` at most, until a request may go out from `shares` and the process.
+    async fn take(&self, [endpoint, merchant]: [Arc<Semaphore>; 2], start_by: tokio::time::Instant) -> Option<Slot> {
         let process = self.permits.clone();
         let all = async move {
             Some([
@@ -285,7 +288,7 @@ impl Flights {
                 process.acquire_owned().await.ok()?,
             ])
         };
-        tokio::time::timeout(patience, all).await.ok().flatten()
+        tokio::time::timeout_at(start_by, all).await.ok().flatten()
     }
 }
 
@@ -295,6 +298,10 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
     let until = now
         .checked_add_seconds(LEASE_SECONDS)
         .ok_or_else(|| ApiError::Internal("lease time overflows".into()))?;
+    // Measured from before the lease is taken: a request starts only while it could still end
+    // within its lease, however long the round took to get it going.
+    let start_by = tokio::time::Instant::now()
+        + Duration::from_secs(LEASE_SECONDS.unsigned_abs()).saturating_sub(state.config.webhook_timeout + LEASE_MARGIN);
     if state.webhook_flights.room() == 0
         || !state
             .store
@@ -337,9 +344,6 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
                 .collect::<HashMap<Key, Endpoint>>(),
         )
     };
-    // A request waits for its permits only while it could still end within the lease.
-    let patience = Duration::from_secs(LEASE_SECONDS.unsigned_abs())
-        .saturating_sub(state.config.webhook_timeout + Duration::from_secs(1));
     let slow = state.webhook_flights.slow();
     // Per endpoint, the requests this round sent out and has not heard back from.
     let mut out: HashMap<Key, i64> = HashMap::new();
@@ -390,7 +394,7 @@ pub async fn try_execute_deliveries(state: &AppState) -> Result<usize, ApiError>
         tokio::spawn(fly(
             state.clone(),
             shares,
-            patience,
+            start_by,
             delivery,
             endpoint.clone(),
             (body, header, secrets),
@@ -444,7 +448,7 @@ type Flown = Result<Sent, Delivery>;
 async fn fly(
     state: AppState,
     shares: [Arc<Semaphore>; 2],
-    patience: Duration,
+    start_by: tokio::time::Instant,
     delivery: Delivery,
     endpoint: Endpoint,
     (body, header, secrets): (String, &'static str, Arc<Vec<String>>),
@@ -454,7 +458,7 @@ async fn fly(
     let mut stopping = state.stopping.clone();
     let grace = state.config.request_timeout;
     let flight = async {
-        let _slot = state.webhook_flights.take(shares, patience).await?;
+        let _slot = state.webhook_flights.take(shares, start_by).await?;
         Some(send(&state, &delivery, &endpoint.url, header, &secrets, body).await)
     };
     let flown = tokio::select! {

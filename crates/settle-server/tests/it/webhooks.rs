@@ -1040,7 +1040,7 @@ async fn a_receiver_that_never_answers_holds_up_no_other_endpoint(mut app: TestA
     let (hanging, accepted, stop) = hanging_receiver().await;
     app.restart_with(|c| {
         c.webhook_round_wait = Duration::from_millis(100);
-        c.webhook_timeout = Duration::from_secs(50);
+        c.webhook_timeout = Duration::from_secs(30);
     })
     .await;
     let transfer = |i: usize| json!({ "id": format!("t{i}"), "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" });
@@ -1078,7 +1078,7 @@ async fn one_merchants_hanging_receivers_hold_up_no_other_merchant(mut app: Test
     let (hanging, accepted, stop) = hanging_receiver().await;
     app.restart_with(|c| {
         c.webhook_round_wait = Duration::from_millis(100);
-        c.webhook_timeout = Duration::from_secs(50);
+        c.webhook_timeout = Duration::from_secs(30);
     })
     .await;
     let transfer = |i: usize| json!({ "id": format!("t{i}"), "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" });
