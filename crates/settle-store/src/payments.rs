@@ -58,9 +58,10 @@ pub trait PaymentTx: Send {
         page: &PageRequest,
     ) -> Result<Listing<Payment>>;
     /// Payments of every merchant in `status` whose clock started before `before`, unchanged
-    /// since `quiet_since`, unclaimed at `now`, oldest first: awaiting capture timed from their
-    /// authorization ([`due_clock`]), otherwise from their last change. For the jobs, which then
-    /// claim each one; `quiet_since` spaces out the tries of a payment a job could not conclude.
+    /// since `quiet_since`, unclaimed at `now`, the least recently changed first: awaiting
+    /// capture timed from their authorization ([`due_clock`]), otherwise from their last change.
+    /// For the jobs, which then claim each one; `quiet_since` spaces out the tries of a payment a
+    /// job could not conclude, and the order puts it behind the others.
     async fn due_payments(
         &mut self,
         status: PaymentStatus,
@@ -751,7 +752,7 @@ macro_rules! payments_tx {
                 let clock = pay::due_clock(status);
                 let sql = format!(
                     "SELECT {} FROM payments WHERE status = '{}' AND {clock} < $1 AND updated_at < $4 \
-                     AND (claimed_until IS NULL OR claimed_until <= $2) ORDER BY {clock} LIMIT $3",
+                     AND (claimed_until IS NULL OR claimed_until <= $2) ORDER BY updated_at LIMIT $3",
                     pay::PAYMENT_COLS,
                     status.as_str()
                 );

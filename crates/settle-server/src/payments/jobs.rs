@@ -29,8 +29,9 @@ use crate::{
 /// Most payments one round of a job handles.
 pub const JOB_BATCH_MAX: u32 = 100;
 /// How long an authorization whose expiry could not be concluded (its void failed, say), or that
-/// just changed, waits before the expiry job tries it again: the job takes the oldest first, so
-/// ones it cannot conclude must not take every round.
+/// just changed, waits before the expiry job tries it again. The job takes the least recently
+/// changed first, so ones it cannot conclude go behind the others instead of taking every round;
+/// each is tried (and logged) once a minute at most, until the operator settles it.
 pub const EXPIRY_RETRY_SECONDS: i64 = 60;
 /// Syncs of one stuck payment before it is given up as failed.
 pub const SYNC_ATTEMPTS_MAX: usize = 10;

@@ -989,7 +989,8 @@ pub async fn capture_now(
     Ok((payment::captured(payment, amount, state.clock.now()), batch))
 }
 
-/// Voids at the connector; returns the ledger void to post.
+/// Voids at the connector; returns the ledger void to post. A void the connector did not
+/// confirm is decided by what the provider holds: voided there, it is voided here too.
 pub async fn void_now(
     state: &AppState,
     holder: &Candidate,
@@ -1015,13 +1016,27 @@ pub async fn void_now(
         started,
         actor,
     ));
-    match result {
-        Ok(()) => Ok(vec![postings::void(payment)]),
-        Err(e) => Err(ApiError::Upstream {
-            code: e.code(),
-            message: format!("the connector did not void the authorization: {e}"),
-        }),
+    if let Err(e) = result {
+        // Voided there already (an earlier void whose answer was lost, the provider's own
+        // expiry of the authorization): voided here too.
+        let synced = sync_attempt(
+            state,
+            payment,
+            holder,
+            &payment.id,
+            Some(&provider_ref),
+            actor,
+            attempts,
+        )
+        .await;
+        if !matches!(synced.map(|s| s.status), Some(ProviderStatus::Voided)) {
+            return Err(ApiError::Upstream {
+                code: e.code(),
+                message: format!("the connector did not void the authorization: {e}"),
+            });
+        }
     }
+    Ok(vec![postings::void(payment)])
 }
 
 /// The connector holding the payment's authorization.

@@ -517,9 +517,10 @@ async fn stripe_capture_of_a_dead_process_is_finished_by_recovery(app: TestApp) 
 /// A capture the provider made but whose answer never arrived (here: captured at localstripe
 /// directly) is finished by asking the provider: the next capture's refusal ("already
 /// captured") is followed by a sync, which finds the intent captured, and the payment, ledger
-/// included, is captured too. (localstripe captures a canceled intent, so the refusal that
-/// stands, the sync finding it not captured, is not shown here.)
-async fn stripe_capture_already_made_at_the_provider_is_finished_by_its_sync(app: TestApp) {
+/// included, is captured too; a cancel of an intent already canceled there is a cancel here.
+/// (localstripe captures a canceled intent, so the refusal that stands, the sync finding it not
+/// captured, is not shown here.)
+async fn stripe_steps_already_made_at_the_provider_are_finished_by_a_sync(app: TestApp) {
     let server = localstripe_or_skip!();
     let (m, account) = stripe_merchant(&app, &server).await;
     let (id, pi) = authorized(&app, &m, &account, 1000).await;
@@ -537,6 +538,17 @@ async fn stripe_capture_already_made_at_the_provider_is_finished_by_its_sync(app
     assert_eq!(ops[2], (json!("sync"), json!("succeeded")));
     let clearing = ledger(&app, &m, "settle:clearing:stripe:USD").await;
     assert_eq!(clearing.json["balance"], 1000, "{}", clearing.text);
+    assert_eq!(clearing.json["debits_pending"], 0, "{}", clearing.text);
+
+    // Likewise a cancel of an intent already canceled there.
+    let (other, pi) = authorized(&app, &m, &account, 300).await;
+    server.post(&format!("/v1/payment_intents/{pi}/cancel")).await;
+    let r = app
+        .post(&format!("/v1/payments/{other}/cancel"), &m.key, json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["status"], "canceled", "{}", r.text);
+    let clearing = ledger(&app, &m, "settle:clearing:stripe:USD").await;
     assert_eq!(clearing.json["debits_pending"], 0, "{}", clearing.text);
     app.verify_ok().await;
 }
@@ -749,7 +761,7 @@ crate::conformance!(
     stripe_refund_stays_pending_while_its_sync_cannot_reach_the_provider,
     stripe_capture_that_arrives_late_is_finished_by_recovery,
     stripe_authorization_made_after_failover_is_voided_by_the_late_check,
-    stripe_capture_already_made_at_the_provider_is_finished_by_its_sync,
+    stripe_steps_already_made_at_the_provider_are_finished_by_a_sync,
     stripe_capture_of_a_dead_process_is_finished_by_recovery,
     stripe_authorize_partial_capture_and_partial_refund,
     stripe_decline_leaves_nothing_in_the_ledger,
