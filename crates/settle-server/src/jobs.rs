@@ -153,6 +153,14 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>
                 if let Err(e) = crate::payments::jobs::try_execute_authorization_expiry(&s).await {
                     tracing::warn!(error = ?e, "authorization expiry failed");
                 }
+            },
+        )),
+        tokio::spawn(every(
+            payments,
+            stop.clone(),
+            state.clone(),
+            Last::None,
+            |s| async move {
                 if let Err(e) = crate::payments::jobs::try_execute_late_authorization_check(&s).await {
                     tracing::warn!(error = ?e, "late authorization check failed");
                 }

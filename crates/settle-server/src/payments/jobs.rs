@@ -358,7 +358,9 @@ pub const LATE_CHECK_WINDOW_SECONDS: i64 = 48 * 3600;
 /// reference is looked up once more [`LATE_CHECK_AFTER_SECONDS`] later, once its payment is no
 /// longer being worked on; an authorization found there that is not the payment's own is voided.
 /// The lookup is recorded as an attempt (`<reference>:late`), so each reference is looked up
-/// once. Returns how many authorizations it voided.
+/// once it got an answer (a provider that does not answer is asked again in later rounds,
+/// within [`LATE_CHECK_WINDOW_SECONDS`]). Runs as a job of its own, so that a provider outage
+/// holds up no other payment job. Returns how many authorizations it voided.
 pub async fn try_execute_late_authorization_check(state: &AppState) -> Result<usize, ApiError> {
     let now = state.clock.now();
     let due = {
@@ -396,7 +398,12 @@ async fn check_late(state: &AppState, attempt: &Attempt, now: Timestamp) -> Resu
     }
     let mut log = Vec::new();
     let voided = match account_of(state, &payment, &attempt.connector_account_id).await {
-        Ok(candidate) => look_again(state, &payment, &candidate, attempt, &mut log).await,
+        Ok(candidate) => match look_again(state, &payment, &candidate, attempt, &mut log).await {
+            Some(voided) => voided,
+            // The provider did not answer (an outage): asked again in a later round, within
+            // the window, and nothing is recorded meanwhile.
+            None => return Ok(false),
+        },
         Err(e) => {
             tracing::error!(payment = %payment.id, attempt = %attempt.id, error = ?e, "an authorization that may have reached its provider late cannot be looked up: its connector account is unusable");
             false
@@ -424,14 +431,15 @@ async fn check_late(state: &AppState, attempt: &Attempt, now: Timestamp) -> Resu
 }
 
 /// Looks `attempt`'s reference up at `candidate` and voids what the provider holds under it
-/// unless it is the payment's own authorization; whether it voided one. Every call goes in `log`.
+/// unless it is the payment's own authorization; whether it voided one (`None`: the provider
+/// did not answer the lookup). Every call goes in `log`.
 async fn look_again(
     state: &AppState,
     payment: &Payment,
     candidate: &Candidate,
     attempt: &Attempt,
     log: &mut Vec<Attempt>,
-) -> bool {
+) -> Option<bool> {
     let actor = service::Actor {
         ctx: None,
         reason: Some("late_authorization"),
@@ -441,10 +449,7 @@ async fn look_again(
         provider_ref: None,
         ..payment.clone()
     };
-    let Some(synced) = service::sync_attempt(state, &unheld, candidate, &attempt.id, None, &actor, log).await else {
-        tracing::error!(payment = %payment.id, attempt = %attempt.id, "an authorization that may have reached its provider late could not be looked up; check it at the provider");
-        return false;
-    };
+    let synced = service::sync_attempt(state, &unheld, candidate, &attempt.id, None, &actor, log).await?;
     let stray = synced
         .provider_ref
         .filter(|r| payment.provider_ref.as_deref() != Some(r.as_str()));
@@ -456,7 +461,7 @@ async fn look_again(
             };
             if service::void_now(state, candidate, &held, &actor, log).await.is_ok() {
                 tracing::warn!(payment = %payment.id, provider_ref = %provider_ref, "an authorization the provider made after Settle moved on was voided");
-                return true;
+                return Some(true);
             }
             tracing::error!(payment = %payment.id, provider_ref = %provider_ref, "an authorization the provider made after Settle moved on could not be voided; void it at the provider");
         }
@@ -465,7 +470,7 @@ async fn look_again(
         }
         _ => {}
     }
-    false
+    Some(false)
 }
 
 fn declined(code: &str, message: &str) -> AuthorizationOutcome {
