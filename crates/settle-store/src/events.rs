@@ -56,9 +56,11 @@ pub trait EventTx: Send {
     async fn update_endpoint(&mut self, endpoint: &Endpoint) -> Result<bool>;
     async fn delete_endpoint(&mut self, merchant_id: &str, id: &str) -> Result<bool>;
     /// Stores only an endpoint's health (`failing_since`, and `enabled` / `disabled_reason`
-    /// when the dispatcher disables it), and only while it is enabled: a client's concurrent
-    /// update of the other fields is kept. `false` when it was not enabled (or is gone).
-    async fn update_endpoint_health(&mut self, endpoint: &Endpoint) -> Result<bool>;
+    /// when the dispatcher disables it), and only while it is enabled and its `failing_since`
+    /// is still `was` (the health it was judged from): a client's concurrent update of the other
+    /// fields is kept, and a judgment on a stale health (a late request's) is not stored. `false`
+    /// when it was not stored.
+    async fn update_endpoint_health(&mut self, endpoint: &Endpoint, was: Option<Timestamp>) -> Result<bool>;
 
     async fn insert_deliveries(&mut self, deliveries: &[Delivery]) -> Result<()>;
     /// Leases up to `limit` deliveries due at `now` (pending, not leased) until `until`, oldest
@@ -375,10 +377,15 @@ macro_rules! events_tx {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn update_endpoint_health(&mut self, e: &settle_domain::webhook::Endpoint) -> $crate::Result<bool> {
+            async fn update_endpoint_health(
+                &mut self,
+                e: &settle_domain::webhook::Endpoint,
+                was: Option<settle_domain::Timestamp>,
+            ) -> $crate::Result<bool> {
                 let done = sqlx::query(
                     "UPDATE webhook_endpoints SET failing_since = $3, enabled = $4, disabled_reason = $5, \
-                     updated_at = $6 WHERE merchant_id = $1 AND id = $2 AND enabled",
+                     updated_at = $6 WHERE merchant_id = $1 AND id = $2 AND enabled \
+                     AND failing_since IS NOT DISTINCT FROM $7",
                 )
                 .bind(&e.merchant_id)
                 .bind(&e.id)
@@ -386,6 +393,7 @@ macro_rules! events_tx {
                 .bind(e.enabled)
                 .bind(&e.disabled_reason)
                 .bind(e.updated_at.0)
+                .bind(was.map(|t| t.0))
                 .execute(&mut *self.tx)
                 .await?;
                 Ok(done.rows_affected() == 1)

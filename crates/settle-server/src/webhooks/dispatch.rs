@@ -626,7 +626,7 @@ async fn record(
         };
         let (next, disable) = webhook::endpoint_after(endpoint, ok, died, now);
         if next.failing_since != endpoint.failing_since || disable {
-            let stored = tx.update_endpoint_health(&next).await?;
+            let stored = tx.update_endpoint_health(&next, endpoint.failing_since).await?;
             if stored && disable {
                 disabled.push(next);
             }

@@ -1141,7 +1141,39 @@ async fn a_receivers_nul_and_binary_bytes_are_kept_as_text(app: TestApp) {
     );
 }
 
+/// An endpoint's health is stored only over the health it was judged from: a late request's
+/// judgment, made on the endpoint as its round read it, does not undo a newer one.
+async fn a_stale_judgment_of_an_endpoints_health_is_not_stored(app: TestApp) {
+    use settle_store::{Mode, Scope};
+    let m = app.merchant("shop").await;
+    let (id, _) = app.endpoint(&m, "https://hooks.example.test/x", json!(["*"])).await;
+    let now = settle_server::clock::Clock::now(&app.clock);
+    let read = |app: &TestApp| {
+        let (store, m, id) = (app.store.clone(), m.id.clone(), id.clone());
+        async move {
+            let mut tx = store.begin(Scope::System, Mode::Read).await.expect("begin");
+            tx.get_endpoints(&[(m, id)]).await.expect("endpoint").remove(0)
+        }
+    };
+    let healthy = read(&app).await;
+    assert_eq!(healthy.failing_since, None);
+    let failing = settle_domain::webhook::Endpoint {
+        failing_since: Some(now),
+        ..healthy.clone()
+    };
+    let mut tx = app.store.begin(Scope::System, Mode::Write).await.expect("begin");
+    // Judged from a health that is not the stored one: not stored.
+    assert!(!tx.update_endpoint_health(&failing, Some(now)).await.expect("update"));
+    // Judged from the stored health: stored.
+    assert!(tx.update_endpoint_health(&failing, None).await.expect("update"));
+    // And a late judgment made on the healthy endpoint is not stored over it.
+    assert!(!tx.update_endpoint_health(&healthy, None).await.expect("update"));
+    tx.commit().await.expect("commit");
+    assert_eq!(read(&app).await.failing_since, Some(now));
+}
+
 crate::conformance!(
+    a_stale_judgment_of_an_endpoints_health_is_not_stored,
     a_receiver_that_never_answers_holds_up_no_other_endpoint,
     one_merchants_hanging_receivers_hold_up_no_other_merchant,
     a_receivers_nul_and_binary_bytes_are_kept_as_text,
