@@ -19,7 +19,7 @@
 use std::{sync::Arc, time::Instant};
 
 use serde_json::json;
-use settle_connectors::{AuthorizeRequest, CardData, ConnectorError, ProviderStatus, Synced};
+use settle_connectors::{AuthorizeRequest, CardData, ConnectorError, ConnectorResult, ProviderStatus, Synced};
 use settle_domain::{
     event::{self, NewEvent},
     ledger::{Account, AccountFlags, Balances, Key, TransferRequest},
@@ -942,55 +942,21 @@ pub async fn capture_now(
     let provider_ref = payment.provider_ref.clone().unwrap_or_default();
     let started = Instant::now();
     let result = holder.connector.capture(&provider_ref, amount, payment.currency).await;
-    match result {
-        Ok(()) => attempts.push(attempt(
-            state,
-            payment,
-            "capture",
-            holder,
-            "succeeded",
-            None,
-            Some(&provider_ref),
-            started,
-            actor,
-        )),
-        Err(e) => {
-            attempts.push(attempt(
-                state,
-                payment,
-                "capture",
-                holder,
-                outcome_of(&e),
-                Some(e.code()),
-                Some(&provider_ref),
-                started,
-                actor,
-            ));
-            let synced = sync_attempt(
-                state,
-                payment,
-                holder,
-                &payment.id,
-                Some(&provider_ref),
-                actor,
-                attempts,
-            )
-            .await;
-            if !matches!(synced.map(|s| s.status), Some(ProviderStatus::Captured)) {
-                return Err(ApiError::Upstream {
-                    code: e.code(),
-                    message: format!("the connector did not capture: {e}"),
-                });
-            }
-        }
-    }
+    let step = Step {
+        operation: "capture",
+        done: ProviderStatus::Captured,
+        failed: "the connector did not capture",
+    };
+    step.settle(state, holder, payment, result, started, actor, attempts)
+        .await?;
     let batch = postings::capture(payment, amount)
         .ok_or_else(|| ApiError::Internal("capture shares do not allocate".into()))?;
     Ok((payment::captured(payment, amount, state.clock.now()), batch))
 }
 
 /// Voids at the connector; returns the ledger void to post. A void the connector did not
-/// confirm is decided by what the provider holds: voided there, it is voided here too.
+/// confirm is decided by what the provider holds: voided there (an earlier void whose answer
+/// was lost, the provider's own expiry of the authorization), it is voided here too.
 pub async fn void_now(
     state: &AppState,
     holder: &Candidate,
@@ -1001,24 +967,55 @@ pub async fn void_now(
     let provider_ref = payment.provider_ref.clone().unwrap_or_default();
     let started = Instant::now();
     let result = holder.connector.void(&provider_ref).await;
-    let (outcome, code) = match &result {
-        Ok(()) => ("succeeded", None),
-        Err(e) => (outcome_of(e), Some(e.code())),
+    let step = Step {
+        operation: "void",
+        done: ProviderStatus::Voided,
+        failed: "the connector did not void the authorization",
     };
-    attempts.push(attempt(
-        state,
-        payment,
-        "void",
-        holder,
-        outcome,
-        code,
-        Some(&provider_ref),
-        started,
-        actor,
-    ));
-    if let Err(e) = result {
-        // Voided there already (an earlier void whose answer was lost, the provider's own
-        // expiry of the authorization): voided here too.
+    step.settle(state, holder, payment, result, started, actor, attempts)
+        .await?;
+    Ok(vec![postings::void(payment)])
+}
+
+/// A connector call on an authorization (capture or void) and the provider state that shows it
+/// done.
+struct Step {
+    operation: &'static str,
+    done: ProviderStatus,
+    failed: &'static str,
+}
+
+impl Step {
+    /// Records the call's attempt; when the connector did not confirm it, asks the provider
+    /// (recorded too) and counts it done if the provider shows it done.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        self,
+        state: &AppState,
+        holder: &Candidate,
+        payment: &Payment,
+        result: ConnectorResult<()>,
+        started: Instant,
+        actor: &Actor<'_>,
+        attempts: &mut Vec<Attempt>,
+    ) -> Result<(), ApiError> {
+        let provider_ref = payment.provider_ref.clone().unwrap_or_default();
+        let (outcome, code) = match &result {
+            Ok(()) => ("succeeded", None),
+            Err(e) => (outcome_of(e), Some(e.code())),
+        };
+        attempts.push(attempt(
+            state,
+            payment,
+            self.operation,
+            holder,
+            outcome,
+            code,
+            Some(&provider_ref),
+            started,
+            actor,
+        ));
+        let Err(e) = result else { return Ok(()) };
         let synced = sync_attempt(
             state,
             payment,
@@ -1029,14 +1026,14 @@ pub async fn void_now(
             attempts,
         )
         .await;
-        if !matches!(synced.map(|s| s.status), Some(ProviderStatus::Voided)) {
-            return Err(ApiError::Upstream {
-                code: e.code(),
-                message: format!("the connector did not void the authorization: {e}"),
-            });
+        if synced.map(|s| s.status) == Some(self.done) {
+            return Ok(());
         }
+        Err(ApiError::Upstream {
+            code: e.code(),
+            message: format!("{}: {e}", self.failed),
+        })
     }
-    Ok(vec![postings::void(payment)])
 }
 
 /// The connector holding the payment's authorization.

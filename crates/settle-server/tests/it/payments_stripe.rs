@@ -190,19 +190,24 @@ fn card(number: &str) -> Value {
 /// A merchant whose only connector account is `stripe`, at `server`: every payment routes there.
 async fn stripe_merchant(app: &TestApp, server: &LocalStripe) -> (Merchant, String) {
     let m = app.merchant("shop").await;
+    let account = stripe_account(app, &m, &server.base_url).await;
+    (m, account)
+}
+
+/// A `stripe` connector account of `m` at `base_url`; its id.
+async fn stripe_account(app: &TestApp, m: &Merchant, base_url: &str) -> String {
     let r = app
         .post(
             "/v1/connector_accounts",
             &m.key,
             json!({ "connector": "stripe", "label": "localstripe",
-                    "credentials": { "api_key": API_KEY, "base_url": server.base_url } }),
+                    "credentials": { "api_key": API_KEY, "base_url": base_url } }),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.json["connector"], "stripe");
     assert!(!r.text.contains(API_KEY), "credentials are never shown: {}", r.text);
-    let account = r.json["id"].as_str().expect("id").to_owned();
-    (m, account)
+    r.json["id"].as_str().expect("id").to_owned()
 }
 
 async fn attempts(app: &TestApp, m: &Merchant, id: &str) -> Vec<Value> {
@@ -564,15 +569,7 @@ async fn stripe_authorization_made_after_failover_is_voided_by_the_late_check(mu
     })
     .await;
     let m = app.merchant("shop").await;
-    let r = app
-        .post(
-            "/v1/connector_accounts",
-            &m.key,
-            json!({ "connector": "stripe", "credentials": { "api_key": API_KEY, "base_url": proxy } }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let slow = r.json["id"].as_str().expect("id").to_owned();
+    let slow = stripe_account(&app, &m, &proxy).await;
     let sandbox = app.sandbox_account(&m, json!({})).await;
     let rules = json!({ "rules": [{ "connector_account_id": slow }, { "connector_account_id": sandbox }] });
     assert_eq!(app.post("/v1/routing", &m.key, rules).await.status, StatusCode::OK);
@@ -640,14 +637,7 @@ async fn stripe_capture_that_arrives_late_is_finished_by_recovery(mut app: TestA
     })
     .await;
     let m = app.merchant("shop").await;
-    let r = app
-        .post(
-            "/v1/connector_accounts",
-            &m.key,
-            json!({ "connector": "stripe", "credentials": { "api_key": API_KEY, "base_url": proxy } }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    stripe_account(&app, &m, &proxy).await;
     let r = pay_manually(&app, &m, 1000, VISA).await;
     assert_eq!(r.json["status"], "requires_capture", "{}", r.text);
     let manual = r.json["id"].as_str().expect("id").to_owned();
@@ -726,14 +716,7 @@ async fn stripe_refund_stays_pending_while_its_sync_cannot_reach_the_provider(mu
     app.restart_with(|c| c.connector_timeout = Duration::from_secs(1)).await;
     let (proxy, stop) = slow_proxy(&server.base_url, Duration::from_secs(2), |path| path == "/v1/refunds").await;
     let m = app.merchant("shop").await;
-    let r = app
-        .post(
-            "/v1/connector_accounts",
-            &m.key,
-            json!({ "connector": "stripe", "credentials": { "api_key": API_KEY, "base_url": proxy } }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    stripe_account(&app, &m, &proxy).await;
     let r = pay_manually(&app, &m, 1000, VISA).await;
     let id = r.json["id"].as_str().expect("id").to_owned();
     let r = app.post(&format!("/v1/payments/{id}/capture"), &m.key, json!({})).await;

@@ -240,8 +240,7 @@ async fn a_dead_dispatchers_leases_expire_and_nothing_is_lost(app: TestApp) {
     let m = app.merchant_with_ab("shop").await;
     app.endpoint(&m, &receiver.url, json!(["transfer_batch.created"])).await;
     for i in 0..5 {
-        app.transfer(&m, json!({ "id": format!("t{i}"), "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" }))
-            .await;
+        app.transfer(&m, transfer(i)).await;
     }
     dispatch::try_execute_outbox(app.state()).await.expect("fan-out");
     let now = settle_server::clock::Clock::now(&app.clock);
@@ -290,9 +289,7 @@ async fn the_fan_out_skips_merchants_without_endpoints_and_the_jobs_see_when_not
     assert_eq!(peek().await, (false, false), "nothing waits after a round");
     for (m, n) in [(&quiet, 3), (&loud, 2)] {
         for i in 0..n {
-            let t = app
-                .transfer(m, json!({ "id": format!("t{i}"), "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" }))
-                .await;
+            let t = app.transfer(m, transfer(i)).await;
             assert!(t.status.is_success(), "{}", t.text);
         }
     }
@@ -1033,17 +1030,37 @@ async fn dispatch_until_seen(app: &TestApp, receiver: &Receiver, what: &str) {
     );
 }
 
-/// A receiver that never answers holds up neither its merchant's other endpoints nor other
-/// merchants: a round waits for its requests only a while, and an endpoint has at most half its
-/// merchant's share of requests in flight, so other requests go out beside them.
-async fn a_receiver_that_never_answers_holds_up_no_other_endpoint(mut app: TestApp) {
-    let (hanging, accepted, stop) = hanging_receiver().await;
+/// Restarts `app` with delivery rounds that wait for their requests 100 ms and requests that
+/// time out after 30 s: a hanging receiver's requests stay out for the whole test.
+async fn waiting_only_a_while(app: &mut TestApp) {
     app.restart_with(|c| {
         c.webhook_round_wait = Duration::from_millis(100);
         c.webhook_timeout = Duration::from_secs(30);
     })
     .await;
-    let transfer = |i: usize| json!({ "id": format!("t{i}"), "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" });
+}
+
+/// A single-transfer request's body (one `transfer_batch.created` event).
+fn transfer(i: usize) -> Value {
+    json!({ "id": format!("t{i}"), "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" })
+}
+
+/// A new merchant's event reaches its receiver within a few delivery rounds.
+async fn another_merchants_event_goes_out(app: &TestApp) {
+    let receiver = Receiver::start(0, Duration::ZERO).await;
+    let other = app.merchant_with_ab("other").await;
+    app.endpoint(&other, &receiver.url, json!(["transfer_batch.created"]))
+        .await;
+    assert!(app.transfer(&other, transfer(0)).await.status.is_success());
+    dispatch_until_seen(app, &receiver, "another merchant's event").await;
+}
+
+/// A receiver that never answers holds up neither its merchant's other endpoints nor other
+/// merchants: a round waits for its requests only a while, and an endpoint has at most half its
+/// merchant's share of requests in flight, so other requests go out beside them.
+async fn a_receiver_that_never_answers_holds_up_no_other_endpoint(mut app: TestApp) {
+    let (hanging, accepted, stop) = hanging_receiver().await;
+    waiting_only_a_while(&mut app).await;
     let slow = app.merchant_with_ab("slow").await;
     let events = ["transfer_batch.created"];
     app.endpoint(&slow, &format!("{hanging}/hook"), json!(events)).await;
@@ -1059,11 +1076,7 @@ async fn a_receiver_that_never_answers_holds_up_no_other_endpoint(mut app: TestA
     assert!(app.transfer(&slow, transfer(backlog)).await.status.is_success());
     dispatch_until_seen(&app, &own, "the merchant's other endpoint").await;
     app.clock.advance_seconds(1);
-    let receiver = Receiver::start(0, Duration::ZERO).await;
-    let other = app.merchant_with_ab("other").await;
-    app.endpoint(&other, &receiver.url, json!(events)).await;
-    assert!(app.transfer(&other, transfer(0)).await.status.is_success());
-    dispatch_until_seen(&app, &receiver, "another merchant's event").await;
+    another_merchants_event_goes_out(&app).await;
     let out = accepted.load(Ordering::SeqCst);
     assert!(
         (1..=dispatch::ENDPOINT_IN_FLIGHT_MAX).contains(&out),
@@ -1076,12 +1089,7 @@ async fn a_receiver_that_never_answers_holds_up_no_other_endpoint(mut app: TestA
 /// merchant has at most a quarter of the process's requests in flight.
 async fn one_merchants_hanging_receivers_hold_up_no_other_merchant(mut app: TestApp) {
     let (hanging, accepted, stop) = hanging_receiver().await;
-    app.restart_with(|c| {
-        c.webhook_round_wait = Duration::from_millis(100);
-        c.webhook_timeout = Duration::from_secs(30);
-    })
-    .await;
-    let transfer = |i: usize| json!({ "id": format!("t{i}"), "debit_account_id": "a", "credit_account_id": "b", "amount": 1, "currency": "USD" });
+    waiting_only_a_while(&mut app).await;
     let events = ["transfer_batch.created"];
     let slow = app.merchant_with_ab("slow").await;
     let endpoints = dispatch::IN_FLIGHT_MAX / dispatch::ENDPOINT_IN_FLIGHT_MAX;
@@ -1094,11 +1102,7 @@ async fn one_merchants_hanging_receivers_hold_up_no_other_merchant(mut app: Test
     // The slow merchant's requests go out first, and hang.
     app.dispatch().await;
     app.clock.advance_seconds(1);
-    let receiver = Receiver::start(0, Duration::ZERO).await;
-    let other = app.merchant_with_ab("other").await;
-    app.endpoint(&other, &receiver.url, json!(events)).await;
-    assert!(app.transfer(&other, transfer(0)).await.status.is_success());
-    dispatch_until_seen(&app, &receiver, "another merchant's event").await;
+    another_merchants_event_goes_out(&app).await;
     let out = accepted.load(Ordering::SeqCst);
     assert!(
         (1..=dispatch::MERCHANT_IN_FLIGHT_MAX).contains(&out),
